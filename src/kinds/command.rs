@@ -1,0 +1,219 @@
+//! The `command` kind: run a program in its own process group, capture its output, collect
+//! its artifacts and JSON result, and stop the whole group when told to.
+//!
+//! Contract with the program:
+//! - `ASSAY_OUTPUT_DIR` names a folder whose files become the job's artifacts;
+//!   `$ASSAY_OUTPUT_DIR/result.json`, if written, is the job's result.
+//! - A stdout line `::assay-progress {"step": "...", "percent": 40, "message": "..."}`
+//!   reports progress.
+//! - Exit 0 succeeds. An exit code listed in `retry_exit_codes` (default: 75, EX_TEMPFAIL)
+//!   or death by a signal is a retryable failure; any other exit code is permanent.
+
+use super::{JobContext, JobOutput};
+use crate::domain::Failure;
+use crate::store::Progress;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const PROGRESS_PREFIX: &str = "::assay-progress ";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandParams {
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Files (relative to `cwd`) copied into the artifacts after a successful run.
+    #[serde(default)]
+    outputs: Vec<PathBuf>,
+    #[serde(default = "default_retry_codes")]
+    retry_exit_codes: Vec<i32>,
+    /// How long the program gets between SIGTERM and SIGKILL.
+    #[serde(default = "default_grace")]
+    grace: String,
+}
+
+fn default_retry_codes() -> Vec<i32> {
+    vec![75]
+}
+
+fn default_grace() -> String {
+    "5s".into()
+}
+
+fn parse(params: &Value) -> Result<(CommandParams, Duration), String> {
+    let p: CommandParams = serde_json::from_value(params.clone())
+        .map_err(|e| format!("invalid params for `command`: {e}"))?;
+    if p.program.trim().is_empty() {
+        return Err("`program` is empty".into());
+    }
+    let grace = humantime::parse_duration(&p.grace)
+        .map_err(|e| format!("`grace` = `{}` is not a duration: {e}", p.grace))?;
+    Ok((p, grace))
+}
+
+pub fn validate(params: &Value) -> Result<(), String> {
+    parse(params).map(|_| ())
+}
+
+pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
+    let (p, grace) = parse(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
+    let io = |what: &str, e: std::io::Error| Failure::retryable("io", format!("{what}: {e}"));
+    let mut cmd = Command::new(&p.program);
+    cmd.args(&p.args)
+        .envs(&p.env)
+        .env("ASSAY_OUTPUT_DIR", &ctx.output_dir)
+        .env("ASSAY_JOB_ID", ctx.job_id.to_string())
+        .env("ASSAY_JOB_KEY", &ctx.key)
+        .env("ASSAY_ATTEMPT", ctx.attempt.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(cwd) = &p.cwd {
+        cmd.current_dir(cwd);
+    }
+    ctx.step("starting", None, Some(p.program.clone()));
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Failure::permanent(
+            "missing_tool",
+            format!(
+                "program `{}` was not found (is it installed and on PATH?)",
+                p.program
+            ),
+        ),
+        std::io::ErrorKind::PermissionDenied => Failure::permanent(
+            "not_executable",
+            format!("program `{}` is not executable", p.program),
+        ),
+        _ => Failure::retryable("spawn", format!("starting `{}`: {e}", p.program)),
+    })?;
+    let pgid = child.id().map(|id| id as i32);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let out_log = ctx.output_dir.join("stdout.log");
+    let err_log = ctx.output_dir.join("stderr.log");
+    let progress = ctx.progress.clone();
+    let stdout_task = tokio::spawn(copy_lines(stdout, out_log, Some(progress)));
+    let stderr_task = tokio::spawn(copy_lines(stderr, err_log, None));
+    ctx.step("running", None, Some(p.program.clone()));
+
+    let status = tokio::select! {
+        status = child.wait() => Some(status.map_err(|e| io("waiting for the program", e))?),
+        _ = ctx.cancel.cancelled() => None,
+    };
+    let status = match status {
+        Some(status) => status,
+        None => {
+            signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
+            match tokio::time::timeout(grace, child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                    let _ = child.wait().await;
+                }
+            }
+            // Whatever the program left behind in its group goes too.
+            signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+            let _ = stdout_task.await;
+            let _ = stderr_task.await;
+            return Err(Failure::retryable("stopped", "the program was stopped"));
+        }
+    };
+    // The program is done; its background children must not outlive the job.
+    signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = stdout_task.await;
+    let _ = stderr_task.await;
+
+    if !status.success() {
+        return Err(match (status.code(), status.signal()) {
+            (Some(code), _) if p.retry_exit_codes.contains(&code) => Failure::retryable(
+                "exit_status",
+                format!(
+                    "`{}` exited with {code} (retryable by its params)",
+                    p.program
+                ),
+            ),
+            (Some(code), _) => Failure::permanent(
+                "exit_status",
+                format!("`{}` exited with {code}; see stderr.log", p.program),
+            ),
+            (None, signal) => Failure::retryable(
+                "signal",
+                format!(
+                    "`{}` was killed by signal {}",
+                    p.program,
+                    signal.unwrap_or(0)
+                ),
+            ),
+        });
+    }
+    for output in &p.outputs {
+        let from = match &p.cwd {
+            Some(cwd) => cwd.join(output),
+            None => output.clone(),
+        };
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "output".into());
+        tokio::fs::copy(&from, ctx.output_dir.join(&name))
+            .await
+            .map_err(|e| {
+                Failure::permanent(
+                    "missing_output",
+                    format!("declared output `{}` was not produced: {e}", from.display()),
+                )
+            })?;
+    }
+    let result_path = ctx.output_dir.join("result.json");
+    let result = match tokio::fs::read(&result_path).await {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+            Failure::permanent("bad_result", format!("result.json is not valid JSON: {e}"))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
+        Err(e) => return Err(io("reading result.json", e)),
+    };
+    Ok(JobOutput {
+        result: json!({"exit_code": 0, "result": result}),
+    })
+}
+
+fn signal_group(pgid: Option<i32>, signal: nix::sys::signal::Signal) {
+    if let Some(pgid) = pgid {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
+    }
+}
+
+async fn copy_lines(
+    from: impl AsyncRead + Unpin,
+    to: PathBuf,
+    progress: Option<tokio::sync::watch::Sender<Option<Progress>>>,
+) -> std::io::Result<()> {
+    let mut file = tokio::io::BufWriter::new(tokio::fs::File::create(&to).await?);
+    let mut lines = BufReader::new(from).split(b'\n');
+    while let Some(line) = lines.next_segment().await? {
+        if let (Some(tx), Ok(text)) = (&progress, std::str::from_utf8(&line)) {
+            if let Some(json) = text.strip_prefix(PROGRESS_PREFIX) {
+                if let Ok(p) = serde_json::from_str::<Progress>(json.trim()) {
+                    tx.send_replace(Some(p));
+                }
+            }
+        }
+        file.write_all(&line).await?;
+        file.write_all(b"\n").await?;
+    }
+    file.flush().await
+}

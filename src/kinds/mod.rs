@@ -1,0 +1,74 @@
+//! Job kinds: what a worker can do. Each kind validates its params at spec time (so a bad
+//! spec fails before anything runs) and runs on a worker with a [`JobContext`].
+//!
+//! Adding a kind: a module with `validate` and `run`, and one line in each of
+//! [`KNOWN_KINDS`], [`validate_params`] and [`run`].
+
+pub mod command;
+pub mod internal;
+
+use crate::domain::Failure;
+use crate::store::Progress;
+use serde_json::Value;
+use std::path::PathBuf;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub const KNOWN_KINDS: &[&str] = &["command", "noop", "sleep", "fail", "blob"];
+
+pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
+    match kind {
+        "command" => command::validate(params),
+        "noop" => Ok(()),
+        "sleep" => internal::validate_sleep(params),
+        "fail" => internal::validate_fail(params),
+        "blob" => internal::validate_blob(params),
+        other => Err(format!("unknown job kind `{other}`")),
+    }
+}
+
+/// Everything a running job may use. Files written to `output_dir` are kept as artifacts.
+pub struct JobContext {
+    pub job_id: i64,
+    pub key: String,
+    pub attempt: i64,
+    pub params: Value,
+    pub item: Value,
+    pub output_dir: PathBuf,
+    /// Cancelled when the job must stop: cancelled, timed out, lease lost, or shutdown.
+    pub cancel: CancellationToken,
+    /// The latest progress; the worker sends it with the next heartbeat.
+    pub progress: watch::Sender<Option<Progress>>,
+}
+
+impl JobContext {
+    pub fn step(&self, step: &str, percent: Option<f64>, message: Option<String>) {
+        self.progress.send_replace(Some(Progress {
+            step: step.to_string(),
+            percent,
+            message,
+        }));
+    }
+}
+
+/// A finished job: its JSON result. Artifacts are the files left in `output_dir`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutput {
+    pub result: Value,
+}
+
+pub async fn run(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
+    match kind {
+        "command" => command::run(ctx).await,
+        "noop" => Ok(JobOutput {
+            result: Value::Object(Default::default()),
+        }),
+        "sleep" => internal::sleep(ctx).await,
+        "fail" => internal::fail(ctx).await,
+        "blob" => internal::blob(ctx).await,
+        other => Err(Failure::permanent(
+            "unknown_kind",
+            format!("this worker cannot run jobs of kind `{other}`"),
+        )),
+    }
+}

@@ -1,0 +1,820 @@
+//! The behaviour every [`Store`] backend must have, written once and run against each
+//! backend by [`store_conformance_tests!`](crate::store_conformance_tests). Time is passed
+//! in explicitly, so nothing here sleeps.
+
+use super::*;
+use crate::domain::{FailureClass, MICROS_PER_MS, MICROS_PER_SEC};
+use crate::spec;
+use serde_json::json;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+pub const T0: Micros = 1_700_000_000 * MICROS_PER_SEC;
+
+pub fn policy() -> LeasePolicy {
+    LeasePolicy {
+        lease_ms: 3_000,
+        quarantine_after: 3,
+        quarantine_ms: 10_000,
+    }
+}
+
+pub fn new_pipeline(toml: &str, key: Option<&str>) -> NewPipeline {
+    let spec = spec::parse("test.toml", toml).expect("test spec parses");
+    let jobs = spec.plan().expect("test spec plans");
+    NewPipeline {
+        idempotency_key: key.map(String::from),
+        spec_hash: format!("{:x}", toml.len())
+            + &toml
+                .chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>(),
+        spec,
+        jobs,
+    }
+}
+
+fn stage_toml(name: &str, extra: &str) -> String {
+    format!("[[stage]]\nname = \"{name}\"\nkind = \"noop\"\n{extra}\n")
+}
+
+fn pipeline_toml(stages: &[String]) -> String {
+    format!("[pipeline]\nname = \"t\"\n{}", stages.concat())
+}
+
+async fn worker(store: &dyn Store, id: &str) {
+    store
+        .register_worker(
+            &WorkerRegistration {
+                id: id.into(),
+                name: id.into(),
+                kinds: vec!["noop".into()],
+            },
+            T0,
+        )
+        .await
+        .unwrap();
+}
+
+async fn claim(store: &dyn Store, worker: &str, limit: i64, now: Micros) -> Vec<ClaimedJob> {
+    store
+        .claim(
+            &ClaimRequest {
+                worker_id: worker.into(),
+                kinds: vec!["noop".into()],
+                limit,
+            },
+            &policy(),
+            now,
+        )
+        .await
+        .unwrap()
+}
+
+fn completed(c: &ClaimedJob, worker: &str, result: Value) -> Report {
+    Report {
+        job_id: c.job_id,
+        attempt: c.attempt,
+        token: c.token.clone(),
+        worker_id: worker.into(),
+        outcome: ReportOutcome::Completed {
+            result,
+            artifacts: vec![],
+        },
+    }
+}
+
+fn failed(c: &ClaimedJob, worker: &str, failure: Failure) -> Report {
+    Report {
+        job_id: c.job_id,
+        attempt: c.attempt,
+        token: c.token.clone(),
+        worker_id: worker.into(),
+        outcome: ReportOutcome::Failed {
+            failure,
+            artifacts: vec![],
+        },
+    }
+}
+
+async fn report(store: &dyn Store, reports: Vec<Report>, now: Micros) -> Vec<ReportAck> {
+    store.report(&reports, &policy(), now).await.unwrap()
+}
+
+async fn job_by_key(store: &dyn Store, pipeline: i64, key: &str) -> Job {
+    store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pipeline),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|j| j.key == key)
+        .unwrap_or_else(|| panic!("no job {key}"))
+}
+
+pub async fn idempotent_pipeline_creation(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "items = [1, 2, 3]")]);
+    let new = new_pipeline(&toml, Some("key-1"));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, new) = (store.clone(), new.clone());
+        tasks.push(tokio::spawn(async move {
+            store.create_pipeline(&new, T0).await.unwrap()
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for t in tasks {
+        let (id, fresh) = t.await.unwrap();
+        ids.insert(id);
+        created += fresh as i32;
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "concurrent submissions made several pipelines"
+    );
+    assert_eq!(created, 1);
+    let id = *ids.iter().next().unwrap();
+    assert_eq!(store.pipeline(id).await.unwrap().unwrap().counts.total(), 3);
+    assert_eq!(store.pipelines(100).await.unwrap().len(), 1);
+
+    let other = new_pipeline(&pipeline_toml(&[stage_toml("b", "")]), Some("key-1"));
+    match store.create_pipeline(&other, T0).await {
+        Err(StoreError::IdempotencyConflict(k)) => assert_eq!(k, "key-1"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let (second, fresh) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    assert!(fresh && second != id);
+}
+
+pub async fn duplicate_job_keys_are_refused_atomically(store: Arc<dyn Store>) {
+    let mut new = new_pipeline(&pipeline_toml(&[stage_toml("a", "items = [1, 2]")]), None);
+    new.jobs[1].key = new.jobs[0].key.clone();
+    assert!(store.create_pipeline(&new, T0).await.is_err());
+    assert!(
+        store.pipelines(10).await.unwrap().is_empty(),
+        "a half-created pipeline was left"
+    );
+}
+
+pub async fn claims_are_exclusive(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml(
+        "a",
+        "items = [1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20]",
+    )]);
+    store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    for w in ["w1", "w2", "w3", "w4"] {
+        worker(&*store, w).await;
+    }
+    let mut tasks = Vec::new();
+    for w in ["w1", "w2", "w3", "w4"] {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = claim(&*store, w, 3, T0).await;
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|c| c.job_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 20, "every job claimed once");
+    assert_eq!(unique.len(), 20, "no job claimed twice");
+}
+
+pub async fn fencing_rejects_late_reports(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "max_attempts = 5")]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w1").await;
+    worker(&*store, "w2").await;
+    let first = claim(&*store, "w1", 1, T0).await.pop().unwrap();
+    // w1 goes silent: its lease expires and the job becomes claimable again.
+    let later = T0 + 4 * MICROS_PER_SEC;
+    let stats = store.reconcile(&policy(), later).await.unwrap();
+    assert_eq!(stats.leases_expired, 1);
+    let job = store.job(first.job_id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Retrying);
+    let second = claim(&*store, "w2", 1, later + 10 * MICROS_PER_SEC)
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(second.job_id, first.job_id);
+    assert_ne!(second.token, first.token);
+    assert_eq!(second.attempt, 2);
+
+    let late = report(
+        &*store,
+        vec![completed(&first, "w1", json!({"by": "w1"}))],
+        later + 11 * MICROS_PER_SEC,
+    )
+    .await;
+    assert_eq!(late, vec![ReportAck::Superseded]);
+    let hb = store
+        .heartbeat(
+            &Heartbeat {
+                worker_id: "w1".into(),
+                leases: vec![HeldLease {
+                    job_id: first.job_id,
+                    token: first.token.clone(),
+                    progress: None,
+                }],
+            },
+            &policy(),
+            later + 11 * MICROS_PER_SEC,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hb.stop,
+        vec![StopOrder {
+            job_id: first.job_id,
+            reason: StopReason::LeaseLost
+        }]
+    );
+
+    let ok = report(
+        &*store,
+        vec![completed(&second, "w2", json!({"by": "w2"}))],
+        later + 12 * MICROS_PER_SEC,
+    )
+    .await;
+    assert_eq!(ok, vec![ReportAck::Accepted]);
+    // The same report again (a retried upload) is harmless and acknowledged.
+    let again = report(
+        &*store,
+        vec![completed(&second, "w2", json!({"by": "w2"}))],
+        later + 13 * MICROS_PER_SEC,
+    )
+    .await;
+    assert_eq!(again, vec![ReportAck::Accepted]);
+    let job = store.job(first.job_id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.result, Some(json!({"by": "w2"})));
+    let attempts = store.attempts(first.job_id).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![AttemptOutcome::Superseded, AttemptOutcome::Completed]
+    );
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(
+        p.state,
+        PipelineState::Completed,
+        "finalized by the last report, no reconcile needed"
+    );
+}
+
+pub async fn downstream_jobs_stream(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[
+        stage_toml("gen", "items = [\"a\", \"b\"]"),
+        stage_toml(
+            "check",
+            "after = [\"gen\"]\nmatrix = { item = [\"a\", \"b\"], tool = [\"x\", \"y\"] }",
+        ),
+        stage_toml("sum", "after = [\"check\"]\nwait = \"stage\""),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let gens = claim(&*store, "w", 10, T0).await;
+    assert_eq!(gens.len(), 2, "only the generate jobs are ready");
+    let a = gens.iter().find(|c| c.key == "gen[item=a]").unwrap();
+    report(&*store, vec![completed(a, "w", json!({}))], T0 + 1).await;
+    let next = claim(&*store, "w", 10, T0 + 2).await;
+    let keys: HashSet<_> = next.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        HashSet::from(["check[item=a,tool=x]", "check[item=a,tool=y]"])
+    );
+    let sum = job_by_key(&*store, pid, "sum").await;
+    assert_eq!(sum.state, JobState::Waiting);
+    assert_eq!(store.dependencies(sum.id).await.unwrap().len(), 4);
+}
+
+pub async fn retries_back_off_then_die(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[
+        stage_toml(
+            "a",
+            "max_attempts = 2\nbackoff = \"10s\"\nbackoff_max = \"10s\"",
+        ),
+        stage_toml("b", "after = [\"a\"]"),
+        stage_toml("c", "after = [\"b\"]"),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let first = claim(&*store, "w", 1, T0).await.pop().unwrap();
+    report(
+        &*store,
+        vec![failed(
+            &first,
+            "w",
+            Failure::retryable("flaky", "try again"),
+        )],
+        T0,
+    )
+    .await;
+    let job = store.job(first.job_id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Retrying);
+    assert!(job.run_after >= T0 + 5 * MICROS_PER_SEC && job.run_after <= T0 + 10 * MICROS_PER_SEC);
+    assert!(
+        claim(&*store, "w", 1, T0 + MICROS_PER_SEC).await.is_empty(),
+        "claimed during backoff"
+    );
+    assert_eq!(store.next_retry_at().await.unwrap(), Some(job.run_after));
+    let second = claim(&*store, "w", 1, job.run_after).await.pop().unwrap();
+    report(
+        &*store,
+        vec![failed(&second, "w", Failure::retryable("flaky", "again"))],
+        job.run_after,
+    )
+    .await;
+    let job = store.job(first.job_id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(job.last_error.unwrap().code, "flaky");
+    let b = job_by_key(&*store, pid, "b").await;
+    let c = job_by_key(&*store, pid, "c").await;
+    assert_eq!((b.state, c.state), (JobState::Skipped, JobState::Skipped));
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::Failed);
+
+    // A person retries the dead job: it and its skipped dependents come back.
+    let revived = store
+        .retry_dead(&RetryTarget::Pipeline(pid), T0 + 100 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    assert_eq!(revived, 1);
+    assert_eq!(
+        store.job(first.job_id).await.unwrap().unwrap().state,
+        JobState::Available
+    );
+    assert_eq!(job_by_key(&*store, pid, "c").await.state, JobState::Waiting);
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Running
+    );
+    let third = claim(&*store, "w", 1, T0 + 100 * MICROS_PER_SEC)
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(
+        third.attempt, 3,
+        "attempt numbers keep counting across a manual retry"
+    );
+}
+
+pub async fn permanent_failures_are_not_retried(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "max_attempts = 5\nitems = [1, 2]")]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let claimed = claim(&*store, "w", 2, T0).await;
+    report(
+        &*store,
+        vec![
+            failed(
+                &claimed[0],
+                "w",
+                Failure::permanent("bad_input", "no such template"),
+            ),
+            completed(&claimed[1], "w", json!(1)),
+        ],
+        T0,
+    )
+    .await;
+    let job = store.job(claimed[0].job_id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.failed_attempts), (JobState::Dead, 1));
+    assert_eq!(job.last_error.unwrap().class, FailureClass::Permanent);
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::PartialSuccess);
+}
+
+pub async fn breaker_fails_the_rest_fast(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml(
+        "a",
+        "breaker = 2\nmax_attempts = 9\nitems = [1,2,3,4,5,6]\nconcurrency = 2",
+    )]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let claimed = claim(&*store, "w", 10, T0).await;
+    assert_eq!(claimed.len(), 2, "the concurrency limit holds");
+    report(
+        &*store,
+        claimed
+            .iter()
+            .map(|c| failed(c, "w", Failure::retryable("down", "service down")))
+            .collect(),
+        T0,
+    )
+    .await;
+    let jobs = store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(jobs.iter().all(|j| j.state == JobState::Dead), "{jobs:#?}");
+    let tripped = jobs
+        .iter()
+        .filter(|j| j.last_error.as_ref().unwrap().code == "breaker_open")
+        .count();
+    assert!(tripped >= 4, "untried jobs fail with the breaker's reason");
+    let stages = store.stages(pid).await.unwrap();
+    assert!(stages[0].breaker_open);
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Failed
+    );
+    let events = store.events(Some(pid), 0, 1_000).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "breaker_opened"));
+}
+
+pub async fn failing_workers_are_quarantined(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml(
+        "a",
+        "breaker = 0\nmax_attempts = 20\nbackoff = \"1ms\"\nitems = [1,2,3,4,5]",
+    )]);
+    store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "bad").await;
+    let mut now = T0;
+    for _ in 0..3 {
+        let c = claim(&*store, "bad", 1, now).await.pop().unwrap();
+        report(
+            &*store,
+            vec![failed(&c, "bad", Failure::retryable("oom", "crashed"))],
+            now,
+        )
+        .await;
+        now += MICROS_PER_SEC;
+    }
+    assert!(
+        claim(&*store, "bad", 1, now).await.is_empty(),
+        "a quarantined worker gets no work"
+    );
+    let w = store
+        .workers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.id == "bad")
+        .unwrap();
+    assert!(w.quarantined_until.unwrap() > now);
+    assert_eq!(
+        claim(&*store, "bad", 1, now + 11 * MICROS_PER_SEC)
+            .await
+            .len(),
+        1,
+        "the cool-down ends"
+    );
+}
+
+pub async fn deadlines_are_enforced(store: Arc<dyn Store>) {
+    let toml = "[pipeline]\nname = \"t\"\ndeadline = \"60s\"\n".to_string()
+        + &stage_toml("slow", "timeout = \"5s\"\nmax_attempts = 1")
+        + &stage_toml("later", "after = [\"slow\"]");
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
+    assert_eq!(c.timeout_ms, 5_000);
+    // The worker keeps heartbeating but never finishes: the server takes the attempt back.
+    let hb = |now| {
+        let store = store.clone();
+        let c = c.clone();
+        async move {
+            store
+                .heartbeat(
+                    &Heartbeat {
+                        worker_id: "w".into(),
+                        leases: vec![HeldLease {
+                            job_id: c.job_id,
+                            token: c.token,
+                            progress: None,
+                        }],
+                    },
+                    &policy(),
+                    now,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert!(hb(T0 + 2 * MICROS_PER_SEC).await.stop.is_empty());
+    hb(T0 + 7 * MICROS_PER_SEC).await;
+    // Past the 5 s timeout plus the grace of one lease (3 s), with the lease still fresh.
+    let stats = store
+        .reconcile(&policy(), T0 + 8_500 * MICROS_PER_MS)
+        .await
+        .unwrap();
+    assert_eq!(stats.attempts_timed_out, 1, "{stats:?}");
+    let job = store.job(c.job_id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Dead);
+    assert_eq!(
+        store.attempts(c.job_id).await.unwrap()[0].outcome,
+        AttemptOutcome::TimedOut
+    );
+    assert_eq!(
+        hb(T0 + 9 * MICROS_PER_SEC).await.stop[0].reason,
+        StopReason::LeaseLost
+    );
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Failed
+    );
+
+    // A pipeline deadline ends everything that is left.
+    let toml = "[pipeline]\nname = \"t2\"\ndeadline = \"10s\"\n".to_string()
+        + &stage_toml("a", "items = [1, 2]");
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
+    store
+        .reconcile(&policy(), T0 + 11 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::Failed);
+    assert_eq!(p.counts.dead, 2);
+    assert_eq!(
+        report(
+            &*store,
+            vec![completed(&c, "w", json!({}))],
+            T0 + 12 * MICROS_PER_SEC
+        )
+        .await,
+        vec![ReportAck::Superseded]
+    );
+}
+
+pub async fn cancellation_reaches_running_jobs(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[
+        stage_toml("a", "items = [1, 2, 3]"),
+        stage_toml("b", "after = [\"a\"]"),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
+    store.cancel_pipeline(pid, T0 + 1).await.unwrap();
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::Running, "one job still runs");
+    assert_eq!(p.counts.cancelled + p.counts.skipped, 3);
+    let hb = store
+        .heartbeat(
+            &Heartbeat {
+                worker_id: "w".into(),
+                leases: vec![HeldLease {
+                    job_id: c.job_id,
+                    token: c.token.clone(),
+                    progress: None,
+                }],
+            },
+            &policy(),
+            T0 + 2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        hb.stop,
+        vec![StopOrder {
+            job_id: c.job_id,
+            reason: StopReason::Cancelled
+        }]
+    );
+    assert!(claim(&*store, "w", 5, T0 + 3).await.is_empty());
+    let ack = store
+        .report(
+            &[Report {
+                job_id: c.job_id,
+                attempt: c.attempt,
+                token: c.token.clone(),
+                worker_id: "w".into(),
+                outcome: ReportOutcome::Cancelled,
+            }],
+            &policy(),
+            T0 + 4,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack, vec![ReportAck::Accepted]);
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::Cancelled);
+    assert!(store.cancel_pipeline(9_999, T0).await.is_err());
+}
+
+pub async fn released_jobs_do_not_count_as_failures(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "max_attempts = 1")]);
+    store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
+    store
+        .report(
+            &[Report {
+                job_id: c.job_id,
+                attempt: c.attempt,
+                token: c.token.clone(),
+                worker_id: "w".into(),
+                outcome: ReportOutcome::Released,
+            }],
+            &policy(),
+            T0 + 1,
+        )
+        .await
+        .unwrap();
+    let again = claim(&*store, "w", 1, T0 + 2)
+        .await
+        .pop()
+        .expect("released job is claimable at once");
+    assert_eq!(again.attempt, 2);
+    report(&*store, vec![completed(&again, "w", json!({}))], T0 + 3).await;
+    assert_eq!(
+        store.job(c.job_id).await.unwrap().unwrap().state,
+        JobState::Completed
+    );
+}
+
+pub async fn events_resume_by_id(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "items = [1, 2]")]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let claimed = claim(&*store, "w", 2, T0).await;
+    let progress = Progress {
+        step: "halfway".into(),
+        percent: Some(50.0),
+        message: None,
+    };
+    store
+        .heartbeat(
+            &Heartbeat {
+                worker_id: "w".into(),
+                leases: vec![HeldLease {
+                    job_id: claimed[0].job_id,
+                    token: claimed[0].token.clone(),
+                    progress: Some(progress.clone()),
+                }],
+            },
+            &policy(),
+            T0 + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .job(claimed[0].job_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .progress,
+        Some(progress)
+    );
+    report(
+        &*store,
+        claimed
+            .iter()
+            .map(|c| completed(c, "w", json!({})))
+            .collect(),
+        T0 + 2,
+    )
+    .await;
+    let all = store.events(Some(pid), 0, 1_000).await.unwrap();
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    let kinds: Vec<_> = all.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"pipeline_created"));
+    assert_eq!(kinds.last(), Some(&"pipeline_finished"));
+    assert!(kinds.contains(&"job_progress"));
+    let resumed = store.events(Some(pid), all[2].id, 1_000).await.unwrap();
+    assert_eq!(resumed, all[3..].to_vec());
+}
+
+pub async fn reconciler_finalizes_stragglers(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "items = [1, 2]\nmax_attempts = 1")]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let claimed = claim(&*store, "w", 2, T0).await;
+    report(&*store, vec![completed(&claimed[0], "w", json!({}))], T0).await;
+    // The other worker dies: the lease expires, attempts are exhausted, the pipeline ends.
+    let stats = store
+        .reconcile(&policy(), T0 + 10 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    assert_eq!((stats.leases_expired, stats.pipelines_finalized), (1, 1));
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::PartialSuccess);
+    assert!(p.finished_at.is_some());
+    let job = store.job(claimed[1].job_id).await.unwrap().unwrap();
+    assert_eq!(job.last_error.unwrap().code, "worker_lost");
+    assert_eq!(
+        store.attempts(job.id).await.unwrap()[0].outcome,
+        AttemptOutcome::Lost
+    );
+}
+
+pub async fn artifacts_are_recorded(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "")]);
+    store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
+    let art = ArtifactRef {
+        name: "out.json".into(),
+        sha256: "ab".repeat(32),
+        size: 12,
+    };
+    store
+        .report(
+            &[Report {
+                job_id: c.job_id,
+                attempt: c.attempt,
+                token: c.token,
+                worker_id: "w".into(),
+                outcome: ReportOutcome::Completed {
+                    result: json!({}),
+                    artifacts: vec![art.clone()],
+                },
+            }],
+            &policy(),
+            T0 + MICROS_PER_MS,
+        )
+        .await
+        .unwrap();
+    let stored = store.artifacts(c.job_id).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (stored[0].name.as_str(), stored[0].size, stored[0].attempt),
+        ("out.json", 12, 1)
+    );
+}
+
+/// Instantiate the whole suite for a backend. `$make` is an async expression producing
+/// `(Arc<dyn Store>, guard)`, where the guard keeps the backend's resources alive.
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            idempotent_pipeline_creation, duplicate_job_keys_are_refused_atomically,
+            claims_are_exclusive, fencing_rejects_late_reports, downstream_jobs_stream,
+            retries_back_off_then_die, permanent_failures_are_not_retried,
+            breaker_fails_the_rest_fast, failing_workers_are_quarantined,
+            deadlines_are_enforced, cancellation_reaches_running_jobs,
+            released_jobs_do_not_count_as_failures, events_resume_by_id,
+            reconciler_finalizes_stragglers, artifacts_are_recorded);
+    };
+    (@each $make:expr; $($name:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $make.await;
+                $crate::store::conformance::$name(store).await;
+            }
+        )+
+    };
+}

@@ -1,0 +1,377 @@
+//! Persistence. All SQL lives below this module; everything above talks to the [`Store`]
+//! trait. Every method takes `now` from the caller so the rules are deterministic under
+//! test. `conformance` holds the suite every backend must pass.
+
+pub mod conformance;
+pub mod sqlite;
+
+use crate::domain::{
+    AttemptOutcome, Failure, JobState, Micros, PipelineState, RetryPolicy, StateCounts,
+};
+use crate::spec::{PlannedJob, Spec};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("idempotency key `{0}` is already used by a pipeline with a different spec")]
+    IdempotencyConflict(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewPipeline {
+    pub idempotency_key: Option<String>,
+    /// Hash of the spec's content: the same key with another spec is a conflict.
+    pub spec_hash: String,
+    pub spec: Spec,
+    pub jobs: Vec<PlannedJob>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Pipeline {
+    pub id: i64,
+    pub name: String,
+    pub state: PipelineState,
+    pub idempotency_key: Option<String>,
+    pub spec_hash: String,
+    pub cancel_requested: bool,
+    pub created_at: Micros,
+    pub deadline_at: Option<Micros>,
+    pub finished_at: Option<Micros>,
+    pub counts: StateCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageSummary {
+    pub name: String,
+    pub kind: String,
+    pub position: i64,
+    pub concurrency: Option<i64>,
+    pub timeout_ms: i64,
+    pub retry: RetryPolicy,
+    pub breaker_threshold: i64,
+    pub consecutive_failures: i64,
+    pub breaker_open: bool,
+    pub deadline_at: Option<Micros>,
+    pub counts: StateCounts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub step: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub pipeline_id: i64,
+    pub stage: String,
+    pub key: String,
+    pub kind: String,
+    pub item: Value,
+    pub params: Value,
+    pub state: JobState,
+    /// Attempts started so far (also the number of the latest attempt).
+    pub attempts: i64,
+    /// Attempts that failed and count against `max_attempts`.
+    pub failed_attempts: i64,
+    pub pending_deps: i64,
+    pub run_after: Micros,
+    pub worker_id: Option<String>,
+    pub lease_expires_at: Option<Micros>,
+    pub attempt_deadline_at: Option<Micros>,
+    pub cancel_requested: bool,
+    pub result: Option<Value>,
+    pub last_error: Option<Failure>,
+    pub progress: Option<Progress>,
+    pub created_at: Micros,
+    pub started_at: Option<Micros>,
+    pub finished_at: Option<Micros>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub job_id: i64,
+    pub number: i64,
+    pub worker_id: String,
+    pub started_at: Micros,
+    pub finished_at: Option<Micros>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<Failure>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Dependency {
+    pub job_id: i64,
+    pub key: String,
+    pub state: JobState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub name: String,
+    pub sha256: String,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Artifact {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub name: String,
+    pub sha256: String,
+    pub size: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub id: i64,
+    pub pipeline_id: i64,
+    pub job_id: Option<i64>,
+    pub at: Micros,
+    pub kind: String,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerRegistration {
+    pub id: String,
+    pub name: String,
+    pub kinds: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerRow {
+    pub id: String,
+    pub name: String,
+    pub kinds: Vec<String>,
+    pub started_at: Micros,
+    pub last_seen: Micros,
+    pub consecutive_failures: i64,
+    pub quarantined_until: Option<Micros>,
+    pub stopped: bool,
+    pub running: i64,
+}
+
+/// Knobs the server applies to every claim.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct LeasePolicy {
+    pub lease_ms: i64,
+    /// Consecutive retryable failures after which a worker is quarantined; 0 disables.
+    pub quarantine_after: i64,
+    pub quarantine_ms: i64,
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy {
+            lease_ms: 3_000,
+            quarantine_after: 5,
+            quarantine_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    pub worker_id: String,
+    pub kinds: Vec<String>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClaimedJob {
+    pub job_id: i64,
+    pub pipeline_id: i64,
+    pub stage: String,
+    pub key: String,
+    pub kind: String,
+    pub item: Value,
+    pub params: Value,
+    pub attempt: i64,
+    /// Fencing token: every report about this attempt must carry it.
+    pub token: String,
+    pub timeout_ms: i64,
+    pub lease_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldLease {
+    pub job_id: i64,
+    pub token: String,
+    #[serde(default)]
+    pub progress: Option<Progress>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub worker_id: String,
+    pub leases: Vec<HeldLease>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The job or its pipeline was cancelled, or hit a stage or pipeline deadline.
+    Cancelled,
+    /// The lease was lost (expired, timed out by the server, or taken by a newer attempt).
+    LeaseLost,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StopOrder {
+    pub job_id: i64,
+    pub reason: StopReason,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatReply {
+    pub stop: Vec<StopOrder>,
+    pub quarantined_until: Option<Micros>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReportOutcome {
+    Completed {
+        result: Value,
+        #[serde(default)]
+        artifacts: Vec<ArtifactRef>,
+    },
+    Failed {
+        failure: Failure,
+        #[serde(default)]
+        artifacts: Vec<ArtifactRef>,
+    },
+    /// The worker stopped the job because it was told to.
+    Cancelled,
+    /// The worker is shutting down and hands the job back unstarted or unfinished; this
+    /// does not count as a failed attempt.
+    Released,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub token: String,
+    pub worker_id: String,
+    #[serde(flatten)]
+    pub outcome: ReportOutcome,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportAck {
+    /// The report was applied.
+    Accepted,
+    /// A newer attempt owns the job (or it was already finalized); recorded, not applied.
+    Superseded,
+    /// No such job or attempt.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReconcileStats {
+    pub leases_expired: i64,
+    pub attempts_timed_out: i64,
+    pub deadline_jobs: i64,
+    pub pipelines_finalized: i64,
+    pub cancelled_jobs_closed: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobFilter {
+    pub pipeline_id: Option<i64>,
+    pub stage: Option<String>,
+    pub state: Option<JobState>,
+    /// Return jobs with id greater than this (keyset pagination).
+    pub after_id: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum RetryTarget {
+    Job(i64),
+    Pipeline(i64),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Create a pipeline with its stages and jobs in one transaction. With an idempotency
+    /// key already used by the same spec, returns the existing pipeline and `false`.
+    async fn create_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<(i64, bool)>;
+
+    async fn register_worker(&self, worker: &WorkerRegistration, now: Micros) -> StoreResult<()>;
+    async fn worker_stopped(&self, worker_id: &str, now: Micros) -> StoreResult<()>;
+
+    /// Lease up to `limit` claimable jobs to the worker.
+    async fn claim(
+        &self,
+        req: &ClaimRequest,
+        policy: &LeasePolicy,
+        now: Micros,
+    ) -> StoreResult<Vec<ClaimedJob>>;
+
+    /// Extend the worker's leases, record progress, and say which jobs it must stop.
+    async fn heartbeat(
+        &self,
+        hb: &Heartbeat,
+        policy: &LeasePolicy,
+        now: Micros,
+    ) -> StoreResult<HeartbeatReply>;
+
+    /// Apply finished attempts. Fenced by token: a report from an attempt that no longer
+    /// owns its job is recorded as superseded and changes nothing else.
+    async fn report(
+        &self,
+        reports: &[Report],
+        policy: &LeasePolicy,
+        now: Micros,
+    ) -> StoreResult<Vec<ReportAck>>;
+
+    /// Expire leases, enforce deadlines, close cancelled jobs and finalize pipelines.
+    async fn reconcile(&self, policy: &LeasePolicy, now: Micros) -> StoreResult<ReconcileStats>;
+
+    async fn cancel_pipeline(&self, pipeline_id: i64, now: Micros) -> StoreResult<()>;
+    async fn cancel_job(&self, job_id: i64, now: Micros) -> StoreResult<()>;
+    /// Put dead jobs back in line (and their skipped dependents back to waiting); also
+    /// closes the stage breakers involved and reopens a finished pipeline.
+    async fn retry_dead(&self, target: &RetryTarget, now: Micros) -> StoreResult<i64>;
+
+    async fn pipeline(&self, id: i64) -> StoreResult<Option<Pipeline>>;
+    async fn pipelines(&self, limit: i64) -> StoreResult<Vec<Pipeline>>;
+    async fn stages(&self, pipeline_id: i64) -> StoreResult<Vec<StageSummary>>;
+    async fn jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
+    async fn job(&self, id: i64) -> StoreResult<Option<Job>>;
+    async fn attempts(&self, job_id: i64) -> StoreResult<Vec<Attempt>>;
+    async fn dependencies(&self, job_id: i64) -> StoreResult<Vec<Dependency>>;
+    async fn artifacts(&self, job_id: i64) -> StoreResult<Vec<Artifact>>;
+    async fn events(
+        &self,
+        pipeline_id: Option<i64>,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Event>>;
+    async fn workers(&self) -> StoreResult<Vec<WorkerRow>>;
+    /// The earliest time a backing-off job becomes claimable, so a long-poll can sleep
+    /// exactly until then.
+    async fn next_retry_at(&self) -> StoreResult<Option<Micros>>;
+}
