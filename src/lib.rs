@@ -1,7 +1,15 @@
 //! Assay: durable pipelines that generate apps with many LLMs and analyze them.
 //! See `ARCHITECTURE.md` for the map.
 
+pub mod api;
+pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod domain;
+pub mod explain;
 pub mod kinds;
+pub mod progress;
+pub mod server;
 pub mod spec;
 pub mod store;
+pub mod worker;

@@ -319,6 +319,8 @@ pub trait Store: Send + Sync + 'static {
     /// key already used by the same spec, returns the existing pipeline and `false`.
     async fn create_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<(i64, bool)>;
 
+    /// Register (or re-register) a worker. Jobs still leased to the same worker id belong
+    /// to an earlier run of it that is gone: they are failed as `worker_lost` at once.
     async fn register_worker(&self, worker: &WorkerRegistration, now: Micros) -> StoreResult<()>;
     async fn worker_stopped(&self, worker_id: &str, now: Micros) -> StoreResult<()>;
 
@@ -349,6 +351,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Expire leases, enforce deadlines, close cancelled jobs and finalize pipelines.
     async fn reconcile(&self, policy: &LeasePolicy, now: Micros) -> StoreResult<ReconcileStats>;
+
+    /// After a server restart, give every running lease until `until` so that live
+    /// workers can reconnect and heartbeat before the reconciler takes their jobs away.
+    async fn grant_startup_grace(&self, until: Micros) -> StoreResult<i64>;
 
     async fn cancel_pipeline(&self, pipeline_id: i64, now: Micros) -> StoreResult<()>;
     async fn cancel_job(&self, job_id: i64, now: Micros) -> StoreResult<()>;

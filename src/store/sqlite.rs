@@ -737,6 +737,7 @@ impl Store for SqliteStore {
     }
 
     async fn register_worker(&self, w: &WorkerRegistration, now: Micros) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO workers (id, name, kinds, started_at, last_seen) VALUES (?1, ?2, ?3, ?4, ?4) \
              ON CONFLICT (id) DO UPDATE SET name = ?2, kinds = ?3, last_seen = ?4, stopped = 0",
@@ -745,9 +746,44 @@ impl Store for SqliteStore {
         .bind(&w.name)
         .bind(to_json(&w.kinds))
         .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!("SELECT {BRIEF_COLUMNS} FROM jobs WHERE state = 'running' AND worker_id = ?1 ORDER BY id");
+        let orphans: Vec<Brief> = sqlx::query(&sql)
+            .bind(&w.id)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(brief_from_row)
+            .collect::<StoreResult<_>>()?;
+        let failure = Failure::retryable(
+            "worker_lost",
+            format!("worker `{}` restarted while running this job", w.id),
+        );
+        for job in &orphans {
+            fail_running(
+                &mut tx,
+                job,
+                AttemptOutcome::Lost,
+                &failure,
+                &LeasePolicy::default(),
+                now,
+            )
+            .await?;
+        }
+        finalize(&mut tx, orphans.iter().map(|j| j.pipeline_id), now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn grant_startup_grace(&self, until: Micros) -> StoreResult<i64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ?1 WHERE state = 'running' AND lease_expires_at < ?1",
+        )
+        .bind(until)
         .execute(&self.writer)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() as i64)
     }
 
     async fn worker_stopped(&self, worker_id: &str, now: Micros) -> StoreResult<()> {
@@ -1347,8 +1383,14 @@ impl Store for SqliteStore {
             }
             s if s.is_terminal() => {}
             _ => {
-                finish_unsuccessfully(&mut tx, &[job.clone()], JobState::Cancelled, None, now)
-                    .await?;
+                finish_unsuccessfully(
+                    &mut tx,
+                    std::slice::from_ref(&job),
+                    JobState::Cancelled,
+                    None,
+                    now,
+                )
+                .await?;
                 finalize(&mut tx, [job.pipeline_id], now).await?;
             }
         }

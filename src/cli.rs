@@ -1,0 +1,667 @@
+//! The `assay` command line. `main` builds the one runtime of the process, wires SIGINT and
+//! SIGTERM to one shutdown token, and dispatches to library `run` functions.
+
+use crate::api::SubmitRequest;
+use crate::client::Client;
+use crate::domain::{format_time, JobState};
+use crate::progress::{self, Display};
+use crate::server::{self, ServerConfig};
+use crate::store::{JobFilter, LeasePolicy};
+use crate::worker::{self, WorkerConfig};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
+
+#[derive(Parser)]
+#[command(
+    name = "assay",
+    version,
+    about = "Durable pipelines that generate apps with many LLMs and analyze them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ServerArg {
+    /// URL of the Assay server.
+    #[arg(long, env = "ASSAY_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline on the embedded default (SQLite, local workers) and follow it.
+    /// Running it again resumes: finished jobs are not run again.
+    Run {
+        spec: PathBuf,
+        /// Where the database, blobs and spool live.
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+        /// How many jobs run at once on this machine.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Where the embedded server listens (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Start a new pipeline even if this spec already ran here.
+        #[arg(long)]
+        fresh: bool,
+        /// Plain event lines instead of progress bars.
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Run the server (API, reconciler, blob store) until SIGTERM.
+    Server {
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// Lease length: a worker that stops heartbeating loses its jobs after this.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        lease: Duration,
+    },
+    /// Run a worker that pulls jobs from a server until SIGTERM.
+    Worker {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Where finished results wait until the server acknowledges them.
+        #[arg(long, default_value = ".assay-worker")]
+        spool_dir: PathBuf,
+        /// A stable id lets a restarted worker take up its own spooled results.
+        #[arg(long)]
+        id: Option<String>,
+        /// Job kinds this worker runs (comma-separated); default: all it knows.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Option<Vec<String>>,
+        /// How long running jobs may finish after SIGTERM before they are handed back.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        grace: Duration,
+    },
+    /// Submit a pipeline spec to a server.
+    Submit {
+        spec: PathBuf,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Submitting again with the same key returns the same pipeline.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show pipelines, or one pipeline's stages.
+    Status {
+        pipeline: Option<i64>,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a pipeline until it finishes; exits with its result code.
+    Watch {
+        pipeline: i64,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        plain: bool,
+        /// Print every event as a JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pipeline (or one job with --job).
+    Cancel {
+        pipeline: Option<i64>,
+        #[arg(long)]
+        job: Option<i64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Run dead jobs again: all of a pipeline's, or one with --job.
+    Retry {
+        pipeline: Option<i64>,
+        #[arg(long)]
+        job: Option<i64>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List jobs.
+    Jobs {
+        #[arg(long)]
+        pipeline: Option<i64>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        state: Option<JobState>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a job is in the state it is: attempts, errors, holder, what it waits for.
+    Explain {
+        job: i64,
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a job's artifact.
+    Artifact {
+        job: i64,
+        name: String,
+        /// Output file (default: the artifact's name).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List workers.
+    Workers {
+        #[command(flatten)]
+        server: ServerArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push no-op jobs through a real server and worker processes; print throughput and
+    /// enqueue-to-start latency.
+    Bench(crate::bench::BenchArgs),
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); try 500ms, 3s, 1m"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ASSAY_LOG").unwrap_or_else(|_| {
+                let default = match cli.command {
+                    Command::Server { .. } | Command::Worker { .. } => "info",
+                    _ => "warn",
+                };
+                tracing_subscriber::EnvFilter::new(default)
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// SIGINT/SIGTERM cancel the token (soft stop); a second signal exits at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        eprintln!("stopping (again to force)…");
+        t.cancel();
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Run {
+            spec,
+            data_dir,
+            workers,
+            listen,
+            fresh,
+            plain,
+        } => run_embedded(&spec, &data_dir, workers, listen, fresh, plain).await,
+        Command::Server {
+            data_dir,
+            listen,
+            lease,
+        } => {
+            let shutdown = shutdown_on_signals();
+            let mut config = ServerConfig::new(data_dir, listen);
+            config.lease = LeasePolicy {
+                lease_ms: lease.as_millis() as i64,
+                ..LeasePolicy::default()
+            };
+            let running = server::start(config, shutdown).await?;
+            println!("assay server listening on http://{}", running.addr);
+            running.wait().await;
+            Ok(0)
+        }
+        Command::Worker {
+            server,
+            concurrency,
+            spool_dir,
+            id,
+            kinds,
+            grace,
+        } => {
+            let shutdown = shutdown_on_signals();
+            let mut config = WorkerConfig::new(&server.server, spool_dir);
+            config.concurrency = concurrency;
+            config.shutdown_grace = grace;
+            if let Some(id) = id {
+                config.id = id;
+            }
+            if let Some(kinds) = kinds {
+                for k in &kinds {
+                    if !crate::kinds::KNOWN_KINDS.contains(&k.as_str()) {
+                        bail!(
+                            "unknown job kind `{k}`; this worker knows: {}",
+                            crate::kinds::KNOWN_KINDS.join(", ")
+                        );
+                    }
+                }
+                config.kinds = kinds;
+            }
+            worker::run(config, shutdown).await?;
+            Ok(0)
+        }
+        Command::Submit {
+            spec,
+            server,
+            idempotency_key,
+            json,
+        } => {
+            let client = Client::new(&server.server);
+            let req = read_spec(&spec, idempotency_key)?;
+            let resp = client.submit(&req).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&resp)?);
+            } else if resp.created {
+                println!("submitted pipeline {}", resp.pipeline_id);
+            } else {
+                println!(
+                    "pipeline {} already exists for this idempotency key",
+                    resp.pipeline_id
+                );
+            }
+            Ok(0)
+        }
+        Command::Status {
+            pipeline,
+            server,
+            json,
+        } => {
+            let client = Client::new(&server.server);
+            match pipeline {
+                Some(id) => {
+                    let detail = client.pipeline(id).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&detail)?);
+                    } else {
+                        progress::print_summary(&client, &detail).await?;
+                    }
+                }
+                None => {
+                    let list = client.pipelines(50).await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else if list.is_empty() {
+                        println!("no pipelines yet; submit one with `assay submit SPEC`");
+                    } else {
+                        println!(
+                            "{:>6}  {:<16} {:<16} {:<12} progress",
+                            "id", "name", "state", "created"
+                        );
+                        for p in list {
+                            println!(
+                                "{:>6}  {:<16} {:<16} {:<12} {}",
+                                p.id,
+                                p.name,
+                                p.state.as_str(),
+                                format_time(p.created_at),
+                                progress::counts_line(&p.counts)
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Watch {
+            pipeline,
+            server,
+            plain,
+            json,
+        } => {
+            let client = Client::new(&server.server);
+            let stop = shutdown_on_signals();
+            if json {
+                let mut after = 0;
+                loop {
+                    let batch = tokio::select! { r = client.events(pipeline, after, 5_000) => r?, _ = stop.cancelled() => return Ok(130) };
+                    after = batch.last_id;
+                    for e in &batch.events {
+                        println!("{}", serde_json::to_string(e)?);
+                        if e.kind == "pipeline_finished" {
+                            let detail = client.pipeline(pipeline).await?;
+                            return Ok(progress::exit_code(detail.pipeline.state));
+                        }
+                    }
+                }
+            }
+            let display = if plain {
+                Display::Lines
+            } else {
+                Display::auto()
+            };
+            let detail = progress::follow(&client, pipeline, display, &stop).await?;
+            progress::print_summary(&client, &detail).await?;
+            Ok(if stop.is_cancelled() {
+                130
+            } else {
+                progress::exit_code(detail.pipeline.state)
+            })
+        }
+        Command::Cancel {
+            pipeline,
+            job,
+            server,
+        } => {
+            let client = Client::new(&server.server);
+            match (pipeline, job) {
+                (_, Some(job)) => {
+                    let j = client.cancel_job(job).await?;
+                    println!(
+                        "job {job}: {}{}",
+                        j.state,
+                        if j.cancel_requested {
+                            " (cancellation requested; the worker is stopping it)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                (Some(id), None) => {
+                    let d = client.cancel_pipeline(id).await?;
+                    println!(
+                        "pipeline {id}: {} ({})",
+                        d.pipeline.state,
+                        progress::counts_line(&d.pipeline.counts)
+                    );
+                }
+                (None, None) => {
+                    bail!("say what to cancel: `assay cancel PIPELINE` or `assay cancel --job JOB`")
+                }
+            }
+            Ok(0)
+        }
+        Command::Retry {
+            pipeline,
+            job,
+            server,
+        } => {
+            let client = Client::new(&server.server);
+            let retried = match (pipeline, job) {
+                (_, Some(job)) => client.retry_job(job).await?.retried,
+                (Some(id), None) => client.retry_pipeline(id).await?.retried,
+                (None, None) => {
+                    bail!("say what to retry: `assay retry PIPELINE` or `assay retry --job JOB`")
+                }
+            };
+            println!("{retried} dead job(s) queued again");
+            Ok(0)
+        }
+        Command::Jobs {
+            pipeline,
+            stage,
+            state,
+            limit,
+            server,
+            json,
+        } => {
+            let client = Client::new(&server.server);
+            let jobs = client
+                .jobs(&JobFilter {
+                    pipeline_id: pipeline,
+                    stage,
+                    state,
+                    after_id: None,
+                    limit: Some(limit),
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                println!(
+                    "{:>7} {:>5} {:<10} {:>3} {:<40} note",
+                    "id", "pipe", "state", "att", "key"
+                );
+                for j in jobs {
+                    let note = j
+                        .last_error
+                        .as_ref()
+                        .map(|e| format!("{}: {}", e.code, e.message))
+                        .or_else(|| j.progress.as_ref().map(|p| p.step.clone()))
+                        .unwrap_or_default();
+                    println!(
+                        "{:>7} {:>5} {:<10} {:>3} {:<40} {}",
+                        j.id,
+                        j.pipeline_id,
+                        j.state.as_str(),
+                        j.attempts,
+                        j.key,
+                        note
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Explain { job, server, json } => {
+            let client = Client::new(&server.server);
+            let e = client.explain(job).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+                return Ok(0);
+            }
+            println!(
+                "job {} `{}` (pipeline {}, stage `{}`, kind `{}`)",
+                e.job.id, e.job.key, e.job.pipeline_id, e.job.stage, e.job.kind
+            );
+            println!("state: {}", e.job.state);
+            println!("why:   {}", e.summary);
+            if !e.dependencies.is_empty() {
+                println!("upstream:");
+                for d in &e.dependencies {
+                    println!("  #{} {} {}", d.job_id, d.key, d.state);
+                }
+            }
+            if !e.attempts.is_empty() {
+                println!("attempts:");
+                for a in &e.attempts {
+                    let took = a
+                        .finished_at
+                        .map(|f| format!("{:.2}s", (f - a.started_at) as f64 / 1e6))
+                        .unwrap_or_else(|| "…".into());
+                    let err = a
+                        .error
+                        .as_ref()
+                        .map(|e| format!(" — {} ({}): {}", e.code, e.class, e.message))
+                        .unwrap_or_default();
+                    println!(
+                        "  #{} {} on {} at {} for {}{}",
+                        a.number,
+                        a.outcome,
+                        a.worker_id,
+                        format_time(a.started_at),
+                        took,
+                        err
+                    );
+                }
+            }
+            if !e.artifacts.is_empty() {
+                println!("artifacts (assay artifact {} NAME):", e.job.id);
+                for a in &e.artifacts {
+                    println!(
+                        "  {} ({} bytes, attempt {}, sha256 {})",
+                        a.name,
+                        a.size,
+                        a.attempt,
+                        &a.sha256[..12]
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Artifact {
+            job,
+            name,
+            output,
+            server,
+        } => {
+            let client = Client::new(&server.server);
+            let to = output.unwrap_or_else(|| PathBuf::from(&name));
+            let n = client.download_artifact(job, &name, &to).await?;
+            println!("wrote {} ({n} bytes)", to.display());
+            Ok(0)
+        }
+        Command::Workers { server, json } => {
+            let client = Client::new(&server.server);
+            let workers = client.workers().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&workers)?);
+            } else {
+                for w in workers {
+                    let status = if w.stopped {
+                        "stopped".to_string()
+                    } else if let Some(q) = w
+                        .quarantined_until
+                        .filter(|q| *q > crate::domain::now_micros())
+                    {
+                        format!("quarantined until {}", format_time(q))
+                    } else {
+                        "active".into()
+                    };
+                    println!(
+                        "{} ({}) {status}, running {}, last seen {}, kinds {}",
+                        w.id,
+                        w.name,
+                        w.running,
+                        format_time(w.last_seen),
+                        w.kinds.join(",")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Bench(args) => crate::bench::run(args).await,
+    }
+}
+
+fn read_spec(path: &Path, idempotency_key: Option<String>) -> Result<SubmitRequest> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the spec {}", path.display()))?;
+    // Validate locally first: a bad spec fails here with file, line and field.
+    let spec = crate::spec::parse(&path.display().to_string(), &text)?;
+    spec.plan()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(SubmitRequest {
+        spec: text,
+        file_name: Some(path.display().to_string()),
+        idempotency_key,
+    })
+}
+
+/// `assay run`: the embedded default. Server and workers live in this process and share
+/// its runtime and its one shutdown token.
+async fn run_embedded(
+    spec: &Path,
+    data_dir: &Path,
+    workers: usize,
+    listen: SocketAddr,
+    fresh: bool,
+    plain: bool,
+) -> Result<u8> {
+    let mut req = read_spec(spec, None)?;
+    // The same spec in the same data directory is the same run: resume it.
+    let digest = hex::encode(Sha256::digest(req.spec.as_bytes()));
+    req.idempotency_key = Some(if fresh {
+        format!("run:{digest}:{}", uuid::Uuid::new_v4())
+    } else {
+        format!("run:{digest}")
+    });
+    let stop = shutdown_on_signals();
+    let server_stop = CancellationToken::new();
+    let server = server::start(
+        ServerConfig::new(data_dir.join("server"), listen),
+        server_stop.clone(),
+    )
+    .await?;
+    let url = format!("http://{}", server.addr);
+    let mut config = WorkerConfig::new(&url, data_dir.join("spool"));
+    // A stable id: after a crash, the next run delivers this worker's spooled results
+    // and hands back what it was running at once instead of waiting for leases to expire.
+    config.id = format!("local-{}", worker::hostname());
+    config.name = "embedded".into();
+    config.concurrency = workers.max(1);
+    config.shutdown_grace = Duration::from_secs(2);
+    config.drain_timeout = Duration::from_secs(5);
+    config.claim_wait = Duration::from_millis(250);
+    let worker_stop = CancellationToken::new();
+    let worker_task = tokio::spawn(worker::run(config, worker_stop.clone()));
+    let client = Client::new(&url);
+    let resp = client.submit(&req).await?;
+    if resp.created {
+        eprintln!("pipeline {} started (server {url})", resp.pipeline_id);
+    } else {
+        eprintln!(
+            "resuming pipeline {} (same spec in {}; --fresh starts anew)",
+            resp.pipeline_id,
+            data_dir.display()
+        );
+    }
+    let display = if plain {
+        Display::Lines
+    } else {
+        Display::auto()
+    };
+    let detail = progress::follow(&client, resp.pipeline_id, display, &stop).await;
+    worker_stop.cancel();
+    let _ = worker_task.await;
+    let summary = match &detail {
+        Ok(d) => progress::print_summary(&client, d)
+            .await
+            .map_err(anyhow::Error::from),
+        Err(_) => Ok(()),
+    };
+    server_stop.cancel();
+    server.wait().await;
+    let detail = detail?;
+    summary?;
+    if stop.is_cancelled() && !detail.pipeline.state.is_terminal() {
+        eprintln!("interrupted; run the same command again to resume");
+        return Ok(130);
+    }
+    Ok(progress::exit_code(detail.pipeline.state))
+}

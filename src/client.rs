@@ -1,0 +1,354 @@
+//! A typed HTTP client for the server's API, used by workers and the CLI.
+
+use crate::api::*;
+use crate::explain::Explanation;
+use crate::store::{
+    ClaimedJob, Heartbeat, HeartbeatReply, Job, JobFilter, Pipeline, Report, ReportAck,
+    WorkerRegistration, WorkerRow,
+};
+use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached or the connection broke: try again later.
+    #[error("cannot reach the server at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    /// The server answered with an error.
+    #[error("{message} [{code}]", code = code.as_str())]
+    Api {
+        status: u16,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// Whether the same request may succeed later (server down, restarting, overloaded).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api { status, code, .. } => {
+                *status >= 500 || *code == ErrorCode::ShuttingDown
+            }
+            _ => false,
+        }
+    }
+
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .expect("HTTP client builds");
+        Client {
+            http,
+            base: format!("{}{}", server.trim_end_matches('/'), API_PREFIX),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.to_string(),
+                source,
+            })?;
+        decode(resp, url).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = self.url(path);
+        self.send(self.http.get(&url).timeout(Duration::from_secs(60)), &url)
+            .await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        self.send(self.http.post(&url).json(body).timeout(timeout), &url)
+            .await
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/health").await
+    }
+
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitResponse, ClientError> {
+        self.post("/pipelines", req, Duration::from_secs(120)).await
+    }
+
+    pub async fn pipelines(&self, limit: i64) -> Result<Vec<Pipeline>, ClientError> {
+        self.get(&format!("/pipelines?limit={limit}")).await
+    }
+
+    pub async fn pipeline(&self, id: i64) -> Result<PipelineDetail, ClientError> {
+        self.get(&format!("/pipelines/{id}")).await
+    }
+
+    pub async fn cancel_pipeline(&self, id: i64) -> Result<PipelineDetail, ClientError> {
+        self.post(
+            &format!("/pipelines/{id}/cancel"),
+            &(),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    pub async fn retry_pipeline(&self, id: i64) -> Result<RetryResponse, ClientError> {
+        self.post(
+            &format!("/pipelines/{id}/retry"),
+            &(),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    pub async fn events(
+        &self,
+        id: i64,
+        after: i64,
+        wait_ms: u64,
+    ) -> Result<EventsResponse, ClientError> {
+        let url = self.url(&format!(
+            "/pipelines/{id}/events?after={after}&wait_ms={wait_ms}"
+        ));
+        let timeout = Duration::from_millis(wait_ms) + Duration::from_secs(30);
+        self.send(self.http.get(&url).timeout(timeout), &url).await
+    }
+
+    pub async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, ClientError> {
+        let mut q = Vec::new();
+        if let Some(p) = filter.pipeline_id {
+            q.push(format!("pipeline={p}"));
+        }
+        if let Some(s) = &filter.stage {
+            q.push(format!("stage={s}"));
+        }
+        if let Some(s) = filter.state {
+            q.push(format!("state={s}"));
+        }
+        if let Some(a) = filter.after_id {
+            q.push(format!("after={a}"));
+        }
+        if let Some(l) = filter.limit {
+            q.push(format!("limit={l}"));
+        }
+        self.get(&format!("/jobs?{}", q.join("&"))).await
+    }
+
+    pub async fn explain(&self, job_id: i64) -> Result<Explanation, ClientError> {
+        self.get(&format!("/jobs/{job_id}")).await
+    }
+
+    pub async fn cancel_job(&self, job_id: i64) -> Result<Job, ClientError> {
+        self.post(
+            &format!("/jobs/{job_id}/cancel"),
+            &(),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    pub async fn retry_job(&self, job_id: i64) -> Result<RetryResponse, ClientError> {
+        self.post(
+            &format!("/jobs/{job_id}/retry"),
+            &(),
+            Duration::from_secs(60),
+        )
+        .await
+    }
+
+    pub async fn workers(&self) -> Result<Vec<WorkerRow>, ClientError> {
+        self.get("/workers").await
+    }
+
+    pub async fn register(&self, w: &WorkerRegistration) -> Result<serde_json::Value, ClientError> {
+        self.post("/workers/register", w, Duration::from_secs(30))
+            .await
+    }
+
+    pub async fn worker_stopped(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        self.post(
+            &format!("/workers/{id}/stopped"),
+            &(),
+            Duration::from_secs(10),
+        )
+        .await
+    }
+
+    pub async fn claim(&self, body: &ClaimBody) -> Result<(Vec<ClaimedJob>, i64), ClientError> {
+        let timeout = Duration::from_millis(body.wait_ms) + Duration::from_secs(30);
+        let resp: ClaimResponse = self.post("/workers/claim", body, timeout).await?;
+        Ok((resp.jobs, resp.heartbeat_ms))
+    }
+
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, ClientError> {
+        self.post("/workers/heartbeat", hb, Duration::from_secs(10))
+            .await
+    }
+
+    pub async fn report(&self, reports: Vec<Report>) -> Result<Vec<ReportAck>, ClientError> {
+        let resp: ReportResponse = self
+            .post(
+                "/workers/report",
+                &ReportBody { reports },
+                Duration::from_secs(60),
+            )
+            .await?;
+        Ok(resp.acks)
+    }
+
+    pub async fn has_blob(&self, digest: &str) -> Result<bool, ClientError> {
+        let url = self.url(&format!("/blobs/{digest}"));
+        let resp = self
+            .http
+            .head(&url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(ClientError::Protocol(format!("HEAD {url}: {s}"))),
+        }
+    }
+
+    /// Stream a file to the server under its digest; the server verifies the hash.
+    pub async fn put_blob(&self, digest: &str, path: &Path) -> Result<(), ClientError> {
+        let url = self.url(&format!("/blobs/{digest}"));
+        let file = tokio::fs::File::open(path).await?;
+        let len = file.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        ));
+        let req = self
+            .http
+            .put(&url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .timeout(Duration::from_secs(3_600));
+        let _: serde_json::Value = self.send(req, &url).await?;
+        Ok(())
+    }
+
+    /// Download a job's artifact to `to`, streaming.
+    pub async fn download_artifact(
+        &self,
+        job_id: i64,
+        name: &str,
+        to: &Path,
+    ) -> Result<u64, ClientError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let url = self.url(&format!("/jobs/{job_id}/artifacts/{name}"));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if !resp.status().is_success() {
+            return Err(error_from(resp, &url).await);
+        }
+        let mut file = tokio::fs::File::create(to).await?;
+        let mut stream = resp.bytes_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+            file.write_all(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        file.flush().await?;
+        Ok(written)
+    }
+}
+
+async fn error_from(resp: reqwest::Response, url: &str) -> ClientError {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => ClientError::Api {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: if status >= 500 {
+                ErrorCode::Internal
+            } else {
+                ErrorCode::InvalidRequest
+            },
+            message: format!(
+                "{url} answered {status}: {}",
+                text.chars().take(300).collect::<String>()
+            ),
+        },
+    }
+}
+
+async fn decode<T: DeserializeOwned>(resp: reqwest::Response, url: &str) -> Result<T, ClientError> {
+    if !resp.status().is_success() {
+        return Err(error_from(resp, url).await);
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(format!("{url}: {e}")))
+}

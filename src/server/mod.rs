@@ -1,0 +1,195 @@
+//! The server: the HTTP API over a [`Store`], the reconciler, and blob storage. One
+//! shutdown token stops all of it: the listener drains in-flight requests, long-polls
+//! return at once, and the reconciler finishes its pass.
+
+pub mod blobs;
+mod routes;
+
+pub use routes::app;
+
+use crate::domain::now_micros;
+use crate::store::{LeasePolicy, Store};
+use blobs::BlobStore;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub lease: LeasePolicy,
+    pub reconcile_every: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        ServerConfig {
+            data_dir,
+            listen,
+            lease: LeasePolicy::default(),
+            reconcile_every: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Wakes long-polls. `work` ticks when jobs may have become claimable, `events` when
+/// any event was written.
+#[derive(Clone)]
+pub struct Signals {
+    work: watch::Sender<u64>,
+    events: watch::Sender<u64>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            work: watch::channel(0).0,
+            events: watch::channel(0).0,
+        }
+    }
+}
+
+impl Signals {
+    pub fn work_changed(&self) {
+        self.work.send_modify(|v| *v += 1);
+        self.events_changed();
+    }
+    pub fn events_changed(&self) {
+        self.events.send_modify(|v| *v += 1);
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub blobs: BlobStore,
+    pub lease: LeasePolicy,
+    pub signals: Signals,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source} (is another server running there? pick another --listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    tasks: TaskTracker,
+}
+
+impl RunningServer {
+    /// Wait until the server has stopped (after its shutdown token was cancelled).
+    pub async fn wait(self) {
+        self.tasks.wait().await;
+    }
+}
+
+pub async fn open_store(data_dir: &std::path::Path) -> Result<Arc<dyn Store>, ServerError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| ServerError::DataDir {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let store = crate::store::sqlite::SqliteStore::open(&data_dir.join("assay.db")).await?;
+    Ok(Arc::new(store))
+}
+
+/// Bind, then serve and reconcile in the background until `shutdown` is cancelled.
+pub async fn start(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningServer, ServerError> {
+    let store = open_store(&config.data_dir).await?;
+    // Workers may have been running jobs while this server was down: give them one lease
+    // to reconnect and heartbeat before the reconciler reclaims their jobs.
+    let grace_until = now_micros() + config.lease.lease_ms * crate::domain::MICROS_PER_MS;
+    let extended = store.grant_startup_grace(grace_until).await?;
+    if extended > 0 {
+        tracing::info!(
+            jobs = extended,
+            "running jobs get one lease to be heard from again"
+        );
+    }
+    let blob_dir = config.data_dir.join("blobs");
+    let blobs = BlobStore::open(&blob_dir).map_err(|source| ServerError::DataDir {
+        path: blob_dir,
+        source,
+    })?;
+    let state = AppState {
+        store,
+        blobs,
+        lease: config.lease,
+        signals: Signals::default(),
+        shutdown: shutdown.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    let tasks = TaskTracker::new();
+    let router = app(state.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "HTTP server stopped with an error");
+        }
+    });
+    tasks.spawn(reconcile_loop(state.clone(), config.reconcile_every));
+    tasks.close();
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "server listening");
+    Ok(RunningServer { addr, state, tasks })
+}
+
+/// The reconciler: the one place that moves time-driven state (leases, timeouts,
+/// deadlines, finalization). Store errors are logged and retried on the next tick; the
+/// loop itself never dies while the server lives.
+async fn reconcile_loop(state: AppState, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        match state.store.reconcile(&state.lease, now_micros()).await {
+            Ok(stats) => {
+                if stats != Default::default() {
+                    tracing::info!(?stats, "reconciler acted");
+                    state.signals.work_changed();
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reconcile pass failed; retrying next tick"),
+        }
+        // Jobs whose backoff ended are claimable now: wake long-polling workers.
+        if let Ok(Some(at)) = state.store.next_retry_at().await {
+            if at <= now_micros() {
+                state.signals.work_changed();
+            }
+        }
+    }
+}

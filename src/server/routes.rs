@@ -1,0 +1,562 @@
+//! HTTP handlers. Each is a thin translation between JSON and a [`Store`] call.
+
+use super::AppState;
+use crate::api::*;
+use crate::domain::{now_micros, JobState, Micros, MICROS_PER_MS};
+use crate::explain::{self, Explanation};
+use crate::store::{JobFilter, NewPipeline, RetryTarget, StoreError, WorkerRegistration};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+const MAX_LONG_POLL: Duration = Duration::from_secs(30);
+const JSON_LIMIT: usize = 64 * 1024 * 1024;
+
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/pipelines", get(list_pipelines).post(submit))
+        .route("/pipelines/{id}", get(get_pipeline))
+        .route("/pipelines/{id}/cancel", post(cancel_pipeline))
+        .route("/pipelines/{id}/retry", post(retry_pipeline))
+        .route("/pipelines/{id}/events", get(pipeline_events))
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/{id}", get(explain_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/retry", post(retry_job))
+        .route("/jobs/{id}/artifacts/{name}", get(job_artifact))
+        .route("/workers", get(list_workers))
+        .route("/workers/register", post(register_worker))
+        .route("/workers/{id}/stopped", post(worker_stopped))
+        .route("/workers/claim", post(claim))
+        .route("/workers/heartbeat", post(heartbeat))
+        .route("/workers/report", post(report))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .route(
+            "/blobs/{digest}",
+            put(put_blob)
+                .get(get_blob)
+                .head(head_blob)
+                .layer(DefaultBodyLimit::disable()),
+        );
+    Router::new().nest(API_PREFIX, api).with_state(state)
+}
+
+/// An API error: an HTTP status and a stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            format!("{} not found", what.into()),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) if what.starts_with("worker") => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::UnknownWorker,
+                format!("{what} is not registered; register it first"),
+            ),
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            e @ StoreError::IdempotencyConflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::IdempotencyConflict,
+                e.to_string(),
+            ),
+            other => {
+                tracing::error!(error = %other, "store error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    other.to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn submit(
+    State(s): State<AppState>,
+    Json(req): Json<SubmitRequest>,
+) -> Result<Response, ApiError> {
+    let file = req.file_name.as_deref().unwrap_or("spec.toml");
+    let spec = crate::spec::parse(file, &req.spec).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidSpec,
+            e.to_string(),
+        )
+    })?;
+    let jobs = spec.plan().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidSpec,
+            format!("{file}: {e}"),
+        )
+    })?;
+    let new = NewPipeline {
+        idempotency_key: req.idempotency_key,
+        spec_hash: hex::encode(Sha256::digest(req.spec.as_bytes())),
+        spec,
+        jobs,
+    };
+    let (pipeline_id, created) = s.store.create_pipeline(&new, now_micros()).await?;
+    if created {
+        s.signals.work_changed();
+    }
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(SubmitResponse {
+            pipeline_id,
+            created,
+        }),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn list_pipelines(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Vec<crate::store::Pipeline>> {
+    Ok(Json(
+        s.store
+            .pipelines(q.limit.unwrap_or(50).clamp(1, 1_000))
+            .await?,
+    ))
+}
+
+async fn get_pipeline(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<PipelineDetail> {
+    let pipeline = s
+        .store
+        .pipeline(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
+    let stages = s.store.stages(id).await?;
+    Ok(Json(PipelineDetail { pipeline, stages }))
+}
+
+async fn cancel_pipeline(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<PipelineDetail> {
+    s.store.cancel_pipeline(id, now_micros()).await?;
+    s.signals.work_changed();
+    get_pipeline(State(s), Path(id)).await
+}
+
+async fn retry_pipeline(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<RetryResponse> {
+    let retried = s
+        .store
+        .retry_dead(&RetryTarget::Pipeline(id), now_micros())
+        .await?;
+    s.signals.work_changed();
+    Ok(Json(RetryResponse { retried }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    limit: Option<i64>,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn pipeline_events(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<EventsResponse> {
+    if s.store.pipeline(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("pipeline {id}")));
+    }
+    let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_LONG_POLL);
+    let mut changes = s.signals.events.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let events = s.store.events(Some(id), q.after, limit).await?;
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+            let last_id = events.last().map(|e| e.id).unwrap_or(q.after);
+            return Ok(Json(EventsResponse { events, last_id }));
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = s.shutdown.cancelled() => return Ok(Json(EventsResponse { events: vec![], last_id: q.after })),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct JobsQuery {
+    #[serde(default)]
+    pipeline: Option<i64>,
+    #[serde(default)]
+    stage: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn list_jobs(
+    State(s): State<AppState>,
+    Query(q): Query<JobsQuery>,
+) -> ApiResult<Vec<crate::store::Job>> {
+    let state = q
+        .state
+        .as_deref()
+        .map(|t| t.parse::<JobState>())
+        .transpose()
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            )
+        })?;
+    let filter = JobFilter {
+        pipeline_id: q.pipeline,
+        stage: q.stage,
+        state,
+        after_id: q.after,
+        limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
+    };
+    Ok(Json(s.store.jobs(&filter).await?))
+}
+
+async fn explain_job(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<Explanation> {
+    let job = s
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    let stages = s.store.stages(job.pipeline_id).await?;
+    let stage = stages.iter().find(|st| st.name == job.stage);
+    let attempts = s.store.attempts(id).await?;
+    let dependencies = s.store.dependencies(id).await?;
+    let artifacts = s.store.artifacts(id).await?;
+    let workers = s.store.workers().await?;
+    let now = now_micros();
+    let wait = explain::wait_reason(&job, stage, &dependencies, &workers, s.lease.lease_ms, now);
+    let summary = explain::summarize(&job, wait.as_ref(), &attempts, now);
+    Ok(Json(Explanation {
+        job,
+        summary,
+        wait,
+        attempts,
+        dependencies,
+        artifacts,
+    }))
+}
+
+async fn cancel_job(
+    State(s): State<AppState>,
+    Path(id): Path<i64>,
+) -> ApiResult<crate::store::Job> {
+    s.store.cancel_job(id, now_micros()).await?;
+    s.signals.events_changed();
+    Ok(Json(
+        s.store
+            .job(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("job {id}")))?,
+    ))
+}
+
+async fn retry_job(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<RetryResponse> {
+    let retried = s
+        .store
+        .retry_dead(&RetryTarget::Job(id), now_micros())
+        .await?;
+    s.signals.work_changed();
+    Ok(Json(RetryResponse { retried }))
+}
+
+async fn job_artifact(
+    State(s): State<AppState>,
+    Path((id, name)): Path<(i64, String)>,
+) -> Result<Response, ApiError> {
+    let artifacts = s.store.artifacts(id).await?;
+    // The newest attempt's artifact of that name.
+    let found = artifacts
+        .iter()
+        .rev()
+        .find(|a| a.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("artifact `{name}` of job {id}")))?;
+    stream_blob(&s, &found.sha256).await
+}
+
+async fn stream_blob(s: &AppState, digest: &str) -> Result<Response, ApiError> {
+    let path = s.blobs.path(digest).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            e.to_string(),
+        )
+    })?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::not_found(format!("blob {digest}")))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        256 * 1024,
+    ));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::ETAG, format!("\"{digest}\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn get_blob(
+    State(s): State<AppState>,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    stream_blob(&s, &digest).await
+}
+
+async fn head_blob(
+    State(s): State<AppState>,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    match s.blobs.contains(&digest).await {
+        Ok(Some(len)) => Ok(([(header::CONTENT_LENGTH, len.to_string())], ()).into_response()),
+        Ok(None) => Err(ApiError::not_found(format!("blob {digest}"))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn put_blob(
+    State(s): State<AppState>,
+    Path(digest): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use super::blobs::BlobError;
+    match s.blobs.put(&digest, body.into_data_stream()).await {
+        Ok(size) => Ok((
+            StatusCode::CREATED,
+            Json(serde_json::json!({"sha256": digest, "size": size})),
+        )
+            .into_response()),
+        Err(e @ BlobError::HashMismatch { .. }) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::HashMismatch,
+            e.to_string(),
+        )),
+        Err(e @ BlobError::BadDigest(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            e.to_string(),
+        )),
+        Err(e @ BlobError::Interrupted(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn list_workers(State(s): State<AppState>) -> ApiResult<Vec<crate::store::WorkerRow>> {
+    Ok(Json(s.store.workers().await?))
+}
+
+async fn register_worker(
+    State(s): State<AppState>,
+    Json(w): Json<WorkerRegistration>,
+) -> ApiResult<serde_json::Value> {
+    if w.id.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "worker id is empty",
+        ));
+    }
+    s.store.register_worker(&w, now_micros()).await?;
+    Ok(Json(
+        serde_json::json!({"registered": w.id, "heartbeat_ms": heartbeat_ms(&s)}),
+    ))
+}
+
+async fn worker_stopped(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    s.store.worker_stopped(&id, now_micros()).await?;
+    Ok(Json(serde_json::json!({"stopped": id})))
+}
+
+/// Heartbeats come three times per lease, so two can be lost before the lease expires.
+fn heartbeat_ms(s: &AppState) -> i64 {
+    (s.lease.lease_ms / 3).max(50)
+}
+
+async fn claim(State(s): State<AppState>, Json(body): Json<ClaimBody>) -> ApiResult<ClaimResponse> {
+    let req = crate::store::ClaimRequest {
+        worker_id: body.worker_id,
+        kinds: body.kinds,
+        limit: body.limit.clamp(0, 1_000),
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(body.wait_ms).min(MAX_LONG_POLL);
+    let mut work = s.signals.work.subscribe();
+    loop {
+        work.borrow_and_update();
+        if s.shutdown.is_cancelled() {
+            return Ok(Json(ClaimResponse {
+                jobs: vec![],
+                heartbeat_ms: heartbeat_ms(&s),
+            }));
+        }
+        let now = now_micros();
+        let jobs = s.store.claim(&req, &s.lease, now).await?;
+        if !jobs.is_empty() {
+            s.signals.events_changed();
+            return Ok(Json(ClaimResponse {
+                jobs,
+                heartbeat_ms: heartbeat_ms(&s),
+            }));
+        }
+        let now_instant = tokio::time::Instant::now();
+        if now_instant >= deadline {
+            return Ok(Json(ClaimResponse {
+                jobs,
+                heartbeat_ms: heartbeat_ms(&s),
+            }));
+        }
+        let wake = match s.store.next_retry_at().await? {
+            Some(at) if at > now => deadline.min(now_instant + micros_to_duration(at - now)),
+            _ => deadline,
+        };
+        tokio::select! {
+            _ = work.changed() => {}
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = s.shutdown.cancelled() => {}
+        }
+    }
+}
+
+fn micros_to_duration(m: Micros) -> Duration {
+    Duration::from_micros(m.max(0) as u64) + Duration::from_micros((MICROS_PER_MS / 2) as u64)
+}
+
+async fn heartbeat(
+    State(s): State<AppState>,
+    Json(hb): Json<HeartbeatBody>,
+) -> ApiResult<crate::store::HeartbeatReply> {
+    let reply = s.store.heartbeat(&hb, &s.lease, now_micros()).await?;
+    if hb.leases.iter().any(|l| l.progress.is_some()) {
+        s.signals.events_changed();
+    }
+    Ok(Json(reply))
+}
+
+async fn report(
+    State(s): State<AppState>,
+    Json(body): Json<ReportBody>,
+) -> Result<Response, ApiError> {
+    // A result must never point at bytes the server does not have.
+    let mut missing = Vec::new();
+    for r in &body.reports {
+        if let crate::store::ReportOutcome::Completed { artifacts, .. }
+        | crate::store::ReportOutcome::Failed { artifacts, .. } = &r.outcome
+        {
+            for a in artifacts {
+                match s.blobs.contains(&a.sha256).await {
+                    Ok(Some(_)) => {}
+                    _ => missing.push(a.sha256.clone()),
+                }
+            }
+        }
+    }
+    if !missing.is_empty() {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: ErrorCode::MissingBlob,
+                message: format!("upload these blobs first: {}", missing.join(", ")),
+            },
+        };
+        return Ok((StatusCode::CONFLICT, Json(body)).into_response());
+    }
+    let acks = s
+        .store
+        .report(&body.reports, &s.lease, now_micros())
+        .await?;
+    s.signals.work_changed();
+    Ok(Json(ReportResponse { acks }).into_response())
+}

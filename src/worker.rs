@@ -1,0 +1,648 @@
+//! A pull-based worker: it claims jobs from a server over HTTP, runs them, heartbeats its
+//! leases, and never loses a finished result: each result is written to a local spool
+//! (fsynced) before it is reported, and stays there until the server acknowledges it,
+//! across server outages and worker restarts.
+//!
+//! Shutdown (the token passed to [`run`]): stop claiming, let running jobs finish within
+//! the grace period, then stop the rest and hand them back (`released`), flush the spool.
+
+use crate::api::ClaimBody;
+use crate::client::{Client, ClientError};
+use crate::domain::Failure;
+use crate::kinds::{self, JobContext};
+use crate::server::blobs::hash_file;
+use crate::store::{
+    ArtifactRef, ClaimedJob, Heartbeat, HeldLease, Progress, Report, ReportAck, ReportOutcome,
+    StopReason, WorkerRegistration,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub server: String,
+    pub id: String,
+    pub name: String,
+    pub kinds: Vec<String>,
+    pub concurrency: usize,
+    pub spool_dir: PathBuf,
+    /// How long running jobs may take to finish after shutdown begins.
+    pub shutdown_grace: Duration,
+    /// How long to keep trying to deliver spooled results at shutdown before leaving them
+    /// on disk for the next start.
+    pub drain_timeout: Duration,
+    /// How long one claim waits on the server for work (a long-poll). Shutdown waits
+    /// for an outstanding claim, so this bounds how long stopping takes.
+    pub claim_wait: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(server: &str, spool_dir: PathBuf) -> Self {
+        WorkerConfig {
+            server: server.to_string(),
+            id: uuid::Uuid::new_v4().to_string(),
+            name: hostname(),
+            kinds: kinds::KNOWN_KINDS.iter().map(|k| k.to_string()).collect(),
+            concurrency: 4,
+            spool_dir,
+            shutdown_grace: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(15),
+            claim_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "worker".into())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot use the spool directory {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    Cancelled,
+    LeaseLost,
+    Shutdown,
+}
+
+struct Running {
+    token: String,
+    progress: watch::Receiver<Option<Progress>>,
+    cancel: CancellationToken,
+    cause: Arc<Mutex<Option<StopCause>>>,
+}
+
+type RunningMap = Arc<Mutex<HashMap<i64, Running>>>;
+
+/// A finished attempt waiting to be acknowledged: the report and where its files are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SpoolEntry {
+    report: Report,
+    dir: Option<PathBuf>,
+}
+
+struct Spool {
+    batches: PathBuf,
+    work: PathBuf,
+}
+
+impl Spool {
+    fn open(root: &Path) -> Result<Self, WorkerError> {
+        let spool = Spool {
+            batches: root.join("batches"),
+            work: root.join("work"),
+        };
+        for dir in [&spool.batches, &spool.work] {
+            std::fs::create_dir_all(dir).map_err(|source| WorkerError::Spool {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        Ok(spool)
+    }
+
+    /// Write a batch durably: temp file, fsync, rename, fsync the directory.
+    async fn write_batch(&self, entries: &[SpoolEntry]) -> std::io::Result<PathBuf> {
+        use tokio::io::AsyncWriteExt;
+        let name = format!(
+            "{:020}-{}.json",
+            crate::domain::now_micros(),
+            uuid::Uuid::new_v4()
+        );
+        let tmp = self.batches.join(format!(".{name}.tmp"));
+        let path = self.batches.join(name);
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        file.write_all(&serde_json::to_vec(entries).expect("spool entries serialize"))
+            .await?;
+        file.sync_all().await?;
+        tokio::fs::rename(&tmp, &path).await?;
+        tokio::fs::File::open(&self.batches)
+            .await?
+            .sync_all()
+            .await?;
+        Ok(path)
+    }
+
+    /// Batches left by an earlier run, oldest first. Unreadable files are set aside, not
+    /// deleted, so nothing is silently lost.
+    fn recover(&self) -> Vec<(PathBuf, Vec<SpoolEntry>)> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.batches)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "json"));
+        files.sort();
+        let mut out = Vec::new();
+        for path in files {
+            match std::fs::read(&path).map(|b| serde_json::from_slice::<Vec<SpoolEntry>>(&b)) {
+                Ok(Ok(entries)) => out.push((path, entries)),
+                _ => {
+                    tracing::error!(file = %path.display(), "unreadable spool batch set aside as .corrupt");
+                    let _ = std::fs::rename(&path, path.with_extension("corrupt"));
+                }
+            }
+        }
+        out
+    }
+}
+
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let client = Client::new(&config.server);
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let running: RunningMap = Arc::default();
+    let heartbeat_ms = Arc::new(AtomicI64::new(1_000));
+    let background = TaskTracker::new();
+
+    // Deliver what an earlier run of this worker finished, before registering: registering
+    // fails whatever this worker id still held, so results must arrive first.
+    let (tx, rx) = mpsc::unbounded_channel::<SpoolEntry>();
+    let recovered = spool.recover();
+    if !recovered.is_empty() {
+        tracing::info!(
+            batches = recovered.len(),
+            "delivering results spooled by an earlier run"
+        );
+    }
+    let drain_stop = CancellationToken::new();
+    let uploader = tokio::spawn(uploader(
+        client.clone(),
+        spool.clone(),
+        recovered,
+        rx,
+        running.clone(),
+        drain_stop.clone(),
+    ));
+
+    let registration = WorkerRegistration {
+        id: config.id.clone(),
+        name: config.name.clone(),
+        kinds: config.kinds.clone(),
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match client.register(&registration).await {
+            Ok(reply) => {
+                if let Some(ms) = reply.get("heartbeat_ms").and_then(|v| v.as_i64()) {
+                    heartbeat_ms.store(ms, Ordering::Relaxed);
+                }
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register with the server; retrying");
+                if backoff.wait(&shutdown).await.is_err() {
+                    drain_stop.cancel();
+                    drop(tx);
+                    let _ = uploader.await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    tracing::info!(worker = %config.id, server = %config.server, concurrency = config.concurrency, "worker started");
+
+    let heartbeat_stop = CancellationToken::new();
+    background.spawn(heartbeat_loop(
+        client.clone(),
+        config.id.clone(),
+        running.clone(),
+        heartbeat_ms.clone(),
+        heartbeat_stop.clone(),
+    ));
+
+    let jobs = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+            _ = shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        // The claim is not abandoned mid-flight (the server may already have leased
+        // jobs to us); it is short so shutdown is prompt.
+        let body = ClaimBody {
+            worker_id: config.id.clone(),
+            kinds: config.kinds.clone(),
+            limit: permits.len() as i64,
+            wait_ms: config.claim_wait.as_millis() as u64,
+        };
+        let claimed = match client.claim(&body).await {
+            Ok((claimed, hb)) => {
+                heartbeat_ms.store(hb, Ordering::Relaxed);
+                backoff = Backoff::default();
+                claimed
+            }
+            Err(e) => {
+                if e.code() == Some(crate::api::ErrorCode::UnknownWorker) {
+                    let _ = client.register(&registration).await;
+                } else {
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    let _ = backoff.wait(&shutdown).await;
+                }
+                continue;
+            }
+        };
+        for job in claimed {
+            let permit = permits
+                .pop()
+                .expect("never claims more than its free slots");
+            let ctx = JobRun {
+                worker_id: config.id.clone(),
+                spool: spool.clone(),
+                running: running.clone(),
+                tx: tx.clone(),
+            };
+            jobs.spawn(async move {
+                ctx.run(job).await;
+                drop(permit);
+            });
+        }
+    }
+
+    // Soft stop: no more claims; running jobs get the grace period to finish.
+    tracing::info!("worker stopping: waiting for running jobs");
+    jobs.close();
+    if tokio::time::timeout(config.shutdown_grace, jobs.wait())
+        .await
+        .is_err()
+    {
+        let map = running.lock().expect("running map lock");
+        tracing::warn!(
+            jobs = map.len(),
+            "grace period over: stopping and handing back running jobs"
+        );
+        for r in map.values() {
+            r.cause
+                .lock()
+                .expect("cause lock")
+                .get_or_insert(StopCause::Shutdown);
+            r.cancel.cancel();
+        }
+    }
+    jobs.wait().await;
+    drop(tx);
+    // Flush finished results; what cannot be delivered in time stays spooled on disk.
+    if tokio::time::timeout(config.drain_timeout, async {
+        while !running.lock().expect("running map lock").is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("results not yet acknowledged stay in the spool for the next start");
+    }
+    drain_stop.cancel();
+    let _ = uploader.await;
+    heartbeat_stop.cancel();
+    background.close();
+    background.wait().await;
+    let _ = client.worker_stopped(&config.id).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+struct JobRun {
+    worker_id: String,
+    spool: Arc<Spool>,
+    running: RunningMap,
+    tx: mpsc::UnboundedSender<SpoolEntry>,
+}
+
+/// Kinds that write files; others get no output directory (it costs a few syscalls that
+/// matter at thousands of jobs per second).
+fn kind_writes_files(kind: &str) -> bool {
+    matches!(kind, "command" | "blob")
+}
+
+impl JobRun {
+    async fn run(self, job: ClaimedJob) {
+        let cancel = CancellationToken::new();
+        let cause: Arc<Mutex<Option<StopCause>>> = Arc::default();
+        let (progress_tx, progress_rx) = watch::channel(None);
+        self.running.lock().expect("running map lock").insert(
+            job.job_id,
+            Running {
+                token: job.token.clone(),
+                progress: progress_rx,
+                cancel: cancel.clone(),
+                cause: cause.clone(),
+            },
+        );
+        let output_dir = self
+            .spool
+            .work
+            .join(format!("{}-{}", job.job_id, job.attempt));
+        let mut outcome = None;
+        if kind_writes_files(&job.kind) {
+            if let Err(e) = tokio::fs::create_dir_all(&output_dir).await {
+                outcome = Some(Err(Failure::retryable(
+                    "io",
+                    format!("creating {}: {e}", output_dir.display()),
+                )));
+            }
+        }
+        let ctx = JobContext {
+            job_id: job.job_id,
+            key: job.key.clone(),
+            attempt: job.attempt,
+            params: job.params.clone(),
+            item: job.item.clone(),
+            output_dir: output_dir.clone(),
+            cancel: cancel.clone(),
+            progress: progress_tx,
+        };
+        let result = match outcome.take() {
+            Some(r) => r,
+            None => {
+                let work = kinds::run(&job.kind, &ctx);
+                tokio::pin!(work);
+                let timeout = Duration::from_millis(job.timeout_ms.max(1) as u64);
+                tokio::select! {
+                    r = &mut work => r,
+                    _ = tokio::time::sleep(timeout) => {
+                        cancel.cancel();
+                        let _ = work.await;
+                        Err(Failure::retryable("timeout", format!("the attempt ran past its timeout of {} ms", job.timeout_ms)))
+                    }
+                }
+            }
+        };
+        let stop = *cause.lock().expect("cause lock");
+        let has_dir = kind_writes_files(&job.kind);
+        let artifacts = if has_dir {
+            collect_artifacts(&output_dir).await
+        } else {
+            Ok(Vec::new())
+        };
+        let outcome = match (stop, result, artifacts) {
+            (Some(StopCause::Shutdown), _, _) => ReportOutcome::Released,
+            (Some(StopCause::Cancelled), _, _) => ReportOutcome::Cancelled,
+            (_, _, Err(e)) => ReportOutcome::Failed {
+                failure: Failure::retryable("io", format!("collecting artifacts: {e}")),
+                artifacts: vec![],
+            },
+            (_, Ok(out), Ok(artifacts)) => ReportOutcome::Completed {
+                result: out.result,
+                artifacts,
+            },
+            (_, Err(failure), Ok(artifacts)) => ReportOutcome::Failed { failure, artifacts },
+        };
+        let report = Report {
+            job_id: job.job_id,
+            attempt: job.attempt,
+            token: job.token,
+            worker_id: self.worker_id.clone(),
+            outcome,
+        };
+        // The entry stays in `running` (and keeps being heartbeated) until acknowledged.
+        let _ = self.tx.send(SpoolEntry {
+            report,
+            dir: has_dir.then_some(output_dir),
+        });
+    }
+}
+
+async fn collect_artifacts(dir: &Path) -> std::io::Result<Vec<ArtifactRef>> {
+    let mut out = Vec::new();
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        if !entry.file_type().await?.is_file() {
+            continue;
+        }
+        let (sha256, size) = hash_file(&entry.path()).await?;
+        out.push(ArtifactRef {
+            name: entry.file_name().to_string_lossy().to_string(),
+            sha256,
+            size: size as i64,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+async fn heartbeat_loop(
+    client: Client,
+    worker_id: String,
+    running: RunningMap,
+    every_ms: Arc<AtomicI64>,
+    stop: CancellationToken,
+) {
+    let mut sent: HashMap<i64, Progress> = HashMap::new();
+    loop {
+        let wait = Duration::from_millis(every_ms.load(Ordering::Relaxed).max(20) as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+        let leases: Vec<HeldLease> = {
+            let map = running.lock().expect("running map lock");
+            sent.retain(|id, _| map.contains_key(id));
+            map.iter()
+                .map(|(id, r)| {
+                    let current = r.progress.borrow().clone();
+                    let changed = match (&current, sent.get(id)) {
+                        (Some(p), Some(old)) => p != old,
+                        (Some(_), None) => true,
+                        _ => false,
+                    };
+                    HeldLease {
+                        job_id: *id,
+                        token: r.token.clone(),
+                        progress: if changed { current } else { None },
+                    }
+                })
+                .collect()
+        };
+        let hb = Heartbeat {
+            worker_id: worker_id.clone(),
+            leases,
+        };
+        match client.heartbeat(&hb).await {
+            Ok(reply) => {
+                for lease in &hb.leases {
+                    if let Some(p) = &lease.progress {
+                        sent.insert(lease.job_id, p.clone());
+                    }
+                }
+                if let Some(until) = reply.quarantined_until {
+                    tracing::warn!(until = %crate::domain::format_time(until), "this worker is quarantined after repeated failures");
+                }
+                let map = running.lock().expect("running map lock");
+                for order in reply.stop {
+                    if let Some(r) = map.get(&order.job_id) {
+                        let cause = match order.reason {
+                            StopReason::Cancelled => StopCause::Cancelled,
+                            StopReason::LeaseLost => StopCause::LeaseLost,
+                        };
+                        r.cause.lock().expect("cause lock").get_or_insert(cause);
+                        r.cancel.cancel();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; jobs keep running"),
+        }
+    }
+}
+
+/// Spool, then deliver, one batch at a time, oldest first, until acknowledged.
+async fn uploader(
+    client: Client,
+    spool: Arc<Spool>,
+    recovered: Vec<(PathBuf, Vec<SpoolEntry>)>,
+    mut rx: mpsc::UnboundedReceiver<SpoolEntry>,
+    running: RunningMap,
+    stop: CancellationToken,
+) {
+    for (path, entries) in recovered {
+        if !deliver(&client, &path, &entries, &running, &stop).await {
+            return;
+        }
+    }
+    let mut entries = Vec::with_capacity(512);
+    loop {
+        entries.clear();
+        let n = tokio::select! {
+            n = rx.recv_many(&mut entries, 512) => n,
+            _ = stop.cancelled() => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let path = match spool.write_batch(&entries).await {
+            Ok(p) => p,
+            Err(e) => {
+                // The disk refuses: deliver straight from memory rather than lose results.
+                tracing::error!(error = %e, "cannot write the spool; delivering without it");
+                PathBuf::new()
+            }
+        };
+        if !deliver(&client, &path, &entries, &running, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Returns false when stopped before delivery (the batch stays on disk).
+async fn deliver(
+    client: &Client,
+    path: &Path,
+    entries: &[SpoolEntry],
+    running: &RunningMap,
+    stop: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::default();
+    loop {
+        match try_deliver(client, entries).await {
+            Ok(acks) => {
+                for (entry, ack) in entries.iter().zip(&acks) {
+                    if *ack != ReportAck::Accepted {
+                        tracing::info!(
+                            job = entry.report.job_id,
+                            attempt = entry.report.attempt,
+                            ?ack,
+                            "result not applied: a newer attempt owns the job"
+                        );
+                    }
+                    running
+                        .lock()
+                        .expect("running map lock")
+                        .remove(&entry.report.job_id);
+                    if let Some(dir) = &entry.dir {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                }
+                if !path.as_os_str().is_empty() {
+                    let _ = std::fs::remove_file(path);
+                }
+                return true;
+            }
+            Err(e) if e.is_transient() || e.code() == Some(crate::api::ErrorCode::MissingBlob) => {
+                tracing::warn!(error = %e, results = entries.len(), "cannot deliver results yet; they are spooled and will be retried");
+                if backoff.wait(stop).await.is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %path.display(), "the server refused these results; the batch is kept as .rejected");
+                if !path.as_os_str().is_empty() {
+                    let _ = std::fs::rename(path, path.with_extension("rejected"));
+                }
+                for entry in entries {
+                    running
+                        .lock()
+                        .expect("running map lock")
+                        .remove(&entry.report.job_id);
+                }
+                return true;
+            }
+        }
+    }
+}
+
+async fn try_deliver(
+    client: &Client,
+    entries: &[SpoolEntry],
+) -> Result<Vec<ReportAck>, ClientError> {
+    for entry in entries {
+        let (ReportOutcome::Completed { artifacts, .. } | ReportOutcome::Failed { artifacts, .. }) =
+            &entry.report.outcome
+        else {
+            continue;
+        };
+        let Some(dir) = &entry.dir else { continue };
+        for a in artifacts {
+            if !client.has_blob(&a.sha256).await? {
+                client.put_blob(&a.sha256, &dir.join(&a.name)).await?;
+            }
+        }
+    }
+    client
+        .report(entries.iter().map(|e| e.report.clone()).collect())
+        .await
+}
+
+/// Exponential backoff with jitter for reconnecting: 100 ms doubling to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(100),
+        }
+    }
+}
+
+impl Backoff {
+    /// Sleep; `Err` if `stop` fired first.
+    async fn wait(&mut self, stop: &CancellationToken) -> Result<(), ()> {
+        let jitter = rand::random::<f64>() * 0.5 + 0.75;
+        let wait = self.next.mul_f64(jitter);
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = stop.cancelled() => Err(()),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Helpers for tests that run real `assay` processes.
+#![allow(dead_code)]
+
+use assay::api::SubmitRequest;
+use assay::client::Client;
+use assay::store::{Job, JobFilter};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_assay");
+
+/// A child process that is killed (SIGKILL) when dropped, so a failing test leaves
+/// nothing running.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn sigterm(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    /// Wait for exit; returns the exit code, or None if it did not exit in time.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(name: &str, args: &[&str], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).unwrap();
+    let child = Command::new(BIN)
+        .args(args)
+        .env("ASSAY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: name.into(),
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+    pub client: Client,
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        Cluster {
+            client: Client::new(&url),
+            dir,
+            port,
+            url,
+        }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub async fn server(&self, lease: &str) -> Proc {
+        let listen = format!("127.0.0.1:{}", self.port);
+        let data = self.path("server");
+        let log = self.path(&format!("server-{}.log", uuid::Uuid::new_v4()));
+        let p = spawn(
+            "server",
+            &[
+                "server",
+                "--listen",
+                &listen,
+                "--lease",
+                lease,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &log,
+        );
+        wait_for("server health", Duration::from_secs(30), || async {
+            self.client.health().await.is_ok()
+        })
+        .await;
+        p
+    }
+
+    pub fn worker(&self, id: &str, concurrency: usize, extra: &[&str]) -> Proc {
+        let spool = self.path(&format!("spool-{id}"));
+        let log = self.path(&format!("worker-{id}-{}.log", uuid::Uuid::new_v4()));
+        let conc = concurrency.to_string();
+        let mut args = vec![
+            "worker",
+            "--server",
+            &self.url,
+            "--id",
+            id,
+            "--concurrency",
+            &conc,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        spawn(id, &args, &log)
+    }
+
+    pub async fn submit(&self, spec: &str) -> i64 {
+        self.client
+            .submit(&SubmitRequest {
+                spec: spec.into(),
+                file_name: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap()
+            .pipeline_id
+    }
+
+    pub async fn jobs(&self, pipeline: i64) -> Vec<Job> {
+        self.client
+            .jobs(&JobFilter {
+                pipeline_id: Some(pipeline),
+                limit: Some(10_000),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_finished(
+        &self,
+        pipeline: i64,
+        timeout: Duration,
+    ) -> assay::api::PipelineDetail {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(d) = self.client.pipeline(pipeline).await {
+                if d.pipeline.state.is_terminal() {
+                    return d;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "pipeline {pipeline} did not finish in {timeout:?}: {:?}\nlogs:\n{}",
+            self.client
+                .pipeline(pipeline)
+                .await
+                .ok()
+                .map(|d| d.pipeline),
+            self.logs()
+        );
+    }
+
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                out += &format!(
+                    "--- {}\n{}\n",
+                    e.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        out
+    }
+}
+
+pub async fn wait_for_opt<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        wait_for_opt(timeout, cond).await,
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Processes whose command line contains `marker` (to prove nothing was left running).
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) && !cmd.contains("processes_with") {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
