@@ -143,6 +143,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             .arg(data_dir.join(format!("spool-{i}")))
             .env("ASSAY_LOG", "error")
             .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("starting a worker process")?;

@@ -6,7 +6,7 @@ use crate::client::Client;
 use crate::domain::{format_time, JobState};
 use crate::progress::{self, Display};
 use crate::server::{self, ServerConfig};
-use crate::store::{JobFilter, LeasePolicy};
+use crate::store::JobFilter;
 use crate::worker::{self, WorkerConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -65,9 +65,10 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: SocketAddr,
-        /// Lease length: a worker that stops heartbeating loses its jobs after this.
-        #[arg(long, default_value = "3s", value_parser = parse_duration)]
-        lease: Duration,
+        /// How often workers heartbeat. A worker that stops is noticed, and its jobs are
+        /// claimable again, within two of these intervals.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        heartbeat: Duration,
     },
     /// Run a worker that pulls jobs from a server until SIGTERM.
     Worker {
@@ -245,14 +246,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Server {
             data_dir,
             listen,
-            lease,
+            heartbeat,
         } => {
             let shutdown = shutdown_on_signals();
-            let mut config = ServerConfig::new(data_dir, listen);
-            config.lease = LeasePolicy {
-                lease_ms: lease.as_millis() as i64,
-                ..LeasePolicy::default()
-            };
+            let config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             let running = server::start(config, shutdown).await?;
             println!("assay server listening on http://{}", running.addr);
             running.wait().await;

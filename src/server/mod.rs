@@ -32,8 +32,18 @@ impl ServerConfig {
             data_dir,
             listen,
             lease: LeasePolicy::default(),
-            reconcile_every: Duration::from_millis(200),
+            reconcile_every: Duration::from_millis(LeasePolicy::reconcile_tick_ms(
+                LeasePolicy::default().heartbeat_ms,
+            ) as u64),
         }
+    }
+
+    /// Set the heartbeat interval; the lease and the reconciler tick follow from it.
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        let ms = heartbeat.as_millis() as i64;
+        self.lease = LeasePolicy::from_heartbeat(ms);
+        self.reconcile_every = Duration::from_millis(LeasePolicy::reconcile_tick_ms(ms) as u64);
+        self
     }
 }
 

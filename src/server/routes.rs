@@ -461,9 +461,8 @@ async fn worker_stopped(
     Ok(Json(serde_json::json!({"stopped": id})))
 }
 
-/// Heartbeats come three times per lease, so two can be lost before the lease expires.
 fn heartbeat_ms(s: &AppState) -> i64 {
-    (s.lease.lease_ms / 3).max(50)
+    s.lease.heartbeat_ms
 }
 
 async fn claim(State(s): State<AppState>, Json(body): Json<ClaimBody>) -> ApiResult<ClaimResponse> {

@@ -13,6 +13,7 @@ pub const T0: Micros = 1_700_000_000 * MICROS_PER_SEC;
 
 pub fn policy() -> LeasePolicy {
     LeasePolicy {
+        heartbeat_ms: 1_000,
         lease_ms: 3_000,
         quarantine_after: 3,
         quarantine_ms: 10_000,

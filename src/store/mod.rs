@@ -173,19 +173,39 @@ pub struct WorkerRow {
 /// Knobs the server applies to every claim.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LeasePolicy {
+    /// How often workers heartbeat.
+    pub heartbeat_ms: i64,
+    /// How long a lease lasts after a heartbeat. Derived from the heartbeat so that a dead
+    /// worker's jobs are claimable again within two heartbeat intervals (see `from_heartbeat`).
     pub lease_ms: i64,
     /// Consecutive retryable failures after which a worker is quarantined; 0 disables.
     pub quarantine_after: i64,
     pub quarantine_ms: i64,
 }
 
-impl Default for LeasePolicy {
-    fn default() -> Self {
+impl LeasePolicy {
+    /// The reconciler tick that goes with a heartbeat interval.
+    pub fn reconcile_tick_ms(heartbeat_ms: i64) -> i64 {
+        (heartbeat_ms / 5).clamp(10, 200)
+    }
+
+    /// Lease = 2 heartbeats − 2 reconciler ticks: a lease expires, and the reconciler sees
+    /// it, within two heartbeat intervals of the last heartbeat, while one late heartbeat
+    /// (up to `heartbeat − 2 ticks` late) is still tolerated.
+    pub fn from_heartbeat(heartbeat_ms: i64) -> Self {
+        let heartbeat_ms = heartbeat_ms.max(50);
         LeasePolicy {
-            lease_ms: 3_000,
+            heartbeat_ms,
+            lease_ms: 2 * heartbeat_ms - 2 * Self::reconcile_tick_ms(heartbeat_ms),
             quarantine_after: 5,
             quarantine_ms: 30_000,
         }
+    }
+}
+
+impl Default for LeasePolicy {
+    fn default() -> Self {
+        LeasePolicy::from_heartbeat(2_000)
     }
 }
 

@@ -98,7 +98,7 @@ impl Cluster {
         self.dir.path().join(p)
     }
 
-    pub async fn server(&self, lease: &str) -> Proc {
+    pub async fn server(&self, heartbeat: &str) -> Proc {
         let listen = format!("127.0.0.1:{}", self.port);
         let data = self.path("server");
         let log = self.path(&format!("server-{}.log", uuid::Uuid::new_v4()));
@@ -108,8 +108,8 @@ impl Cluster {
                 "server",
                 "--listen",
                 &listen,
-                "--lease",
-                lease,
+                "--heartbeat",
+                heartbeat,
                 "--data-dir",
                 data.to_str().unwrap(),
             ],
