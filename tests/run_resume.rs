@@ -203,3 +203,66 @@ async fn a_killed_run_resumes_without_running_finished_jobs_again() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_run_hands_jobs_back_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("long.toml");
+    std::fs::write(
+        &spec,
+        "[pipeline]\nname = \"long\"\n[[stage]]\nname = \"s\"\nkind = \"sleep\"\nitems = [1, 2, 3]\n[stage.params]\nms = 30000\nsteps = 30\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut run = Proc {
+        child: Command::new(BIN)
+            .args([
+                "run",
+                spec.to_str().unwrap(),
+                "--plain",
+                "--workers",
+                "2",
+                "--listen",
+                &listen,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "run".into(),
+    };
+    let client = assay::client::Client::new(&format!("http://{listen}"));
+    wait_for("two jobs to run", Duration::from_secs(60), || async {
+        match client
+            .jobs(&JobFilter {
+                pipeline_id: Some(1),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(jobs) => jobs.iter().filter(|j| j.state == JobState::Running).count() == 2,
+            Err(_) => false,
+        }
+    })
+    .await;
+    run.sigterm();
+    assert_eq!(run.wait_exit(Duration::from_secs(20)), Some(130));
+    let store = SqliteStore::open(&data.join("server").join("assay.db"))
+        .await
+        .unwrap();
+    let jobs = store
+        .jobs(&JobFilter {
+            pipeline_id: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Available),
+        "handed back, none left running: {jobs:?}"
+    );
+    assert!(jobs.iter().all(|j| j.failed_attempts == 0));
+}
