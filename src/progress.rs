@@ -49,9 +49,13 @@ pub fn counts_line(c: &StateCounts) -> String {
     parts.join(" · ")
 }
 
+/// How many running jobs get a line of their own under the stage bars.
+const RUNNING_LINES: usize = 8;
+
 struct Bars {
     multi: MultiProgress,
     bars: HashMap<String, ProgressBar>,
+    running: Vec<ProgressBar>,
 }
 
 impl Bars {
@@ -59,10 +63,39 @@ impl Bars {
         Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)),
             bars: HashMap::new(),
+            running: Vec::new(),
         }
     }
 
-    fn update(&mut self, stages: &[StageSummary], steps: &HashMap<String, String>) {
+    /// One line per running job (its current step), below the stage bars.
+    fn update_running(&mut self, lines: &[String]) {
+        let style = ProgressStyle::with_template("  {spinner} {msg}").expect("valid template");
+        let idle = ProgressStyle::with_template(" ").expect("valid template");
+        while self.running.len() < lines.len().min(RUNNING_LINES) {
+            let bar = self.multi.add(ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            self.running.push(bar);
+        }
+        for (i, bar) in self.running.iter().enumerate() {
+            match lines.get(i) {
+                Some(line) => {
+                    bar.set_style(style.clone());
+                    if i + 1 == RUNNING_LINES && lines.len() > RUNNING_LINES {
+                        bar.set_message(format!(
+                            "{line} (and {} more running)",
+                            lines.len() - RUNNING_LINES
+                        ));
+                    } else {
+                        bar.set_message(line.clone());
+                    }
+                }
+                None => bar.set_style(idle.clone()),
+            }
+            bar.tick();
+        }
+    }
+
+    fn update(&mut self, stages: &[StageSummary]) {
         let style = ProgressStyle::with_template(
             "{prefix:>14.bold} [{bar:28.green/blue}] {pos:>5}/{len:<5} {msg}",
         )
@@ -84,14 +117,14 @@ impl Bars {
             if stage.breaker_open {
                 msg += " · BREAKER OPEN";
             }
-            if let Some(step) = steps.get(&stage.name) {
-                msg += &format!(" | {step}");
-            }
             bar.set_message(msg);
         }
     }
 
     fn finish(&self) {
+        for bar in &self.running {
+            bar.finish_and_clear();
+        }
         for bar in self.bars.values() {
             bar.abandon();
         }
@@ -175,16 +208,23 @@ pub async fn follow(
                     ..Default::default()
                 })
                 .await?;
-            let mut steps: HashMap<String, String> = HashMap::new();
-            for job in running {
-                if let Some(p) = &job.progress {
-                    let pct = p.percent.map(|v| format!(" {v:.0}%")).unwrap_or_default();
-                    steps
-                        .entry(job.stage.clone())
-                        .or_insert(format!("{}: {}{}", job.key, p.step, pct));
-                }
-            }
-            bars.update(&detail.stages, &steps);
+            let lines: Vec<String> = running
+                .iter()
+                .map(|job| match &job.progress {
+                    Some(p) => {
+                        let pct = p.percent.map(|v| format!(" {v:.0}%")).unwrap_or_default();
+                        let msg = p
+                            .message
+                            .as_deref()
+                            .map(|m| format!(" — {m}"))
+                            .unwrap_or_default();
+                        format!("{}: {}{pct}{msg}", job.key, p.step)
+                    }
+                    None => format!("{}: started", job.key),
+                })
+                .collect();
+            bars.update(&detail.stages);
+            bars.update_running(&lines);
         }
         if detail.pipeline.state.is_terminal() {
             if let Some(bars) = &bars {

@@ -23,6 +23,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
 const PROGRESS_PREFIX: &str = "::assay-progress ";
+/// Results up to this size are stored inline with the job; larger ones stay artifacts.
+const INLINE_RESULT_LIMIT: u64 = 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,10 +181,19 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
             })?;
     }
     let result_path = ctx.output_dir.join("result.json");
-    let result = match tokio::fs::read(&result_path).await {
-        Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|e| {
-            Failure::permanent("bad_result", format!("result.json is not valid JSON: {e}"))
-        })?,
+    let result = match tokio::fs::metadata(&result_path).await {
+        // A large result travels as its artifact (streamed, hash-verified), not inline.
+        Ok(meta) if meta.len() > INLINE_RESULT_LIMIT => {
+            json!({"artifact": "result.json", "bytes": meta.len()})
+        }
+        Ok(_) => {
+            let bytes = tokio::fs::read(&result_path)
+                .await
+                .map_err(|e| io("reading result.json", e))?;
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+                Failure::permanent("bad_result", format!("result.json is not valid JSON: {e}"))
+            })?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => json!({}),
         Err(e) => return Err(io("reading result.json", e)),
     };
