@@ -228,3 +228,113 @@ async fn copy_lines(
     }
     file.flush().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::FailureClass;
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx(dir: &std::path::Path, params: Value) -> JobContext {
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        JobContext {
+            job_id: 7,
+            key: "k".into(),
+            attempt: 1,
+            params,
+            item: json!({}),
+            output_dir: out,
+            cancel: CancellationToken::new(),
+            progress: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    #[tokio::test]
+    async fn collects_result_logs_outputs_env_and_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let c = ctx(
+            dir.path(),
+            json!({
+                "program": "sh",
+                "args": ["-c", "echo '::assay-progress {\"step\": \"s1\", \"percent\": 10}'; echo hi $GREETING; echo oops >&2; echo data > made.txt; echo '{\"n\": 3}' > \"$ASSAY_OUTPUT_DIR/result.json\""],
+                "cwd": work,
+                "env": {"GREETING": "there"},
+                "outputs": ["made.txt"],
+            }),
+        );
+        let rx = c.progress.subscribe();
+        let out = run(&c).await.unwrap();
+        assert_eq!(out.result, json!({"exit_code": 0, "result": {"n": 3}}));
+        let stdout = std::fs::read_to_string(c.output_dir.join("stdout.log")).unwrap();
+        assert!(stdout.contains("hi there"), "{stdout}");
+        assert_eq!(
+            std::fs::read_to_string(c.output_dir.join("stderr.log")).unwrap(),
+            "oops\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(c.output_dir.join("made.txt")).unwrap(),
+            "data\n"
+        );
+        // The last progress seen is the program's own step or the kind's final one.
+        assert!(rx.borrow().is_some());
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_missing_programs_are_classified() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = run(&ctx(
+            dir.path(),
+            json!({"program": "sh", "args": ["-c", "exit 3"]}),
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (f.class, f.code.as_str()),
+            (FailureClass::Permanent, "exit_status")
+        );
+        let f = run(&ctx(
+            dir.path(),
+            json!({"program": "sh", "args": ["-c", "exit 75"]}),
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(f.class, FailureClass::Retryable);
+        let f = run(&ctx(
+            dir.path(),
+            json!({"program": "sh", "args": ["-c", "kill -9 $$"]}),
+        ))
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (f.class, f.code.as_str()),
+            (FailureClass::Retryable, "signal")
+        );
+        let f = run(&ctx(dir.path(), json!({"program": "no-such-tool-xyz"})))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (f.class, f.code.as_str()),
+            (FailureClass::Permanent, "missing_tool")
+        );
+        let f = run(&ctx(dir.path(), json!({"program": "sh", "args": ["-c", "echo '{' > \"$ASSAY_OUTPUT_DIR/result.json\""]})))
+            .await
+            .unwrap_err();
+        assert_eq!(f.code, "bad_result");
+    }
+
+    #[test]
+    fn params_are_validated() {
+        assert!(validate(&json!({"program": "x", "grace": "soon"}))
+            .unwrap_err()
+            .contains("grace"));
+        assert!(validate(&json!({"args": []}))
+            .unwrap_err()
+            .contains("program"));
+        assert!(validate(&json!({"program": "x", "typo": 1}))
+            .unwrap_err()
+            .contains("typo"));
+    }
+}

@@ -6,7 +6,8 @@ use crate::domain::{now_micros, JobState, Micros, MICROS_PER_MS};
 use crate::explain::{self, Explanation};
 use crate::store::{JobFilter, NewPipeline, RetryTarget, StoreError, WorkerRegistration};
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -47,6 +48,30 @@ pub fn app(state: AppState) -> Router {
         );
     Router::new().nest(API_PREFIX, api).with_state(state)
 }
+
+/// Extractors whose rejections answer in the API's error format (`invalid_request`).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+struct AppJson<T>(T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+struct AppPath<T>(T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+struct AppQuery<T>(T);
+
+macro_rules! invalid_request_from {
+    ($($rejection:ty),+) => {$(
+        impl From<$rejection> for ApiError {
+            fn from(r: $rejection) -> Self {
+                ApiError::new(r.status(), ErrorCode::InvalidRequest, r.body_text())
+            }
+        }
+    )+};
+}
+invalid_request_from!(JsonRejection, PathRejection, QueryRejection);
 
 /// An API error: an HTTP status and a stable code.
 #[derive(Debug)]
@@ -119,7 +144,7 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn submit(
     State(s): State<AppState>,
-    Json(req): Json<SubmitRequest>,
+    AppJson(req): AppJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     let file = req.file_name.as_deref().unwrap_or("spec.toml");
     let spec = crate::spec::parse(file, &req.spec).map_err(|e| {
@@ -169,7 +194,7 @@ struct ListQuery {
 
 async fn list_pipelines(
     State(s): State<AppState>,
-    Query(q): Query<ListQuery>,
+    AppQuery(q): AppQuery<ListQuery>,
 ) -> ApiResult<Vec<crate::store::Pipeline>> {
     Ok(Json(
         s.store
@@ -178,7 +203,10 @@ async fn list_pipelines(
     ))
 }
 
-async fn get_pipeline(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<PipelineDetail> {
+async fn get_pipeline(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<PipelineDetail> {
     let pipeline = s
         .store
         .pipeline(id)
@@ -190,16 +218,16 @@ async fn get_pipeline(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResu
 
 async fn cancel_pipeline(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    AppPath(id): AppPath<i64>,
 ) -> ApiResult<PipelineDetail> {
     s.store.cancel_pipeline(id, now_micros()).await?;
     s.signals.work_changed();
-    get_pipeline(State(s), Path(id)).await
+    get_pipeline(State(s), AppPath(id)).await
 }
 
 async fn retry_pipeline(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    AppPath(id): AppPath<i64>,
 ) -> ApiResult<RetryResponse> {
     let retried = s
         .store
@@ -221,8 +249,8 @@ struct EventsQuery {
 
 async fn pipeline_events(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
-    Query(q): Query<EventsQuery>,
+    AppPath(id): AppPath<i64>,
+    AppQuery(q): AppQuery<EventsQuery>,
 ) -> ApiResult<EventsResponse> {
     if s.store.pipeline(id).await?.is_none() {
         return Err(ApiError::not_found(format!("pipeline {id}")));
@@ -262,7 +290,7 @@ struct JobsQuery {
 
 async fn list_jobs(
     State(s): State<AppState>,
-    Query(q): Query<JobsQuery>,
+    AppQuery(q): AppQuery<JobsQuery>,
 ) -> ApiResult<Vec<crate::store::Job>> {
     let state = q
         .state
@@ -286,7 +314,10 @@ async fn list_jobs(
     Ok(Json(s.store.jobs(&filter).await?))
 }
 
-async fn explain_job(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<Explanation> {
+async fn explain_job(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<Explanation> {
     let job = s
         .store
         .job(id)
@@ -313,7 +344,7 @@ async fn explain_job(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResul
 
 async fn cancel_job(
     State(s): State<AppState>,
-    Path(id): Path<i64>,
+    AppPath(id): AppPath<i64>,
 ) -> ApiResult<crate::store::Job> {
     s.store.cancel_job(id, now_micros()).await?;
     s.signals.events_changed();
@@ -325,7 +356,10 @@ async fn cancel_job(
     ))
 }
 
-async fn retry_job(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<RetryResponse> {
+async fn retry_job(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<RetryResponse> {
     let retried = s
         .store
         .retry_dead(&RetryTarget::Job(id), now_micros())
@@ -336,7 +370,7 @@ async fn retry_job(State(s): State<AppState>, Path(id): Path<i64>) -> ApiResult<
 
 async fn job_artifact(
     State(s): State<AppState>,
-    Path((id, name)): Path<(i64, String)>,
+    AppPath((id, name)): AppPath<(i64, String)>,
 ) -> Result<Response, ApiError> {
     let artifacts = s.store.artifacts(id).await?;
     // The newest attempt's artifact of that name.
@@ -377,14 +411,14 @@ async fn stream_blob(s: &AppState, digest: &str) -> Result<Response, ApiError> {
 
 async fn get_blob(
     State(s): State<AppState>,
-    Path(digest): Path<String>,
+    AppPath(digest): AppPath<String>,
 ) -> Result<Response, ApiError> {
     stream_blob(&s, &digest).await
 }
 
 async fn head_blob(
     State(s): State<AppState>,
-    Path(digest): Path<String>,
+    AppPath(digest): AppPath<String>,
 ) -> Result<Response, ApiError> {
     match s.blobs.contains(&digest).await {
         Ok(Some(len)) => Ok(([(header::CONTENT_LENGTH, len.to_string())], ()).into_response()),
@@ -399,7 +433,7 @@ async fn head_blob(
 
 async fn put_blob(
     State(s): State<AppState>,
-    Path(digest): Path<String>,
+    AppPath(digest): AppPath<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
     use super::blobs::BlobError;
@@ -438,7 +472,7 @@ async fn list_workers(State(s): State<AppState>) -> ApiResult<Vec<crate::store::
 
 async fn register_worker(
     State(s): State<AppState>,
-    Json(w): Json<WorkerRegistration>,
+    AppJson(w): AppJson<WorkerRegistration>,
 ) -> ApiResult<serde_json::Value> {
     if w.id.trim().is_empty() {
         return Err(ApiError::new(
@@ -455,7 +489,7 @@ async fn register_worker(
 
 async fn worker_stopped(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    AppPath(id): AppPath<String>,
 ) -> ApiResult<serde_json::Value> {
     s.store.worker_stopped(&id, now_micros()).await?;
     Ok(Json(serde_json::json!({"stopped": id})))
@@ -465,7 +499,10 @@ fn heartbeat_ms(s: &AppState) -> i64 {
     s.lease.heartbeat_ms
 }
 
-async fn claim(State(s): State<AppState>, Json(body): Json<ClaimBody>) -> ApiResult<ClaimResponse> {
+async fn claim(
+    State(s): State<AppState>,
+    AppJson(body): AppJson<ClaimBody>,
+) -> ApiResult<ClaimResponse> {
     let req = crate::store::ClaimRequest {
         worker_id: body.worker_id,
         kinds: body.kinds,
@@ -516,7 +553,7 @@ fn micros_to_duration(m: Micros) -> Duration {
 
 async fn heartbeat(
     State(s): State<AppState>,
-    Json(hb): Json<HeartbeatBody>,
+    AppJson(hb): AppJson<HeartbeatBody>,
 ) -> ApiResult<crate::store::HeartbeatReply> {
     let reply = s.store.heartbeat(&hb, &s.lease, now_micros()).await?;
     if hb.leases.iter().any(|l| l.progress.is_some()) {
@@ -527,7 +564,7 @@ async fn heartbeat(
 
 async fn report(
     State(s): State<AppState>,
-    Json(body): Json<ReportBody>,
+    AppJson(body): AppJson<ReportBody>,
 ) -> Result<Response, ApiError> {
     // A result must never point at bytes the server does not have.
     let mut missing = Vec::new();
