@@ -1,6 +1,7 @@
 //! Assay: durable pipelines that generate apps with many LLMs and analyze them.
 //! See `ARCHITECTURE.md` for the map.
 
+pub mod analysis;
 pub mod api;
 pub mod bench;
 pub mod cli;

@@ -331,7 +331,7 @@ struct JobRun {
 /// Kinds that write files; others get no output directory (it costs a few syscalls that
 /// matter at thousands of jobs per second).
 fn kind_writes_files(kind: &str) -> bool {
-    matches!(kind, "command" | "blob")
+    matches!(kind, "command" | "blob" | "static")
 }
 
 impl JobRun {

@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod internal;
+pub mod static_analysis;
 
 use crate::domain::Failure;
 use crate::store::Progress;
@@ -14,11 +15,12 @@ use std::path::PathBuf;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub const KNOWN_KINDS: &[&str] = &["command", "noop", "sleep", "fail", "blob"];
+pub const KNOWN_KINDS: &[&str] = &["command", "static", "noop", "sleep", "fail", "blob"];
 
 pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
     match kind {
         "command" => command::validate(params),
+        "static" => static_analysis::validate(params),
         "noop" => Ok(()),
         "sleep" => internal::validate_sleep(params),
         "fail" => internal::validate_fail(params),
@@ -60,6 +62,7 @@ pub struct JobOutput {
 pub async fn run(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
     match kind {
         "command" => command::run(ctx).await,
+        "static" => static_analysis::run(ctx).await,
         "noop" => Ok(JobOutput {
             result: Value::Object(Default::default()),
         }),

@@ -1,0 +1,847 @@
+//! The static analyzer: real tools run in parallel over an app folder, each with its own
+//! timeout; their outputs are parsed into [`Finding`]s with normalized severities (the
+//! mapping is documented in `docs/findings.md`). A tool that is not installed is reported
+//! `not_available` with its install command, never as "no findings".
+
+use super::finding::{Finding, Location, Severity, ToolRun, ToolStatus};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+
+const SEMGREP_PYTHON_RULES: &str = include_str!("../../rules/semgrep/python.yml");
+const SEMGREP_JS_RULES: &str = include_str!("../../rules/semgrep/javascript.yml");
+const VULTURE_IGNORED_DECORATORS: &str = "@*.route,@*.get,@*.post,@*.put,@*.patch,@*.delete,\
+@*.errorhandler,@*.before_request,@*.after_request,@*.teardown_appcontext,@*.teardown_request,@*.cli.command";
+const ESLINT_CONFIG: &str = include_str!("../../rules/eslint/eslint.config.mjs");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Language {
+    Python,
+    JavaScript,
+    Any,
+}
+
+/// A static analysis tool Assay knows how to run and read.
+#[derive(Debug, Clone, Copy)]
+pub struct Tool {
+    pub name: &'static str,
+    program: &'static str,
+    language: Language,
+    pub install: &'static str,
+}
+
+pub const TOOLS: &[Tool] = &[
+    Tool {
+        name: "ruff",
+        program: "ruff",
+        language: Language::Python,
+        install: "pip install ruff==0.17.5",
+    },
+    Tool {
+        name: "bandit",
+        program: "bandit",
+        language: Language::Python,
+        install: "pip install bandit==1.9.4",
+    },
+    Tool {
+        name: "semgrep",
+        program: "semgrep",
+        language: Language::Any,
+        install: "pip install semgrep==1.180.0",
+    },
+    Tool {
+        name: "pylint",
+        program: "pylint",
+        language: Language::Python,
+        install: "pip install pylint==4.1.4",
+    },
+    Tool {
+        name: "vulture",
+        program: "vulture",
+        language: Language::Python,
+        install: "pip install vulture==2.16",
+    },
+    Tool {
+        name: "radon",
+        program: "radon",
+        language: Language::Python,
+        install: "pip install radon==6.0.1",
+    },
+    Tool {
+        name: "detect-secrets",
+        program: "detect-secrets",
+        language: Language::Any,
+        install: "pip install detect-secrets==1.5.0",
+    },
+    Tool {
+        name: "eslint",
+        program: "eslint",
+        language: Language::JavaScript,
+        install: "npm install -g eslint@10.15.0",
+    },
+];
+
+pub fn tool(name: &str) -> Option<&'static Tool> {
+    TOOLS.iter().find(|t| t.name == name)
+}
+
+/// Where to look for tool programs: `ASSAY_TOOL_PATH` (colon-separated) first, then PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let extra = std::env::var_os("ASSAY_TOOL_PATH").unwrap_or_default();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&extra)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// What the app folder holds, to skip tools with nothing to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Languages {
+    pub python: bool,
+    pub javascript: bool,
+}
+
+pub fn detect_languages(dir: &Path) -> Languages {
+    let mut langs = Languages::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if p.is_dir() {
+                if !matches!(
+                    name.as_str(),
+                    "node_modules" | ".git" | "__pycache__" | ".venv" | "venv"
+                ) {
+                    stack.push(p);
+                }
+            } else if name.ends_with(".py") {
+                langs.python = true;
+            } else if name.ends_with(".js") || name.ends_with(".mjs") || name.ends_with(".jsx") {
+                langs.javascript = true;
+            }
+        }
+    }
+    langs
+}
+
+pub struct StaticOutcome {
+    pub runs: Vec<ToolRun>,
+    pub findings: Vec<Finding>,
+}
+
+/// Run `tools` over `app_dir` in parallel. Raw outputs go to `out_dir` as
+/// `static-<tool>.out`; scratch files (rules, configs) go to `scratch`.
+pub async fn run_all(
+    app_dir: &Path,
+    tools: &[&'static Tool],
+    timeout: Duration,
+    out_dir: &Path,
+    scratch: &Path,
+) -> StaticOutcome {
+    let langs = detect_languages(app_dir);
+    let runs = futures::future::join_all(
+        tools
+            .iter()
+            .map(|t| run_one(t, app_dir, langs, timeout, out_dir, scratch)),
+    )
+    .await;
+    let mut all = Vec::new();
+    let mut tool_runs = Vec::new();
+    for (run, findings) in runs {
+        all.extend(findings);
+        tool_runs.push(run);
+    }
+    for f in &mut all {
+        attach_snippet(app_dir, f);
+    }
+    StaticOutcome {
+        runs: tool_runs,
+        findings: all,
+    }
+}
+
+fn attach_snippet(app_dir: &Path, f: &mut Finding) {
+    let Some(line) = f.location.line else { return };
+    let Ok(text) = std::fs::read_to_string(app_dir.join(&f.location.path)) else {
+        return;
+    };
+    if let Some(l) = text.lines().nth(line.saturating_sub(1) as usize) {
+        f.snippet = Some(l.trim().chars().take(240).collect());
+        f.fingerprint = super::finding::fingerprint(f);
+    }
+}
+
+struct Invocation {
+    args: Vec<String>,
+    cwd: PathBuf,
+    /// Exit codes that mean "ran fine" (several tools exit non-zero when they find issues).
+    ok_codes: &'static [i32],
+}
+
+fn invocation(tool: &Tool, app: &Path, scratch: &Path) -> std::io::Result<Invocation> {
+    let a = app.display().to_string();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    Ok(match tool.name {
+        "ruff" => Invocation {
+            args: s(&[
+                "check",
+                "--no-cache",
+                "--output-format",
+                "json",
+                "--exit-zero",
+                "--isolated",
+                "--select",
+                "E,F,B,S,W",
+                &a,
+            ]),
+            cwd: app.to_path_buf(),
+            ok_codes: &[0],
+        },
+        "bandit" => Invocation {
+            args: s(&["-f", "json", "-q", "-r", &a]),
+            cwd: app.to_path_buf(),
+            ok_codes: &[0, 1],
+        },
+        "semgrep" => {
+            let rules = scratch.join("semgrep-rules");
+            std::fs::create_dir_all(&rules)?;
+            std::fs::write(rules.join("python.yml"), SEMGREP_PYTHON_RULES)?;
+            std::fs::write(rules.join("javascript.yml"), SEMGREP_JS_RULES)?;
+            Invocation {
+                args: s(&[
+                    "scan",
+                    "--metrics=off",
+                    "--disable-version-check",
+                    "--quiet",
+                    "--json",
+                    "--no-git-ignore",
+                    "--config",
+                    &rules.display().to_string(),
+                    &a,
+                ]),
+                cwd: app.to_path_buf(),
+                ok_codes: &[0, 1],
+            }
+        }
+        "pylint" => Invocation {
+            args: s(&[
+                "--output-format=json",
+                "--exit-zero",
+                "--recursive=y",
+                "--disable=import-error",
+                &a,
+            ]),
+            cwd: app.to_path_buf(),
+            ok_codes: &[0],
+        },
+        "vulture" => Invocation {
+            // Framework entry points (routes, hooks) are used by the framework, not by code.
+            args: s(&[
+                &a,
+                "--min-confidence",
+                "60",
+                "--ignore-decorators",
+                VULTURE_IGNORED_DECORATORS,
+            ]),
+            cwd: app.to_path_buf(),
+            ok_codes: &[0, 3],
+        },
+        "radon" => Invocation {
+            args: s(&["cc", "-j", "-s", &a]),
+            cwd: app.to_path_buf(),
+            ok_codes: &[0],
+        },
+        "detect-secrets" => Invocation {
+            args: s(&["scan", "--all-files", "."]),
+            cwd: app.to_path_buf(),
+            ok_codes: &[0],
+        },
+        "eslint" => {
+            let config = scratch.join("eslint.config.mjs");
+            std::fs::write(&config, ESLINT_CONFIG)?;
+            Invocation {
+                // With --config the base path is the working directory: run inside the app.
+                args: s(&[
+                    "--config",
+                    &config.display().to_string(),
+                    "--format",
+                    "json",
+                    "--no-warn-ignored",
+                    ".",
+                ]),
+                cwd: app.to_path_buf(),
+                ok_codes: &[0, 1],
+            }
+        }
+        other => unreachable!("unknown tool {other}"),
+    })
+}
+
+/// Keep tools from phoning home (there is no network to wait for) or coloring output.
+fn quiet_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("SEMGREP_ENABLE_VERSION_CHECK", "0")
+        .env("SEMGREP_SEND_METRICS", "off")
+        .env("NO_COLOR", "1")
+}
+
+async fn version_of(program: &Path) -> Option<String> {
+    let mut cmd = Command::new(program);
+    quiet_env(&mut cmd)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .ok()?
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let line = text
+        .lines()
+        .find(|l| l.chars().any(|c| c.is_ascii_digit()))?;
+    // "bandit 1.9.4", "pylint 4.1.4", "v10.15.0", "ruff 0.17.5": keep the first version-like word.
+    line.split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_start_matches('v'))
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
+        .map(str::to_string)
+}
+
+async fn run_one(
+    tool: &'static Tool,
+    app: &Path,
+    langs: Languages,
+    timeout: Duration,
+    out_dir: &Path,
+    scratch: &Path,
+) -> (ToolRun, Vec<Finding>) {
+    let started = Instant::now();
+    let mut run = ToolRun {
+        tool: tool.name.into(),
+        status: ToolStatus::Skipped,
+        version: None,
+        duration_ms: 0,
+        findings: 0,
+        detail: None,
+        raw_output: None,
+    };
+    let relevant = match tool.language {
+        Language::Python => langs.python,
+        Language::JavaScript => langs.javascript,
+        Language::Any => langs.python || langs.javascript,
+    };
+    if !relevant {
+        run.detail = Some(format!("no {:?} files in the app", tool.language).to_lowercase());
+        return (run, Vec::new());
+    }
+    let Some(program) = find_program(tool.program) else {
+        run.status = ToolStatus::NotAvailable;
+        run.detail = Some(format!(
+            "`{}` is not installed; install it with: {}",
+            tool.program, tool.install
+        ));
+        return (run, Vec::new());
+    };
+    run.version = version_of(&program).await;
+    let inv = match invocation(tool, app, scratch) {
+        Ok(inv) => inv,
+        Err(e) => {
+            run.status = ToolStatus::Error;
+            run.detail = Some(format!("preparing {}: {e}", tool.name));
+            return (run, Vec::new());
+        }
+    };
+    let mut cmd = Command::new(&program);
+    quiet_env(&mut cmd)
+        .args(&inv.args)
+        .current_dir(&inv.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            run.status = ToolStatus::Error;
+            run.detail = Some(format!("starting {}: {e}", program.display()));
+            return (run, Vec::new());
+        }
+    };
+    let pgid = child.id().map(|p| p as i32);
+    let output = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    run.duration_ms = started.elapsed().as_millis() as u64;
+    let output = match output {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            run.status = ToolStatus::Error;
+            run.detail = Some(format!("waiting for {}: {e}", tool.name));
+            return (run, Vec::new());
+        }
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            run.status = ToolStatus::Timeout;
+            run.detail = Some(format!("did not finish within {} s", timeout.as_secs()));
+            return (run, Vec::new());
+        }
+    };
+    let raw_name = format!("static-{}.out", tool.name);
+    let mut raw = output.stdout.clone();
+    if !output.stderr.is_empty() {
+        raw.extend_from_slice(b"\n--- stderr ---\n");
+        raw.extend_from_slice(&output.stderr);
+    }
+    if std::fs::write(out_dir.join(&raw_name), &raw).is_ok() {
+        run.raw_output = Some(raw_name);
+    }
+    let code = output.status.code().unwrap_or(-1);
+    if !inv.ok_codes.contains(&code) {
+        run.status = ToolStatus::Error;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        run.detail = Some(format!(
+            "exited with {code}: {}",
+            stderr
+                .lines()
+                .last()
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect::<String>()
+        ));
+        return (run, Vec::new());
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match parse(tool.name, &stdout, app) {
+        Ok(findings) => {
+            run.findings = findings.len();
+            run.status = if findings.is_empty() {
+                ToolStatus::NoIssues
+            } else {
+                ToolStatus::Success
+            };
+            (run, findings)
+        }
+        Err(e) => {
+            run.status = ToolStatus::Error;
+            run.detail = Some(format!("cannot read {} output: {e}", tool.name));
+            (run, Vec::new())
+        }
+    }
+}
+
+/// Path relative to the app folder, with `/` separators.
+fn relative(app: &Path, path: &str) -> String {
+    let p = Path::new(path);
+    let rel = p.strip_prefix(app).unwrap_or(p);
+    let s = rel.display().to_string();
+    s.trim_start_matches("./").to_string()
+}
+
+fn loc(path: String, line: Option<u64>, column: Option<u64>) -> Location {
+    Location {
+        path,
+        line: line.map(|l| l as u32),
+        column: column.map(|c| c as u32),
+        end_line: None,
+    }
+}
+
+/// CWE of a bandit test (or the ruff `S` rule with the same number).
+fn bandit_cwe(number: u32) -> Option<u32> {
+    Some(match number {
+        101 => 703,
+        102 => 78,
+        307 => 95,
+        103 => 732,
+        104 => 605,
+        105..=107 => 259,
+        108 => 377,
+        110 | 112 => 703,
+        113 => 400,
+        // Normalized so that bandit, ruff and semgrep agree and their findings merge.
+        201 => 489,
+        202 => 94,
+        301..=302 | 403 => 502,
+        303 | 304 | 305 | 324 => 327,
+        311 => 330,
+        501 => 295,
+        506 => 20,
+        601..=607 | 609 => 78,
+        608 | 610 | 611 => 89,
+        701 | 702 => 79,
+        _ => return None,
+    })
+}
+
+fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> {
+    let json = || serde_json::from_str::<Value>(out.trim()).map_err(|e| e.to_string());
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut findings = Vec::new();
+    match tool {
+        "ruff" => {
+            for r in json()?.as_array().ok_or("not a list")? {
+                let code = s(&r["code"]);
+                let number: Option<u32> = code.strip_prefix('S').and_then(|n| n.parse().ok());
+                let cwe = number.and_then(bandit_cwe);
+                let severity = match (code.chars().next(), number) {
+                    (Some('S'), Some(n)) if (600..700).contains(&n) || n == 201 || n == 307 => {
+                        Severity::High
+                    }
+                    (Some('S'), Some(n)) if (100..200).contains(&n) || (300..400).contains(&n) => {
+                        Severity::Medium
+                    }
+                    (Some('S'), _) => Severity::Low,
+                    (Some('F'), _) | (Some('B'), _) => Severity::Low,
+                    _ => Severity::Info,
+                };
+                findings.push(Finding::new(
+                    "static",
+                    "ruff",
+                    &code,
+                    cwe,
+                    severity,
+                    &code,
+                    &s(&r["message"]),
+                    loc(
+                        relative(app, &s(&r["filename"])),
+                        r["location"]["row"].as_u64(),
+                        r["location"]["column"].as_u64(),
+                    ),
+                ));
+            }
+        }
+        "bandit" => {
+            for r in json()?["results"].as_array().ok_or("no results")? {
+                let base = match s(&r["issue_severity"]).as_str() {
+                    "HIGH" => Severity::High,
+                    "MEDIUM" => Severity::Medium,
+                    _ => Severity::Low,
+                };
+                // Low confidence lowers the severity one step.
+                let severity = if s(&r["issue_confidence"]) == "LOW" && base > Severity::Low {
+                    if base == Severity::High {
+                        Severity::Medium
+                    } else {
+                        Severity::Low
+                    }
+                } else {
+                    base
+                };
+                let test_id = s(&r["test_id"]);
+                let cwe = test_id
+                    .strip_prefix('B')
+                    .and_then(|n| n.parse().ok())
+                    .and_then(bandit_cwe)
+                    .or_else(|| r["issue_cwe"]["id"].as_u64().map(|c| c as u32));
+                let level = format!("{}/{}", s(&r["issue_severity"]), s(&r["issue_confidence"]));
+                findings.push(Finding::new(
+                    "static",
+                    "bandit",
+                    &test_id,
+                    cwe,
+                    severity,
+                    &level,
+                    &s(&r["issue_text"]),
+                    loc(
+                        relative(app, &s(&r["filename"])),
+                        r["line_number"].as_u64(),
+                        r["col_offset"].as_u64().map(|c| c + 1),
+                    ),
+                ));
+            }
+        }
+        "semgrep" => {
+            for r in json()?["results"].as_array().ok_or("no results")? {
+                let extra = &r["extra"];
+                let level = s(&extra["severity"]);
+                let severity = match extra["metadata"]["assay-severity"].as_str() {
+                    Some("critical") => Severity::Critical,
+                    Some("high") => Severity::High,
+                    Some("medium") => Severity::Medium,
+                    Some("low") => Severity::Low,
+                    _ => match level.as_str() {
+                        "ERROR" => Severity::High,
+                        "WARNING" => Severity::Medium,
+                        _ => Severity::Low,
+                    },
+                };
+                let cwe = extra["metadata"]["cwe"]
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|c| c.as_str())
+                    .and_then(parse_cwe);
+                let rule = s(&r["check_id"]);
+                let rule = rule.rsplit('.').next().unwrap_or(&rule).to_string();
+                findings.push(Finding::new(
+                    "static",
+                    "semgrep",
+                    &rule,
+                    cwe,
+                    severity,
+                    &level,
+                    &s(&extra["message"]),
+                    loc(
+                        relative(app, &s(&r["path"])),
+                        r["start"]["line"].as_u64(),
+                        r["start"]["col"].as_u64(),
+                    ),
+                ));
+            }
+        }
+        "pylint" => {
+            for r in json()?.as_array().ok_or("not a list")? {
+                let kind = s(&r["type"]);
+                let severity = match kind.as_str() {
+                    "fatal" | "error" => Severity::Medium,
+                    "warning" => Severity::Low,
+                    _ => Severity::Info,
+                };
+                findings.push(Finding::new(
+                    "static",
+                    "pylint",
+                    &s(&r["symbol"]),
+                    None,
+                    severity,
+                    &kind,
+                    &s(&r["message"]),
+                    loc(
+                        relative(app, &s(&r["path"])),
+                        r["line"].as_u64(),
+                        r["column"].as_u64().map(|c| c + 1),
+                    ),
+                ));
+            }
+        }
+        "vulture" => {
+            // "backend/app.py:42: unused function 'old_helper' (60% confidence)"
+            for line in out.lines().filter(|l| !l.trim().is_empty()) {
+                let mut parts = line.splitn(3, ':');
+                let (Some(file), Some(lineno), Some(msg)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(format!("unexpected line `{line}`"));
+                };
+                let msg = msg.trim();
+                let rule = msg
+                    .split('\'')
+                    .next()
+                    .unwrap_or("unused")
+                    .trim()
+                    .replace(' ', "-");
+                findings.push(Finding::new(
+                    "static",
+                    "vulture",
+                    &rule,
+                    Some(561),
+                    Severity::Info,
+                    "unused",
+                    msg,
+                    loc(relative(app, file), lineno.trim().parse().ok(), None),
+                ));
+            }
+        }
+        "radon" => {
+            let v = json()?;
+            for (file, blocks) in v.as_object().ok_or("not an object")? {
+                let Some(blocks) = blocks.as_array() else {
+                    continue;
+                };
+                for b in blocks {
+                    let rank = s(&b["rank"]);
+                    let severity = match rank.as_str() {
+                        "C" | "D" => Severity::Low,
+                        "E" | "F" => Severity::Medium,
+                        _ => continue,
+                    };
+                    let msg = format!(
+                        "{} `{}` has cyclomatic complexity {} (rank {rank})",
+                        s(&b["type"]),
+                        s(&b["name"]),
+                        b["complexity"]
+                    );
+                    findings.push(Finding::new(
+                        "static",
+                        "radon",
+                        &format!("cc-rank-{rank}"),
+                        Some(1121),
+                        severity,
+                        &rank,
+                        &msg,
+                        loc(relative(app, file), b["lineno"].as_u64(), None),
+                    ));
+                }
+            }
+        }
+        "detect-secrets" => {
+            let v = json()?;
+            for (file, secrets) in v["results"].as_object().ok_or("no results")? {
+                for sec in secrets.as_array().into_iter().flatten() {
+                    let kind = s(&sec["type"]);
+                    findings.push(Finding::new(
+                        "static",
+                        "detect-secrets",
+                        &kind.to_lowercase().replace(' ', "-"),
+                        Some(798),
+                        Severity::High,
+                        "secret",
+                        &format!("possible secret in source: {kind}"),
+                        loc(relative(app, file), sec["line_number"].as_u64(), None),
+                    ));
+                }
+            }
+        }
+        "eslint" => {
+            for file in json()?.as_array().ok_or("not a list")? {
+                let path = relative(app, &s(&file["filePath"]));
+                for m in file["messages"].as_array().into_iter().flatten() {
+                    let rule = m["ruleId"].as_str().unwrap_or("parse-error").to_string();
+                    let (severity, cwe) = match rule.as_str() {
+                        "no-eval" | "no-implied-eval" | "no-new-func" => (Severity::High, Some(95)),
+                        "no-script-url" => (Severity::Medium, Some(79)),
+                        _ if m["severity"].as_u64() == Some(2) => (Severity::Low, None),
+                        _ => (Severity::Info, None),
+                    };
+                    let level = if m["severity"].as_u64() == Some(2) {
+                        "error"
+                    } else {
+                        "warning"
+                    };
+                    findings.push(Finding::new(
+                        "static",
+                        "eslint",
+                        &rule,
+                        cwe,
+                        severity,
+                        level,
+                        &s(&m["message"]),
+                        loc(path.clone(), m["line"].as_u64(), m["column"].as_u64()),
+                    ));
+                }
+            }
+        }
+        other => return Err(format!("no parser for {other}")),
+    }
+    Ok(findings)
+}
+
+/// "CWE-89: SQL Injection" → 89.
+fn parse_cwe(text: &str) -> Option<u32> {
+    let rest = text.trim().strip_prefix("CWE-")?;
+    rest.chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_tools_output() {
+        let app = Path::new("/apps/x");
+        let bandit = r#"{"results": [{"filename": "/apps/x/backend/app.py", "line_number": 12, "col_offset": 4,
+            "issue_severity": "MEDIUM", "issue_confidence": "LOW", "issue_cwe": {"id": 89},
+            "issue_text": "Possible SQL injection", "test_id": "B608"}]}"#;
+        let f = parse("bandit", bandit, app).unwrap();
+        assert_eq!(
+            (f[0].location.path.as_str(), f[0].location.line, f[0].cwe),
+            ("backend/app.py", Some(12), Some(89))
+        );
+        assert_eq!(
+            f[0].severity,
+            Severity::Low,
+            "low confidence lowers medium to low"
+        );
+
+        let ruff = r#"[{"code": "S608", "message": "SQL", "filename": "/apps/x/backend/app.py", "location": {"row": 12, "column": 5}}]"#;
+        let f = parse("ruff", ruff, app).unwrap();
+        assert_eq!((f[0].cwe, f[0].severity), (Some(89), Severity::High));
+
+        let vulture = "backend/app.py:40: unused function 'old_helper' (60% confidence)\n";
+        let f = parse("vulture", vulture, app).unwrap();
+        assert_eq!(
+            (f[0].rule.as_str(), f[0].location.line),
+            ("unused-function", Some(40))
+        );
+
+        let secrets =
+            r#"{"results": {"backend/config.py": [{"type": "Secret Keyword", "line_number": 3}]}}"#;
+        let f = parse("detect-secrets", secrets, app).unwrap();
+        assert_eq!(
+            (f[0].cwe, f[0].severity, f[0].rule.as_str()),
+            (Some(798), Severity::High, "secret-keyword")
+        );
+
+        let semgrep = r#"{"results": [{"check_id": "tmp.rules.python-sql-string-building", "path": "/apps/x/backend/app.py",
+            "start": {"line": 12, "col": 5}, "extra": {"severity": "ERROR", "message": "SQL",
+            "metadata": {"cwe": ["CWE-89: SQL Injection"], "assay-severity": "critical"}}}]}"#;
+        let f = parse("semgrep", semgrep, app).unwrap();
+        assert_eq!(
+            (f[0].rule.as_str(), f[0].cwe, f[0].severity),
+            ("python-sql-string-building", Some(89), Severity::Critical)
+        );
+
+        let eslint = r#"[{"filePath": "/apps/x/frontend/app.js", "messages": [{"ruleId": "no-eval", "severity": 2, "message": "eval can be harmful.", "line": 7, "column": 3}]}]"#;
+        let f = parse("eslint", eslint, app).unwrap();
+        assert_eq!(
+            (f[0].location.path.as_str(), f[0].cwe, f[0].severity),
+            ("frontend/app.js", Some(95), Severity::High)
+        );
+
+        let radon = r#"{"/apps/x/backend/app.py": [{"type": "function", "name": "route", "rank": "D", "complexity": 23, "lineno": 50}, {"rank": "A", "name": "ok", "type": "function", "complexity": 1, "lineno": 1}]}"#;
+        assert_eq!(parse("radon", radon, app).unwrap().len(), 1);
+
+        assert!(
+            parse("bandit", "Traceback (most recent call last):", app).is_err(),
+            "garbage is an error, not zero findings"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_tool_is_not_available_with_its_install_command() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.py"), "x = 1\n").unwrap();
+        let fake = Tool {
+            name: "ruff",
+            program: "definitely-not-installed-ruff",
+            language: Language::Python,
+            install: "pip install ruff==0.17.5",
+        };
+        let leaked: &'static Tool = Box::leak(Box::new(fake));
+        let out = run_all(
+            dir.path(),
+            &[leaked],
+            Duration::from_secs(5),
+            dir.path(),
+            dir.path(),
+        )
+        .await;
+        assert_eq!(out.runs[0].status, ToolStatus::NotAvailable);
+        assert!(out.runs[0]
+            .detail
+            .as_ref()
+            .unwrap()
+            .contains("pip install ruff"));
+        assert!(out.findings.is_empty());
+    }
+}
