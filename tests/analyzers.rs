@@ -1,0 +1,108 @@
+//! The analyzers check themselves: every planted defect in `examples/apps/*/expected.toml`
+//! must be found by at least one of the tools the manifest names. Runs the real tools,
+//! installed by `scripts/install-tools`.
+
+use assay::analysis::finding::{Finding, ToolStatus};
+use assay::analysis::static_tools;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Point the analyzer at the repo's tools unless the caller chose others.
+fn use_repo_tools() {
+    if std::env::var_os("ASSAY_TOOL_PATH").is_none() {
+        let tools = repo().join(".tools");
+        let path = format!("{}:{}", tools.join("venv/bin").display(), tools.join("node/node_modules/.bin").display());
+        // Tests in this file share one setting; set before any tool runs.
+        unsafe { std::env::set_var("ASSAY_TOOL_PATH", path) };
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Manifest {
+    #[serde(default, rename = "static")]
+    static_defects: Vec<StaticDefect>,
+}
+
+#[derive(serde::Deserialize)]
+struct StaticDefect {
+    defect: String,
+    file: String,
+    line: u32,
+    #[serde(default)]
+    cwe: Option<u32>,
+    tools: Vec<String>,
+}
+
+fn apps() -> Vec<PathBuf> {
+    let mut apps: Vec<PathBuf> = std::fs::read_dir(repo().join("examples/apps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("expected.toml").is_file())
+        .collect();
+    apps.sort();
+    apps
+}
+
+fn found_by(findings: &[Finding], d: &StaticDefect) -> Vec<String> {
+    let mut tools = Vec::new();
+    for f in findings {
+        let near = f.location.path == d.file && f.location.line.is_some_and(|l| l.abs_diff(d.line) <= 2);
+        if !near {
+            continue;
+        }
+        for s in &f.sources {
+            if d.tools.contains(&s.tool) && !tools.contains(&s.tool) {
+                tools.push(s.tool.clone());
+            }
+        }
+    }
+    tools
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_analysis_finds_every_planted_defect() {
+    use_repo_tools();
+    let all: Vec<&'static static_tools::Tool> = static_tools::TOOLS.iter().collect();
+    let mut missed = Vec::new();
+    let apps = apps();
+    assert!(apps.len() >= 4, "expected at least four sample apps, found {apps:?}");
+    for app in &apps {
+        let manifest: Manifest = toml::from_str(&std::fs::read_to_string(app.join("expected.toml")).unwrap()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let result = static_tools::run_all(app, &all, Duration::from_secs(300), out.path(), scratch.path()).await;
+        for run in &result.runs {
+            assert!(
+                !matches!(run.status, ToolStatus::NotAvailable | ToolStatus::Error | ToolStatus::Timeout),
+                "{}: tool {} is {:?}: {:?} (run scripts/install-tools)",
+                app.display(), run.tool, run.status, run.detail
+            );
+            if run.status != ToolStatus::Skipped {
+                assert!(run.version.is_some(), "{}: no version recorded", run.tool);
+                assert!(run.raw_output.as_ref().is_some_and(|r| out.path().join(r).is_file()), "{}: raw output kept", run.tool);
+            }
+        }
+        let merged = assay::analysis::finding::merge(result.findings);
+        for d in &manifest.static_defects {
+            let tools = found_by(&merged, d);
+            if tools.is_empty() {
+                missed.push(format!("{}: {} at {}:{} (expected from {:?})", name(app), d.defect, d.file, d.line, d.tools));
+            } else if let Some(cwe) = d.cwe {
+                let with_cwe = merged.iter().any(|f| f.cwe == Some(cwe) && f.location.path == d.file && f.location.line.is_some_and(|l| l.abs_diff(d.line) <= 2));
+                if !with_cwe {
+                    missed.push(format!("{}: {} found by {tools:?} but not as CWE-{cwe}", name(app), d.defect));
+                }
+            }
+        }
+    }
+    assert!(missed.is_empty(), "planted defects missed:\n{}", missed.join("\n"));
+}
+
+fn name(app: &Path) -> String {
+    app.file_name().unwrap().to_string_lossy().to_string()
+}
