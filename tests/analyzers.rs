@@ -15,7 +15,11 @@ fn repo() -> PathBuf {
 fn use_repo_tools() {
     if std::env::var_os("ASSAY_TOOL_PATH").is_none() {
         let tools = repo().join(".tools");
-        let path = format!("{}:{}", tools.join("venv/bin").display(), tools.join("node/node_modules/.bin").display());
+        let path = format!(
+            "{}:{}",
+            tools.join("venv/bin").display(),
+            tools.join("node/node_modules/.bin").display()
+        );
         // Tests in this file share one setting; set before any tool runs.
         unsafe { std::env::set_var("ASSAY_TOOL_PATH", path) };
     }
@@ -51,7 +55,8 @@ fn apps() -> Vec<PathBuf> {
 fn found_by(findings: &[Finding], d: &StaticDefect) -> Vec<String> {
     let mut tools = Vec::new();
     for f in findings {
-        let near = f.location.path == d.file && f.location.line.is_some_and(|l| l.abs_diff(d.line) <= 2);
+        let near =
+            f.location.path == d.file && f.location.line.is_some_and(|l| l.abs_diff(d.line) <= 2);
         if !near {
             continue;
         }
@@ -70,37 +75,79 @@ async fn static_analysis_finds_every_planted_defect() {
     let all: Vec<&'static static_tools::Tool> = static_tools::TOOLS.iter().collect();
     let mut missed = Vec::new();
     let apps = apps();
-    assert!(apps.len() >= 4, "expected at least four sample apps, found {apps:?}");
+    assert!(
+        apps.len() >= 4,
+        "expected at least four sample apps, found {apps:?}"
+    );
     for app in &apps {
-        let manifest: Manifest = toml::from_str(&std::fs::read_to_string(app.join("expected.toml")).unwrap()).unwrap();
+        let manifest: Manifest =
+            toml::from_str(&std::fs::read_to_string(app.join("expected.toml")).unwrap()).unwrap();
         let out = tempfile::tempdir().unwrap();
         let scratch = tempfile::tempdir().unwrap();
-        let result = static_tools::run_all(app, &all, Duration::from_secs(300), out.path(), scratch.path()).await;
+        let result = static_tools::run_all(
+            app,
+            &all,
+            Duration::from_secs(300),
+            out.path(),
+            scratch.path(),
+        )
+        .await;
         for run in &result.runs {
             assert!(
-                !matches!(run.status, ToolStatus::NotAvailable | ToolStatus::Error | ToolStatus::Timeout),
+                !matches!(
+                    run.status,
+                    ToolStatus::NotAvailable | ToolStatus::Error | ToolStatus::Timeout
+                ),
                 "{}: tool {} is {:?}: {:?} (run scripts/install-tools)",
-                app.display(), run.tool, run.status, run.detail
+                app.display(),
+                run.tool,
+                run.status,
+                run.detail
             );
             if run.status != ToolStatus::Skipped {
                 assert!(run.version.is_some(), "{}: no version recorded", run.tool);
-                assert!(run.raw_output.as_ref().is_some_and(|r| out.path().join(r).is_file()), "{}: raw output kept", run.tool);
+                assert!(
+                    run.raw_output
+                        .as_ref()
+                        .is_some_and(|r| out.path().join(r).is_file()),
+                    "{}: raw output kept",
+                    run.tool
+                );
             }
         }
         let merged = assay::analysis::finding::merge(result.findings);
         for d in &manifest.static_defects {
             let tools = found_by(&merged, d);
             if tools.is_empty() {
-                missed.push(format!("{}: {} at {}:{} (expected from {:?})", name(app), d.defect, d.file, d.line, d.tools));
+                missed.push(format!(
+                    "{}: {} at {}:{} (expected from {:?})",
+                    name(app),
+                    d.defect,
+                    d.file,
+                    d.line,
+                    d.tools
+                ));
             } else if let Some(cwe) = d.cwe {
-                let with_cwe = merged.iter().any(|f| f.cwe == Some(cwe) && f.location.path == d.file && f.location.line.is_some_and(|l| l.abs_diff(d.line) <= 2));
+                let with_cwe = merged.iter().any(|f| {
+                    f.cwe == Some(cwe)
+                        && f.location.path == d.file
+                        && f.location.line.is_some_and(|l| l.abs_diff(d.line) <= 2)
+                });
                 if !with_cwe {
-                    missed.push(format!("{}: {} found by {tools:?} but not as CWE-{cwe}", name(app), d.defect));
+                    missed.push(format!(
+                        "{}: {} found by {tools:?} but not as CWE-{cwe}",
+                        name(app),
+                        d.defect
+                    ));
                 }
             }
         }
     }
-    assert!(missed.is_empty(), "planted defects missed:\n{}", missed.join("\n"));
+    assert!(
+        missed.is_empty(),
+        "planted defects missed:\n{}",
+        missed.join("\n")
+    );
 }
 
 fn name(app: &Path) -> String {
