@@ -223,9 +223,12 @@ impl Client {
         Ok((resp.jobs, resp.heartbeat_ms))
     }
 
-    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, ClientError> {
-        self.post("/workers/heartbeat", hb, Duration::from_secs(10))
-            .await
+    pub async fn heartbeat(
+        &self,
+        hb: &Heartbeat,
+        timeout: Duration,
+    ) -> Result<HeartbeatReply, ClientError> {
+        self.post("/workers/heartbeat", hb, timeout).await
     }
 
     pub async fn report(&self, reports: Vec<Report>) -> Result<Vec<ReportAck>, ClientError> {
@@ -254,7 +257,15 @@ impl Client {
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            s => Err(ClientError::Protocol(format!("HEAD {url}: {s}"))),
+            s => Err(ClientError::Api {
+                status: s.as_u16(),
+                code: if s.is_server_error() {
+                    ErrorCode::Internal
+                } else {
+                    ErrorCode::InvalidRequest
+                },
+                message: format!("HEAD {url} answered {s}"),
+            }),
         }
     }
 

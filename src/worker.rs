@@ -83,13 +83,18 @@ enum StopCause {
 }
 
 struct Running {
-    token: String,
+    job_id: i64,
     progress: watch::Receiver<Option<Progress>>,
     cancel: CancellationToken,
     cause: Arc<Mutex<Option<StopCause>>>,
+    /// The attempt is over; its result is spooled and on its way to the server.
+    finished: bool,
 }
 
-type RunningMap = Arc<Mutex<HashMap<i64, Running>>>;
+/// Attempts this worker holds, keyed by their fencing token: one job can have an old
+/// attempt awaiting acknowledgement and a new one running, and orders about one must
+/// never touch the other.
+type RunningMap = Arc<Mutex<HashMap<String, Running>>>;
 
 /// A finished attempt waiting to be acknowledged: the report and where its files are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +102,19 @@ struct SpoolEntry {
     report: Report,
     dir: Option<PathBuf>,
 }
+
+/// A batch of entries that is on disk (fsynced) and waits for delivery.
+struct SpooledBatch {
+    path: PathBuf,
+    entries: Vec<SpoolEntry>,
+}
+
+/// Batches are cut at this many entries or about this many bytes of JSON, so that one
+/// request stays well under the server's body limit.
+const BATCH_ENTRIES: usize = 512;
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Deliveries in flight at once: a slow upload does not hold up small results.
+const PARALLEL_DELIVERIES: usize = 4;
 
 struct Spool {
     batches: PathBuf,
@@ -142,7 +160,7 @@ impl Spool {
 
     /// Batches left by an earlier run, oldest first. Unreadable files are set aside, not
     /// deleted, so nothing is silently lost.
-    fn recover(&self) -> Vec<(PathBuf, Vec<SpoolEntry>)> {
+    fn recover(&self) -> Vec<SpooledBatch> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.batches)
             .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
@@ -151,7 +169,7 @@ impl Spool {
         let mut out = Vec::new();
         for path in files {
             match std::fs::read(&path).map(|b| serde_json::from_slice::<Vec<SpoolEntry>>(&b)) {
-                Ok(Ok(entries)) => out.push((path, entries)),
+                Ok(Ok(entries)) => out.push(SpooledBatch { path, entries }),
                 _ => {
                     tracing::error!(file = %path.display(), "unreadable spool batch set aside as .corrupt");
                     let _ = std::fs::rename(&path, path.with_extension("corrupt"));
@@ -167,27 +185,22 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let running: RunningMap = Arc::default();
     let heartbeat_ms = Arc::new(AtomicI64::new(1_000));
-    let background = TaskTracker::new();
 
-    // Deliver what an earlier run of this worker finished, before registering: registering
-    // fails whatever this worker id still held, so results must arrive first.
-    let (tx, rx) = mpsc::unbounded_channel::<SpoolEntry>();
+    // Deliver what an earlier run of this worker finished *before* registering:
+    // registering fails whatever this worker id still held, so results must land first.
     let recovered = spool.recover();
     if !recovered.is_empty() {
         tracing::info!(
             batches = recovered.len(),
             "delivering results spooled by an earlier run"
         );
+        for batch in recovered {
+            if !deliver(&client, &spool, batch, &running, &shutdown).await {
+                tracing::warn!("stopped before earlier results were delivered; they stay spooled");
+                return Ok(());
+            }
+        }
     }
-    let drain_stop = CancellationToken::new();
-    let uploader = tokio::spawn(uploader(
-        client.clone(),
-        spool.clone(),
-        recovered,
-        rx,
-        running.clone(),
-        drain_stop.clone(),
-    ));
 
     let registration = WorkerRegistration {
         id: config.id.clone(),
@@ -206,9 +219,6 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with the server; retrying");
                 if backoff.wait(&shutdown).await.is_err() {
-                    drain_stop.cancel();
-                    drop(tx);
-                    let _ = uploader.await;
                     return Ok(());
                 }
             }
@@ -216,8 +226,20 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     }
     tracing::info!(worker = %config.id, server = %config.server, concurrency = config.concurrency, "worker started");
 
+    // Finished results flow: job task → spool writer (fsync per group) → deliverer.
+    let (results_tx, results_rx) = mpsc::unbounded_channel::<SpoolEntry>();
+    let (spooled_tx, spooled_rx) = mpsc::unbounded_channel::<SpooledBatch>();
+    let drain_stop = CancellationToken::new();
+    let writer = tokio::spawn(spool_writer(spool.clone(), results_rx, spooled_tx));
+    let deliverer = tokio::spawn(deliverer(
+        client.clone(),
+        spool.clone(),
+        spooled_rx,
+        running.clone(),
+        drain_stop.clone(),
+    ));
     let heartbeat_stop = CancellationToken::new();
-    background.spawn(heartbeat_loop(
+    let heartbeats = tokio::spawn(heartbeat_loop(
         client.clone(),
         config.id.clone(),
         running.clone(),
@@ -269,7 +291,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
                 worker_id: config.id.clone(),
                 spool: spool.clone(),
                 running: running.clone(),
-                tx: tx.clone(),
+                tx: results_tx.clone(),
             };
             jobs.spawn(async move {
                 ctx.run(job).await;
@@ -286,11 +308,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         .is_err()
     {
         let map = running.lock().expect("running map lock");
+        let unfinished = map.values().filter(|r| !r.finished).count();
         tracing::warn!(
-            jobs = map.len(),
+            jobs = unfinished,
             "grace period over: stopping and handing back running jobs"
         );
-        for r in map.values() {
+        for r in map.values().filter(|r| !r.finished) {
             r.cause
                 .lock()
                 .expect("cause lock")
@@ -299,8 +322,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         }
     }
     jobs.wait().await;
-    drop(tx);
-    // Flush finished results; what cannot be delivered in time stays spooled on disk.
+    // Every result is now in the channel; the writer puts all of it on disk and ends.
+    drop(results_tx);
+    let _ = writer.await;
+    // Deliver what we can in time; the rest stays spooled for the next start.
     if tokio::time::timeout(config.drain_timeout, async {
         while !running.lock().expect("running map lock").is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -312,10 +337,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         tracing::warn!("results not yet acknowledged stay in the spool for the next start");
     }
     drain_stop.cancel();
-    let _ = uploader.await;
+    let _ = deliverer.await;
     heartbeat_stop.cancel();
-    background.close();
-    background.wait().await;
+    let _ = heartbeats.await;
     let _ = client.worker_stopped(&config.id).await;
     tracing::info!("worker stopped");
     Ok(())
@@ -340,26 +364,25 @@ impl JobRun {
         let cause: Arc<Mutex<Option<StopCause>>> = Arc::default();
         let (progress_tx, progress_rx) = watch::channel(None);
         self.running.lock().expect("running map lock").insert(
-            job.job_id,
+            job.token.clone(),
             Running {
-                token: job.token.clone(),
+                job_id: job.job_id,
                 progress: progress_rx,
                 cancel: cancel.clone(),
                 cause: cause.clone(),
+                finished: false,
             },
         );
         let output_dir = self
             .spool
             .work
             .join(format!("{}-{}", job.job_id, job.attempt));
-        let mut outcome = None;
-        if kind_writes_files(&job.kind) {
-            if let Err(e) = tokio::fs::create_dir_all(&output_dir).await {
-                outcome = Some(Err(Failure::retryable(
-                    "io",
-                    format!("creating {}: {e}", output_dir.display()),
-                )));
-            }
+        let has_dir = kind_writes_files(&job.kind);
+        let mut prepared = Ok(());
+        if has_dir {
+            prepared = tokio::fs::create_dir_all(&output_dir).await.map_err(|e| {
+                Failure::retryable("io", format!("creating {}: {e}", output_dir.display()))
+            });
         }
         let ctx = JobContext {
             job_id: job.job_id,
@@ -371,9 +394,9 @@ impl JobRun {
             cancel: cancel.clone(),
             progress: progress_tx,
         };
-        let result = match outcome.take() {
-            Some(r) => r,
-            None => {
+        let result = match prepared {
+            Err(f) => Err(f),
+            Ok(()) => {
                 let work = kinds::run(&job.kind, &ctx);
                 tokio::pin!(work);
                 let timeout = Duration::from_millis(job.timeout_ms.max(1) as u64);
@@ -388,25 +411,34 @@ impl JobRun {
             }
         };
         let stop = *cause.lock().expect("cause lock");
-        let has_dir = kind_writes_files(&job.kind);
         let artifacts = if has_dir {
             collect_artifacts(&output_dir).await
         } else {
             Ok(Vec::new())
         };
-        let outcome = match (stop, result, artifacts) {
-            (Some(StopCause::Shutdown), _, _) => ReportOutcome::Released,
-            (Some(StopCause::Cancelled), _, _) => ReportOutcome::Cancelled,
-            (_, _, Err(e)) => ReportOutcome::Failed {
-                failure: Failure::retryable("io", format!("collecting artifacts: {e}")),
-                artifacts: vec![],
-            },
-            (_, Ok(out), Ok(artifacts)) => ReportOutcome::Completed {
+        // A result that was produced is reported as such, whatever stop order raced it:
+        // a finished result is never thrown away.
+        let outcome = match (result, artifacts, stop) {
+            (Ok(out), Ok(artifacts), _) => ReportOutcome::Completed {
                 result: out.result,
                 artifacts,
             },
-            (_, Err(failure), Ok(artifacts)) => ReportOutcome::Failed { failure, artifacts },
+            (_, Err(e), _) => ReportOutcome::Failed {
+                failure: Failure::retryable("io", format!("collecting artifacts: {e}")),
+                artifacts: vec![],
+            },
+            (Err(_), Ok(_), Some(StopCause::Shutdown)) => ReportOutcome::Released,
+            (Err(_), Ok(_), Some(StopCause::Cancelled)) => ReportOutcome::Cancelled,
+            (Err(failure), Ok(artifacts), _) => ReportOutcome::Failed { failure, artifacts },
         };
+        if let Some(r) = self
+            .running
+            .lock()
+            .expect("running map lock")
+            .get_mut(&job.token)
+        {
+            r.finished = true;
+        }
         let report = Report {
             job_id: job.job_id,
             attempt: job.attempt,
@@ -450,7 +482,7 @@ async fn heartbeat_loop(
     // Heartbeats go out every interval; fresh progress goes out sooner, so that people
     // watching see steps move without the lease traffic growing.
     const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-    let mut sent: HashMap<i64, Progress> = HashMap::new();
+    let mut sent: HashMap<String, Progress> = HashMap::new();
     let mut last_sent = tokio::time::Instant::now();
     loop {
         let every = Duration::from_millis(every_ms.load(Ordering::Relaxed).max(20) as u64);
@@ -461,9 +493,9 @@ async fn heartbeat_loop(
         let due = last_sent.elapsed() + Duration::from_millis(5) >= every;
         if !due {
             let map = running.lock().expect("running map lock");
-            let progressed = map.iter().any(|(id, r)| {
+            let progressed = map.iter().any(|(token, r)| {
                 let current = r.progress.borrow();
-                current.is_some() && current.as_ref() != sent.get(id)
+                current.is_some() && current.as_ref() != sent.get(token)
             });
             if !progressed {
                 continue;
@@ -472,19 +504,20 @@ async fn heartbeat_loop(
         last_sent = tokio::time::Instant::now();
         let leases: Vec<HeldLease> = {
             let map = running.lock().expect("running map lock");
-            sent.retain(|id, _| map.contains_key(id));
+            sent.retain(|token, _| map.contains_key(token));
             map.iter()
-                .map(|(id, r)| {
+                .map(|(token, r)| {
                     let current = r.progress.borrow().clone();
-                    let changed = match (&current, sent.get(id)) {
+                    let changed = match (&current, sent.get(token)) {
                         (Some(p), Some(old)) => p != old,
                         (Some(_), None) => true,
                         _ => false,
                     };
                     HeldLease {
-                        job_id: *id,
-                        token: r.token.clone(),
+                        job_id: r.job_id,
+                        token: token.clone(),
                         progress: if changed { current } else { None },
+                        finished: r.finished,
                     }
                 })
                 .collect()
@@ -493,11 +526,16 @@ async fn heartbeat_loop(
             worker_id: worker_id.clone(),
             leases,
         };
-        match client.heartbeat(&hb).await {
+        // A heartbeat stuck longer than an interval is retried, not waited for: the
+        // lease is only two intervals long.
+        match client
+            .heartbeat(&hb, every.max(Duration::from_millis(200)))
+            .await
+        {
             Ok(reply) => {
                 for lease in &hb.leases {
                     if let Some(p) = &lease.progress {
-                        sent.insert(lease.job_id, p.clone());
+                        sent.insert(lease.token.clone(), p.clone());
                     }
                 }
                 if let Some(until) = reply.quarantined_until {
@@ -505,7 +543,7 @@ async fn heartbeat_loop(
                 }
                 let map = running.lock().expect("running map lock");
                 for order in reply.stop {
-                    if let Some(r) = map.get(&order.job_id) {
+                    if let Some(r) = map.get(&order.token) {
                         let cause = match order.reason {
                             StopReason::Cancelled => StopCause::Cancelled,
                             StopReason::LeaseLost => StopCause::LeaseLost,
@@ -520,57 +558,86 @@ async fn heartbeat_loop(
     }
 }
 
-/// Spool, then deliver, one batch at a time, oldest first, until acknowledged.
-async fn uploader(
-    client: Client,
+/// Put every finished result on disk as soon as it arrives (one fsync per group), then
+/// hand the batch to the deliverer. Ends when every job task is done and the channel is
+/// empty, so nothing finished is only in memory at shutdown.
+async fn spool_writer(
     spool: Arc<Spool>,
-    recovered: Vec<(PathBuf, Vec<SpoolEntry>)>,
     mut rx: mpsc::UnboundedReceiver<SpoolEntry>,
-    running: RunningMap,
-    stop: CancellationToken,
+    out: mpsc::UnboundedSender<SpooledBatch>,
 ) {
-    for (path, entries) in recovered {
-        if !deliver(&client, &path, &entries, &running, &stop).await {
-            return;
-        }
-    }
-    let mut entries = Vec::with_capacity(512);
+    let mut buffer = Vec::with_capacity(BATCH_ENTRIES);
     loop {
-        entries.clear();
-        let n = tokio::select! {
-            n = rx.recv_many(&mut entries, 512) => n,
-            _ = stop.cancelled() => return,
-        };
-        if n == 0 {
+        buffer.clear();
+        if rx.recv_many(&mut buffer, BATCH_ENTRIES).await == 0 {
             return;
         }
-        let path = match spool.write_batch(&entries).await {
-            Ok(p) => p,
-            Err(e) => {
-                // The disk refuses: deliver straight from memory rather than lose results.
-                tracing::error!(error = %e, "cannot write the spool; delivering without it");
-                PathBuf::new()
-            }
-        };
-        if !deliver(&client, &path, &entries, &running, &stop).await {
-            return;
+        for entries in split_by_size(std::mem::take(&mut buffer)) {
+            let path = match spool.write_batch(&entries).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // The disk refuses: deliver straight from memory rather than lose results.
+                    tracing::error!(error = %e, "cannot write the spool; delivering without it");
+                    PathBuf::new()
+                }
+            };
+            let _ = out.send(SpooledBatch { path, entries });
         }
     }
 }
 
-/// Returns false when stopped before delivery (the batch stays on disk).
+fn split_by_size(entries: Vec<SpoolEntry>) -> Vec<Vec<SpoolEntry>> {
+    let mut batches = vec![Vec::new()];
+    let mut bytes = 0usize;
+    for e in entries {
+        let size = serde_json::to_vec(&e.report).map(|v| v.len()).unwrap_or(0);
+        if bytes + size > BATCH_BYTES && !batches.last().expect("one batch").is_empty() {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        batches.last_mut().expect("one batch").push(e);
+    }
+    batches
+}
+
+/// Deliver spooled batches, several at once, until acknowledged or stopped.
+async fn deliverer(
+    client: Client,
+    spool: Arc<Spool>,
+    mut rx: mpsc::UnboundedReceiver<SpooledBatch>,
+    running: RunningMap,
+    stop: CancellationToken,
+) {
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            batch = rx.recv(), if in_flight.len() < PARALLEL_DELIVERIES => {
+                let Some(batch) = batch else { break };
+                let (client, spool, running, stop) = (client.clone(), spool.clone(), running.clone(), stop.clone());
+                in_flight.spawn(async move { deliver(&client, &spool, batch, &running, &stop).await });
+            }
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    while in_flight.join_next().await.is_some() {}
+}
+
+/// Deliver one batch; returns false when stopped first (the batch stays on disk). A batch
+/// the server refuses is split so that one bad entry cannot take the others down with it.
 async fn deliver(
     client: &Client,
-    path: &Path,
-    entries: &[SpoolEntry],
+    spool: &Spool,
+    batch: SpooledBatch,
     running: &RunningMap,
     stop: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::default();
     loop {
-        match try_deliver(client, entries).await {
+        match try_deliver(client, &batch.entries).await {
             Ok(acks) => {
-                for (entry, ack) in entries.iter().zip(&acks) {
+                for (entry, ack) in batch.entries.iter().zip(&acks) {
                     if *ack != ReportAck::Accepted {
                         tracing::info!(
                             job = entry.report.job_id,
@@ -579,39 +646,60 @@ async fn deliver(
                             "result not applied: a newer attempt owns the job"
                         );
                     }
-                    running
-                        .lock()
-                        .expect("running map lock")
-                        .remove(&entry.report.job_id);
-                    if let Some(dir) = &entry.dir {
-                        let _ = std::fs::remove_dir_all(dir);
-                    }
+                    forget(running, entry);
                 }
-                if !path.as_os_str().is_empty() {
-                    let _ = std::fs::remove_file(path);
+                if !batch.path.as_os_str().is_empty() {
+                    let _ = std::fs::remove_file(&batch.path);
                 }
                 return true;
             }
             Err(e) if e.is_transient() || e.code() == Some(crate::api::ErrorCode::MissingBlob) => {
-                tracing::warn!(error = %e, results = entries.len(), "cannot deliver results yet; they are spooled and will be retried");
+                tracing::warn!(error = %e, results = batch.entries.len(), "cannot deliver results yet; they are spooled and will be retried");
                 if backoff.wait(stop).await.is_err() {
                     return false;
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, file = %path.display(), "the server refused these results; the batch is kept as .rejected");
-                if !path.as_os_str().is_empty() {
-                    let _ = std::fs::rename(path, path.with_extension("rejected"));
+            Err(e) if batch.entries.len() > 1 => {
+                tracing::warn!(error = %e, results = batch.entries.len(), "the server refused a batch; delivering its results one by one");
+                for entry in batch.entries.clone() {
+                    let path = spool
+                        .write_batch(std::slice::from_ref(&entry))
+                        .await
+                        .unwrap_or_default();
+                    let single = SpooledBatch {
+                        path,
+                        entries: vec![entry],
+                    };
+                    if !Box::pin(deliver(client, spool, single, running, stop)).await {
+                        return false;
+                    }
                 }
-                for entry in entries {
-                    running
-                        .lock()
-                        .expect("running map lock")
-                        .remove(&entry.report.job_id);
+                if !batch.path.as_os_str().is_empty() {
+                    let _ = std::fs::remove_file(&batch.path);
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, file = %batch.path.display(), "the server refused this result; it is kept as .rejected");
+                if !batch.path.as_os_str().is_empty() {
+                    let _ = std::fs::rename(&batch.path, batch.path.with_extension("rejected"));
+                }
+                for entry in &batch.entries {
+                    forget(running, entry);
                 }
                 return true;
             }
         }
+    }
+}
+
+fn forget(running: &RunningMap, entry: &SpoolEntry) {
+    running
+        .lock()
+        .expect("running map lock")
+        .remove(&entry.report.token);
+    if let Some(dir) = &entry.dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 

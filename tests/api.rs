@@ -208,6 +208,7 @@ async fn worker_lifecycle_claim_heartbeat_report() {
                 job_id: j.job_id,
                 token: j.token.clone(),
                 progress: None,
+                finished: false,
             })
             .collect(),
     };

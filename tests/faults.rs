@@ -424,3 +424,52 @@ async fn worker_cut_off_during_a_large_upload_delivers_it_intact() {
         "the upload was really interrupted and sent again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_delivers_its_spooled_results_before_anything_else() {
+    let c = Cluster::new();
+    let mut server = c.server("1s").await;
+    let mut w = c.worker("steady", 2, &[]);
+    let id = c.submit(&sleep_spec(2, 1_500, "")).await;
+    wait_for("both jobs to run", MIN, || async {
+        c.jobs(id)
+            .await
+            .iter()
+            .filter(|j| j.state == JobState::Running)
+            .count()
+            == 2
+    })
+    .await;
+    // The server goes away; the jobs finish and their results can only be spooled.
+    server.kill9();
+    let batches = c.path("spool-steady").join("batches");
+    wait_for("the results to be spooled", MIN, || async {
+        std::fs::read_dir(&batches)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    // Then the worker dies too, before it could deliver anything.
+    w.kill9();
+    let _server = c.server("1s").await;
+    let _w = c.worker("steady", 2, &[]);
+    let detail = c.wait_finished(id, MIN).await;
+    assert_eq!(
+        detail.pipeline.state,
+        PipelineState::Completed,
+        "{}",
+        c.logs()
+    );
+    for job in c.jobs(id).await {
+        let attempts = c.client.explain(job.id).await.unwrap().attempts;
+        let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome).collect();
+        assert_eq!(
+            outcomes,
+            vec![AttemptOutcome::Completed],
+            "the spooled result of attempt 1 was used, nothing re-ran: {attempts:?}"
+        );
+    }
+}

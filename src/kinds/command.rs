@@ -129,15 +129,13 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
             }
             // Whatever the program left behind in its group goes too.
             signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-            let _ = stdout_task.await;
-            let _ = stderr_task.await;
+            drain_output(stdout_task, stderr_task).await;
             return Err(Failure::retryable("stopped", "the program was stopped"));
         }
     };
     // The program is done; its background children must not outlive the job.
     signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-    let _ = stdout_task.await;
-    let _ = stderr_task.await;
+    drain_output(stdout_task, stderr_task).await;
 
     if !status.success() {
         return Err(match (status.code(), status.signal()) {
@@ -200,6 +198,22 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     Ok(JobOutput {
         result: json!({"exit_code": 0, "result": result}),
     })
+}
+
+/// Wait a little for the output copies to reach end of file, then give up: a process
+/// that escaped the group (setsid, a daemon) may hold the pipes open forever.
+async fn drain_output(
+    stdout: tokio::task::JoinHandle<std::io::Result<()>>,
+    stderr: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    for mut task in [stdout, stderr] {
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
 }
 
 fn signal_group(pgid: Option<i32>, signal: nix::sys::signal::Signal) {
@@ -323,6 +337,25 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(f.code, "bad_result");
+    }
+
+    #[tokio::test]
+    async fn an_escaped_process_holding_the_pipes_does_not_hang_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(
+            dir.path(),
+            json!({"program": "sh", "args": ["-c", "setsid sleep 984.3 & echo started"]}),
+        );
+        let started = std::time::Instant::now();
+        let out = run(&c).await;
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", "sleep 984.3"])
+            .status();
+        assert!(out.is_ok(), "{out:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the job returned"
+        );
     }
 
     #[test]

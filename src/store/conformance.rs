@@ -237,6 +237,7 @@ pub async fn fencing_rejects_late_reports(store: Arc<dyn Store>) {
                     job_id: first.job_id,
                     token: first.token.clone(),
                     progress: None,
+                    finished: false,
                 }],
             },
             &policy(),
@@ -248,6 +249,7 @@ pub async fn fencing_rejects_late_reports(store: Arc<dyn Store>) {
         hb.stop,
         vec![StopOrder {
             job_id: first.job_id,
+            token: first.token.clone(),
             reason: StopReason::LeaseLost
         }]
     );
@@ -525,6 +527,7 @@ pub async fn deadlines_are_enforced(store: Arc<dyn Store>) {
                             job_id: c.job_id,
                             token: c.token,
                             progress: None,
+                            finished: false,
                         }],
                     },
                     &policy(),
@@ -606,6 +609,7 @@ pub async fn cancellation_reaches_running_jobs(store: Arc<dyn Store>) {
                     job_id: c.job_id,
                     token: c.token.clone(),
                     progress: None,
+                    finished: false,
                 }],
             },
             &policy(),
@@ -617,6 +621,7 @@ pub async fn cancellation_reaches_running_jobs(store: Arc<dyn Store>) {
         hb.stop,
         vec![StopOrder {
             job_id: c.job_id,
+            token: c.token.clone(),
             reason: StopReason::Cancelled
         }]
     );
@@ -696,6 +701,7 @@ pub async fn events_resume_by_id(store: Arc<dyn Store>) {
                     job_id: claimed[0].job_id,
                     token: claimed[0].token.clone(),
                     progress: Some(progress.clone()),
+                    finished: false,
                 }],
             },
             &policy(),
@@ -795,6 +801,137 @@ pub async fn artifacts_are_recorded(store: Arc<dyn Store>) {
     );
 }
 
+pub async fn retry_revives_only_what_can_run(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[
+        stage_toml("a", "max_attempts = 1"),
+        stage_toml("b", "max_attempts = 1"),
+        stage_toml("c", "after = [\"a\", \"b\"]"),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let ab = claim(&*store, "w", 2, T0).await;
+    report(
+        &*store,
+        ab.iter()
+            .map(|c| failed(c, "w", Failure::permanent("bad", "no")))
+            .collect(),
+        T0,
+    )
+    .await;
+    assert_eq!(job_by_key(&*store, pid, "c").await.state, JobState::Skipped);
+    let a = job_by_key(&*store, pid, "a").await;
+    // Retrying only `a`: `c` still waits on the dead `b`, so it must not be left waiting forever.
+    store
+        .retry_dead(&RetryTarget::Job(a.id), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(job_by_key(&*store, pid, "c").await.state, JobState::Skipped);
+    let again = claim(&*store, "w", 5, T0 + 2).await;
+    assert_eq!(again.len(), 1);
+    report(&*store, vec![completed(&again[0], "w", json!({}))], T0 + 3).await;
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::PartialSuccess
+    );
+    // Retrying `b` as well brings `c` back, and everything completes.
+    store
+        .retry_dead(&RetryTarget::Pipeline(pid), T0 + 4)
+        .await
+        .unwrap();
+    assert_eq!(job_by_key(&*store, pid, "c").await.state, JobState::Waiting);
+    let b = claim(&*store, "w", 5, T0 + 5).await;
+    assert_eq!(b.len(), 1);
+    report(&*store, vec![completed(&b[0], "w", json!({}))], T0 + 6).await;
+    let c = claim(&*store, "w", 5, T0 + 7).await;
+    assert_eq!(c.len(), 1, "c runs once both upstream jobs completed");
+    report(&*store, vec![completed(&c[0], "w", json!({}))], T0 + 8).await;
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Completed
+    );
+    let events = store.events(Some(pid), 0, 1_000).await.unwrap();
+    let states: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "job_state" && e.data["key"] == "a")
+        .map(|e| e.data["state"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        states.windows(2).any(|w| w == ["dead", "available"]),
+        "the retry announces the real new state: {states:?}"
+    );
+}
+
+pub async fn cancellation_survives_release_failure_and_loss(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "items = [1, 2, 3]\nmax_attempts = 5")]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let running = claim(&*store, "w", 3, T0).await;
+    for c in &running {
+        store.cancel_job(c.job_id, T0 + 1).await.unwrap();
+    }
+    let released = Report {
+        job_id: running[0].job_id,
+        attempt: 1,
+        token: running[0].token.clone(),
+        worker_id: "w".into(),
+        outcome: ReportOutcome::Released,
+    };
+    store.report(&[released], &policy(), T0 + 2).await.unwrap();
+    report(
+        &*store,
+        vec![failed(&running[1], "w", Failure::retryable("flaky", "x"))],
+        T0 + 2,
+    )
+    .await;
+    // The third job's worker vanishes: its lease expires.
+    store
+        .reconcile(&policy(), T0 + 10 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    for c in &running {
+        assert_eq!(
+            store.job(c.job_id).await.unwrap().unwrap().state,
+            JobState::Cancelled,
+            "job {} came back after cancel",
+            c.key
+        );
+    }
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Failed
+    );
+}
+
+pub async fn lost_workers_do_not_open_the_breaker(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml(
+        "a",
+        "items = [1, 2, 3, 4]\nbreaker = 2\nmax_attempts = 3",
+    )]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    assert_eq!(claim(&*store, "w", 3, T0).await.len(), 3);
+    let stats = store
+        .reconcile(&policy(), T0 + 10 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    assert_eq!(stats.leases_expired, 3);
+    let stages = store.stages(pid).await.unwrap();
+    assert!(
+        !stages[0].breaker_open,
+        "a crashed worker is not the stage's fault"
+    );
+    assert_eq!(stages[0].counts.dead, 0);
+}
+
 /// Instantiate the whole suite for a backend. `$make` is an async expression producing
 /// `(Arc<dyn Store>, guard)`, where the guard keeps the backend's resources alive.
 #[macro_export]
@@ -807,7 +944,9 @@ macro_rules! store_conformance_tests {
             breaker_fails_the_rest_fast, failing_workers_are_quarantined,
             deadlines_are_enforced, cancellation_reaches_running_jobs,
             released_jobs_do_not_count_as_failures, events_resume_by_id,
-            reconciler_finalizes_stragglers, artifacts_are_recorded);
+            reconciler_finalizes_stragglers, artifacts_are_recorded,
+            retry_revives_only_what_can_run, cancellation_survives_release_failure_and_loss,
+            lost_workers_do_not_open_the_breaker);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

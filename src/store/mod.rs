@@ -238,6 +238,10 @@ pub struct HeldLease {
     pub token: String,
     #[serde(default)]
     pub progress: Option<Progress>,
+    /// The attempt finished and its result is on its way (spooled, uploading): the
+    /// attempt timeout no longer applies, only the lease does.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -258,6 +262,8 @@ pub enum StopReason {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StopOrder {
     pub job_id: i64,
+    /// The attempt the order is about; a worker may hold a newer attempt of the same job.
+    pub token: String,
     pub reason: StopReason,
 }
 
@@ -315,6 +321,7 @@ pub struct ReconcileStats {
     pub deadline_jobs: i64,
     pub pipelines_finalized: i64,
     pub cancelled_jobs_closed: i64,
+    pub blocked_jobs_skipped: i64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -447,6 +447,68 @@ async fn finalize(
     Ok(finalized)
 }
 
+/// Whether a job, or its pipeline, has been asked to stop for good.
+async fn cancel_wanted(conn: &mut SqliteConnection, job: &Brief) -> StoreResult<bool> {
+    if job.cancel_requested {
+        return Ok(true);
+    }
+    let pipeline: i64 = sqlx::query_scalar("SELECT cancel_requested FROM pipelines WHERE id = ?1")
+        .bind(job.pipeline_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(pipeline != 0)
+}
+
+/// Waiting jobs with an upstream job that can no longer complete (dead, cancelled or
+/// skipped) are skipped, transitively. Keeps `waiting` honest after manual retries and is
+/// the reconciler's guard against a job waiting forever.
+async fn skip_blocked_waiting(
+    conn: &mut SqliteConnection,
+    pipeline_ids: &[i64],
+    now: Micros,
+) -> StoreResult<i64> {
+    if pipeline_ids.is_empty() {
+        return Ok(0);
+    }
+    let rows = sqlx::query(
+        "SELECT d.job_id, MIN(u.key) AS upstream FROM job_deps d \
+         JOIN jobs j ON j.id = d.job_id JOIN jobs u ON u.id = d.upstream_id \
+         WHERE j.state = 'waiting' AND u.state IN ('dead', 'cancelled', 'skipped') \
+           AND j.pipeline_id IN (SELECT value FROM json_each(?1)) \
+         GROUP BY d.job_id",
+    )
+    .bind(ids_json(pipeline_ids.iter().copied()))
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut cause = HashMap::new();
+    for row in &rows {
+        cause.insert(
+            row.try_get::<i64, _>("job_id")?,
+            row.try_get::<String, _>("upstream")?,
+        );
+    }
+    let ids: Vec<i64> = cause.keys().copied().collect();
+    let blocked = briefs_by_ids(conn, &ids).await?;
+    for job in &blocked {
+        let failure = Failure::permanent(
+            "upstream_failed",
+            format!("upstream job `{}` did not complete", cause[&job.id]),
+        );
+        finish_unsuccessfully(
+            conn,
+            std::slice::from_ref(job),
+            JobState::Skipped,
+            Some(&failure),
+            now,
+        )
+        .await?;
+    }
+    Ok(blocked.len() as i64)
+}
+
 /// Record a failed attempt of a running job and decide retry or dead; drives the stage
 /// breaker and the worker's quarantine count.
 async fn fail_running(
@@ -459,12 +521,27 @@ async fn fail_running(
 ) -> StoreResult<()> {
     let policy = stage_policy(conn, job.pipeline_id, &job.stage).await?;
     close_attempt(conn, job.id, job.attempts, outcome, Some(failure), now).await?;
+    // A cancelled job that fails (or whose worker vanished) is done: never retried.
+    if cancel_wanted(conn, job).await? {
+        return finish_unsuccessfully(
+            conn,
+            std::slice::from_ref(job),
+            JobState::Cancelled,
+            None,
+            now,
+        )
+        .await;
+    }
+    // A lost worker is an infrastructure event, not evidence against the stage's jobs:
+    // it must not open the breaker (one crashed worker would otherwise kill a stage).
+    let increment = i64::from(outcome != AttemptOutcome::Lost);
     let breaker_open: i64 = sqlx::query_scalar(
-        "UPDATE stages SET consecutive_failures = consecutive_failures + 1 \
+        "UPDATE stages SET consecutive_failures = consecutive_failures + ?3 \
          WHERE pipeline_id = ?1 AND name = ?2 RETURNING breaker_open",
     )
     .bind(job.pipeline_id)
     .bind(&job.stage)
+    .bind(increment)
     .fetch_one(&mut *conn)
     .await?;
     if let Some(worker) = &job.worker_id {
@@ -847,6 +924,7 @@ impl Store for SqliteStore {
             "SELECT id, pipeline_id, stage FROM jobs \
              WHERE state IN ('available','retrying') AND kind IN (SELECT value FROM json_each(?1)) \
                AND run_after <= ?2 \
+               AND NOT EXISTS (SELECT 1 FROM pipelines p WHERE p.id = jobs.pipeline_id AND p.cancel_requested = 1) \
                AND NOT EXISTS (SELECT 1 FROM json_each(?3) f \
                    WHERE f.value ->> 0 = jobs.pipeline_id AND f.value ->> 1 = jobs.stage) \
              ORDER BY id LIMIT ?4",
@@ -975,6 +1053,7 @@ impl Store for SqliteStore {
             let Some(job) = owned else {
                 stop.push(StopOrder {
                     job_id: lease.job_id,
+                    token: lease.token.clone(),
                     reason: StopReason::LeaseLost,
                 });
                 continue;
@@ -982,17 +1061,20 @@ impl Store for SqliteStore {
             if job.cancel_requested {
                 stop.push(StopOrder {
                     job_id: job.id,
+                    token: lease.token.clone(),
                     reason: StopReason::Cancelled,
                 });
             }
             // Workers send progress only when it changed, so every one is an event.
             let progress = lease.progress.as_ref().map(to_json);
             sqlx::query(
-                "UPDATE jobs SET lease_expires_at = ?2, progress = COALESCE(?3, progress) WHERE id = ?1",
+                "UPDATE jobs SET lease_expires_at = ?2, progress = COALESCE(?3, progress), \
+                 attempt_deadline_at = CASE WHEN ?4 THEN NULL ELSE attempt_deadline_at END WHERE id = ?1",
             )
             .bind(job.id)
             .bind(lease_until)
             .bind(&progress)
+            .bind(lease.finished)
             .execute(&mut *tx)
             .await?;
             if let Some(p) = &lease.progress {
@@ -1096,6 +1178,16 @@ impl Store for SqliteStore {
                     }
                 }
                 ReportOutcome::Cancelled => {
+                    finish_unsuccessfully(
+                        &mut tx,
+                        std::slice::from_ref(job),
+                        JobState::Cancelled,
+                        None,
+                        now,
+                    )
+                    .await?;
+                }
+                ReportOutcome::Released if cancel_wanted(&mut tx, job).await? => {
                     finish_unsuccessfully(
                         &mut tx,
                         std::slice::from_ref(job),
@@ -1314,11 +1406,13 @@ impl Store for SqliteStore {
             touched.insert(pipeline_id);
         }
 
-        // 5. The backstop: any running pipeline with nothing left to do is finalized.
+        // 5. The backstop: no job waits on an upstream job that can no longer complete,
+        //    and any running pipeline with nothing left to do is finalized.
         let running: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM pipelines WHERE state = 'running'")
                 .fetch_all(&mut *tx)
                 .await?;
+        stats.blocked_jobs_skipped = skip_blocked_waiting(&mut tx, &running, now).await?;
         touched.extend(running);
         stats.pipelines_finalized = finalize(&mut tx, touched, now).await?;
         tx.commit().await?;
@@ -1427,33 +1521,26 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(0);
         }
+        let mut stages: BTreeSet<(i64, String)> = BTreeSet::new();
         for job in &dead {
-            sqlx::query(
+            let state: String = sqlx::query_scalar(
                 "UPDATE jobs SET state = CASE WHEN pending_deps > 0 THEN 'waiting' ELSE 'available' END, \
-                 run_after = ?2, failed_attempts = 0, finished_at = NULL WHERE id = ?1",
+                 run_after = ?2, failed_attempts = 0, finished_at = NULL WHERE id = ?1 RETURNING state",
             )
             .bind(job.id)
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            let state: JobState = parse_enum(&state)?;
             emit_job_state(
                 &mut tx,
                 job,
-                JobState::Available,
+                state,
                 json!({"reason": "retried by request"}),
                 now,
             )
             .await?;
-            sqlx::query(
-                "UPDATE stages SET consecutive_failures = 0, breaker_open = 0, \
-                 deadline_at = CASE WHEN deadline_ms IS NULL THEN NULL ELSE ?3 + deadline_ms * 1000 END \
-                 WHERE pipeline_id = ?1 AND name = ?2",
-            )
-            .bind(job.pipeline_id)
-            .bind(&job.stage)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            stages.insert((job.pipeline_id, job.stage.clone()));
         }
         // Dependents skipped because of these jobs wait again, transitively.
         let mut frontier: Vec<i64> = dead.iter().map(|j| j.id).collect();
@@ -1470,13 +1557,57 @@ impl Store for SqliteStore {
             frontier.clear();
             for row in &revived {
                 let id: i64 = row.try_get("id")?;
-                emit(&mut tx, row.try_get("pipeline_id")?, Some(id), "job_state",
-                     json!({"key": row.try_get::<String, _>("key")?, "stage": row.try_get::<String, _>("stage")?, "state": "waiting"}), now).await?;
+                let pipeline_id: i64 = row.try_get("pipeline_id")?;
+                let stage: String = row.try_get("stage")?;
+                let data = json!({"key": row.try_get::<String, _>("key")?, "stage": stage, "state": "waiting"});
+                emit(&mut tx, pipeline_id, Some(id), "job_state", data, now).await?;
+                stages.insert((pipeline_id, stage));
                 frontier.push(id);
             }
         }
-        let pipelines: BTreeSet<i64> = dead.iter().map(|j| j.pipeline_id).collect();
-        for id in pipelines {
+        // Every stage with revived jobs gets a closed breaker and a fresh deadline, or the
+        // revived jobs would die again at once.
+        for (pipeline_id, stage) in &stages {
+            let was_open: i64 = sqlx::query_scalar(
+                "SELECT breaker_open FROM stages WHERE pipeline_id = ?1 AND name = ?2",
+            )
+            .bind(pipeline_id)
+            .bind(stage)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE stages SET consecutive_failures = 0, breaker_open = 0, \
+                 deadline_at = CASE WHEN deadline_ms IS NULL THEN NULL ELSE ?3 + deadline_ms * 1000 END \
+                 WHERE pipeline_id = ?1 AND name = ?2",
+            )
+            .bind(pipeline_id)
+            .bind(stage)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if was_open != 0 {
+                emit(
+                    &mut tx,
+                    *pipeline_id,
+                    None,
+                    "breaker_closed",
+                    json!({"stage": stage}),
+                    now,
+                )
+                .await?;
+            }
+        }
+        let pipelines: Vec<i64> = dead
+            .iter()
+            .map(|j| j.pipeline_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for id in &pipelines {
+            let previous: String = sqlx::query_scalar("SELECT state FROM pipelines WHERE id = ?1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
             sqlx::query(
                 "UPDATE pipelines SET state = 'running', finished_at = NULL, cancel_requested = 0, \
                  deadline_at = CASE WHEN deadline_ms IS NULL THEN NULL ELSE ?2 + deadline_ms * 1000 END \
@@ -1486,8 +1617,21 @@ impl Store for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            emit(&mut tx, id, None, "pipeline_reopened", json!({}), now).await?;
+            if previous != "running" {
+                emit(
+                    &mut tx,
+                    *id,
+                    None,
+                    "pipeline_reopened",
+                    json!({"was": previous}),
+                    now,
+                )
+                .await?;
+            }
         }
+        // A revived job whose other upstream jobs are dead still cannot run.
+        skip_blocked_waiting(&mut tx, &pipelines, now).await?;
+        finalize(&mut tx, pipelines.iter().copied(), now).await?;
         tx.commit().await?;
         Ok(dead.len() as i64)
     }
