@@ -2,6 +2,9 @@
 //! `finding` is the model (pure), `sarif` its standard export, `static_tools` the static
 //! analyzer over real tools.
 
+pub mod apps;
+pub mod catalog;
 pub mod finding;
+pub mod judge;
 pub mod sarif;
 pub mod static_tools;

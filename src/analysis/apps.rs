@@ -1,0 +1,481 @@
+//! Generated apps as analysis targets: the run recipe (`assay-app.toml`), a port
+//! allocator that never hands one port out twice (across processes), starting an app in
+//! its own process group with a scratch directory and resource limits, health-gating,
+//! crash detection, logs, and a pool that keeps an app running exactly as long as some
+//! job holds it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+pub const MANIFEST: &str = "assay-app.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{path}: {message}")]
+    Manifest { path: PathBuf, message: String },
+    #[error("no free port in {from}..{to} (is something holding them all?)")]
+    NoPort { from: u16, to: u16 },
+    #[error("cannot start the app (`{command}`): {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("the app exited with {status} before it was healthy; last log lines:\n{log_tail}")]
+    Crashed { status: String, log_tail: String },
+    #[error(
+        "the app did not answer {url} with 2xx within {seconds} s; last log lines:\n{log_tail}"
+    )]
+    Unhealthy {
+        url: String,
+        seconds: u64,
+        log_tail: String,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppError {
+    /// Whether another attempt may succeed: a crash or a slow start is the app's or the
+    /// machine's trouble of the moment; a broken manifest is not.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, AppError::Manifest { .. })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AppManifest {
+    pub template: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    pub run: RunRecipe,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecipe {
+    /// Program and arguments, run from the app folder.
+    pub command: Vec<String>,
+    #[serde(default = "default_port_env")]
+    pub port_env: String,
+    #[serde(default = "default_health")]
+    pub health: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How long the app may take to answer its health endpoint.
+    #[serde(default = "default_startup")]
+    pub startup_timeout: String,
+    /// Address-space limit for the app's processes, in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mb: u64,
+}
+
+fn default_port_env() -> String {
+    "PORT".into()
+}
+fn default_health() -> String {
+    "/health".into()
+}
+fn default_startup() -> String {
+    "30s".into()
+}
+fn default_memory() -> u64 {
+    2048
+}
+
+pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
+    let path = app_dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|e| AppError::Manifest {
+        path: path.clone(),
+        message: format!("cannot read the run recipe: {e} (every app folder needs an {MANIFEST})"),
+    })?;
+    let manifest: AppManifest = toml::from_str(&text).map_err(|e| AppError::Manifest {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    if manifest.run.command.is_empty() {
+        return Err(AppError::Manifest {
+            path,
+            message: "run.command is empty; give the program and its arguments, e.g. [\"python3\", \"app.py\"]".into(),
+        });
+    }
+    if !manifest.run.health.starts_with('/') {
+        return Err(AppError::Manifest {
+            path,
+            message: format!(
+                "run.health = `{}` must be a path starting with `/`",
+                manifest.run.health
+            ),
+        });
+    }
+    if humantime::parse_duration(&manifest.run.startup_timeout).is_err() {
+        return Err(AppError::Manifest {
+            path,
+            message: format!(
+                "run.startup_timeout = `{}` is not a duration such as \"30s\"",
+                manifest.run.startup_timeout
+            ),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Hands out loopback ports, each held by an exclusive `flock` on a file in a directory
+/// shared by every Assay process on the machine. The lock lives as long as the
+/// [`PortLease`]; a process that dies releases its locks with it.
+#[derive(Debug, Clone)]
+pub struct PortAllocator {
+    dir: PathBuf,
+    from: u16,
+    to: u16,
+}
+
+pub struct PortLease {
+    pub port: u16,
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl std::fmt::Debug for PortLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortLease({})", self.port)
+    }
+}
+
+impl Default for PortAllocator {
+    fn default() -> Self {
+        PortAllocator::new(std::env::temp_dir().join("assay-ports"), 20_000, 29_999)
+    }
+}
+
+impl PortAllocator {
+    pub fn new(dir: PathBuf, from: u16, to: u16) -> Self {
+        PortAllocator { dir, from, to }
+    }
+
+    pub fn allocate(&self) -> Result<PortLease, AppError> {
+        std::fs::create_dir_all(&self.dir)?;
+        let span = (self.to - self.from) as u32 + 1;
+        let start = rand::random::<u32>() % span;
+        for i in 0..span {
+            let port = self.from + ((start + i) % span) as u16;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(self.dir.join(format!("{port}.lock")))?;
+            let Ok(lock) =
+                nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            else {
+                continue;
+            };
+            // Held by us among Assay processes; also make sure nobody else listens there.
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(PortLease { port, _lock: lock });
+            }
+        }
+        Err(AppError::NoPort {
+            from: self.from,
+            to: self.to,
+        })
+    }
+}
+
+/// A started, healthy app. Dropping it stops the app's whole process group.
+pub struct RunningApp {
+    pub dir: PathBuf,
+    pub base_url: String,
+    pub log: PathBuf,
+    pub manifest: AppManifest,
+    child: Mutex<std::process::Child>,
+    pgid: i32,
+    _port: PortLease,
+    _scratch: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for RunningApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RunningApp({} at {})", self.dir.display(), self.base_url)
+    }
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl RunningApp {
+    /// Start the app and wait until its health endpoint answers 2xx.
+    pub async fn start(
+        dir: &Path,
+        ports: &PortAllocator,
+        log: &Path,
+    ) -> Result<RunningApp, AppError> {
+        let manifest = load_manifest(dir)?;
+        let port = ports.allocate()?;
+        let scratch = tempfile::tempdir()?;
+        let log_file = std::fs::File::create(log)?;
+        let recipe = &manifest.run;
+        let memory = recipe.memory_mb.saturating_mul(1024 * 1024);
+        let mut cmd = std::process::Command::new(&recipe.command[0]);
+        cmd.args(&recipe.command[1..])
+            .current_dir(dir)
+            .envs(&recipe.env)
+            .env(&recipe.port_env, port.port.to_string())
+            // Each instance gets its own temporary files (databases included), so two
+            // instances of one app never share state.
+            .env("TMPDIR", scratch.path())
+            .env("ASSAY_SCRATCH_DIR", scratch.path())
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file);
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if memory > 0 {
+                        let _ = nix::sys::resource::setrlimit(
+                            nix::sys::resource::Resource::RLIMIT_AS,
+                            memory,
+                            memory,
+                        );
+                    }
+                    let _ = nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_CORE,
+                        0,
+                        0,
+                    );
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().map_err(|source| AppError::Spawn {
+            command: recipe.command.join(" "),
+            source,
+        })?;
+        let pgid = child.id() as i32;
+        let app = RunningApp {
+            dir: dir.to_path_buf(),
+            base_url: format!("http://127.0.0.1:{}", port.port),
+            log: log.to_path_buf(),
+            manifest: manifest.clone(),
+            child: Mutex::new(child),
+            pgid,
+            _port: port,
+            _scratch: scratch,
+        };
+        let timeout = humantime::parse_duration(&manifest.run.startup_timeout)
+            .unwrap_or(Duration::from_secs(30));
+        app.wait_healthy(timeout).await?;
+        Ok(app)
+    }
+
+    async fn wait_healthy(&self, timeout: Duration) -> Result<(), AppError> {
+        let url = format!("{}{}", self.base_url, self.manifest.run.health);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("HTTP client builds");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Err(AppError::Crashed {
+                    status,
+                    log_tail: log_tail(&self.log, 20),
+                });
+            }
+            if let Ok(resp) = client.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(AppError::Unhealthy {
+                    url,
+                    seconds: timeout.as_secs(),
+                    log_tail: log_tail(&self.log, 20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `Some(status)` once the app's main process has exited.
+    pub fn exit_status(&self) -> Option<String> {
+        let mut child = self.child.lock().expect("child lock");
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
+    /// Fail with a crash error if the app died; analyzers call this after probing, so a
+    /// dead app is never reported as "no findings".
+    pub fn ensure_alive(&self) -> Result<(), AppError> {
+        match self.exit_status() {
+            Some(status) => Err(AppError::Crashed {
+                status,
+                log_tail: log_tail(&self.log, 20),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningApp {
+    fn drop(&mut self) {
+        use nix::sys::signal::{killpg, Signal};
+        use nix::unistd::Pid;
+        let pgid = Pid::from_raw(self.pgid);
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let mut child = self.child.lock().expect("child lock");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever is left of the group (children included) goes too.
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+}
+
+/// Keeps one running instance per app folder for as long as some job holds it: the
+/// first `acquire` starts it, the last handle dropped stops it.
+#[derive(Default)]
+pub struct AppPool {
+    ports: PortAllocator,
+    apps: tokio::sync::Mutex<HashMap<PathBuf, Weak<RunningApp>>>,
+}
+
+impl AppPool {
+    pub fn new(ports: PortAllocator) -> Self {
+        AppPool {
+            ports,
+            apps: Default::default(),
+        }
+    }
+
+    /// The process-wide pool.
+    pub fn global() -> &'static AppPool {
+        static POOL: std::sync::OnceLock<AppPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(AppPool::default)
+    }
+
+    pub async fn acquire(&self, dir: &Path, log: &Path) -> Result<Arc<RunningApp>, AppError> {
+        let dir = std::path::absolute(dir)?;
+        // Held across the start so that two jobs for one app start it once.
+        let mut apps = self.apps.lock().await;
+        if let Some(app) = apps.get(&dir).and_then(Weak::upgrade) {
+            if app.exit_status().is_none() {
+                return Ok(app);
+            }
+        }
+        let app = Arc::new(RunningApp::start(&dir, &self.ports, log).await?);
+        apps.insert(dir, Arc::downgrade(&app));
+        apps.retain(|_, weak| weak.strong_count() > 0);
+        Ok(app)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_never_handed_out_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = PortAllocator::new(dir.path().to_path_buf(), 28_100, 28_104);
+        let held: Vec<PortLease> = (0..5).map(|_| ports.allocate().unwrap()).collect();
+        let mut seen: Vec<u16> = held.iter().map(|l| l.port).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 5);
+        assert!(
+            matches!(ports.allocate(), Err(AppError::NoPort { .. })),
+            "all five are held"
+        );
+        drop(held);
+        assert!(ports.allocate().is_ok(), "released with the lease");
+    }
+
+    #[test]
+    fn a_port_held_by_another_process_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("28200.lock");
+        std::fs::write(&lock, "").unwrap();
+        // Another process holds port 28200's lock.
+        let mut holder = std::process::Command::new("flock")
+            .arg(&lock)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let ports = PortAllocator::new(dir.path().to_path_buf(), 28_200, 28_201);
+        let lease = ports.allocate().unwrap();
+        assert_eq!(lease.port, 28_201);
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+
+    #[test]
+    fn manifests_are_validated_with_the_file_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_manifest(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(MANIFEST), "{err}");
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "template = \"x\"\n[run]\ncommand = []\n",
+        )
+        .unwrap();
+        assert!(load_manifest(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("run.command is empty"));
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "template = \"x\"\n[run]\ncommand = [\"a\"]\nhealht = \"/\"\n",
+        )
+        .unwrap();
+        assert!(load_manifest(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("healht"));
+    }
+
+    #[tokio::test]
+    async fn an_app_that_crashes_at_start_is_a_crash_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "template = \"x\"\n[run]\ncommand = [\"sh\", \"-c\", \"echo boom; exit 3\"]\nstartup_timeout = \"20s\"\n",
+        )
+        .unwrap();
+        let ports = PortAllocator::new(dir.path().join("ports"), 28_300, 28_310);
+        let err = RunningApp::start(dir.path(), &ports, &dir.path().join("app.log"))
+            .await
+            .unwrap_err();
+        match err {
+            AppError::Crashed { log_tail, .. } => assert!(log_tail.contains("boom")),
+            other => panic!("expected a crash, got {other}"),
+        }
+        assert!(err_is_retryable());
+        fn err_is_retryable() -> bool {
+            AppError::Crashed {
+                status: "x".into(),
+                log_tail: String::new(),
+            }
+            .is_retryable()
+        }
+    }
+}
