@@ -153,3 +153,105 @@ async fn static_analysis_finds_every_planted_defect() {
 fn name(app: &Path) -> String {
     app.file_name().unwrap().to_string_lossy().to_string()
 }
+
+#[derive(serde::Deserialize)]
+struct DynamicManifest {
+    #[serde(default)]
+    dynamic: Vec<DynamicDefect>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct DynamicDefect {
+    defect: String,
+    check: String,
+    path: String,
+    #[serde(default)]
+    method: Option<String>,
+}
+
+/// `/r/{code}`, `/r/<code>` and `/r/<int:code>` all become `/r/<>`; the query goes.
+fn normalize_path(p: &str) -> String {
+    p.split('?')
+        .next()
+        .unwrap_or(p)
+        .split('/')
+        .map(|seg| {
+            if seg.starts_with('<') || seg.starts_with('{') {
+                "<>"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The sample apps need Flask: they run with the tools' virtualenv first on PATH.
+fn use_repo_python() {
+    if std::env::var_os("ASSAY_APP_PATH").is_none() {
+        let venv = repo().join(".tools/venv/bin");
+        unsafe { std::env::set_var("ASSAY_APP_PATH", venv) };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_analysis_finds_every_planted_defect() {
+    use assay::analysis::apps::{AppPool, PortAllocator};
+    use assay::analysis::{catalog, dynamic};
+    use_repo_python();
+    let catalog = catalog::load_dir(&catalog::builtin_dir()).unwrap();
+    let pool = AppPool::new(PortAllocator::default());
+    let mut missed = Vec::new();
+    for app in apps() {
+        let manifest: DynamicManifest =
+            toml::from_str(&std::fs::read_to_string(app.join("expected.toml")).unwrap()).unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let running = pool
+            .acquire(&app, &logs.path().join("app.log"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e} (run scripts/install-tools)", name(&app)));
+        let template = catalog
+            .get(&running.manifest.template)
+            .expect("the app's template is in the catalog");
+        let out = dynamic::probe(
+            &running.base_url,
+            template,
+            Some(&app),
+            &running.manifest.run.health,
+        )
+        .await;
+        running.ensure_alive().expect("the app survived the probes");
+        for d in &manifest.dynamic {
+            let want = normalize_path(&d.path);
+            let hit = out.findings.iter().any(|f| {
+                let (method, path) = f
+                    .location
+                    .path
+                    .split_once(' ')
+                    .unwrap_or(("", &f.location.path));
+                f.rule == d.check
+                    && normalize_path(path) == want
+                    && d.method.as_deref().is_none_or(|m| m == method)
+            });
+            if !hit {
+                let got: Vec<String> = out
+                    .findings
+                    .iter()
+                    .map(|f| format!("{} {}", f.rule, f.location.path))
+                    .collect();
+                missed.push(format!(
+                    "{}: {} ({} at {}) — found: {got:?}",
+                    name(&app),
+                    d.defect,
+                    d.check,
+                    d.path
+                ));
+            }
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "planted defects missed:\n{}",
+        missed.join("\n")
+    );
+}

@@ -202,6 +202,18 @@ impl std::fmt::Debug for RunningApp {
     }
 }
 
+/// The PATH apps run with: `ASSAY_APP_PATH` (where the interpreters with the apps'
+/// dependencies live, e.g. a virtualenv's `bin`) before the worker's own PATH.
+fn app_path() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("ASSAY_APP_PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -231,6 +243,7 @@ impl RunningApp {
             .env("TMPDIR", scratch.path())
             .env("ASSAY_SCRATCH_DIR", scratch.path())
             .env("PYTHONUNBUFFERED", "1")
+            .env("PATH", app_path())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

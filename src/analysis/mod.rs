@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod catalog;
+pub mod dynamic;
 pub mod finding;
 pub mod judge;
 pub mod sarif;

@@ -1,0 +1,834 @@
+//! The dynamic analyzer: probes a running app over HTTP. It walks the template's
+//! endpoints in order (creating resources, remembering ids, codes and tokens), then
+//! checks security headers, cookie flags, CORS, information disclosure, exposed files,
+//! reflected input, error-based SQL injection, missing authentication, and whether each
+//! endpoint answers as the template says.
+//!
+//! Findings carry the check as their rule (`security_headers`, `missing_auth`, …) and
+//! `METHOD /path` as their location.
+
+use super::catalog::{Endpoint, Template};
+use super::finding::{Finding, Location, Severity, ToolRun, ToolStatus};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::Method;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const ANALYZER: &str = "dynamic";
+const TOOL: &str = "assay-probe";
+const PROBE_ORIGIN: &str = "https://assay-probe.invalid";
+const MARKER: &str = "assay<b>x7q</b>";
+const SQL_ERRORS: &[&str] = &[
+    "sqlite3.OperationalError",
+    "unrecognized token",
+    "syntax error",
+    "OperationalError",
+    "psycopg2.errors",
+    "You have an error in your SQL syntax",
+    "SQLSTATE",
+    "near \"",
+];
+const DEBUGGER_MARKERS: &[&str] = &[
+    "Werkzeug Debugger",
+    "__debugger__",
+    "The debugger caught an exception",
+];
+const TRACEBACK_MARKERS: &[&str] = &[
+    "Traceback (most recent call last)",
+    "File \"/",
+    "line ",
+    "Error:",
+];
+
+pub struct DynamicOutcome {
+    pub runs: Vec<ToolRun>,
+    pub findings: Vec<Finding>,
+    /// Requests sent, for the record.
+    pub requests: usize,
+}
+
+struct Probe {
+    client: reqwest::Client,
+    base: String,
+    findings: Vec<Finding>,
+    seen: BTreeSet<(String, String)>,
+    requests: usize,
+    context: HashMap<String, String>,
+    cookies: Vec<(String, String)>,
+    banner_reported: bool,
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+fn location(method: &str, path: &str) -> Location {
+    Location {
+        path: format!("{method} {path}"),
+        line: None,
+        column: None,
+        end_line: None,
+    }
+}
+
+impl Probe {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+    ) -> Option<Answer> {
+        let method_v = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
+        let mut req = self
+            .client
+            .request(method_v, format!("{}{}", self.base, path))
+            .header("Origin", PROBE_ORIGIN);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.requests += 1;
+        let resp = req.send().await.ok()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.text().await.unwrap_or_default();
+        let answer = Answer {
+            status,
+            headers,
+            body,
+        };
+        self.passive_checks(method, path, &answer);
+        Some(answer)
+    }
+
+    /// Reported once per (rule, location).
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        rule: &str,
+        cwe: Option<u32>,
+        severity: Severity,
+        method: &str,
+        path: &str,
+        message: String,
+    ) {
+        let loc = location(method, strip_query(path));
+        if !self.seen.insert((rule.to_string(), loc.path.clone())) {
+            return;
+        }
+        self.findings.push(Finding::new(
+            ANALYZER,
+            TOOL,
+            rule,
+            cwe,
+            severity,
+            severity.as_str(),
+            &message,
+            loc,
+        ));
+    }
+
+    /// Checks every response gets: CORS, cookies, banners, tracebacks.
+    fn passive_checks(&mut self, method: &str, path: &str, a: &Answer) {
+        let header = |name: &str| {
+            a.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        if let Some(origin) = header("access-control-allow-origin") {
+            let credentials = header("access-control-allow-credentials")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            if origin == PROBE_ORIGIN && credentials {
+                self.report("cors", Some(942), Severity::High, method, path,
+                    "any Origin is echoed in Access-Control-Allow-Origin together with Allow-Credentials: true; other sites can read authenticated responses".into());
+            } else if origin == PROBE_ORIGIN || origin == "*" {
+                self.report(
+                    "cors",
+                    Some(942),
+                    Severity::Low,
+                    method,
+                    path,
+                    format!("Access-Control-Allow-Origin: {origin} lets any site read responses"),
+                );
+            }
+        }
+        for cookie in a.headers.get_all("set-cookie") {
+            let Ok(text) = cookie.to_str() else { continue };
+            let name = text.split('=').next().unwrap_or("").trim().to_string();
+            let lower = text.to_ascii_lowercase();
+            let mut missing = Vec::new();
+            if !lower.contains("httponly") {
+                missing.push("HttpOnly");
+            }
+            if !lower.contains("secure") {
+                missing.push("Secure");
+            }
+            if !lower.contains("samesite") {
+                missing.push("SameSite");
+            }
+            self.cookies.push((name.clone(), text.to_string()));
+            if !missing.is_empty() {
+                let severity = if missing.contains(&"HttpOnly") {
+                    Severity::Medium
+                } else {
+                    Severity::Low
+                };
+                self.report(
+                    "cookie_flags",
+                    Some(1004),
+                    severity,
+                    method,
+                    path,
+                    format!("cookie `{name}` is set without {}", missing.join(", ")),
+                );
+            }
+        }
+        if let Some(server) = header("server") {
+            if !self.banner_reported && server.chars().any(|c| c.is_ascii_digit()) {
+                self.banner_reported = true;
+                self.report(
+                    "info_disclosure",
+                    Some(200),
+                    Severity::Low,
+                    method,
+                    path,
+                    format!("the Server header reveals software versions: `{server}`"),
+                );
+            }
+        }
+        if DEBUGGER_MARKERS.iter().any(|m| a.body.contains(m)) {
+            self.report(
+                "info_disclosure",
+                Some(489),
+                Severity::Critical,
+                method,
+                path,
+                "an error page exposes the interactive Werkzeug debugger (remote code execution)"
+                    .into(),
+            );
+        } else if a.status >= 500
+            && TRACEBACK_MARKERS
+                .iter()
+                .filter(|m| a.body.contains(*m))
+                .count()
+                >= 2
+        {
+            self.report(
+                "info_disclosure",
+                Some(209),
+                Severity::High,
+                method,
+                path,
+                "an error response contains a stack trace".into(),
+            );
+        }
+    }
+}
+
+fn strip_query(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
+}
+
+/// `/api/notes/<id>` or `/r/{code}` → the parameter names.
+fn path_params(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter_map(|seg| {
+            seg.strip_prefix('<')
+                .and_then(|s| s.strip_suffix('>'))
+                .or_else(|| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .map(|s| s.rsplit(':').next().unwrap_or(s).to_string())
+        })
+        .collect()
+}
+
+fn fill_path(path: &str, context: &HashMap<String, String>) -> String {
+    path.split('/')
+        .map(|seg| {
+            let name = seg
+                .strip_prefix('<')
+                .and_then(|s| s.strip_suffix('>'))
+                .or_else(|| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')));
+            match name {
+                Some(n) => {
+                    let n = n.rsplit(':').next().unwrap_or(n);
+                    context.get(n).cloned().unwrap_or_else(|| "1".into())
+                }
+                None => seg.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A plausible body from a template shape such as `{ title = "string", done = "boolean?" }`.
+fn sample_body(shape: &toml::Table, unique: &str) -> Value {
+    let mut body = Map::new();
+    for (field, kind) in shape {
+        let kind = kind.as_str().unwrap_or("string").trim_end_matches('?');
+        let value = match kind {
+            "integer" | "int" => Value::from(1),
+            "number" | "float" => Value::from(1.5),
+            "boolean" | "bool" => Value::from(false),
+            _ if field.contains("url") || field.contains("link") => {
+                Value::from(format!("https://example.com/{unique}"))
+            }
+            _ if field.contains("password") => Value::from(format!("Assay-{unique}-pw!")),
+            _ if field.contains("user") || field.contains("name") || field.contains("email") => {
+                Value::from(format!("assay-{unique}"))
+            }
+            _ if field.contains("city") => Value::from("London"),
+            _ => Value::from(format!("assay probe {unique}")),
+        };
+        body.insert(field.clone(), value);
+    }
+    Value::Object(body)
+}
+
+fn remember(context: &mut HashMap<String, String>, body: &str) {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return;
+    };
+    let obj = match &v {
+        Value::Object(o) => Some(o),
+        Value::Array(a) => a.first().and_then(|x| x.as_object()),
+        _ => None,
+    };
+    for (k, val) in obj.into_iter().flatten() {
+        let text = match val {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => continue,
+        };
+        context.insert(k.clone(), text);
+    }
+}
+
+fn query_params(e: &Endpoint) -> Vec<String> {
+    e.query
+        .as_ref()
+        .map(|q| q.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Probe the app at `base_url` as `template` describes it. `app_dir` (when known) lists
+/// the files that must not be served.
+pub async fn probe(
+    base_url: &str,
+    template: &Template,
+    app_dir: Option<&Path>,
+    health: &str,
+) -> DynamicOutcome {
+    let started = Instant::now();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client builds");
+    let unique = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut p = Probe {
+        client,
+        base: base_url.trim_end_matches('/').to_string(),
+        findings: Vec::new(),
+        seen: BTreeSet::new(),
+        requests: 0,
+        context: HashMap::new(),
+        cookies: Vec::new(),
+        banner_reported: false,
+    };
+    let mut checks: BTreeMap<&'static str, (ToolStatus, String)> = BTreeMap::new();
+
+    // 1. Functional walk, in template order; remembers what it creates.
+    let mut token: Option<String> = None;
+    let mut functional_issues = 0;
+    for e in &template.endpoints {
+        let body = e.request.as_ref().map(|shape| sample_body(shape, &unique));
+        let path = fill_path(&e.path, &p.context);
+        let q = query_params(e);
+        let path = if q.is_empty() {
+            path
+        } else {
+            let pairs: Vec<String> = q
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{k}={}",
+                        if k.contains("city") {
+                            "London"
+                        } else {
+                            "assay"
+                        }
+                    )
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        };
+        let Some(a) = p
+            .send(&e.method, &path, body.as_ref(), token.as_deref())
+            .await
+        else {
+            functional_issues += 1;
+            p.report(
+                "functional",
+                None,
+                Severity::Medium,
+                &e.method,
+                &e.path,
+                "no answer (connection failed or timed out)".into(),
+            );
+            continue;
+        };
+        remember(&mut p.context, &a.body);
+        if let Some(t) = p
+            .context
+            .get("token")
+            .or_else(|| p.context.get("access_token"))
+        {
+            token = Some(t.clone());
+        }
+        let expected = e.response.status;
+        let ok = a.status == expected
+            || (expected / 100 == 2 && a.status / 100 == 2 && e.method != "POST");
+        if !ok {
+            functional_issues += 1;
+            p.report(
+                "functional",
+                None,
+                Severity::Low,
+                &e.method,
+                &e.path,
+                format!(
+                    "answered {} where the template specifies {expected}",
+                    a.status
+                ),
+            );
+        }
+    }
+    checks.insert(
+        "functional",
+        (
+            ToolStatus::Success,
+            format!(
+                "{} endpoints, {functional_issues} answered otherwise",
+                template.endpoints.len()
+            ),
+        ),
+    );
+
+    // 2. Invalid input must be refused.
+    for e in template
+        .endpoints
+        .iter()
+        .filter(|e| e.method == "POST" && e.request.is_some())
+    {
+        let path = fill_path(&e.path, &p.context);
+        if let Some(a) = p
+            .send(
+                "POST",
+                &path,
+                Some(&Value::Object(Map::new())),
+                token.as_deref(),
+            )
+            .await
+        {
+            if a.status / 100 == 2 {
+                p.report(
+                    "functional",
+                    Some(20),
+                    Severity::Low,
+                    "POST",
+                    &e.path,
+                    "an empty JSON body is accepted; required fields are not validated".into(),
+                );
+            }
+        }
+        let shape = e.request.as_ref().expect("filtered");
+        for field in shape
+            .keys()
+            .filter(|f| f.contains("url") || f.contains("link"))
+        {
+            for bad in [
+                "javascript:alert(document.domain)",
+                "javascript://example.com/%0aalert(1)",
+                "ftp://example.com/file",
+            ] {
+                let mut body = sample_body(shape, &unique);
+                body[field.as_str()] = Value::from(bad);
+                let Some(a) = p.send("POST", &path, Some(&body), token.as_deref()).await else {
+                    continue;
+                };
+                if a.status / 100 == 2 {
+                    p.report(
+                        "functional",
+                        Some(20),
+                        Severity::Medium,
+                        "POST",
+                        &e.path,
+                        format!("`{field}` accepts `{bad}`; only http(s) URLs should be stored"),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    // 3. Missing authentication: endpoints the template protects, asked without a token.
+    let protected: Vec<&Endpoint> = template.endpoints.iter().filter(|e| e.auth).collect();
+    for e in &protected {
+        let path = fill_path(&e.path, &p.context);
+        let body = e.request.as_ref().map(|shape| sample_body(shape, &unique));
+        if let Some(a) = p.send(&e.method, &path, body.as_ref(), None).await {
+            if a.status / 100 == 2 {
+                p.report("missing_auth", Some(306), Severity::High, &e.method, &e.path,
+                    format!("answers {} without any credentials although the template requires authentication", a.status));
+            }
+        }
+    }
+    checks.insert(
+        "missing_auth",
+        (
+            ToolStatus::Success,
+            format!("{} protected endpoints", protected.len()),
+        ),
+    );
+
+    // 4. Security headers on the main pages.
+    let mut header_paths = vec!["/".to_string(), health.to_string()];
+    header_paths.dedup();
+    for path in &header_paths {
+        if let Some(a) = p.send("GET", path, None, None).await {
+            if a.status / 100 != 2 {
+                continue;
+            }
+            let mut missing = Vec::new();
+            for h in [
+                "x-content-type-options",
+                "content-security-policy",
+                "x-frame-options",
+                "referrer-policy",
+            ] {
+                if !a.headers.contains_key(h) {
+                    missing.push(h);
+                }
+            }
+            let frames_ok = a
+                .headers
+                .get("content-security-policy")
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .is_some_and(|v| v.contains("frame-ancestors"));
+            if frames_ok {
+                missing.retain(|h| *h != "x-frame-options");
+            }
+            if !missing.is_empty() {
+                p.report(
+                    "security_headers",
+                    Some(693),
+                    Severity::Medium,
+                    "GET",
+                    path,
+                    format!("missing security headers: {}", missing.join(", ")),
+                );
+            }
+        }
+    }
+    checks.insert(
+        "security_headers",
+        (ToolStatus::Success, format!("{} pages", header_paths.len())),
+    );
+
+    // 5. Reflected input and error-based SQL injection through query parameters.
+    for e in template.endpoints.iter().filter(|e| e.method == "GET") {
+        let params = query_params(e);
+        let base_path = fill_path(&e.path, &p.context);
+        for param in &params {
+            let encoded = urlencode(MARKER);
+            if let Some(a) = p
+                .send(
+                    "GET",
+                    &format!("{base_path}?{param}={encoded}"),
+                    None,
+                    token.as_deref(),
+                )
+                .await
+            {
+                let html = a
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("html"));
+                if html && a.body.contains(MARKER) {
+                    p.report(
+                        "reflected_input",
+                        Some(79),
+                        Severity::Medium,
+                        "GET",
+                        &e.path,
+                        format!(
+                            "query parameter `{param}` is echoed unescaped into an HTML response"
+                        ),
+                    );
+                }
+            }
+            for payload in ["'", "\"", "1' OR '1'='1"] {
+                if let Some(a) = p
+                    .send(
+                        "GET",
+                        &format!("{base_path}?{param}={}", urlencode(payload)),
+                        None,
+                        token.as_deref(),
+                    )
+                    .await
+                {
+                    if SQL_ERRORS.iter().any(|m| a.body.contains(m))
+                        || (a.status >= 500 && payload == "'")
+                    {
+                        p.report("sql_injection", Some(89), Severity::Critical, "GET", &e.path,
+                            format!("query parameter `{param}` reaches SQL unescaped: `{payload}` causes a database error (status {})", a.status));
+                        break;
+                    }
+                }
+            }
+        }
+        // Path parameters get the quote too.
+        if !path_params(&e.path).is_empty() {
+            let mut ctx = p.context.clone();
+            for name in path_params(&e.path) {
+                ctx.insert(name, "1%27".into());
+            }
+            if let Some(a) = p
+                .send("GET", &fill_path(&e.path, &ctx), None, token.as_deref())
+                .await
+            {
+                if SQL_ERRORS.iter().any(|m| a.body.contains(m)) {
+                    p.report(
+                        "sql_injection",
+                        Some(89),
+                        Severity::Critical,
+                        "GET",
+                        &e.path,
+                        "a quote in a path parameter causes a database error".into(),
+                    );
+                }
+            }
+        }
+    }
+    checks.insert("reflected_input", (ToolStatus::Success, String::new()));
+    checks.insert("sql_injection", (ToolStatus::Success, String::new()));
+
+    // 6. Files that must never be served: the usual suspects and the app's own sources.
+    let mut candidates: Vec<String> = [
+        "/.env",
+        "/.git/config",
+        "/.git/HEAD",
+        "/config.py",
+        "/settings.py",
+        "/app.py",
+        "/.DS_Store",
+        "/backup.sql",
+        "/db.sqlite3",
+        "/database.db",
+        "/.htpasswd",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut originals: HashMap<String, String> = HashMap::new();
+    if let Some(dir) = app_dir {
+        for rel in source_files(dir) {
+            if let Ok(text) = std::fs::read_to_string(dir.join(&rel)) {
+                let url = format!("/{rel}");
+                originals.insert(url.clone(), text);
+                candidates.push(url);
+            }
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    for path in &candidates {
+        if let Some(a) = p.send("GET", path, None, None).await {
+            if a.status != 200 || a.body.is_empty() {
+                continue;
+            }
+            let served_source = originals
+                .get(path)
+                .is_some_and(|orig| a.body.trim() == orig.trim());
+            let looks_like_secret_file = matches!(
+                path.as_str(),
+                "/.env" | "/.git/config" | "/.git/HEAD" | "/.htpasswd"
+            ) && !a.body.trim_start().starts_with('<');
+            if served_source || looks_like_secret_file {
+                p.report(
+                    "exposed_files",
+                    Some(538),
+                    Severity::High,
+                    "GET",
+                    path,
+                    format!("`{path}` is served to anyone ({} bytes)", a.body.len()),
+                );
+            }
+        }
+    }
+    checks.insert(
+        "exposed_files",
+        (ToolStatus::Success, format!("{} paths", candidates.len())),
+    );
+
+    // 7. Errors: an unknown path and a malformed JSON body must not leak internals.
+    let _ = p
+        .send("GET", &format!("/assay-missing-{unique}"), None, None)
+        .await;
+    if let Some(e) = template.endpoints.iter().find(|e| e.method == "POST") {
+        let path = fill_path(&e.path, &p.context);
+        let client = p.client.clone();
+        p.requests += 1;
+        if let Ok(resp) = client
+            .post(format!("{}{}", p.base, path))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+        {
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body = resp.text().await.unwrap_or_default();
+            p.passive_checks(
+                "POST",
+                &path,
+                &Answer {
+                    status,
+                    headers,
+                    body,
+                },
+            );
+        }
+    }
+    checks.insert("info_disclosure", (ToolStatus::Success, String::new()));
+    checks.insert("cors", (ToolStatus::Success, String::new()));
+    checks.insert(
+        "cookie_flags",
+        (
+            ToolStatus::Success,
+            format!("{} cookies seen", p.cookies.len()),
+        ),
+    );
+
+    let elapsed = started.elapsed().as_millis() as u64;
+    let mut by_check: HashMap<&str, usize> = HashMap::new();
+    for f in &p.findings {
+        *by_check.entry(f.rule.as_str()).or_default() += 1;
+    }
+    let runs = checks
+        .into_iter()
+        .map(|(check, (_, detail))| {
+            let n = by_check.get(check).copied().unwrap_or(0);
+            ToolRun {
+                tool: format!("{TOOL}:{check}"),
+                status: if n > 0 {
+                    ToolStatus::Success
+                } else {
+                    ToolStatus::NoIssues
+                },
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+                duration_ms: elapsed,
+                findings: n,
+                detail: (!detail.is_empty()).then_some(detail),
+                raw_output: None,
+            }
+        })
+        .collect();
+    DynamicOutcome {
+        runs,
+        findings: p.findings,
+        requests: p.requests,
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Source and config files of the app (relative paths), which a server must not serve.
+fn source_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if path.is_dir() {
+                if !matches!(
+                    name.as_str(),
+                    "node_modules"
+                        | ".git"
+                        | "__pycache__"
+                        | ".venv"
+                        | "venv"
+                        | "frontend"
+                        | "static"
+                        | "public"
+                ) {
+                    stack.push(path);
+                }
+            } else if [".py", ".toml", ".env", ".cfg", ".ini", ".sqlite3", ".db"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+            {
+                if let Ok(rel) = path.strip_prefix(dir) {
+                    out.push(rel.display().to_string());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_parameters_are_filled_from_what_was_created() {
+        let mut ctx = HashMap::new();
+        ctx.insert("code".to_string(), "abc123".to_string());
+        assert_eq!(fill_path("/r/<code>", &ctx), "/r/abc123");
+        assert_eq!(
+            fill_path("/api/links/{code}/stats", &ctx),
+            "/api/links/abc123/stats"
+        );
+        assert_eq!(fill_path("/api/notes/<int:id>", &ctx), "/api/notes/1");
+        assert_eq!(path_params("/api/notes/<int:id>"), vec!["id"]);
+    }
+
+    #[test]
+    fn sample_bodies_follow_the_shape() {
+        let shape: toml::Table =
+            toml::from_str("url = \"string\"\ndone = \"boolean?\"\ncount = \"integer\"").unwrap();
+        let b = sample_body(&shape, "x1");
+        assert_eq!(b["done"], false);
+        assert_eq!(b["count"], 1);
+        assert!(b["url"].as_str().unwrap().starts_with("https://"));
+    }
+
+    #[test]
+    fn urlencode_escapes_markup_and_quotes() {
+        assert_eq!(urlencode("a<b>'"), "a%3Cb%3E%27");
+    }
+}
