@@ -175,6 +175,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Analysis results of a pipeline, per app: findings by severity, tools, performance,
+    /// the judge's verdicts. Reads a server, or a data directory when no server runs.
+    Results {
+        pipeline: i64,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Read the results from this data directory (of `assay run`) instead of a server.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print everything as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write one merged SARIF 2.1.0 file per app into this folder.
+        #[arg(long)]
+        sarif: Option<PathBuf>,
+        /// Findings listed per app in the terminal view.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
     /// Push no-op jobs through a real server and worker processes; print throughput and
     /// enqueue-to-start latency.
     Bench(crate::bench::BenchArgs),
@@ -572,8 +591,101 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Results {
+            pipeline,
+            server,
+            data_dir,
+            json,
+            sarif,
+            top,
+        } => {
+            let jobs = match data_dir {
+                Some(dir) => {
+                    let db = dir.join("server").join("assay.db");
+                    if !db.is_file() {
+                        bail!(
+                            "no Assay database at {} (is {} the --data-dir of `assay run`?)",
+                            db.display(),
+                            dir.display()
+                        );
+                    }
+                    let store = crate::store::sqlite::SqliteStore::open(&db).await?;
+                    all_jobs(|after| {
+                        let store = store.clone();
+                        async move {
+                            use crate::store::Store;
+                            Ok(store
+                                .jobs(&JobFilter {
+                                    pipeline_id: Some(pipeline),
+                                    after_id: Some(after),
+                                    limit: Some(5_000),
+                                    ..Default::default()
+                                })
+                                .await?)
+                        }
+                    })
+                    .await?
+                }
+                None => {
+                    let client = Client::new(&server.server);
+                    client.pipeline(pipeline).await?;
+                    all_jobs(|after| {
+                        let client = client.clone();
+                        async move {
+                            Ok(client
+                                .jobs(&JobFilter {
+                                    pipeline_id: Some(pipeline),
+                                    after_id: Some(after),
+                                    limit: Some(5_000),
+                                    ..Default::default()
+                                })
+                                .await?)
+                        }
+                    })
+                    .await?
+                }
+            };
+            let apps = crate::results::build(&jobs);
+            if let Some(dir) = &sarif {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                for a in &apps {
+                    let name = Path::new(&a.app)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_else(|| "app".into());
+                    let file = dir.join(format!("{name}.sarif"));
+                    std::fs::write(&file, serde_json::to_vec_pretty(&a.sarif())?)
+                        .with_context(|| format!("writing {}", file.display()))?;
+                    eprintln!("wrote {}", file.display());
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else if sarif.is_none() {
+                print!("{}", crate::results::render(&apps, top));
+            }
+            Ok(0)
+        }
         Command::Bench(args) => crate::bench::run(args).await,
     }
+}
+
+/// Every job of a pipeline, page by page.
+async fn all_jobs<F, Fut>(mut page: F) -> Result<Vec<crate::store::Job>>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<crate::store::Job>>>,
+{
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = page(after).await?;
+        let Some(last) = batch.last() else { break };
+        after = last.id;
+        all.extend(batch);
+    }
+    Ok(all)
 }
 
 fn read_spec(path: &Path, idempotency_key: Option<String>) -> Result<SubmitRequest> {

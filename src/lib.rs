@@ -10,6 +10,7 @@ pub mod domain;
 pub mod explain;
 pub mod kinds;
 pub mod progress;
+pub mod results;
 pub mod server;
 pub mod spec;
 pub mod store;

@@ -203,11 +203,17 @@ impl std::fmt::Debug for RunningApp {
 }
 
 /// The PATH apps run with: `ASSAY_APP_PATH` (where the interpreters with the apps'
-/// dependencies live, e.g. a virtualenv's `bin`) before the worker's own PATH.
+/// dependencies live, e.g. a virtualenv's `bin`; default: the local `.tools/venv/bin`
+/// when present, made absolute) before the worker's own PATH.
 fn app_path() -> std::ffi::OsString {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("ASSAY_APP_PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = match std::env::var_os("ASSAY_APP_PATH") {
+        Some(p) => std::env::split_paths(&p).collect(),
+        None => std::path::absolute(".tools/venv/bin")
+            .ok()
+            .filter(|p| p.is_dir())
+            .into_iter()
+            .collect(),
+    };
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }

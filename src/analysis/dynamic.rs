@@ -58,6 +58,8 @@ struct Probe {
     context: HashMap<String, String>,
     cookies: Vec<(String, String)>,
     banner_reported: bool,
+    cors_reported: bool,
+    health: String,
 }
 
 struct Answer {
@@ -143,7 +145,12 @@ impl Probe {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        if let Some(origin) = header("access-control-allow-origin") {
+        // CORS is configured app-wide: one finding, where it was first seen on the API.
+        let api_path = !path.trim_start_matches('/').is_empty() && strip_query(path) != self.health;
+        if let Some(origin) =
+            header("access-control-allow-origin").filter(|_| api_path && !self.cors_reported)
+        {
+            self.cors_reported = true;
             let credentials = header("access-control-allow-credentials")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
             if origin == PROBE_ORIGIN && credentials {
@@ -342,6 +349,8 @@ pub async fn probe(
         context: HashMap::new(),
         cookies: Vec::new(),
         banner_reported: false,
+        cors_reported: false,
+        health: health.to_string(),
     };
     let mut checks: BTreeMap<&'static str, (ToolStatus, String)> = BTreeMap::new();
 

@@ -7,5 +7,6 @@ pub mod catalog;
 pub mod dynamic;
 pub mod finding;
 pub mod judge;
+pub mod loadgen;
 pub mod sarif;
 pub mod static_tools;

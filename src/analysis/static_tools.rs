@@ -87,14 +87,22 @@ pub fn tool(name: &str) -> Option<&'static Tool> {
     TOOLS.iter().find(|t| t.name == name)
 }
 
-/// Where to look for tool programs: `ASSAY_TOOL_PATH` (colon-separated) first, then PATH.
+/// The project-local tools folder that `scripts/install-tools` fills, relative to the
+/// working directory: used when present, after `ASSAY_TOOL_PATH` and before PATH.
+pub const LOCAL_TOOL_DIRS: &[&str] = &[".tools/venv/bin", ".tools/node/node_modules/.bin"];
+
+/// Where to look for tool programs: `ASSAY_TOOL_PATH` (colon-separated), then the local
+/// `.tools/` folder, then PATH.
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let extra = std::env::var_os("ASSAY_TOOL_PATH").unwrap_or_default();
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&extra)
+        .chain(LOCAL_TOOL_DIRS.iter().map(PathBuf::from))
         .chain(std::env::split_paths(&path))
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable(candidate))
+        // Tools run inside the app folder: a relative program path would point elsewhere.
+        .map(|found| std::path::absolute(&found).unwrap_or(found))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -472,7 +480,9 @@ fn bandit_cwe(number: u32) -> Option<u32> {
         307 => 95,
         103 => 732,
         104 => 605,
-        105..=107 => 259,
+        // Hard-coded passwords (CWE-259) are reported as their parent, hard-coded
+        // credentials (CWE-798), so they merge with secret scanners' findings.
+        105..=107 => 798,
         108 => 377,
         110 | 112 => 703,
         113 => 400,

@@ -4,6 +4,7 @@
 //! Adding a kind: a module with `validate` and `run`, and one line in each of
 //! [`KNOWN_KINDS`], [`validate_params`] and [`run`].
 
+pub mod app_analysis;
 pub mod command;
 pub mod internal;
 pub mod static_analysis;
@@ -15,12 +16,16 @@ use std::path::PathBuf;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub const KNOWN_KINDS: &[&str] = &["command", "static", "noop", "sleep", "fail", "blob"];
+pub const KNOWN_KINDS: &[&str] = &[
+    "command", "static", "dynamic", "ai", "noop", "sleep", "fail", "blob",
+];
 
 pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
     match kind {
         "command" => command::validate(params),
         "static" => static_analysis::validate(params),
+        "dynamic" => app_analysis::validate_dynamic(params),
+        "ai" => app_analysis::validate_ai(params),
         "noop" => Ok(()),
         "sleep" => internal::validate_sleep(params),
         "fail" => internal::validate_fail(params),
@@ -63,6 +68,8 @@ pub async fn run(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
     match kind {
         "command" => command::run(ctx).await,
         "static" => static_analysis::run(ctx).await,
+        "dynamic" => app_analysis::run_dynamic(ctx).await,
+        "ai" => app_analysis::run_ai(ctx).await,
         "noop" => Ok(JobOutput {
             result: Value::Object(Default::default()),
         }),
