@@ -355,7 +355,10 @@ struct JobRun {
 /// Kinds that write files; others get no output directory (it costs a few syscalls that
 /// matter at thousands of jobs per second).
 fn kind_writes_files(kind: &str) -> bool {
-    matches!(kind, "command" | "blob" | "static" | "dynamic" | "ai")
+    matches!(
+        kind,
+        "command" | "blob" | "static" | "dynamic" | "performance" | "ai"
+    )
 }
 
 impl JobRun {

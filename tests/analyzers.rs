@@ -255,3 +255,88 @@ async fn dynamic_analysis_finds_every_planted_defect() {
         missed.join("\n")
     );
 }
+
+#[derive(serde::Deserialize)]
+struct PerformanceManifest {
+    #[serde(default)]
+    performance: Vec<PerformanceDefect>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct PerformanceDefect {
+    defect: String,
+    path: String,
+    min_p50_ms: f64,
+}
+
+/// Runs the `performance` job kind itself (app pool, setup requests, load, findings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn performance_analysis_measures_every_planted_slow_endpoint() {
+    use_repo_python();
+    let mut checked = 0;
+    for app in apps() {
+        let manifest: PerformanceManifest =
+            toml::from_str(&std::fs::read_to_string(app.join("expected.toml")).unwrap()).unwrap();
+        if manifest.performance.is_empty() {
+            continue;
+        }
+        let out = tempfile::tempdir().unwrap();
+        let ctx = assay::kinds::JobContext {
+            job_id: 1,
+            key: "performance".into(),
+            attempt: 1,
+            params: serde_json::json!({"app": app, "users": 4, "duration": "2s", "warmup": "300ms"}),
+            item: serde_json::json!({}),
+            output_dir: out.path().to_path_buf(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            progress: tokio::sync::watch::channel(None).0,
+        };
+        let result = assay::kinds::run("performance", &ctx)
+            .await
+            .unwrap_or_else(|f| panic!("{}: {f:?}", name(&app)))
+            .result;
+        for d in &manifest.performance {
+            let want = normalize_path(&d.path);
+            let endpoint = result["performance"]["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| {
+                    e["template_path"]
+                        .as_str()
+                        .is_some_and(|t| normalize_path(t) == want)
+                })
+                .unwrap_or_else(|| panic!("{}: {} not loaded: {result}", name(&app), d.path));
+            let p50 = endpoint["stats"]["latency_ms"]["p50"].as_f64().unwrap();
+            assert!(
+                p50 >= d.min_p50_ms,
+                "{}: {} p50 {p50} ms < {} ms",
+                name(&app),
+                d.defect,
+                d.min_p50_ms
+            );
+            let flagged = result["findings"].as_array().unwrap().iter().any(|f| {
+                f["rule"] == "slow_endpoint"
+                    && normalize_path(
+                        f["location"]["path"]
+                            .as_str()
+                            .unwrap()
+                            .split_once(' ')
+                            .unwrap()
+                            .1,
+                    ) == want
+            });
+            assert!(
+                flagged,
+                "{}: the slow endpoint is reported as a finding: {result}",
+                name(&app)
+            );
+            checked += 1;
+        }
+        assert!(out.path().join("performance.sarif").is_file());
+    }
+    assert!(
+        checked >= 1,
+        "the sample apps plant at least one slow endpoint"
+    );
+}

@@ -256,7 +256,7 @@ fn path_params(path: &str) -> Vec<String> {
         .collect()
 }
 
-fn fill_path(path: &str, context: &HashMap<String, String>) -> String {
+pub(crate) fn fill_path(path: &str, context: &HashMap<String, String>) -> String {
     path.split('/')
         .map(|seg| {
             let name = seg
@@ -276,7 +276,7 @@ fn fill_path(path: &str, context: &HashMap<String, String>) -> String {
 }
 
 /// A plausible body from a template shape such as `{ title = "string", done = "boolean?" }`.
-fn sample_body(shape: &toml::Table, unique: &str) -> Value {
+pub(crate) fn sample_body(shape: &toml::Table, unique: &str) -> Value {
     let mut body = Map::new();
     for (field, kind) in shape {
         let kind = kind.as_str().unwrap_or("string").trim_end_matches('?');
@@ -299,7 +299,7 @@ fn sample_body(shape: &toml::Table, unique: &str) -> Value {
     Value::Object(body)
 }
 
-fn remember(context: &mut HashMap<String, String>, body: &str) {
+pub(crate) fn remember(context: &mut HashMap<String, String>, body: &str) {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
         return;
     };
@@ -318,7 +318,7 @@ fn remember(context: &mut HashMap<String, String>, body: &str) {
     }
 }
 
-fn query_params(e: &Endpoint) -> Vec<String> {
+pub(crate) fn query_params(e: &Endpoint) -> Vec<String> {
     e.query
         .as_ref()
         .map(|q| q.keys().cloned().collect())

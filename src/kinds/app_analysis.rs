@@ -54,6 +54,10 @@ fn app_failure(e: AppError) -> Failure {
 /// The app folder, its run recipe's template, and that template from the catalog.
 fn prepare(kind: &str, ctx: &JobContext) -> Result<(PathBuf, Template), Failure> {
     let p = parse(kind, &ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
+    resolve(p)
+}
+
+fn resolve(p: AppParams) -> Result<(PathBuf, Template), Failure> {
     let app = std::path::absolute(&p.app).unwrap_or(p.app.clone());
     if !app.is_dir() {
         return Err(Failure::permanent(
@@ -194,6 +198,272 @@ pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "tools": [],
             "findings": [],
             "judge": judged,
+        }),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PerformanceParams {
+    app: PathBuf,
+    #[serde(default)]
+    templates: Option<PathBuf>,
+    /// Closed loop: this many users, each on its own connection (default 8).
+    #[serde(default)]
+    users: Option<usize>,
+    /// Open loop instead: this many requests per second.
+    #[serde(default)]
+    rate: Option<f64>,
+    #[serde(default = "default_load_duration")]
+    duration: String,
+    #[serde(default = "default_warmup")]
+    warmup: String,
+    /// An endpoint whose p50 latency is above this is reported as slow.
+    #[serde(default = "default_slow")]
+    slow_p50: String,
+}
+
+fn default_load_duration() -> String {
+    "5s".into()
+}
+fn default_warmup() -> String {
+    "1s".into()
+}
+fn default_slow() -> String {
+    "200ms".into()
+}
+
+struct Load {
+    users: Option<usize>,
+    rate: Option<f64>,
+    duration: std::time::Duration,
+    warmup: std::time::Duration,
+    slow_p50_ms: f64,
+}
+
+fn parse_performance(params: &Value) -> Result<(AppParams, Load), String> {
+    let p: PerformanceParams = serde_json::from_value(params.clone())
+        .map_err(|e| format!("invalid params for `performance`: {e}"))?;
+    let dur = |field: &str, v: &str| {
+        humantime::parse_duration(v)
+            .map_err(|e| format!("`{field}` = `{v}` is not a duration: {e}"))
+    };
+    let load = Load {
+        users: p.users,
+        rate: p.rate,
+        duration: dur("duration", &p.duration)?,
+        warmup: dur("warmup", &p.warmup)?,
+        slow_p50_ms: dur("slow_p50", &p.slow_p50)?.as_secs_f64() * 1_000.0,
+    };
+    if p.users.is_some() && p.rate.is_some() {
+        return Err("give either `users` (closed loop) or `rate` (open loop), not both".into());
+    }
+    Ok((
+        AppParams {
+            app: p.app,
+            templates: p.templates,
+        },
+        load,
+    ))
+}
+
+pub fn validate_performance(params: &Value) -> Result<(), String> {
+    parse_performance(params).map(|_| ())
+}
+
+pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
+    use crate::analysis::finding::{Finding, Location, Severity, ToolRun, ToolStatus};
+    use crate::analysis::loadgen::{run_load, EndpointLoad, LoadConfig, LoadMode};
+    let (target, load) =
+        parse_performance(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
+    let (app, template) = resolve(target)?;
+    let log = pooled_log(&app);
+    ctx.step("starting the app", None, Some(app.display().to_string()));
+    let running = tokio::select! {
+        r = AppPool::global().acquire(&app, &log) => r.map_err(app_failure)?,
+        _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while starting the app")),
+    };
+    // Create what the read endpoints need (a link to redirect, a todo to fetch), the way
+    // the dynamic analyzer does, then load every public GET endpoint.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("HTTP client builds");
+    let mut context = std::collections::HashMap::new();
+    let unique = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+    for e in template
+        .endpoints
+        .iter()
+        .filter(|e| e.method == "POST" && !e.auth)
+    {
+        let body = e
+            .request
+            .as_ref()
+            .map(|shape| dynamic::sample_body(shape, &unique));
+        let mut req = client.post(format!(
+            "{}{}",
+            running.base_url,
+            dynamic::fill_path(&e.path, &context)
+        ));
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        if let Ok(resp) = req.send().await {
+            if let Ok(text) = resp.text().await {
+                dynamic::remember(&mut context, &text);
+            }
+        }
+    }
+    let mut endpoints = Vec::new();
+    let mut template_paths = std::collections::HashMap::new();
+    for e in template
+        .endpoints
+        .iter()
+        .filter(|e| e.method == "GET" && !e.auth)
+    {
+        let mut path = dynamic::fill_path(&e.path, &context);
+        let q = dynamic::query_params(e);
+        if !q.is_empty() {
+            let pairs: Vec<String> = q
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{k}={}",
+                        if k.contains("city") {
+                            "London"
+                        } else {
+                            "assay"
+                        }
+                    )
+                })
+                .collect();
+            path = format!("{path}?{}", pairs.join("&"));
+        }
+        template_paths.insert(path.clone(), e.path.clone());
+        endpoints.push(EndpointLoad::new("GET", &path));
+    }
+    if endpoints.is_empty() {
+        return Err(Failure::permanent(
+            "nothing_to_load",
+            format!(
+                "template `{}` has no public GET endpoint to load",
+                template.name
+            ),
+        ));
+    }
+    let mode = match (load.rate, load.users) {
+        (Some(rate), _) => LoadMode::OpenLoop {
+            rate_per_sec: rate,
+            max_in_flight: 256,
+        },
+        (None, users) => LoadMode::ClosedLoop {
+            users: users.unwrap_or(8),
+        },
+    };
+    let config = LoadConfig {
+        base_url: running.base_url.clone(),
+        endpoints,
+        mode,
+        duration: load.duration,
+        warmup: load.warmup,
+        request_timeout: std::time::Duration::from_secs(10),
+    };
+    ctx.step("load", Some(20.0), Some(config.mode.describe()));
+    let started = std::time::Instant::now();
+    let report = run_load(&config, &ctx.cancel)
+        .await
+        .map_err(|e| Failure::retryable("load_failed", e.to_string()))?;
+    let _ = std::fs::copy(&running.log, ctx.output_dir.join("app.log"));
+    running.ensure_alive().map_err(app_failure)?;
+    let mut findings = Vec::new();
+    for ep in &report.endpoints {
+        let shown = template_paths
+            .get(&ep.path)
+            .cloned()
+            .unwrap_or_else(|| ep.path.clone());
+        let at = Location {
+            path: format!("{} {shown}", ep.method),
+            line: None,
+            column: None,
+            end_line: None,
+        };
+        let p50 = ep.stats.latency_ms.p50;
+        if p50 > load.slow_p50_ms {
+            let severity = if p50 > 4.0 * load.slow_p50_ms {
+                Severity::Medium
+            } else {
+                Severity::Low
+            };
+            findings.push(Finding::new(
+                "performance",
+                "assay-load",
+                "slow_endpoint",
+                Some(400),
+                severity,
+                "slow",
+                &format!(
+                    "p50 latency {p50:.0} ms (p99 {:.0} ms) under {}; slower than {:.0} ms",
+                    ep.stats.latency_ms.p99, report.mode, load.slow_p50_ms
+                ),
+                at.clone(),
+            ));
+        }
+        if ep.stats.error_rate > 0.01 {
+            findings.push(Finding::new(
+                "performance",
+                "assay-load",
+                "errors_under_load",
+                None,
+                Severity::Medium,
+                "errors",
+                &format!(
+                    "{:.1}% of requests failed under load (statuses {:?})",
+                    100.0 * ep.stats.error_rate,
+                    ep.stats.status_counts
+                ),
+                at,
+            ));
+        }
+    }
+    let findings = merge(findings);
+    let runs = vec![ToolRun {
+        tool: "assay-load".into(),
+        status: if findings.is_empty() {
+            ToolStatus::NoIssues
+        } else {
+            ToolStatus::Success
+        },
+        version: Some(env!("CARGO_PKG_VERSION").into()),
+        duration_ms: started.elapsed().as_millis() as u64,
+        findings: findings.len(),
+        detail: Some(report.mode.clone()),
+        raw_output: None,
+    }];
+    write_sarif(ctx, "performance.sarif", &findings, &runs)?;
+    let mut perf = serde_json::to_value(&report).expect("report serializes");
+    if let Some(eps) = perf.get_mut("endpoints").and_then(|e| e.as_array_mut()) {
+        for ep in eps {
+            let concrete = ep["path"].as_str().unwrap_or("").to_string();
+            if let Some(t) = template_paths.get(&concrete) {
+                ep["template_path"] = json!(t);
+            }
+        }
+    }
+    ctx.step(
+        "load",
+        Some(100.0),
+        Some(format!("{:.0} req/s", report.overall.requests_per_sec)),
+    );
+    Ok(JobOutput {
+        result: json!({
+            "app": app,
+            "analyzer": "performance",
+            "template": template.name,
+            "summary": summarize(&findings),
+            "tools": runs,
+            "findings": findings,
+            "performance": perf,
         }),
     })
 }

@@ -17,7 +17,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub const KNOWN_KINDS: &[&str] = &[
-    "command", "static", "dynamic", "ai", "noop", "sleep", "fail", "blob",
+    "command",
+    "static",
+    "dynamic",
+    "performance",
+    "ai",
+    "noop",
+    "sleep",
+    "fail",
+    "blob",
 ];
 
 pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
@@ -25,6 +33,7 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
         "command" => command::validate(params),
         "static" => static_analysis::validate(params),
         "dynamic" => app_analysis::validate_dynamic(params),
+        "performance" => app_analysis::validate_performance(params),
         "ai" => app_analysis::validate_ai(params),
         "noop" => Ok(()),
         "sleep" => internal::validate_sleep(params),
@@ -69,6 +78,7 @@ pub async fn run(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
         "command" => command::run(ctx).await,
         "static" => static_analysis::run(ctx).await,
         "dynamic" => app_analysis::run_dynamic(ctx).await,
+        "performance" => app_analysis::run_performance(ctx).await,
         "ai" => app_analysis::run_ai(ctx).await,
         "noop" => Ok(JobOutput {
             result: Value::Object(Default::default()),
