@@ -58,6 +58,9 @@ enum Command {
         /// Plain event lines instead of progress bars.
         #[arg(long)]
         plain: bool,
+        /// Run every analysis again instead of reusing identical earlier ones.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
@@ -88,6 +91,9 @@ enum Command {
         /// How long running jobs may finish after SIGTERM before they are handed back.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         grace: Duration,
+        /// Run every analysis again instead of reusing identical earlier ones.
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Submit a pipeline spec to a server.
     Submit {
@@ -261,7 +267,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             listen,
             fresh,
             plain,
-        } => run_embedded(&spec, &data_dir, workers, listen, fresh, plain).await,
+            no_cache,
+        } => {
+            if no_cache {
+                crate::kinds::cache::disable();
+            }
+            run_embedded(&spec, &data_dir, workers, listen, fresh, plain).await
+        }
         Command::Server {
             data_dir,
             listen,
@@ -281,8 +293,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             id,
             kinds,
             grace,
+            no_cache,
         } => {
             let shutdown = shutdown_on_signals();
+            if no_cache {
+                crate::kinds::cache::disable();
+            }
             let mut config = WorkerConfig::new(&server.server, spool_dir);
             config.concurrency = concurrency;
             config.shutdown_grace = grace;

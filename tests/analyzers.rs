@@ -285,7 +285,7 @@ async fn performance_analysis_measures_every_planted_slow_endpoint() {
             job_id: 1,
             key: "performance".into(),
             attempt: 1,
-            params: serde_json::json!({"app": app, "users": 4, "duration": "2s", "warmup": "300ms"}),
+            params: serde_json::json!({"app": app, "users": 4, "duration": "2s", "warmup": "300ms", "cache": false}),
             item: serde_json::json!({}),
             output_dir: out.path().to_path_buf(),
             cancel: tokio_util::sync::CancellationToken::new(),
@@ -338,5 +338,61 @@ async fn performance_analysis_measures_every_planted_slow_endpoint() {
     assert!(
         checked >= 1,
         "the sample apps plant at least one slow endpoint"
+    );
+}
+
+/// An unchanged app with unchanged tools and settings is analyzed once; a changed file,
+/// or `cache = false`, runs the analysis again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_apps_are_reused_from_the_cache() {
+    use_repo_tools();
+    let cache = tempfile::tempdir().unwrap();
+    // Only this test reads the cache location.
+    unsafe { std::env::set_var("ASSAY_CACHE_DIR", cache.path()) };
+    let app = tempfile::tempdir().unwrap();
+    std::fs::write(
+        app.path().join("app.py"),
+        "import subprocess\nsubprocess.call('ls', shell=True)\n",
+    )
+    .unwrap();
+    let run = |params: serde_json::Value| async move {
+        let out = tempfile::tempdir().unwrap();
+        let ctx = assay::kinds::JobContext {
+            job_id: 1,
+            key: "static".into(),
+            attempt: 1,
+            params,
+            item: serde_json::json!({}),
+            output_dir: out.path().to_path_buf(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            progress: tokio::sync::watch::channel(None).0,
+        };
+        let result = assay::kinds::run("static", &ctx).await.unwrap().result;
+        let files: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        (result, files)
+    };
+    let params = serde_json::json!({"app": app.path(), "tools": ["bandit"]});
+    let (first, _) = run(params.clone()).await;
+    assert!(first.get("cached").is_none());
+    assert!(first["summary"]["total"].as_u64().unwrap() >= 1, "{first}");
+    let (second, files) = run(params.clone()).await;
+    assert_eq!(second["cached"], true);
+    assert_eq!(second["findings"], first["findings"]);
+    assert!(
+        files.contains(&"static.sarif".to_string()),
+        "artifacts come back with a cached result: {files:?}"
+    );
+    let (bypassed, _) =
+        run(serde_json::json!({"app": app.path(), "tools": ["bandit"], "cache": false})).await;
+    assert!(bypassed.get("cached").is_none());
+    std::fs::write(app.path().join("app.py"), "print('changed')\n").unwrap();
+    let (changed, _) = run(params).await;
+    assert!(
+        changed.get("cached").is_none(),
+        "a changed app is analyzed again"
     );
 }

@@ -430,3 +430,47 @@ fn the_skipped_report_names_the_reason() {
     assert_eq!(r.status_line(), "skipped: no LLM endpoint configured");
     assert!(r.requirements.is_empty() && r.pass_rate.is_none());
 }
+
+/// The `ai` job kind end to end: skipped without an endpoint, a real verdict with one
+/// (the fake server), the exchanges kept as an artifact. One test, because it sets the
+/// process environment the kind reads.
+#[tokio::test]
+async fn the_ai_kind_is_skipped_without_an_endpoint_and_judges_with_one() {
+    let run = |out: &std::path::Path| {
+        let ctx = assay::kinds::JobContext {
+            job_id: 1,
+            key: "ai".into(),
+            attempt: 1,
+            params: json!({"app": app_dir(), "cache": false}),
+            item: json!({}),
+            output_dir: out.to_path_buf(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            progress: tokio::sync::watch::channel(None).0,
+        };
+        async move { assay::kinds::run("ai", &ctx).await }
+    };
+    unsafe { std::env::remove_var("ASSAY_LLM_BASE_URL") };
+    let out = tempfile::tempdir().unwrap();
+    let skipped = run(out.path()).await.unwrap().result;
+    assert_eq!(skipped["status"], "skipped: no LLM endpoint configured");
+
+    let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template()))]).await;
+    unsafe {
+        std::env::set_var("ASSAY_LLM_BASE_URL", &llm.base_url);
+        std::env::set_var("ASSAY_LLM_MODEL", "judge-model");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let judged = run(out.path()).await;
+    unsafe {
+        std::env::remove_var("ASSAY_LLM_BASE_URL");
+        std::env::remove_var("ASSAY_LLM_MODEL");
+    }
+    let judged = judged.unwrap().result;
+    assert_eq!(judged["status"], "success", "{judged}");
+    assert!(judged["judge"]["pass_rate"].as_f64().is_some(), "{judged}");
+    assert_eq!(judged["judge"]["model"], served_model("judge-model"));
+    assert!(
+        out.path().join("judge-exchanges.json").is_file(),
+        "prompt and raw answer are kept"
+    );
+}

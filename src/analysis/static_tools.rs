@@ -306,7 +306,7 @@ fn quiet_env(cmd: &mut Command) -> &mut Command {
         .env("NO_COLOR", "1")
 }
 
-async fn version_of(program: &Path) -> Option<String> {
+pub async fn version_of(program: &Path) -> Option<String> {
     let mut cmd = Command::new(program);
     quiet_env(&mut cmd)
         .arg("--version")

@@ -23,6 +23,10 @@ struct AppParams {
     app: PathBuf,
     #[serde(default)]
     templates: Option<PathBuf>,
+    /// `false` bypasses the analysis cache for this stage.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cache: Option<bool>,
 }
 
 fn parse(kind: &str, params: &Value) -> Result<AppParams, String> {
@@ -221,6 +225,10 @@ struct PerformanceParams {
     /// An endpoint whose p50 latency is above this is reported as slow.
     #[serde(default = "default_slow")]
     slow_p50: String,
+    /// `false` bypasses the analysis cache for this stage.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cache: Option<bool>,
 }
 
 fn default_load_duration() -> String {
@@ -262,6 +270,7 @@ fn parse_performance(params: &Value) -> Result<(AppParams, Load), String> {
         AppParams {
             app: p.app,
             templates: p.templates,
+            cache: p.cache,
         },
         load,
     ))

@@ -5,6 +5,7 @@
 //! [`KNOWN_KINDS`], [`validate_params`] and [`run`].
 
 pub mod app_analysis;
+pub mod cache;
 pub mod command;
 pub mod internal;
 pub mod static_analysis;
@@ -73,7 +74,27 @@ pub struct JobOutput {
     pub result: Value,
 }
 
+/// Run a job of `kind`; analyses go through the [`cache`].
 pub async fn run(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
+    let key = cache::key(kind, &ctx.params).await;
+    if let Some(key) = &key {
+        if let Some(hit) = cache::load(key, ctx) {
+            ctx.step(
+                "cached",
+                Some(100.0),
+                Some("an identical analysis was reused".into()),
+            );
+            return Ok(hit);
+        }
+    }
+    let out = run_uncached(kind, ctx).await;
+    if let (Some(key), Ok(out)) = (&key, &out) {
+        cache::store(key, ctx, out);
+    }
+    out
+}
+
+async fn run_uncached(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
     match kind {
         "command" => command::run(ctx).await,
         "static" => static_analysis::run(ctx).await,

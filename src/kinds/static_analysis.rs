@@ -22,6 +22,10 @@ struct StaticParams {
     tools: Option<Vec<String>>,
     #[serde(default = "default_timeout")]
     timeout: String,
+    /// `false` bypasses the analysis cache for this stage.
+    #[serde(default)]
+    #[allow(dead_code)]
+    cache: Option<bool>,
 }
 
 fn default_timeout() -> String {
