@@ -396,3 +396,82 @@ async fn unchanged_apps_are_reused_from_the_cache() {
         "a changed app is analyzed again"
     );
 }
+
+/// The merged SARIF of a real analysis (static tools and dynamic probes together) passes
+/// Microsoft's SARIF validator (the SARIF Multitool, installed by scripts/install-tools)
+/// without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_sarif_passes_the_official_validator() {
+    use assay::analysis::apps::{AppPool, PortAllocator};
+    use assay::analysis::{catalog, dynamic, finding, sarif};
+    use_repo_tools();
+    use_repo_python();
+    let app = repo().join("examples/apps/todo-api-sqli");
+    let tools: Vec<&'static static_tools::Tool> = ["bandit", "semgrep", "vulture"]
+        .iter()
+        .map(|t| static_tools::tool(t).unwrap())
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    let stat = static_tools::run_all(
+        &app,
+        &tools,
+        Duration::from_secs(300),
+        out.path(),
+        out.path(),
+    )
+    .await;
+    let pool = AppPool::new(PortAllocator::default());
+    let running = pool
+        .acquire(&app, &out.path().join("app.log"))
+        .await
+        .unwrap();
+    let catalog = catalog::load_dir(&catalog::builtin_dir()).unwrap();
+    let dynamic = dynamic::probe(
+        &running.base_url,
+        catalog.get("todo-api").unwrap(),
+        Some(&app),
+        "/health",
+    )
+    .await;
+    let mut runs = stat.runs;
+    runs.extend(dynamic.runs);
+    let merged = finding::merge(stat.findings.into_iter().chain(dynamic.findings).collect());
+    assert!(
+        merged.iter().any(|f| f.analyzer == "dynamic")
+            && merged.iter().any(|f| f.analyzer == "static")
+    );
+    let file = out.path().join("merged.sarif");
+    std::fs::write(
+        &file,
+        serde_json::to_vec_pretty(&sarif::to_sarif(&merged, &runs)).unwrap(),
+    )
+    .unwrap();
+    let validator = repo().join(".tools/node/node_modules/.bin/sarif-multitool");
+    assert!(
+        validator.exists(),
+        "run scripts/install-tools (it installs the SARIF Multitool)"
+    );
+    let report = out.path().join("validation.sarif");
+    let status = std::process::Command::new(&validator)
+        .args(["validate", "--output"])
+        .arg(&report)
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the validator ran");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let errors: Vec<String> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["results"].as_array().cloned().unwrap_or_default())
+        .filter(|r| r["level"] == "error")
+        .map(|r| format!("{}: {}", r["ruleId"], r["message"]["text"]))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "SARIF validation errors:\n{}",
+        errors.join("\n")
+    );
+}

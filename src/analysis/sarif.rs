@@ -46,7 +46,14 @@ pub fn to_sarif(findings: &[Finding], runs: &[ToolRun]) -> Value {
                 "informationUri": "https://github.com/assay-dev/assay",
                 "rules": rules.values().cloned().collect::<Vec<_>>(),
             });
-            if let Some(Some(v)) = versions.get(tool.as_str()) {
+            // Assay's own analyzers record runs per check (`assay-probe:cors`).
+            let version = versions.get(tool.as_str()).cloned().flatten().or_else(|| {
+                versions
+                    .iter()
+                    .find(|(name, _)| name.split(':').next() == Some(tool.as_str()))
+                    .and_then(|(_, v)| *v)
+            });
+            if let Some(v) = version {
                 driver["version"] = json!(v);
             }
             let results: Vec<Value> = results
@@ -62,10 +69,17 @@ pub fn to_sarif(findings: &[Finding], runs: &[ToolRun]) -> Value {
                     if let Some(snippet) = &f.snippet {
                         region.insert("snippet".into(), json!({"text": snippet}));
                     }
-                    let mut physical = json!({"artifactLocation": {"uri": f.location.path}});
-                    if !region.is_empty() {
-                        physical["region"] = Value::Object(region);
-                    }
+                    // A file gets a physical location; an HTTP endpoint (`GET /api/x`) is
+                    // not a file, so it is a logical location.
+                    let location = if is_endpoint(&f.location.path) {
+                        json!({"logicalLocations": [{"fullyQualifiedName": f.location.path, "kind": "resource"}]})
+                    } else {
+                        let mut physical = json!({"artifactLocation": {"uri": uri_reference(&f.location.path)}});
+                        if !region.is_empty() {
+                            physical["region"] = Value::Object(region);
+                        }
+                        json!({"physicalLocation": physical})
+                    };
                     let others: Vec<String> = f
                         .sources
                         .iter()
@@ -76,7 +90,7 @@ pub fn to_sarif(findings: &[Finding], runs: &[ToolRun]) -> Value {
                         "ruleId": s.rule,
                         "level": f.severity.sarif_level(),
                         "message": {"text": s.message},
-                        "locations": [{"physicalLocation": physical}],
+                        "locations": [location],
                         "partialFingerprints": {"assayFinding/v1": f.fingerprint},
                         "properties": {
                             "severity": f.severity.as_str(),
@@ -91,6 +105,27 @@ pub fn to_sarif(findings: &[Finding], runs: &[ToolRun]) -> Value {
         })
         .collect();
     json!({"$schema": SCHEMA, "version": "2.1.0", "runs": sarif_runs})
+}
+
+const HTTP_METHODS: &[&str] = &[
+    "GET ", "POST ", "PUT ", "PATCH ", "DELETE ", "HEAD ", "OPTIONS ",
+];
+
+fn is_endpoint(path: &str) -> bool {
+    HTTP_METHODS.iter().any(|m| path.starts_with(m))
+}
+
+/// A relative path as an RFC 3986 URI reference: characters outside the unreserved and
+/// path sets are percent-encoded.
+fn uri_reference(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -162,6 +197,58 @@ mod tests {
         assert_eq!(
             bandit["tool"]["driver"]["rules"][0]["properties"]["tags"][0],
             "CWE-89"
+        );
+    }
+
+    #[test]
+    fn endpoints_are_logical_locations_and_paths_are_uri_references() {
+        let dynamic = Finding::new(
+            "dynamic",
+            "assay-probe",
+            "cors",
+            Some(942),
+            Severity::High,
+            "high",
+            "cors",
+            Location {
+                path: "GET /r/<code>".into(),
+                line: None,
+                column: None,
+                end_line: None,
+            },
+        );
+        let file = Finding::new(
+            "static",
+            "bandit",
+            "B1",
+            None,
+            Severity::Low,
+            "LOW",
+            "x",
+            Location {
+                path: "my app/a b.py".into(),
+                line: Some(1),
+                column: None,
+                end_line: None,
+            },
+        );
+        let sarif = to_sarif(&[dynamic, file], &[]);
+        let runs = sarif["runs"].as_array().unwrap();
+        let probe = runs
+            .iter()
+            .find(|r| r["tool"]["driver"]["name"] == "assay-probe")
+            .unwrap();
+        assert_eq!(
+            probe["results"][0]["locations"][0]["logicalLocations"][0]["fullyQualifiedName"],
+            "GET /r/<code>"
+        );
+        let bandit = runs
+            .iter()
+            .find(|r| r["tool"]["driver"]["name"] == "bandit")
+            .unwrap();
+        assert_eq!(
+            bandit["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+            "my%20app/a%20b.py"
         );
     }
 }
