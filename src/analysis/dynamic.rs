@@ -318,6 +318,30 @@ pub(crate) fn remember(context: &mut HashMap<String, String>, body: &str) {
     }
 }
 
+/// The endpoint's path with its parameters filled from `context` and its query
+/// parameters given plausible values: a request that should succeed.
+pub(crate) fn concrete_path(e: &Endpoint, context: &HashMap<String, String>) -> String {
+    let path = fill_path(&e.path, context);
+    let q = query_params(e);
+    if q.is_empty() {
+        return path;
+    }
+    let pairs: Vec<String> = q
+        .iter()
+        .map(|k| {
+            format!(
+                "{k}={}",
+                if k.contains("city") {
+                    "London"
+                } else {
+                    "assay"
+                }
+            )
+        })
+        .collect();
+    format!("{path}?{}", pairs.join("&"))
+}
+
 pub(crate) fn query_params(e: &Endpoint) -> Vec<String> {
     e.query
         .as_ref()
@@ -359,26 +383,7 @@ pub async fn probe(
     let mut functional_issues = 0;
     for e in &template.endpoints {
         let body = e.request.as_ref().map(|shape| sample_body(shape, &unique));
-        let path = fill_path(&e.path, &p.context);
-        let q = query_params(e);
-        let path = if q.is_empty() {
-            path
-        } else {
-            let pairs: Vec<String> = q
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{k}={}",
-                        if k.contains("city") {
-                            "London"
-                        } else {
-                            "assay"
-                        }
-                    )
-                })
-                .collect();
-            format!("{path}?{}", pairs.join("&"))
-        };
+        let path = concrete_path(e, &p.context);
         let Some(a) = p
             .send(&e.method, &path, body.as_ref(), token.as_deref())
             .await
@@ -772,41 +777,20 @@ fn urlencode(s: &str) -> String {
 
 /// Source and config files of the app (relative paths), which a server must not serve.
 fn source_files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let path = e.path();
-            let name = e.file_name().to_string_lossy().to_string();
-            if path.is_dir() {
-                if !matches!(
-                    name.as_str(),
-                    "node_modules"
-                        | ".git"
-                        | "__pycache__"
-                        | ".venv"
-                        | "venv"
-                        | "frontend"
-                        | "static"
-                        | "public"
-                ) {
-                    stack.push(path);
-                }
-            } else if [".py", ".toml", ".env", ".cfg", ".ini", ".sqlite3", ".db"]
+    // Front-end folders are meant to be served; everything else is not.
+    super::app_files(dir, &["frontend", "static", "public"])
+        .into_iter()
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            [".py", ".toml", ".env", ".cfg", ".ini", ".sqlite3", ".db"]
                 .iter()
                 .any(|ext| name.ends_with(ext))
-            {
-                if let Ok(rel) = path.strip_prefix(dir) {
-                    out.push(rel.display().to_string());
-                }
-            }
-        }
-    }
-    out.sort();
-    out
+        })
+        .filter_map(|p| p.strip_prefix(dir).ok().map(|r| r.display().to_string()))
+        .collect()
 }
 
 #[cfg(test)]

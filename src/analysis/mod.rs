@@ -10,3 +10,33 @@ pub mod judge;
 pub mod loadgen;
 pub mod sarif;
 pub mod static_tools;
+
+use std::path::{Path, PathBuf};
+
+/// Folders no analysis looks into: dependencies, virtualenvs, VCS data, caches.
+pub const SKIPPED_DIRS: &[&str] = &["node_modules", ".git", "__pycache__", ".venv", "venv"];
+
+/// Every file of an app folder (sorted), outside [`SKIPPED_DIRS`] and the folders `also_skip`
+/// names. Symbolic links are not followed.
+pub fn app_files(dir: &Path, also_skip: &[&str]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            let name = e.file_name().to_string_lossy().to_string();
+            if kind.is_dir() {
+                if !SKIPPED_DIRS.contains(&name.as_str()) && !also_skip.contains(&name.as_str()) {
+                    stack.push(e.path());
+                }
+            } else if kind.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}

@@ -121,26 +121,11 @@ pub struct Languages {
 
 pub fn detect_languages(dir: &Path) -> Languages {
     let mut langs = Languages::default();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().to_string();
-            if p.is_dir() {
-                if !matches!(
-                    name.as_str(),
-                    "node_modules" | ".git" | "__pycache__" | ".venv" | "venv"
-                ) {
-                    stack.push(p);
-                }
-            } else if name.ends_with(".py") {
-                langs.python = true;
-            } else if name.ends_with(".js") || name.ends_with(".mjs") || name.ends_with(".jsx") {
-                langs.javascript = true;
-            }
+    for file in super::app_files(dir, &[]) {
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("py") => langs.python = true,
+            Some("js" | "mjs" | "jsx") => langs.javascript = true,
+            _ => {}
         }
     }
     langs

@@ -62,16 +62,7 @@ fn prepare(kind: &str, ctx: &JobContext) -> Result<(PathBuf, Template), Failure>
 }
 
 fn resolve(p: AppParams) -> Result<(PathBuf, Template), Failure> {
-    let app = std::path::absolute(&p.app).unwrap_or(p.app.clone());
-    if !app.is_dir() {
-        return Err(Failure::permanent(
-            "app_not_found",
-            format!(
-                "app folder `{}` does not exist on this worker",
-                app.display()
-            ),
-        ));
-    }
+    let app = super::app_folder(&p.app)?;
     let manifest = load_manifest(&app).map_err(app_failure)?;
     let dir = p.templates.unwrap_or_else(catalog::builtin_dir);
     let catalog =
@@ -331,24 +322,7 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         .iter()
         .filter(|e| e.method == "GET" && !e.auth)
     {
-        let mut path = dynamic::fill_path(&e.path, &context);
-        let q = dynamic::query_params(e);
-        if !q.is_empty() {
-            let pairs: Vec<String> = q
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{k}={}",
-                        if k.contains("city") {
-                            "London"
-                        } else {
-                            "assay"
-                        }
-                    )
-                })
-                .collect();
-            path = format!("{path}?{}", pairs.join("&"));
-        }
+        let path = dynamic::concrete_path(e, &context);
         template_paths.insert(path.clone(), e.path.clone());
         endpoints.push(EndpointLoad::new("GET", &path));
     }

@@ -44,29 +44,8 @@ fn enabled(params: &Value) -> bool {
 
 /// Hash every file under `dir` (relative path and content), skipping what tools skip.
 pub fn content_hash(dir: &Path) -> std::io::Result<String> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().to_string();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                if !matches!(
-                    name.as_str(),
-                    "node_modules" | ".git" | "__pycache__" | ".venv" | "venv"
-                ) {
-                    stack.push(path);
-                }
-            } else if kind.is_file() {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
     let mut h = Sha256::new();
-    for f in files {
+    for f in crate::analysis::app_files(dir, &[]) {
         let rel = f.strip_prefix(dir).unwrap_or(&f).display().to_string();
         h.update(rel.as_bytes());
         h.update([0]);

@@ -74,6 +74,22 @@ pub struct JobOutput {
     pub result: Value,
 }
 
+/// The absolute app folder an analysis job names, or a permanent failure saying it is
+/// not there.
+pub(crate) fn app_folder(path: &std::path::Path) -> Result<PathBuf, Failure> {
+    let app = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if !app.is_dir() {
+        return Err(Failure::permanent(
+            "app_not_found",
+            format!(
+                "app folder `{}` does not exist on this worker",
+                app.display()
+            ),
+        ));
+    }
+    Ok(app)
+}
+
 /// Run a job of `kind`; analyses go through the [`cache`].
 pub async fn run(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
     let key = cache::key(kind, &ctx.params).await;

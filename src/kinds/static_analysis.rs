@@ -68,16 +68,7 @@ pub fn validate(params: &Value) -> Result<(), String> {
 
 pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let p = parse(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
-    let app = std::path::absolute(&p.app).unwrap_or(p.app.clone());
-    if !app.is_dir() {
-        return Err(Failure::permanent(
-            "app_not_found",
-            format!(
-                "app folder `{}` does not exist on this worker",
-                app.display()
-            ),
-        ));
-    }
+    let app = super::app_folder(&p.app)?;
     let scratch = tempfile::tempdir()
         .map_err(|e| Failure::retryable("io", format!("creating a scratch folder: {e}")))?;
     ctx.step(
