@@ -423,6 +423,21 @@ pub async fn probe(
                     a.status
                 ),
             );
+        } else if let Some(missing) =
+            missing_fields(&e.response.body, &template.data_model, &a.body)
+        {
+            functional_issues += 1;
+            p.report(
+                "functional",
+                None,
+                Severity::Low,
+                &e.method,
+                &e.path,
+                format!(
+                    "the response lacks fields the template specifies: {}",
+                    missing.join(", ")
+                ),
+            );
         }
     }
     checks.insert(
@@ -764,6 +779,41 @@ pub async fn probe(
     }
 }
 
+/// Fields the template's response shape names that the JSON answer lacks; `None` when
+/// nothing can be checked or nothing is missing. A shape is a model name (`Todo`), a list
+/// of a model (`Todo[]`) or an inline table of fields.
+fn missing_fields(
+    shape: &toml::Value,
+    models: &BTreeMap<String, BTreeMap<String, String>>,
+    body: &str,
+) -> Option<Vec<String>> {
+    let (fields, list): (Vec<String>, bool) = match shape {
+        toml::Value::String(name) => {
+            let (model, list) = match name.strip_suffix("[]") {
+                Some(m) => (m, true),
+                None => (name.as_str(), false),
+            };
+            (models.get(model)?.keys().cloned().collect(), list)
+        }
+        toml::Value::Table(t) => (t.keys().cloned().collect(), false),
+        _ => return None,
+    };
+    if fields.is_empty() {
+        return None;
+    }
+    let json: Value = serde_json::from_str(body).ok()?;
+    let object = if list {
+        json.as_array()?.first()?.as_object()?
+    } else {
+        json.as_object()?
+    };
+    let missing: Vec<String> = fields
+        .into_iter()
+        .filter(|f| !object.contains_key(f))
+        .collect();
+    (!missing.is_empty()).then_some(missing)
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -818,6 +868,40 @@ mod tests {
         assert_eq!(b["done"], false);
         assert_eq!(b["count"], 1);
         assert!(b["url"].as_str().unwrap().starts_with("https://"));
+    }
+
+    #[test]
+    fn responses_are_checked_against_the_template_shape() {
+        let mut models = BTreeMap::new();
+        models.insert(
+            "Todo".to_string(),
+            BTreeMap::from([
+                ("id".to_string(), "integer".to_string()),
+                ("title".to_string(), "string".to_string()),
+            ]),
+        );
+        let list = toml::Value::String("Todo[]".into());
+        assert_eq!(
+            missing_fields(&list, &models, r#"[{"id": 1, "title": "a"}]"#),
+            None
+        );
+        assert_eq!(
+            missing_fields(&list, &models, r#"[{"id": 1}]"#),
+            Some(vec!["title".to_string()])
+        );
+        assert_eq!(
+            missing_fields(&list, &models, "[]"),
+            None,
+            "an empty list cannot be checked"
+        );
+        let inline: toml::Value = toml::from_str::<toml::Table>("status = \"string\"")
+            .unwrap()
+            .into();
+        assert_eq!(
+            missing_fields(&inline, &models, r#"{"ok": true}"#),
+            Some(vec!["status".to_string()])
+        );
+        assert_eq!(missing_fields(&inline, &models, "not json"), None);
     }
 
     #[test]
