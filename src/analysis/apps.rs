@@ -34,6 +34,8 @@ pub enum AppError {
         seconds: u64,
         log_tail: String,
     },
+    #[error("this worker cannot run Docker Compose apps: {0} (install Docker with the compose plugin, or run the app with run.command)")]
+    ComposeUnavailable(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,7 +44,10 @@ impl AppError {
     /// Whether another attempt may succeed: a crash or a slow start is the app's or the
     /// machine's trouble of the moment; a broken manifest is not.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, AppError::Manifest { .. })
+        !matches!(
+            self,
+            AppError::Manifest { .. } | AppError::ComposeUnavailable(_)
+        )
     }
 }
 
@@ -59,7 +64,12 @@ pub struct AppManifest {
 #[serde(deny_unknown_fields)]
 pub struct RunRecipe {
     /// Program and arguments, run from the app folder.
+    #[serde(default)]
     pub command: Vec<String>,
+    /// Or: a Docker Compose file (relative to the app folder) whose services publish the
+    /// app on `${PORT}` (the variable named by `port_env`), e.g. `ports: ["${PORT}:5000"]`.
+    #[serde(default)]
+    pub compose: Option<String>,
     #[serde(default = "default_port_env")]
     pub port_env: String,
     #[serde(default = "default_health")]
@@ -97,11 +107,26 @@ pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    if manifest.run.command.is_empty() {
-        return Err(AppError::Manifest {
-            path,
-            message: "run.command is empty; give the program and its arguments, e.g. [\"python3\", \"app.py\"]".into(),
-        });
+    match (&manifest.run.compose, manifest.run.command.is_empty()) {
+        (Some(_), false) => {
+            return Err(AppError::Manifest {
+                path,
+                message: "give either run.command or run.compose, not both".into(),
+            })
+        }
+        (None, true) => {
+            return Err(AppError::Manifest {
+                path,
+                message: "run.command is empty; give the program and its arguments, e.g. [\"python3\", \"app.py\"], or run.compose".into(),
+            })
+        }
+        (Some(file), true) if !app_dir.join(file).is_file() => {
+            return Err(AppError::Manifest {
+                path,
+                message: format!("run.compose names `{file}`, which is not a file in the app folder"),
+            })
+        }
+        _ => {}
     }
     if !manifest.run.health.starts_with('/') {
         return Err(AppError::Manifest {
@@ -184,14 +209,53 @@ impl PortAllocator {
     }
 }
 
-/// A started, healthy app. Dropping it stops the app's whole process group.
+/// How an app runs: a process group of ours, or a Docker Compose project.
+enum Process {
+    Group {
+        child: Mutex<std::process::Child>,
+        pgid: i32,
+    },
+    Compose {
+        project: String,
+        file: PathBuf,
+        env: Vec<(String, String)>,
+    },
+}
+
+/// The `docker compose` arguments that address one app's project.
+fn compose_args(project: &str, file: &Path, rest: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "compose".to_string(),
+        "--project-name".to_string(),
+        project.to_string(),
+        "--file".to_string(),
+        file.display().to_string(),
+    ];
+    args.extend(rest.iter().map(|s| s.to_string()));
+    args
+}
+
+fn docker(
+    args: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+) -> std::io::Result<std::process::Output> {
+    std::process::Command::new("docker")
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+}
+
+/// A started, healthy app. Dropping it stops the app: its whole process group, or its
+/// Compose project (`down --volumes`).
 pub struct RunningApp {
     pub dir: PathBuf,
     pub base_url: String,
     pub log: PathBuf,
     pub manifest: AppManifest,
-    child: Mutex<std::process::Child>,
-    pgid: i32,
+    process: Process,
     _port: PortLease,
     _scratch: tempfile::TempDir,
 }
@@ -238,16 +302,43 @@ impl RunningApp {
         let scratch = tempfile::tempdir()?;
         let log_file = std::fs::File::create(log)?;
         let recipe = &manifest.run;
+        let process = match &recipe.compose {
+            Some(file) => Self::start_compose(dir, file, &manifest, port.port, log_file)?,
+            None => Self::start_command(dir, &manifest, port.port, scratch.path(), log_file)?,
+        };
+        let app = RunningApp {
+            dir: dir.to_path_buf(),
+            base_url: format!("http://127.0.0.1:{}", port.port),
+            log: log.to_path_buf(),
+            manifest: manifest.clone(),
+            process,
+            _port: port,
+            _scratch: scratch,
+        };
+        let timeout = humantime::parse_duration(&manifest.run.startup_timeout)
+            .unwrap_or(Duration::from_secs(30));
+        app.wait_healthy(timeout).await?;
+        Ok(app)
+    }
+
+    fn start_command(
+        dir: &Path,
+        manifest: &AppManifest,
+        port: u16,
+        scratch: &Path,
+        log_file: std::fs::File,
+    ) -> Result<Process, AppError> {
+        let recipe = &manifest.run;
         let memory = recipe.memory_mb.saturating_mul(1024 * 1024);
         let mut cmd = std::process::Command::new(&recipe.command[0]);
         cmd.args(&recipe.command[1..])
             .current_dir(dir)
             .envs(&recipe.env)
-            .env(&recipe.port_env, port.port.to_string())
+            .env(&recipe.port_env, port.to_string())
             // Each instance gets its own temporary files (databases included), so two
             // instances of one app never share state.
-            .env("TMPDIR", scratch.path())
-            .env("ASSAY_SCRATCH_DIR", scratch.path())
+            .env("TMPDIR", scratch)
+            .env("ASSAY_SCRATCH_DIR", scratch)
             .env("PYTHONUNBUFFERED", "1")
             .env("PATH", app_path())
             .stdin(Stdio::null())
@@ -280,20 +371,74 @@ impl RunningApp {
             source,
         })?;
         let pgid = child.id() as i32;
-        let app = RunningApp {
-            dir: dir.to_path_buf(),
-            base_url: format!("http://127.0.0.1:{}", port.port),
-            log: log.to_path_buf(),
-            manifest: manifest.clone(),
+        Ok(Process::Group {
             child: Mutex::new(child),
             pgid,
-            _port: port,
-            _scratch: scratch,
-        };
-        let timeout = humantime::parse_duration(&manifest.run.startup_timeout)
-            .unwrap_or(Duration::from_secs(30));
-        app.wait_healthy(timeout).await?;
-        Ok(app)
+        })
+    }
+
+    fn start_compose(
+        dir: &Path,
+        file: &str,
+        manifest: &AppManifest,
+        port: u16,
+        mut log_file: std::fs::File,
+    ) -> Result<Process, AppError> {
+        use std::io::Write;
+        let available = std::process::Command::new("docker")
+            .args(["compose", "version"])
+            .stdin(Stdio::null())
+            .output();
+        match available {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Err(AppError::ComposeUnavailable(
+                    String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                ))
+            }
+            Err(e) => {
+                return Err(AppError::ComposeUnavailable(format!(
+                    "`docker` cannot be run: {e}"
+                )))
+            }
+        }
+        let project = format!("assay-{port}");
+        let file = dir.join(file);
+        let mut env: Vec<(String, String)> = manifest
+            .run
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.push((manifest.run.port_env.clone(), port.to_string()));
+        let out = docker(
+            &compose_args(&project, &file, &["up", "--detach", "--build"]),
+            &env,
+            dir,
+        )?;
+        let _ = log_file.write_all(&out.stdout);
+        let _ = log_file.write_all(&out.stderr);
+        if !out.status.success() {
+            // Whatever did come up goes down again.
+            let _ = docker(
+                &compose_args(&project, &file, &["down", "--volumes", "--remove-orphans"]),
+                &env,
+                dir,
+            );
+            return Err(AppError::Crashed {
+                status: format!("`docker compose up` {}", out.status),
+                log_tail: String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            });
+        }
+        Ok(Process::Compose { project, file, env })
     }
 
     async fn wait_healthy(&self, timeout: Duration) -> Result<(), AppError> {
@@ -326,13 +471,25 @@ impl RunningApp {
         }
     }
 
-    /// `Some(status)` once the app's main process has exited.
+    /// `Some(status)` once the app's main process (or every Compose service) has exited.
     pub fn exit_status(&self) -> Option<String> {
-        let mut child = self.child.lock().expect("child lock");
-        match child.try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
-            Ok(None) => None,
-            Err(e) => Some(format!("unknown ({e})")),
+        match &self.process {
+            Process::Group { child, .. } => {
+                let mut child = child.lock().expect("child lock");
+                match child.try_wait() {
+                    Ok(Some(status)) => Some(status.to_string()),
+                    Ok(None) => None,
+                    Err(e) => Some(format!("unknown ({e})")),
+                }
+            }
+            Process::Compose { project, file, env } => {
+                let args = compose_args(project, file, &["ps", "--status", "running", "--quiet"]);
+                match docker(&args, env, &self.dir) {
+                    Ok(out) if out.status.success() && !out.stdout.trim_ascii().is_empty() => None,
+                    Ok(_) => Some("no Compose service is running".into()),
+                    Err(e) => Some(format!("unknown ({e})")),
+                }
+            }
         }
     }
 
@@ -353,19 +510,44 @@ impl Drop for RunningApp {
     fn drop(&mut self) {
         use nix::sys::signal::{killpg, Signal};
         use nix::unistd::Pid;
-        let pgid = Pid::from_raw(self.pgid);
-        let _ = killpg(pgid, Signal::SIGTERM);
-        let mut child = self.child.lock().expect("child lock");
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
+        match &self.process {
+            Process::Group { child, pgid } => {
+                let pgid = Pid::from_raw(*pgid);
+                let _ = killpg(pgid, Signal::SIGTERM);
+                let mut child = child.lock().expect("child lock");
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // Whatever is left of the group (children included) goes too.
+                let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = child.wait();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            Process::Compose { project, file, env } => {
+                if let Ok(out) = docker(
+                    &compose_args(project, file, &["logs", "--no-color"]),
+                    env,
+                    &self.dir,
+                ) {
+                    use std::io::Write;
+                    if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+                        let _ = log.write_all(&out.stdout);
+                    }
+                }
+                let _ = docker(
+                    &compose_args(
+                        project,
+                        file,
+                        &["down", "--volumes", "--remove-orphans", "--timeout", "3"],
+                    ),
+                    env,
+                    &self.dir,
+                );
+            }
         }
-        // Whatever is left of the group (children included) goes too.
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = child.wait();
     }
 }
 
@@ -470,6 +652,75 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("healht"));
+    }
+
+    #[test]
+    fn compose_recipes_are_validated_and_addressed_by_project() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| std::fs::write(dir.path().join(MANIFEST), text).unwrap();
+        write("template = \"x\"\n[run]\ncommand = [\"a\"]\ncompose = \"compose.yml\"\n");
+        assert!(load_manifest(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not both"));
+        write("template = \"x\"\n[run]\ncompose = \"compose.yml\"\n");
+        assert!(load_manifest(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not a file"));
+        std::fs::write(dir.path().join("compose.yml"), "services: {}\n").unwrap();
+        assert_eq!(
+            load_manifest(dir.path()).unwrap().run.compose.as_deref(),
+            Some("compose.yml")
+        );
+        assert_eq!(
+            compose_args(
+                "assay-20001",
+                Path::new("/a/compose.yml"),
+                &["up", "--detach"]
+            ),
+            [
+                "compose",
+                "--project-name",
+                "assay-20001",
+                "--file",
+                "/a/compose.yml",
+                "up",
+                "--detach"
+            ]
+        );
+    }
+
+    /// This machine kind has the Docker client but no Compose plugin or engine: a Compose
+    /// app must fail at once with a permanent, explained error, not hang or pass as clean.
+    #[tokio::test]
+    async fn a_compose_app_without_docker_compose_is_a_clear_permanent_error() {
+        let compose_works = std::process::Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if compose_works {
+            eprintln!("docker compose is available here; this test covers machines without it");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("compose.yml"),
+            "services:\n  web:\n    image: nginx\n    ports: [\"${PORT}:80\"]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "template = \"x\"\n[run]\ncompose = \"compose.yml\"\n",
+        )
+        .unwrap();
+        let ports = PortAllocator::new(dir.path().join("ports"), 28_400, 28_410);
+        let err = RunningApp::start(dir.path(), &ports, &dir.path().join("app.log"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AppError::ComposeUnavailable(_)), "{err}");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("install Docker"), "{err}");
     }
 
     #[tokio::test]

@@ -46,6 +46,7 @@ fn app_failure(e: AppError) -> Failure {
         AppError::Crashed { .. } => "app_crashed",
         AppError::Unhealthy { .. } => "app_unhealthy",
         AppError::Manifest { .. } => "bad_app_manifest",
+        AppError::ComposeUnavailable(_) => "compose_unavailable",
         _ => "app_start",
     };
     if e.is_retryable() {
