@@ -553,10 +553,45 @@ impl Drop for RunningApp {
 
 /// Keeps one running instance per app folder for as long as some job holds it: the
 /// first `acquire` starts it, the last handle dropped stops it.
-#[derive(Default)]
 pub struct AppPool {
     ports: PortAllocator,
     apps: tokio::sync::Mutex<HashMap<PathBuf, Weak<RunningApp>>>,
+    linger: Duration,
+}
+
+/// How long an app stays up after its last job let go, for the next job that needs it
+/// (analyses of one app usually come in a burst).
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(5);
+
+/// A job's hold on a running app. The app is never stopped while a lease exists; when the
+/// last lease goes, it lingers for the pool's linger time, then stops.
+pub struct AppLease {
+    app: Arc<RunningApp>,
+    linger: Duration,
+}
+
+impl std::ops::Deref for AppLease {
+    type Target = RunningApp;
+    fn deref(&self) -> &RunningApp {
+        &self.app
+    }
+}
+
+impl Drop for AppLease {
+    fn drop(&mut self) {
+        if self.linger.is_zero() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let keep = self.app.clone();
+            let linger = self.linger;
+            runtime.spawn(async move {
+                tokio::time::sleep(linger).await;
+                // Stopping blocks for up to a few seconds: not on a runtime thread.
+                let _ = tokio::task::spawn_blocking(move || drop(keep)).await;
+            });
+        }
+    }
 }
 
 impl AppPool {
@@ -564,28 +599,38 @@ impl AppPool {
         AppPool {
             ports,
             apps: Default::default(),
+            linger: DEFAULT_LINGER,
         }
+    }
+
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
     }
 
     /// The process-wide pool.
     pub fn global() -> &'static AppPool {
         static POOL: std::sync::OnceLock<AppPool> = std::sync::OnceLock::new();
-        POOL.get_or_init(AppPool::default)
+        POOL.get_or_init(|| AppPool::new(PortAllocator::default()))
     }
 
-    pub async fn acquire(&self, dir: &Path, log: &Path) -> Result<Arc<RunningApp>, AppError> {
+    pub async fn acquire(&self, dir: &Path, log: &Path) -> Result<AppLease, AppError> {
         let dir = std::path::absolute(dir)?;
         // Held across the start so that two jobs for one app start it once.
         let mut apps = self.apps.lock().await;
+        let lease = |app| AppLease {
+            app,
+            linger: self.linger,
+        };
         if let Some(app) = apps.get(&dir).and_then(Weak::upgrade) {
             if app.exit_status().is_none() {
-                return Ok(app);
+                return Ok(lease(app));
             }
         }
         let app = Arc::new(RunningApp::start(&dir, &self.ports, log).await?);
         apps.insert(dir, Arc::downgrade(&app));
         apps.retain(|_, weak| weak.strong_count() > 0);
-        Ok(app)
+        Ok(lease(app))
     }
 }
 
@@ -652,6 +697,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("healht"));
+    }
+
+    /// Jobs of one app share one instance; it outlives no lease by more than the linger.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pool_shares_an_app_and_stops_it_after_the_last_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        // python3 -m http.server takes its port as an argument: wrap it to read $PORT.
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "template = \"x\"\n[run]\ncommand = [\"sh\", \"-c\", \"exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n",
+        )
+        .unwrap();
+        let pool = AppPool::new(PortAllocator::new(dir.path().join("ports"), 28_500, 28_520))
+            .with_linger(Duration::from_millis(300));
+        let log = dir.path().join("app.log");
+        let first = pool.acquire(dir.path(), &log).await.unwrap();
+        let second = pool.acquire(dir.path(), &log).await.unwrap();
+        assert_eq!(
+            first.base_url, second.base_url,
+            "one instance for both jobs"
+        );
+        let url = first.base_url.clone();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            reqwest::get(&url).await.is_ok(),
+            "still held by the second job"
+        );
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut stopped = false;
+        for _ in 0..100 {
+            if reqwest::get(&url).await.is_err() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(stopped, "stopped after the last lease and the linger");
     }
 
     #[test]
