@@ -473,3 +473,30 @@ async fn a_restarted_worker_delivers_its_spooled_results_before_anything_else() 
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_directory_is_refused() {
+    let c = Cluster::new();
+    let _server = c.server("1s").await;
+    let other_port = free_port().to_string();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{other_port}"),
+            "--data-dir",
+        ])
+        .arg(c.path("server"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use by another Assay server"),
+        "{stderr}"
+    );
+    assert!(
+        c.client.health().await.is_ok(),
+        "the first server is untouched"
+    );
+}

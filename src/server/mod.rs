@@ -99,12 +99,33 @@ pub enum ServerError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("the data directory {0} is in use by another Assay server (one server per data directory; stop it or pick another --data-dir)")]
+    DataDirInUse(PathBuf),
+}
+
+/// Two servers on one SQLite database would each think they own every lease: refuse.
+fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, ServerError> {
+    let io = |source| ServerError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("server.lock"))
+        .map_err(io)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| ServerError::DataDirInUse(dir.to_path_buf()))
 }
 
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub state: AppState,
     tasks: TaskTracker,
+    /// Held while the server runs: one server per data directory.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl RunningServer {
@@ -128,6 +149,7 @@ pub async fn start(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, ServerError> {
+    let lock = lock_data_dir(&config.data_dir)?;
     let store = open_store(&config.data_dir).await?;
     // Workers may have been running jobs while this server was down: give them one lease
     // to reconnect and heartbeat before the reconciler reclaims their jobs.
@@ -172,7 +194,12 @@ pub async fn start(
     tasks.spawn(reconcile_loop(state.clone(), config.reconcile_every));
     tasks.close();
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "server listening");
-    Ok(RunningServer { addr, state, tasks })
+    Ok(RunningServer {
+        addr,
+        state,
+        tasks,
+        _lock: lock,
+    })
 }
 
 /// The reconciler: the one place that moves time-driven state (leases, timeouts,
