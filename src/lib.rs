@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod explain;
+pub mod generation;
 pub mod kinds;
 pub mod progress;
 pub mod results;

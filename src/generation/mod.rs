@@ -1,0 +1,4 @@
+//! Generation: apps from many LLMs × the template catalog. `extract` takes code out of a
+//! model's answer as untrusted input.
+
+pub mod extract;
