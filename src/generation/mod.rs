@@ -2,3 +2,4 @@
 //! model's answer as untrusted input.
 
 pub mod extract;
+pub mod limiter;
