@@ -3,3 +3,4 @@
 
 pub mod extract;
 pub mod limiter;
+pub mod provider;

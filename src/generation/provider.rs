@@ -1,0 +1,312 @@
+//! OpenAI-compatible chat completions (OpenRouter by default, any base URL), with failures
+//! classified for scheduling, and a response cache so that a resumed or repeated pipeline
+//! never pays twice for the same answer. The API key comes from the environment and is
+//! never written anywhere.
+
+use super::limiter::CallOutcome;
+use crate::domain::Failure;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub base_url: String,
+    /// Environment variable holding the key (e.g. `OPENROUTER_API_KEY`).
+    pub api_key_env: String,
+    pub timeout: Duration,
+}
+
+impl ProviderConfig {
+    pub fn openrouter() -> Self {
+        ProviderConfig {
+            name: "openrouter".into(),
+            base_url: OPENROUTER_BASE_URL.into(),
+            api_key_env: "OPENROUTER_API_KEY".into(),
+            timeout: Duration::from_secs(300),
+        }
+    }
+
+    fn api_key(&self) -> Option<String> {
+        std::env::var(&self.api_key_env)
+            .ok()
+            .filter(|k| !k.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Self {
+        Message {
+            role: "system".into(),
+            content: content.into(),
+        }
+    }
+    pub fn user(content: impl Into<String>) -> Self {
+        Message {
+            role: "user".into(),
+            content: content.into(),
+        }
+    }
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Message {
+            role: "assistant".into(),
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub temperature: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// Cost in USD when the provider reports it (OpenRouter does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatResponse {
+    pub content: String,
+    /// `stop`, or `length` when the answer was cut off and should be continued.
+    pub finish_reason: String,
+    /// The model id as the provider resolved it.
+    pub model: String,
+    pub usage: Usage,
+    /// Served from the response cache (nothing was paid).
+    #[serde(default)]
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("rate limited by the provider (HTTP 429){}", retry_after_ms.map(|ms| format!(", retry after {} s", ms / 1000)).unwrap_or_default())]
+    RateLimited { retry_after_ms: Option<i64> },
+    #[error("the provider failed (HTTP {status})")]
+    Server { status: u16 },
+    #[error("the provider did not answer within {0} s")]
+    Timeout(u64),
+    #[error("cannot reach the provider: {0}")]
+    Connection(String),
+    #[error("quota or credits exhausted: {reason}")]
+    QuotaExhausted { reason: String },
+    #[error("the provider refused the request (HTTP {status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("no API key: set {0}")]
+    NoKey(String),
+    #[error("malformed answer from the provider: {0}")]
+    Malformed(String),
+}
+
+impl ProviderError {
+    /// What the scheduler learns from it.
+    pub fn outcome(&self) -> CallOutcome {
+        match self {
+            ProviderError::RateLimited { retry_after_ms } => CallOutcome::RateLimited {
+                retry_after_ms: *retry_after_ms,
+            },
+            ProviderError::Timeout(_) => CallOutcome::Timeout,
+            ProviderError::QuotaExhausted { reason } => CallOutcome::QuotaExhausted {
+                reason: reason.clone(),
+            },
+            _ => CallOutcome::ServerError,
+        }
+    }
+
+    /// As a job failure: transient trouble is retryable, a refused request or a missing
+    /// key or quota is not.
+    pub fn to_failure(&self) -> Failure {
+        let (code, retryable) = match self {
+            ProviderError::RateLimited { .. } => ("rate_limited", true),
+            ProviderError::Server { .. } => ("provider_error", true),
+            ProviderError::Timeout(_) => ("provider_timeout", true),
+            ProviderError::Connection(_) => ("provider_unreachable", true),
+            ProviderError::Malformed(_) => ("provider_malformed", true),
+            ProviderError::QuotaExhausted { .. } => ("quota_exhausted", false),
+            ProviderError::Refused { .. } => ("provider_refused", false),
+            ProviderError::NoKey(_) => ("no_api_key", false),
+        };
+        let mut f = if retryable {
+            Failure::retryable(code, self.to_string())
+        } else {
+            Failure::permanent(code, self.to_string())
+        };
+        if let ProviderError::RateLimited { retry_after_ms } = self {
+            f.retry_after_ms = *retry_after_ms;
+        }
+        f
+    }
+}
+
+/// Call the chat-completions endpoint once.
+pub async fn chat(
+    config: &ProviderConfig,
+    req: &ChatRequest,
+) -> Result<ChatResponse, ProviderError> {
+    let client = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .build()
+        .expect("HTTP client builds");
+    let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
+    let mut call = client.post(&url).json(req);
+    match config.api_key() {
+        Some(key) => call = call.bearer_auth(key),
+        None if config.base_url.starts_with(OPENROUTER_BASE_URL) => {
+            return Err(ProviderError::NoKey(config.api_key_env.clone()))
+        }
+        None => {}
+    }
+    let resp = call.send().await.map_err(|e| {
+        if e.is_timeout() {
+            ProviderError::Timeout(config.timeout.as_secs())
+        } else {
+            ProviderError::Connection(e.without_url().to_string())
+        }
+    })?;
+    let status = resp.status().as_u16();
+    let retry_after_ms = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s * 1000.0) as i64);
+    let body = resp.text().await.map_err(|e| {
+        if e.is_timeout() {
+            ProviderError::Timeout(config.timeout.as_secs())
+        } else {
+            ProviderError::Connection(e.without_url().to_string())
+        }
+    })?;
+    let json: Option<Value> = serde_json::from_str(&body).ok();
+    let error_text = || {
+        json.as_ref()
+            .and_then(|j| j["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| body.chars().take(300).collect())
+    };
+    let error_code = json
+        .as_ref()
+        .and_then(|j| j["error"]["code"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    match status {
+        200..=299 => {}
+        402 => {
+            return Err(ProviderError::QuotaExhausted {
+                reason: error_text(),
+            })
+        }
+        429 if error_code == "insufficient_quota" => {
+            return Err(ProviderError::QuotaExhausted {
+                reason: error_text(),
+            })
+        }
+        429 => return Err(ProviderError::RateLimited { retry_after_ms }),
+        408 => return Err(ProviderError::Timeout(config.timeout.as_secs())),
+        500..=599 => return Err(ProviderError::Server { status }),
+        _ => {
+            return Err(ProviderError::Refused {
+                status,
+                message: error_text(),
+            })
+        }
+    }
+    let json = json.ok_or_else(|| {
+        ProviderError::Malformed(format!(
+            "not JSON: {}",
+            body.chars().take(200).collect::<String>()
+        ))
+    })?;
+    let choice = &json["choices"][0];
+    let content = choice["message"]["content"]
+        .as_str()
+        .ok_or_else(|| ProviderError::Malformed("no choices[0].message.content".into()))?
+        .to_string();
+    let usage = &json["usage"];
+    Ok(ChatResponse {
+        content,
+        finish_reason: choice["finish_reason"]
+            .as_str()
+            .unwrap_or("stop")
+            .to_string(),
+        model: json["model"].as_str().unwrap_or(&req.model).to_string(),
+        usage: Usage {
+            prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+            completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+            total_tokens: usage["total_tokens"].as_u64().unwrap_or(0),
+            cost: usage["cost"].as_f64(),
+        },
+        cached: false,
+    })
+}
+
+/// Answers by request, on disk. Keyed by provider, model, messages and parameters; only
+/// successful answers are stored, so an error is always asked again.
+#[derive(Debug, Clone)]
+pub struct ResponseCache {
+    dir: PathBuf,
+}
+
+impl ResponseCache {
+    pub fn new(dir: PathBuf) -> Self {
+        ResponseCache { dir }
+    }
+
+    pub fn key(config: &ProviderConfig, req: &ChatRequest) -> String {
+        let canonical = json!({"base_url": config.base_url, "request": req});
+        hex::encode(Sha256::digest(
+            serde_json::to_vec(&canonical).expect("request serializes"),
+        ))
+    }
+
+    pub fn get(&self, key: &str) -> Option<ChatResponse> {
+        let bytes = std::fs::read(self.dir.join(format!("{key}.json"))).ok()?;
+        let mut resp: ChatResponse = serde_json::from_slice(&bytes).ok()?;
+        resp.cached = true;
+        Some(resp)
+    }
+
+    pub fn put(&self, key: &str, resp: &ChatResponse) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(".{key}.{}", uuid::Uuid::new_v4()));
+        std::fs::write(&tmp, serde_json::to_vec(resp)?)?;
+        std::fs::rename(tmp, self.dir.join(format!("{key}.json")))
+    }
+
+    /// The cached answer, or a fresh one (stored when it succeeded).
+    pub async fn chat(
+        &self,
+        config: &ProviderConfig,
+        req: &ChatRequest,
+    ) -> Result<ChatResponse, ProviderError> {
+        let key = Self::key(config, req);
+        if let Some(hit) = self.get(&key) {
+            return Ok(hit);
+        }
+        let resp = chat(config, req).await?;
+        if let Err(e) = self.put(&key, &resp) {
+            tracing::warn!(error = %e, "could not store the answer in the response cache");
+        }
+        Ok(resp)
+    }
+}
