@@ -2,5 +2,6 @@
 //! model's answer as untrusted input.
 
 pub mod extract;
+pub mod generate;
 pub mod limiter;
 pub mod provider;
