@@ -200,6 +200,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// List the app templates: the built-in catalog, plus a folder of your own.
+    Templates {
+        /// A folder of your own templates (`*.toml`), added to the built-in ones.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Push no-op jobs through a real server and worker processes; print throughput and
     /// enqueue-to-start latency.
     Bench(crate::bench::BenchArgs),
@@ -680,6 +688,36 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else if sarif.is_none() {
                 print!("{}", crate::results::render(&apps, top));
+            }
+            Ok(0)
+        }
+        Command::Templates { dir, json } => {
+            use crate::analysis::catalog;
+            let mut all = catalog::load_dir(&catalog::builtin_dir())?;
+            if let Some(dir) = dir {
+                for t in catalog::load_dir(&dir)?.iter() {
+                    let path = dir.join(format!("{}.toml", t.name));
+                    all.insert(t.clone(), path)?;
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&all.iter().collect::<Vec<_>>())?
+                );
+            } else {
+                for t in all.iter() {
+                    let r = &t.requirements;
+                    println!(
+                        "{:<24} {} ({} endpoints; requirements: {} backend, {} frontend, {} admin)",
+                        t.name,
+                        t.title,
+                        t.endpoints.len(),
+                        r.backend.len(),
+                        r.frontend.len(),
+                        r.admin.len()
+                    );
+                }
             }
             Ok(0)
         }

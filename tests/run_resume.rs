@@ -266,3 +266,31 @@ async fn sigterm_during_a_run_hands_jobs_back_and_exits_130() {
     );
     assert!(jobs.iter().all(|j| j.failed_attempts == 0));
 }
+
+#[test]
+fn templates_are_listed_and_user_folders_are_checked() {
+    let out = Command::new(BIN)
+        .args(["templates", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "todo-api"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/templates/todo-api.toml"),
+        dir.path().join("todo-api.toml"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["templates", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("defined twice"));
+}
