@@ -280,21 +280,33 @@ pub(crate) fn sample_body(shape: &toml::Table, unique: &str) -> Value {
     let mut body = Map::new();
     for (field, kind) in shape {
         let kind = kind.as_str().unwrap_or("string").trim_end_matches('?');
+        let (kind, list) = match kind.strip_suffix("[]") {
+            Some(inner) => (inner, true),
+            None => (kind, false),
+        };
         let value = match kind {
             "integer" | "int" => Value::from(1),
             "number" | "float" => Value::from(1.5),
             "boolean" | "bool" => Value::from(false),
+            _ if field.contains("email") => Value::from(format!("assay-{unique}@example.com")),
             _ if field.contains("url") || field.contains("link") => {
                 Value::from(format!("https://example.com/{unique}"))
             }
             _ if field.contains("password") => Value::from(format!("Assay-{unique}-pw!")),
-            _ if field.contains("user") || field.contains("name") || field.contains("email") => {
+            _ if field.contains("user") || field.contains("name") => {
                 Value::from(format!("assay-{unique}"))
             }
             _ if field.contains("city") => Value::from("London"),
             _ => Value::from(format!("assay probe {unique}")),
         };
-        body.insert(field.clone(), value);
+        body.insert(
+            field.clone(),
+            if list {
+                Value::Array(vec![value])
+            } else {
+                value
+            },
+        );
     }
     Value::Object(body)
 }
