@@ -874,9 +874,13 @@ mod tests {
 
     #[test]
     fn sample_bodies_follow_the_shape() {
-        let shape: toml::Table =
-            toml::from_str("url = \"string\"\ndone = \"boolean?\"\ncount = \"integer\"").unwrap();
+        let shape: toml::Table = toml::from_str(
+            "url = \"string\"\ndone = \"boolean?\"\ncount = \"integer\"\nemail = \"string\"\ntags = \"string[]\"",
+        )
+        .unwrap();
         let b = sample_body(&shape, "x1");
+        assert_eq!(b["email"], "assay-x1@example.com");
+        assert!(b["tags"].is_array());
         assert_eq!(b["done"], false);
         assert_eq!(b["count"], 1);
         assert!(b["url"].as_str().unwrap().starts_with("https://"));
