@@ -693,13 +693,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Templates { dir, json } => {
             use crate::analysis::catalog;
-            let mut all = catalog::load_dir(&catalog::builtin_dir())?;
-            if let Some(dir) = dir {
-                for t in catalog::load_dir(&dir)?.iter() {
-                    let path = dir.join(format!("{}.toml", t.name));
-                    all.insert(t.clone(), path)?;
-                }
-            }
+            let all = catalog::with_user_dir(dir.as_deref())?;
             if json {
                 println!(
                     "{}",

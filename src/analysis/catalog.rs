@@ -11,9 +11,41 @@ use std::path::{Path, PathBuf};
 /// The HTTP methods an endpoint may use.
 pub const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
-/// The catalog shipped with Assay (for now the repository's `templates/` folder).
+include!(concat!(env!("OUT_DIR"), "/builtin_templates.rs"));
+
+/// Where the built-in templates come from in the source tree (shown in messages).
 pub fn builtin_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/templates"))
+}
+
+/// The catalog shipped with Assay, embedded in the binary at build time.
+pub fn builtin() -> Catalog {
+    let mut catalog = Catalog::default();
+    for (name, text) in BUILTIN_TEMPLATES {
+        let path = PathBuf::from(format!("(built in) templates/{name}"));
+        let template = parse(text, &path).expect("built-in templates are checked by the tests");
+        catalog
+            .insert(template, path)
+            .expect("built-in template names are unique");
+    }
+    catalog
+}
+
+/// The built-in catalog plus the templates in `dir`, if given (a name used twice is an
+/// error naming both files).
+pub fn with_user_dir(dir: Option<&Path>) -> Result<Catalog, CatalogError> {
+    let mut catalog = builtin();
+    if let Some(dir) = dir {
+        let user = load_dir(dir)?;
+        for t in user.iter() {
+            let path = user
+                .path_of(&t.name)
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| dir.to_path_buf());
+            catalog.insert(t.clone(), path)?;
+        }
+    }
+    Ok(catalog)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,6 +327,20 @@ description = "Liveness"
 status = 200
 body = { status = "string" }
 "#;
+
+    #[test]
+    fn the_embedded_catalog_matches_the_templates_folder() {
+        let embedded = builtin();
+        let on_disk = load_dir(&builtin_dir()).unwrap();
+        assert_eq!(
+            embedded.names().collect::<Vec<_>>(),
+            on_disk.names().collect::<Vec<_>>()
+        );
+        assert!(
+            embedded.len() >= 30,
+            "the catalog has at least 30 templates"
+        );
+    }
 
     #[test]
     fn loads_the_builtin_templates() {

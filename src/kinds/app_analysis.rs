@@ -65,9 +65,9 @@ fn prepare(kind: &str, ctx: &JobContext) -> Result<(PathBuf, Template), Failure>
 fn resolve(p: AppParams) -> Result<(PathBuf, Template), Failure> {
     let app = super::app_folder(&p.app)?;
     let manifest = load_manifest(&app).map_err(app_failure)?;
-    let dir = p.templates.unwrap_or_else(catalog::builtin_dir);
-    let catalog =
-        catalog::load_dir(&dir).map_err(|e| Failure::permanent("bad_catalog", e.to_string()))?;
+    let catalog = catalog::with_user_dir(p.templates.as_deref())
+        .map_err(|e| Failure::permanent("bad_catalog", e.to_string()))?;
+    let dir = p.templates.clone().unwrap_or_else(catalog::builtin_dir);
     let template = catalog.get(&manifest.template).cloned().ok_or_else(|| {
         Failure::permanent(
             "unknown_template",
