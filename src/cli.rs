@@ -200,6 +200,23 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// List a provider's models with context window and prices (cached for a day).
+    Models {
+        /// OpenAI-compatible base URL (default: OpenRouter).
+        #[arg(long, env = "ASSAY_PROVIDER_URL", default_value = crate::generation::provider::OPENROUTER_BASE_URL)]
+        base_url: String,
+        /// Environment variable that holds the API key.
+        #[arg(long, default_value = "OPENROUTER_API_KEY")]
+        key_env: String,
+        /// Only models whose id contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Ask the provider even if the cached list is fresh.
+        #[arg(long)]
+        refresh: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the app templates: the built-in catalog, plus a folder of your own.
     Templates {
         /// A folder of your own templates (`*.toml`), added to the built-in ones.
@@ -688,6 +705,60 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else if sarif.is_none() {
                 print!("{}", crate::results::render(&apps, top));
+            }
+            Ok(0)
+        }
+        Command::Models {
+            base_url,
+            key_env,
+            filter,
+            refresh,
+            json,
+        } => {
+            use crate::generation::provider::{models_cached, ProviderConfig};
+            let config = ProviderConfig {
+                name: "cli".into(),
+                base_url,
+                api_key_env: key_env,
+                timeout: Duration::from_secs(60),
+            };
+            let max_age = if refresh {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(24 * 3600)
+            };
+            let cache_dir = crate::kinds::cache::dir().with_file_name("models");
+            let (mut models, cached) = models_cached(&config, &cache_dir, max_age).await?;
+            if let Some(f) = filter {
+                models.retain(|m| m.id.contains(&f));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&models)?);
+            } else {
+                if cached {
+                    eprintln!("(cached list; --refresh asks the provider)");
+                }
+                let per_m = |p: Option<f64>| {
+                    p.map(|v| format!("${:.2}", v * 1e6))
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "{:<48} {:>9} {:>10} {:>10}",
+                    "model", "context", "in/1M tok", "out/1M tok"
+                );
+                for m in models {
+                    let ctx = m
+                        .context_length
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<48} {:>9} {:>10} {:>10}",
+                        m.id,
+                        ctx,
+                        per_m(m.prompt_price),
+                        per_m(m.completion_price)
+                    );
+                }
             }
             Ok(0)
         }

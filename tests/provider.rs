@@ -142,3 +142,59 @@ async fn openrouter_without_a_key_is_a_clear_permanent_error() {
     assert_eq!(e, ProviderError::NoKey("ASSAY_TEST_NO_SUCH_KEY".into()));
     assert_eq!(e.to_failure().class, FailureClass::Permanent);
 }
+
+#[tokio::test]
+async fn models_are_listed_with_prices_and_cached() {
+    let llm = FakeLlm::start(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (models, cached) = models_cached(&config(&llm), dir.path(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(!cached);
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0].id, "vendor/model-a");
+    assert_eq!(models[0].context_length, Some(128_000));
+    assert_eq!(models[0].prompt_price, Some(0.000001));
+    assert_eq!(models[1].prompt_price, None);
+    let (again, cached) = models_cached(&config(&llm), dir.path(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(cached);
+    assert_eq!(again, models);
+    let calls = llm
+        .recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path == "/v1/models")
+        .count();
+    assert_eq!(calls, 1, "the second listing came from the cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assay_models_lists_a_providers_models() {
+    let llm = FakeLlm::start(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = llm.base_url.clone();
+    let cache = dir.path().join("analysis");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_assay"))
+            .args(["models", "--base-url", &url, "--filter", "model-a"])
+            .env("ASSAY_CACHE_DIR", cache)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("vendor/model-a") && stdout.contains("128000") && stdout.contains("$1.00"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("model-b"), "filtered: {stdout}");
+}

@@ -310,3 +310,104 @@ impl ResponseCache {
         Ok(resp)
     }
 }
+
+/// A model as the provider lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<u64>,
+    /// USD per token, when the provider gives prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_price: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_price: Option<f64>,
+}
+
+fn price(v: &Value) -> Option<f64> {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// The provider's models (`GET {base_url}/models`).
+pub async fn list_models(config: &ProviderConfig) -> Result<Vec<ModelInfo>, ProviderError> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client builds");
+    let mut call = client.get(format!("{}/models", config.base_url.trim_end_matches('/')));
+    if let Some(key) = config.api_key() {
+        call = call.bearer_auth(key);
+    }
+    let resp = call
+        .send()
+        .await
+        .map_err(|e| ProviderError::Connection(e.without_url().to_string()))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| ProviderError::Connection(e.without_url().to_string()))?;
+    match status {
+        200..=299 => {}
+        429 => {
+            return Err(ProviderError::RateLimited {
+                retry_after_ms: None,
+            })
+        }
+        500..=599 => return Err(ProviderError::Server { status }),
+        _ => {
+            return Err(ProviderError::Refused {
+                status,
+                message: body.chars().take(300).collect(),
+            })
+        }
+    }
+    let json: Value =
+        serde_json::from_str(&body).map_err(|e| ProviderError::Malformed(e.to_string()))?;
+    let data = json["data"]
+        .as_array()
+        .ok_or_else(|| ProviderError::Malformed("no `data` list".into()))?;
+    let mut models: Vec<ModelInfo> = data
+        .iter()
+        .filter_map(|m| {
+            Some(ModelInfo {
+                id: m["id"].as_str()?.to_string(),
+                context_length: m["context_length"].as_u64(),
+                prompt_price: price(&m["pricing"]["prompt"]),
+                completion_price: price(&m["pricing"]["completion"]),
+            })
+        })
+        .collect();
+    models.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(models)
+}
+
+/// The model list, from a cache file younger than `max_age`, else from the provider
+/// (and then stored).
+pub async fn models_cached(
+    config: &ProviderConfig,
+    cache_dir: &std::path::Path,
+    max_age: Duration,
+) -> Result<(Vec<ModelInfo>, bool), ProviderError> {
+    let key = hex::encode(&Sha256::digest(config.base_url.as_bytes())[..8]);
+    let file = cache_dir.join(format!("models-{key}.json"));
+    let fresh = std::fs::metadata(&file)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < max_age);
+    if fresh {
+        if let Some(models) = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            return Ok((models, true));
+        }
+    }
+    let models = list_models(config).await?;
+    if std::fs::create_dir_all(cache_dir).is_ok() {
+        let _ = std::fs::write(&file, serde_json::to_vec(&models).unwrap_or_default());
+    }
+    Ok((models, false))
+}

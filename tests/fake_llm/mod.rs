@@ -91,6 +91,7 @@ impl FakeLlm {
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
             .route("/chat/completions", post(completions))
+            .route("/v1/models", axum::routing::get(models))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -244,4 +245,18 @@ fn error_response(code: u16, retry_after: Option<u64>, message: &str) -> Respons
             .insert("retry-after", HeaderValue::from(secs));
     }
     resp
+}
+
+/// An OpenRouter-shaped model list (two models, one with prices), counting its calls.
+async fn models(axum::extract::State(shared): axum::extract::State<Shared>) -> axum::Json<Value> {
+    shared.recorded.lock().unwrap().push(Recorded {
+        path: "/v1/models".into(),
+        authorization: None,
+        body: Value::Null,
+    });
+    axum::Json(serde_json::json!({"data": [
+        {"id": "vendor/model-a", "name": "Model A", "context_length": 128000,
+         "pricing": {"prompt": "0.000001", "completion": "0.000002"}},
+        {"id": "vendor/model-b", "context_length": 32000}
+    ]}))
 }
