@@ -127,10 +127,10 @@ async fn hung_job_is_timed_out_retried_then_dead_and_its_processes_are_gone() {
     assert_eq!(job.state, JobState::Dead);
     assert_eq!(job.last_error.as_ref().unwrap().code, "timeout");
     assert_eq!(c.client.explain(job.id).await.unwrap().attempts.len(), 2);
-    wait_for(
+    wait_until_gone(
+        marker,
         "the hung processes to be killed",
         Duration::from_secs(10),
-        || async { processes_with(marker).is_empty() },
     )
     .await;
 }
@@ -156,10 +156,10 @@ async fn job_heartbeating_past_its_deadline_is_taken_back_by_the_server() {
         "{:?}",
         e.attempts
     );
-    wait_for(
+    wait_until_gone(
+        marker,
         "the stubborn process to be killed after the grace",
         Duration::from_secs(20),
-        || async { processes_with(marker).is_empty() },
     )
     .await;
 }
@@ -186,10 +186,10 @@ async fn cancelling_a_pipeline_stops_the_running_process_group() {
         jobs.iter().all(|j| j.state == JobState::Cancelled),
         "{jobs:?}"
     );
-    wait_for(
+    wait_until_gone(
+        marker,
         "the process group to be gone",
         Duration::from_secs(10),
-        || async { processes_with(marker).is_empty() },
     )
     .await;
 }

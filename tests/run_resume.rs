@@ -11,6 +11,38 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// `assay run SPEC` in the background with two workers on a known port, and a client for
+/// its embedded server.
+fn background_run(
+    spec: &std::path::Path,
+    data: &std::path::Path,
+    listen: &str,
+) -> (Proc, assay::client::Client) {
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            spec.to_str().unwrap(),
+            "--plain",
+            "--workers",
+            "2",
+            "--listen",
+            listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (
+        Proc {
+            child,
+            name: "run".into(),
+        },
+        assay::client::Client::new(&format!("http://{listen}")),
+    )
+}
+
 #[test]
 fn the_demo_spec_ends_in_partial_success_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -88,26 +120,7 @@ async fn a_killed_run_resumes_without_running_finished_jobs_again() {
     let data = dir.path().join("data");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut first = Proc {
-        child: Command::new(BIN)
-            .args([
-                "run",
-                spec.to_str().unwrap(),
-                "--plain",
-                "--workers",
-                "2",
-                "--listen",
-                &listen,
-                "--data-dir",
-                data.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        name: "run".into(),
-    };
-    let client = assay::client::Client::new(&format!("http://{listen}"));
+    let (mut first, client) = background_run(&spec, &data, &listen);
     wait_for(
         "a few jobs to complete",
         Duration::from_secs(60),
@@ -215,26 +228,7 @@ async fn sigterm_during_a_run_hands_jobs_back_and_exits_130() {
     .unwrap();
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut run = Proc {
-        child: Command::new(BIN)
-            .args([
-                "run",
-                spec.to_str().unwrap(),
-                "--plain",
-                "--workers",
-                "2",
-                "--listen",
-                &listen,
-                "--data-dir",
-                data.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        name: "run".into(),
-    };
-    let client = assay::client::Client::new(&format!("http://{listen}"));
+    let (mut run, client) = background_run(&spec, &data, &listen);
     wait_for("two jobs to run", Duration::from_secs(60), || async {
         match client
             .jobs(&JobFilter {

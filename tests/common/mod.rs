@@ -248,3 +248,11 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
     }
     found
 }
+
+/// Wait until no process with `marker` in its command line is left.
+pub async fn wait_until_gone(marker: &str, what: &str, timeout: Duration) {
+    wait_for(what, timeout, || async {
+        processes_with(marker).is_empty()
+    })
+    .await;
+}
