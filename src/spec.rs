@@ -6,6 +6,7 @@
 //! the upstream stage (`wait = "stage"`).
 
 use crate::domain::{BreakerPolicy, RetryPolicy, MICROS_PER_MS};
+use crate::generation::budget::Budget;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,6 +46,17 @@ struct RawPipeline {
     name: Spanned<String>,
     #[serde(default)]
     deadline: Option<Spanned<String>>,
+    #[serde(default)]
+    budget: Option<Spanned<RawBudget>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    #[serde(default)]
+    usd: Option<f64>,
+    #[serde(default)]
+    tokens: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +95,9 @@ struct RawStage {
 pub struct Spec {
     pub name: String,
     pub deadline_ms: Option<i64>,
+    /// The pipeline's limit on LLM spending.
+    #[serde(default)]
+    pub budget: Option<Budget>,
     pub stages: Vec<StageSpec>,
 }
 
@@ -304,6 +319,17 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
             Some(p) => serde_json::to_value(p.get_ref()).expect("TOML converts to JSON"),
             None => Value::Object(Map::new()),
         };
+        if let Some(from) = params.get("app_from") {
+            if !from.as_str().is_some_and(|f| after.iter().any(|a| a == f)) {
+                let p = rs.params.as_ref().expect("app_from comes from params");
+                return Err(loc.err(
+                    p,
+                    &at("params.app_from"),
+                    format!("`app_from` is {from}, which is not a stage this one runs after"),
+                    "name the stage that produces the apps and list it in `after`, e.g. after = [\"generate\"] and app_from = \"generate\"",
+                ));
+            }
+        }
         if let Err(message) = crate::kinds::validate_params(&kind, &params) {
             let fix = format!("see the `{kind}` kind in the README for its params");
             return Err(match &rs.params {
@@ -325,9 +351,30 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
             params,
         });
     }
+    let budget = match &raw.pipeline.budget {
+        None => None,
+        Some(b) => {
+            let raw_budget = b.get_ref();
+            let bad_usd = raw_budget.usd.is_some_and(|u| !(u.is_finite() && u > 0.0));
+            let bad_tokens = raw_budget.tokens.is_some_and(|t| t <= 0);
+            if bad_usd || bad_tokens || (raw_budget.usd.is_none() && raw_budget.tokens.is_none()) {
+                return Err(loc.err(
+                    b,
+                    "pipeline.budget",
+                    "a budget needs a positive `usd` amount, a positive number of `tokens`, or both".into(),
+                    "e.g. budget = { usd = 5.0 } or budget = { usd = 5.0, tokens = 2000000 }",
+                ));
+            }
+            Some(Budget {
+                usd: raw_budget.usd,
+                tokens: raw_budget.tokens,
+            })
+        }
+    };
     Ok(Spec {
         name: raw.pipeline.name.into_inner(),
         deadline_ms,
+        budget,
         stages,
     })
 }

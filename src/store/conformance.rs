@@ -932,6 +932,274 @@ pub async fn lost_workers_do_not_open_the_breaker(store: Arc<dyn Store>) {
     assert_eq!(stages[0].counts.dead, 0);
 }
 
+fn llm_call(job_id: i64, model: &str, result: CallResult) -> LlmCall {
+    LlmCall {
+        call_id: uuid::Uuid::new_v4().to_string(),
+        job_id,
+        attempt: 1,
+        provider: "openrouter".into(),
+        model: model.into(),
+        model_resolved: (result != CallResult::Failed).then(|| format!("{model}-2025")),
+        result,
+        error: (result == CallResult::Failed).then(|| "rate_limited".to_string()),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        cost_usd: 0.0,
+        saved_usd: 0.0,
+    }
+}
+
+fn paid(job_id: i64, model: &str, prompt: i64, completion: i64, cost: f64) -> LlmCall {
+    LlmCall {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        cost_usd: cost,
+        ..llm_call(job_id, model, CallResult::Paid)
+    }
+}
+
+fn cached(job_id: i64, model: &str, saved: f64) -> LlmCall {
+    LlmCall {
+        saved_usd: saved,
+        ..llm_call(job_id, model, CallResult::Cached)
+    }
+}
+
+fn sum<'a>(totals: impl IntoIterator<Item = &'a UsageTotals>) -> UsageTotals {
+    let mut sum = UsageTotals::default();
+    for t in totals {
+        sum.add(t);
+    }
+    sum
+}
+
+pub async fn llm_usage_adds_up_per_model_and_per_job(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "items = [1, 2, 3]")]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    let (other, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    let empty = store.pipeline_usage(pid).await.unwrap();
+    assert_eq!(empty.pipeline_id, pid);
+    assert_eq!(empty.total, UsageTotals::default());
+    assert!(empty.by_model.is_empty() && empty.by_job.is_empty());
+
+    let j1 = job_by_key(&*store, pid, "a[item=1]").await.id;
+    let j2 = job_by_key(&*store, pid, "a[item=2]").await.id;
+    let elsewhere = job_by_key(&*store, other, "a[item=1]").await.id;
+    // Amounts are exact in binary, so sums compare equal whatever their order.
+    let calls = [
+        paid(j1, "small", 100, 50, 0.5),
+        cached(j1, "small", 0.25),
+        llm_call(j1, "large", CallResult::Failed),
+        paid(j2, "large", 200, 100, 1.0),
+        paid(j2, "small", 10, 5, 0.125),
+        cached(j2, "large", 0.5),
+        // Another pipeline's spending is not this one's.
+        paid(elsewhere, "small", 1_000, 1_000, 8.0),
+    ];
+    for (i, call) in calls.iter().enumerate() {
+        store.record_llm_call(call, T0 + i as Micros).await.unwrap();
+    }
+    // A report delivered twice (its answer was lost) counts once.
+    store.record_llm_call(&calls[0], T0 + 10).await.unwrap();
+
+    let usage = store.pipeline_usage(pid).await.unwrap();
+    assert_eq!(usage.pipeline_id, pid);
+    assert_eq!(
+        usage.total,
+        UsageTotals {
+            calls: 6,
+            paid_calls: 3,
+            cached_calls: 2,
+            failed_calls: 1,
+            prompt_tokens: 310,
+            completion_tokens: 155,
+            cost_usd: 1.625,
+            saved_usd: 0.75,
+        }
+    );
+    let models: Vec<_> = usage
+        .by_model
+        .iter()
+        .map(|m| (m.provider.as_str(), m.model.as_str()))
+        .collect();
+    assert_eq!(
+        models,
+        vec![("openrouter", "large"), ("openrouter", "small")]
+    );
+    assert_eq!(
+        usage.by_model[0].totals,
+        UsageTotals {
+            calls: 3,
+            paid_calls: 1,
+            cached_calls: 1,
+            failed_calls: 1,
+            prompt_tokens: 200,
+            completion_tokens: 100,
+            cost_usd: 1.0,
+            saved_usd: 0.5,
+        }
+    );
+    assert_eq!(
+        usage.by_model[1].totals,
+        UsageTotals {
+            calls: 3,
+            paid_calls: 2,
+            cached_calls: 1,
+            failed_calls: 0,
+            prompt_tokens: 110,
+            completion_tokens: 55,
+            cost_usd: 0.625,
+            saved_usd: 0.25,
+        }
+    );
+    let jobs: Vec<_> = usage
+        .by_job
+        .iter()
+        .map(|j| (j.job_id, j.key.as_str()))
+        .collect();
+    assert_eq!(
+        jobs,
+        vec![(j1, "a[item=1]"), (j2, "a[item=2]")],
+        "only jobs that made calls, with their keys"
+    );
+    assert_eq!(
+        usage.by_job[0].totals,
+        UsageTotals {
+            calls: 3,
+            paid_calls: 1,
+            cached_calls: 1,
+            failed_calls: 1,
+            prompt_tokens: 100,
+            completion_tokens: 50,
+            cost_usd: 0.5,
+            saved_usd: 0.25,
+        }
+    );
+    assert_eq!(
+        usage.by_job[1].totals,
+        UsageTotals {
+            calls: 3,
+            paid_calls: 2,
+            cached_calls: 1,
+            failed_calls: 0,
+            prompt_tokens: 210,
+            completion_tokens: 105,
+            cost_usd: 1.125,
+            saved_usd: 0.5,
+        }
+    );
+    assert_eq!(sum(usage.by_model.iter().map(|m| &m.totals)), usage.total);
+    assert_eq!(sum(usage.by_job.iter().map(|j| &j.totals)), usage.total);
+
+    let theirs = store.pipeline_usage(other).await.unwrap();
+    assert_eq!(theirs.total.calls, 1);
+    assert_eq!(theirs.total.cost_usd, 8.0);
+    assert_eq!(theirs.by_job.len(), 1);
+    assert_eq!(theirs.by_job[0].job_id, elsewhere);
+
+    match store.pipeline_usage(other + 1_000).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("expected not found for an unknown pipeline, got {other:?}"),
+    }
+    match store
+        .record_llm_call(&paid(elsewhere + 1_000, "small", 1, 1, 1.0), T0 + 100)
+        .await
+    {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("expected not found for an unknown job, got {other:?}"),
+    }
+    assert_eq!(
+        store.pipeline_usage(pid).await.unwrap(),
+        usage,
+        "a refused call changes nothing"
+    );
+}
+
+pub async fn llm_budget_is_kept_with_the_pipeline(store: Arc<dyn Store>) {
+    let stage = stage_toml("a", "");
+    let with =
+        format!("[pipeline]\nname = \"t\"\nbudget = {{ usd = 2.5, tokens = 1000 }}\n{stage}");
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&with, None), T0)
+        .await
+        .unwrap();
+    let usd_only = format!("[pipeline]\nname = \"t\"\nbudget = {{ usd = 0.01 }}\n{stage}");
+    let (usd_pid, _) = store
+        .create_pipeline(&new_pipeline(&usd_only, None), T0)
+        .await
+        .unwrap();
+    let (none_pid, _) = store
+        .create_pipeline(&new_pipeline(&pipeline_toml(&[stage]), None), T0)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.pipeline_usage(pid).await.unwrap().budget,
+        Some(Budget {
+            usd: Some(2.5),
+            tokens: Some(1000),
+        })
+    );
+    assert_eq!(
+        store.pipeline_usage(usd_pid).await.unwrap().budget,
+        Some(Budget {
+            usd: Some(0.01),
+            tokens: None,
+        })
+    );
+    assert_eq!(store.pipeline_usage(none_pid).await.unwrap().budget, None);
+
+    // Spending does not change the budget.
+    let job = job_by_key(&*store, pid, "a").await.id;
+    store
+        .record_llm_call(&paid(job, "small", 600, 400, 3.0), T0 + 1)
+        .await
+        .unwrap();
+    let usage = store.pipeline_usage(pid).await.unwrap();
+    assert_eq!(usage.budget.unwrap().usd, Some(2.5));
+    assert!(usage.budget.unwrap().reached(&usage.total).is_some());
+}
+
+pub async fn llm_answers_are_cached_first_one_wins(store: Arc<dyn Store>) {
+    let key = "ab".repeat(32);
+    let other = "cd".repeat(32);
+    assert_eq!(store.cached_answer(&key).await.unwrap(), None);
+
+    let answer = json!({
+        "model": "small-2025",
+        "content": "fn main() {}\n",
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.001},
+        "finish_reason": "stop",
+        "nested": [1, null, "ü"],
+    });
+    store.cache_answer(&key, &answer, T0).await.unwrap();
+    assert_eq!(
+        store.cached_answer(&key).await.unwrap(),
+        Some(answer.clone())
+    );
+    assert_eq!(
+        store.cached_answer(&other).await.unwrap(),
+        None,
+        "another key has no answer"
+    );
+
+    store
+        .cache_answer(&key, &json!({"content": "a later answer"}), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.cached_answer(&key).await.unwrap(),
+        Some(answer),
+        "the first answer stored under a key wins"
+    );
+}
+
 /// Instantiate the whole suite for a backend. `$make` is an async expression producing
 /// `(Arc<dyn Store>, guard)`, where the guard keeps the backend's resources alive.
 #[macro_export]
@@ -946,7 +1214,8 @@ macro_rules! store_conformance_tests {
             released_jobs_do_not_count_as_failures, events_resume_by_id,
             reconciler_finalizes_stragglers, artifacts_are_recorded,
             retry_revives_only_what_can_run, cancellation_survives_release_failure_and_loss,
-            lost_workers_do_not_open_the_breaker);
+            lost_workers_do_not_open_the_breaker, llm_usage_adds_up_per_model_and_per_job,
+            llm_budget_is_kept_with_the_pipeline, llm_answers_are_cached_first_one_wins);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

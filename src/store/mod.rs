@@ -8,6 +8,7 @@ pub mod sqlite;
 use crate::domain::{
     AttemptOutcome, Failure, JobState, Micros, PipelineState, RetryPolicy, StateCounts,
 };
+use crate::generation::budget::{Budget, CallResult, UsageTotals};
 use crate::spec::{PlannedJob, Spec};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -340,6 +341,58 @@ pub enum RetryTarget {
     Pipeline(i64),
 }
 
+/// One call a job made to a model, for accounting.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LlmCall {
+    /// Chosen by the caller, unique per call: recording the same call twice (a retried
+    /// report) counts it once.
+    pub call_id: String,
+    pub job_id: i64,
+    pub attempt: i64,
+    pub provider: String,
+    pub model: String,
+    /// The model id as the provider resolved it, when it answered.
+    #[serde(default)]
+    pub model_resolved: Option<String>,
+    pub result: CallResult,
+    /// The failure code, for failed calls.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub prompt_tokens: i64,
+    #[serde(default)]
+    pub completion_tokens: i64,
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// For a cached answer: what it cost when it was first paid.
+    #[serde(default)]
+    pub saved_usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelUsage {
+    pub provider: String,
+    pub model: String,
+    pub totals: UsageTotals,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobUsage {
+    pub job_id: i64,
+    pub key: String,
+    pub totals: UsageTotals,
+}
+
+/// What a pipeline's LLM calls cost, in total, per model and per job, and its budget.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PipelineUsage {
+    pub pipeline_id: i64,
+    pub budget: Option<Budget>,
+    pub total: UsageTotals,
+    pub by_model: Vec<ModelUsage>,
+    pub by_job: Vec<JobUsage>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Create a pipeline with its stages and jobs in one transaction. With an idempotency
@@ -407,4 +460,14 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest time a backing-off job becomes claimable, so a long-poll can sleep
     /// exactly until then.
     async fn next_retry_at(&self) -> StoreResult<Option<Micros>>;
+
+    /// Record an LLM call against its job and pipeline (a paid call is recorded even when
+    /// its attempt has lost the job since: the money was spent).
+    async fn record_llm_call(&self, call: &LlmCall, now: Micros) -> StoreResult<()>;
+    /// The pipeline's LLM usage: totals, per model, per job, and its budget.
+    async fn pipeline_usage(&self, pipeline_id: i64) -> StoreResult<PipelineUsage>;
+    /// A successful answer stored under `key` (a hash of the request), if any.
+    async fn cached_answer(&self, key: &str) -> StoreResult<Option<Value>>;
+    /// Store a successful answer; the first one stored under a key wins.
+    async fn cache_answer(&self, key: &str, answer: &Value, now: Micros) -> StoreResult<()>;
 }

@@ -714,8 +714,8 @@ impl Store for SqliteStore {
         }
         let deadline_at = new.spec.deadline_micros().map(|d| now + d);
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO pipelines (name, state, idempotency_key, spec_hash, spec, created_at, deadline_ms, deadline_at) \
-             VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+            "INSERT INTO pipelines (name, state, idempotency_key, spec_hash, spec, created_at, deadline_ms, deadline_at, budget) \
+             VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
         )
         .bind(&new.spec.name)
         .bind(&new.idempotency_key)
@@ -724,6 +724,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(new.spec.deadline_ms)
         .bind(deadline_at)
+        .bind(new.spec.budget.filter(|b| !b.is_unlimited()).map(|b| to_json(&b)))
         .fetch_one(&mut *tx)
         .await?;
         for (position, stage) in new.spec.stages.iter().enumerate() {
@@ -1861,5 +1862,125 @@ impl Store for SqliteStore {
                 .fetch_one(&self.reader)
                 .await?,
         )
+    }
+
+    async fn record_llm_call(&self, call: &LlmCall, now: Micros) -> StoreResult<()> {
+        let done = sqlx::query(
+            "INSERT INTO llm_calls (pipeline_id, job_id, attempt, provider, model, model_resolved, result, \
+             error, prompt_tokens, completion_tokens, cost_usd, saved_usd, at, call_id) \
+             SELECT pipeline_id, id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs WHERE id = ?1 \
+             ON CONFLICT (call_id) DO NOTHING",
+        )
+        .bind(call.job_id)
+        .bind(call.attempt)
+        .bind(&call.provider)
+        .bind(&call.model)
+        .bind(&call.model_resolved)
+        .bind(call.result.as_str())
+        .bind(&call.error)
+        .bind(call.prompt_tokens)
+        .bind(call.completion_tokens)
+        .bind(call.cost_usd)
+        .bind(call.saved_usd)
+        .bind(now)
+        .bind(&call.call_id)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 && self.job(call.job_id).await?.is_none() {
+            return Err(StoreError::NotFound(format!("job {}", call.job_id)));
+        }
+        Ok(())
+    }
+
+    async fn pipeline_usage(&self, pipeline_id: i64) -> StoreResult<PipelineUsage> {
+        let budget: Option<Option<String>> =
+            sqlx::query_scalar("SELECT budget FROM pipelines WHERE id = ?1")
+                .bind(pipeline_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        let Some(budget) = budget else {
+            return Err(StoreError::NotFound(format!("pipeline {pipeline_id}")));
+        };
+        let rows = sqlx::query(
+            "SELECT c.job_id, j.key, c.provider, c.model, \
+             COUNT(*) AS calls, \
+             SUM(c.result = 'paid') AS paid_calls, \
+             SUM(c.result = 'cached') AS cached_calls, \
+             SUM(c.result = 'failed') AS failed_calls, \
+             SUM(c.prompt_tokens) AS prompt_tokens, \
+             SUM(c.completion_tokens) AS completion_tokens, \
+             SUM(c.cost_usd) AS cost_usd, SUM(c.saved_usd) AS saved_usd \
+             FROM llm_calls c JOIN jobs j ON j.id = c.job_id \
+             WHERE c.pipeline_id = ?1 GROUP BY c.job_id, c.provider, c.model ORDER BY c.job_id",
+        )
+        .bind(pipeline_id)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut usage = PipelineUsage {
+            pipeline_id,
+            budget: parse_json(budget)?,
+            total: UsageTotals::default(),
+            by_model: Vec::new(),
+            by_job: Vec::new(),
+        };
+        for row in &rows {
+            let totals = UsageTotals {
+                calls: row.try_get("calls")?,
+                paid_calls: row.try_get("paid_calls")?,
+                cached_calls: row.try_get("cached_calls")?,
+                failed_calls: row.try_get("failed_calls")?,
+                prompt_tokens: row.try_get("prompt_tokens")?,
+                completion_tokens: row.try_get("completion_tokens")?,
+                cost_usd: row.try_get("cost_usd")?,
+                saved_usd: row.try_get("saved_usd")?,
+            };
+            usage.total.add(&totals);
+            let (provider, model): (String, String) =
+                (row.try_get("provider")?, row.try_get("model")?);
+            match usage
+                .by_model
+                .iter_mut()
+                .find(|m| m.provider == provider && m.model == model)
+            {
+                Some(m) => m.totals.add(&totals),
+                None => usage.by_model.push(ModelUsage {
+                    provider,
+                    model,
+                    totals,
+                }),
+            }
+            let job_id: i64 = row.try_get("job_id")?;
+            match usage.by_job.iter_mut().find(|j| j.job_id == job_id) {
+                Some(j) => j.totals.add(&totals),
+                None => usage.by_job.push(JobUsage {
+                    job_id,
+                    key: row.try_get("key")?,
+                    totals,
+                }),
+            }
+        }
+        usage
+            .by_model
+            .sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+        Ok(usage)
+    }
+
+    async fn cached_answer(&self, key: &str) -> StoreResult<Option<Value>> {
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT answer FROM llm_answers WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&self.reader)
+                .await?;
+        parse_json(text)
+    }
+
+    async fn cache_answer(&self, key: &str, answer: &Value, now: Micros) -> StoreResult<()> {
+        sqlx::query("INSERT INTO llm_answers (key, answer, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(to_json(answer))
+            .bind(now)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 }
