@@ -1,7 +1,10 @@
 //! The HTTP API's request and response bodies, shared by the server and its clients
 //! (the worker and the CLI). Errors carry a stable, machine-readable `code`.
 
-use crate::store::{ClaimedJob, Event, Heartbeat, Pipeline, Report, ReportAck, StageSummary};
+use crate::generation::limiter::{CallOutcome, LimiterConfig, Wait};
+use crate::store::{
+    ClaimedJob, Event, Heartbeat, LlmCall, Pipeline, PipelineUsage, Report, ReportAck, StageSummary,
+};
 use serde::{Deserialize, Serialize};
 
 pub const API_PREFIX: &str = "/api/v1";
@@ -116,4 +119,68 @@ pub struct RetryResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MissingBlobs {
     pub missing: Vec<String>,
+}
+
+/// Ask for a slot to call `model` at `provider` on behalf of a running job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcquireBody {
+    pub job_id: i64,
+    pub provider: String,
+    pub model: String,
+    /// How the model's limiter starts, the first time the server sees the model.
+    #[serde(default)]
+    pub limiter: Option<LimiterConfig>,
+    /// The longest the call can take; the slot is reclaimed after that.
+    pub hold_ms: i64,
+    /// Long-poll: wait up to this long for a slot before answering with the reason.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AcquireResponse {
+    /// Granted: give it back with the call's record.
+    #[serde(default)]
+    pub permit: Option<u64>,
+    /// Not yet: why, and when to ask again.
+    #[serde(default)]
+    pub wait: Option<Wait>,
+    #[serde(default)]
+    pub retry_in_ms: Option<i64>,
+    /// Never for this job: no call may be made (budget reached, quota exhausted, the job
+    /// is no longer running).
+    #[serde(default)]
+    pub stop: Option<CallStop>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CallStop {
+    /// `budget_exhausted`, `quota_exhausted` or `not_running`.
+    pub code: String,
+    pub message: String,
+}
+
+/// A finished call: recorded for accounting, and its permit (if any) given back with the
+/// outcome the limiter learns from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallBody {
+    pub call: LlmCall,
+    #[serde(default)]
+    pub permit: Option<u64>,
+    #[serde(default)]
+    pub outcome: Option<CallOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UsageResponse {
+    #[serde(flatten)]
+    pub usage: PipelineUsage,
+    /// Why new calls are refused, once the budget is reached.
+    #[serde(default)]
+    pub budget_reached: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    pub answer: serde_json::Value,
 }

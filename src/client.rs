@@ -288,6 +288,56 @@ impl Client {
         Ok(())
     }
 
+    pub async fn usage(&self, pipeline_id: i64) -> Result<UsageResponse, ClientError> {
+        self.get(&format!("/pipelines/{pipeline_id}/usage")).await
+    }
+
+    /// Ask for a slot to call a model; the server long-polls up to `body.wait_ms`.
+    pub async fn acquire_call(&self, body: &AcquireBody) -> Result<AcquireResponse, ClientError> {
+        let timeout = Duration::from_millis(body.wait_ms) + Duration::from_secs(30);
+        self.post("/llm/acquire", body, timeout).await
+    }
+
+    pub async fn record_call(&self, body: &CallBody) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .post("/llm/calls", body, Duration::from_secs(60))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn llm_limits(
+        &self,
+    ) -> Result<Vec<crate::server::llm_gate::LimiterState>, ClientError> {
+        self.get("/llm/limits").await
+    }
+
+    /// A cached answer by request key; `None` when there is none.
+    pub async fn cached_answer(&self, key: &str) -> Result<Option<serde_json::Value>, ClientError> {
+        match self
+            .get::<CachedAnswer>(&format!("/llm/answers/{key}"))
+            .await
+        {
+            Ok(c) => Ok(Some(c.answer)),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn cache_answer(
+        &self,
+        key: &str,
+        answer: serde_json::Value,
+    ) -> Result<(), ClientError> {
+        let url = self.url(&format!("/llm/answers/{key}"));
+        let req = self
+            .http
+            .put(&url)
+            .json(&CachedAnswer { answer })
+            .timeout(Duration::from_secs(60));
+        let _: serde_json::Value = self.send(req, &url).await?;
+        Ok(())
+    }
+
     /// Download a job's artifact to `to`, streaming.
     pub async fn download_artifact(
         &self,

@@ -25,6 +25,7 @@ async fn setup() -> (tempfile::TempDir, Router) {
         lease: LeasePolicy::default(),
         signals: Signals::default(),
         shutdown: CancellationToken::new(),
+        llm: Default::default(),
     };
     (dir, app(state))
 }
@@ -402,4 +403,312 @@ async fn events_are_ordered_and_long_poll_times_out_empty() {
     assert_eq!(body["events"], json!([]), "{body}");
     assert_eq!(body["last_id"].as_i64(), Some(last), "{body}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(40));
+}
+
+async fn put(app: &Router, uri: &str, body: &Value) -> (StatusCode, Value) {
+    call(
+        app,
+        Method::PUT,
+        uri,
+        Some(serde_json::to_vec(body).unwrap()),
+    )
+    .await
+}
+
+fn acquire_body(job_id: i64, model: &str, wait_ms: u64) -> Value {
+    json!({
+        "job_id": job_id,
+        "provider": "openrouter",
+        "model": model,
+        "hold_ms": 60_000,
+        "wait_ms": wait_ms,
+    })
+}
+
+/// Ask for a slot; the answer is `200` whatever it says.
+async fn acquire(app: &Router, job_id: i64, model: &str, wait_ms: u64) -> Value {
+    let (status, body) = post(
+        app,
+        "/api/v1/llm/acquire",
+        &acquire_body(job_id, model, wait_ms),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Ask for a slot that must be granted; returns the permit.
+async fn permit(app: &Router, job_id: i64, model: &str) -> u64 {
+    let body = acquire(app, job_id, model, 0).await;
+    assert_eq!(body["stop"], Value::Null, "{body}");
+    assert_eq!(body["wait"], Value::Null, "{body}");
+    body["permit"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no permit: {body}"))
+}
+
+/// Record a finished call with the permit it used and how it went.
+async fn record_call(app: &Router, call: Value, permit: Option<u64>, outcome: Value) {
+    let (status, body) = post(
+        app,
+        "/api/v1/llm/calls",
+        &json!({"call": call, "permit": permit, "outcome": outcome}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+fn paid_call(job_id: i64, model: &str, cost_usd: f64) -> Value {
+    json!({
+        "call_id": uuid::Uuid::new_v4().to_string(),
+        "job_id": job_id,
+        "attempt": 1,
+        "provider": "openrouter",
+        "model": model,
+        "model_resolved": format!("{model}-2025"),
+        "result": "paid",
+        "prompt_tokens": 700,
+        "completion_tokens": 300,
+        "cost_usd": cost_usd,
+    })
+}
+
+#[tokio::test]
+async fn llm_acquire_needs_a_running_job() {
+    let (_dir, app) = setup().await;
+    let id = submit(&app, TWO_NOOPS).await;
+    let (status, jobs) = get(&app, &format!("/api/v1/jobs?pipeline={id}")).await;
+    assert_eq!(status, StatusCode::OK, "{jobs}");
+    let job = jobs[0]["id"].as_i64().unwrap();
+    assert_ne!(jobs[0]["state"], json!("running"), "{jobs}");
+
+    let body = acquire(&app, job, "small", 0).await;
+    assert_eq!(body["stop"]["code"], json!("not_running"), "{body}");
+    assert_eq!(body["permit"], Value::Null, "{body}");
+    assert!(
+        body["stop"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("job {job}")),
+        "{body}"
+    );
+
+    let (status, body) = post(
+        &app,
+        "/api/v1/llm/acquire",
+        &acquire_body(job + 1_000, "small", 0),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(code(&body), "not_found", "{body}");
+
+    // Once claimed it may call; once finished it may not any more.
+    register(&app, "w1", &["noop"]).await;
+    let claimed = claim(&app, "w1", &["noop"], 10).await;
+    let mine = claimed.jobs.iter().find(|j| j.job_id == job).unwrap();
+    permit(&app, job, "small").await;
+    let reports = ReportBody {
+        reports: vec![Report {
+            job_id: mine.job_id,
+            attempt: mine.attempt,
+            token: mine.token.clone(),
+            worker_id: "w1".into(),
+            outcome: ReportOutcome::Completed {
+                result: json!({}),
+                artifacts: vec![],
+            },
+        }],
+    };
+    let (status, body) = post(&app, "/api/v1/workers/report", &reports).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let body = acquire(&app, job, "small", 0).await;
+    assert_eq!(body["stop"]["code"], json!("not_running"), "{body}");
+}
+
+#[tokio::test]
+async fn llm_budget_stops_new_calls_once_spent() {
+    let (_dir, app) = setup().await;
+    let id = submit(
+        &app,
+        "[pipeline]\nname = \"b\"\nbudget = { usd = 0.01 }\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n",
+    )
+    .await;
+    register(&app, "w1", &["noop"]).await;
+    let claimed = claim(&app, "w1", &["noop"], 10).await;
+    assert_eq!(claimed.jobs.len(), 1, "{claimed:?}");
+    let job = claimed.jobs[0].job_id;
+
+    let (status, usage) = get(&app, &format!("/api/v1/pipelines/{id}/usage")).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["budget"], json!({"usd": 0.01}), "{usage}");
+    assert_eq!(usage["budget_reached"], Value::Null, "{usage}");
+    assert_eq!(usage["total"]["calls"], json!(0), "{usage}");
+
+    let p = permit(&app, job, "small").await;
+    record_call(
+        &app,
+        paid_call(job, "small", 0.02),
+        Some(p),
+        json!({"outcome": "success"}),
+    )
+    .await;
+
+    let body = acquire(&app, job, "small", 0).await;
+    assert_eq!(body["stop"]["code"], json!("budget_exhausted"), "{body}");
+    assert_eq!(body["permit"], Value::Null, "{body}");
+    let message = body["stop"]["message"].as_str().unwrap();
+    assert!(message.contains("budget"), "{message}");
+    assert!(message.contains("0.0100"), "{message}");
+    // The budget is the pipeline's, not the model's.
+    let body = acquire(&app, job, "large", 0).await;
+    assert_eq!(body["stop"]["code"], json!("budget_exhausted"), "{body}");
+
+    let (status, usage) = get(&app, &format!("/api/v1/pipelines/{id}/usage")).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["pipeline_id"], json!(id), "{usage}");
+    assert_eq!(usage["total"]["cost_usd"], json!(0.02), "{usage}");
+    assert_eq!(usage["total"]["calls"], json!(1), "{usage}");
+    assert_eq!(usage["total"]["paid_calls"], json!(1), "{usage}");
+    assert_eq!(usage["total"]["prompt_tokens"], json!(700), "{usage}");
+    assert_eq!(usage["total"]["completion_tokens"], json!(300), "{usage}");
+    assert_eq!(usage["by_model"][0]["model"], json!("small"), "{usage}");
+    assert_eq!(usage["by_job"][0]["job_id"], json!(job), "{usage}");
+    assert_eq!(usage["by_job"][0]["key"], json!("a"), "{usage}");
+    let reached = usage["budget_reached"].as_str().unwrap_or_default();
+    assert!(reached.contains("budget"), "{usage}");
+
+    let (status, body) = get(&app, "/api/v1/pipelines/999/usage").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(code(&body), "not_found", "{body}");
+}
+
+#[tokio::test]
+async fn llm_rate_limit_is_shared_by_every_job() {
+    let (_dir, app) = setup().await;
+    submit(&app, TWO_NOOPS).await;
+    register(&app, "w1", &["noop"]).await;
+    let claimed = claim(&app, "w1", &["noop"], 10).await;
+    assert_eq!(claimed.jobs.len(), 2, "{claimed:?}");
+    let (first, second) = (claimed.jobs[0].job_id, claimed.jobs[1].job_id);
+
+    let p = permit(&app, first, "small").await;
+    let mut failed = paid_call(first, "small", 0.0);
+    failed["result"] = json!("failed");
+    failed["error"] = json!("rate_limited");
+    failed["prompt_tokens"] = json!(0);
+    failed["completion_tokens"] = json!(0);
+    failed["model_resolved"] = Value::Null;
+    record_call(
+        &app,
+        failed,
+        Some(p),
+        json!({"outcome": "rate_limited", "retry_after_ms": 60_000}),
+    )
+    .await;
+
+    for job in [first, second] {
+        let body = acquire(&app, job, "small", 0).await;
+        assert_eq!(body["permit"], Value::Null, "{body}");
+        assert_eq!(body["stop"], Value::Null, "{body}");
+        assert_eq!(body["wait"]["reason"], json!("backing_off"), "{body}");
+        let retry_in = body["retry_in_ms"].as_i64().unwrap_or_default();
+        assert!(retry_in > 50_000 && retry_in <= 60_000, "{body}");
+    }
+    // Another model has its own limiter.
+    permit(&app, second, "large").await;
+
+    let (status, limits) = get(&app, "/api/v1/llm/limits").await;
+    assert_eq!(status, StatusCode::OK, "{limits}");
+    let small = limits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["provider"] == json!("openrouter") && l["model"] == json!("small"))
+        .unwrap_or_else(|| panic!("no limiter for the model: {limits}"));
+    let status_text = small["status"].as_str().unwrap();
+    assert!(
+        status_text.starts_with("backing off until"),
+        "{status_text}"
+    );
+    assert_eq!(small["wait"]["reason"], json!("backing_off"), "{limits}");
+    assert_eq!(small["in_flight"], json!(0), "{limits}");
+}
+
+#[tokio::test]
+async fn llm_acquire_long_polls_until_a_slot_is_given_back() {
+    let (_dir, app) = setup().await;
+    submit(&app, TWO_NOOPS).await;
+    register(&app, "w1", &["noop"]).await;
+    let claimed = claim(&app, "w1", &["noop"], 10).await;
+    let (first, second) = (claimed.jobs[0].job_id, claimed.jobs[1].job_id);
+    let one_slot = |job: i64, wait_ms: u64| {
+        let mut body = acquire_body(job, "small", wait_ms);
+        body["limiter"] = json!({
+            "initial": 1.0, "min": 1.0, "max": 1.0, "increase_step": 0.25,
+            "backoff_base_ms": 1_000, "backoff_max_ms": 60_000,
+        });
+        body
+    };
+    let (status, body) = post(&app, "/api/v1/llm/acquire", &one_slot(first, 0)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let p = body["permit"].as_u64().unwrap();
+    let (_, body) = post(&app, "/api/v1/llm/acquire", &one_slot(second, 0)).await;
+    assert_eq!(body["wait"]["reason"], json!("at_concurrency"), "{body}");
+
+    let waiting = {
+        let app = app.clone();
+        let body = one_slot(second, 5_000);
+        tokio::spawn(async move { post(&app, "/api/v1/llm/acquire", &body).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    record_call(
+        &app,
+        paid_call(first, "small", 0.001),
+        Some(p),
+        json!({"outcome": "success"}),
+    )
+    .await;
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["permit"].as_u64().is_some(), "{body}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the waiting acquire got the slot given back within its wait"
+    );
+}
+
+#[tokio::test]
+async fn llm_answers_round_trip_and_keys_are_checked() {
+    let (_dir, app) = setup().await;
+    let key = sha256_hex(b"a request");
+    let uri = format!("/api/v1/llm/answers/{key}");
+
+    let (status, body) = get(&app, &uri).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(code(&body), "not_found", "{body}");
+
+    let answer = json!({"model": "small-2025", "content": "hello", "usage": {"prompt_tokens": 3}});
+    let (status, body) = put(&app, &uri, &json!({ "answer": answer })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = get(&app, &uri).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["answer"], answer, "{body}");
+
+    let (status, body) = put(&app, &uri, &json!({"answer": {"content": "later"}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, body) = get(&app, &uri).await;
+    assert_eq!(body["answer"], answer, "the first answer wins: {body}");
+
+    let short = &key[..63];
+    let not_hex = "g".repeat(64);
+    for bad in [short, not_hex.as_str(), "nope"] {
+        let uri = format!("/api/v1/llm/answers/{bad}");
+        let (status, body) = get(&app, &uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(code(&body), "invalid_request", "{bad}: {body}");
+        let (status, body) = put(&app, &uri, &json!({ "answer": answer })).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(code(&body), "invalid_request", "{bad}: {body}");
+    }
 }

@@ -33,7 +33,8 @@ impl Default for LimiterConfig {
 }
 
 /// How a call ended, as far as scheduling cares.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum CallOutcome {
     Success,
     RateLimited { retry_after_ms: Option<i64> },
@@ -93,6 +94,13 @@ impl Limiter {
 
     /// Take a slot, or say why not.
     pub fn try_acquire(&mut self, now: Micros) -> Result<(), Wait> {
+        self.check(now)?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Whether a call could start now, without taking a slot.
+    pub fn check(&self, now: Micros) -> Result<(), Wait> {
         if let Some(why) = &self.stopped {
             return Err(Wait::Stopped { why: why.clone() });
         }
@@ -106,13 +114,24 @@ impl Limiter {
                 limit: self.allowed(),
             });
         }
-        self.in_flight += 1;
         Ok(())
+    }
+
+    /// Give back a slot whose call was never heard of again (its worker died): it
+    /// teaches nothing about the provider.
+    pub fn abandon(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
     }
 
     /// Give the slot back with how the call went.
     pub fn release(&mut self, outcome: &CallOutcome, now: Micros) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        self.observe(outcome, now);
+    }
+
+    /// Learn from a call's outcome without giving back a slot (its slot was already
+    /// reclaimed).
+    pub fn observe(&mut self, outcome: &CallOutcome, now: Micros) {
         let c = self.config;
         match outcome {
             CallOutcome::Success => {

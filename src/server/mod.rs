@@ -3,6 +3,7 @@
 //! return at once, and the reconciler finishes its pass.
 
 pub mod blobs;
+pub mod llm_gate;
 mod routes;
 
 pub use routes::app;
@@ -81,6 +82,8 @@ pub struct AppState {
     pub lease: LeasePolicy,
     pub signals: Signals,
     pub shutdown: CancellationToken,
+    /// Limiters for the providers and models workers call.
+    pub llm: Arc<llm_gate::LlmGate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +175,7 @@ pub async fn start(
         lease: config.lease,
         signals: Signals::default(),
         shutdown: shutdown.clone(),
+        llm: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -4,6 +4,7 @@ use super::AppState;
 use crate::api::*;
 use crate::domain::{now_micros, JobState, Micros, MICROS_PER_MS};
 use crate::explain::{self, Explanation};
+use crate::generation::limiter::Wait;
 use crate::store::{JobFilter, NewPipeline, RetryTarget, StoreError, WorkerRegistration};
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -38,6 +39,11 @@ pub fn app(state: AppState) -> Router {
         .route("/workers/claim", post(claim))
         .route("/workers/heartbeat", post(heartbeat))
         .route("/workers/report", post(report))
+        .route("/pipelines/{id}/usage", get(pipeline_usage))
+        .route("/llm/acquire", post(llm_acquire))
+        .route("/llm/calls", post(llm_call))
+        .route("/llm/limits", get(llm_limits))
+        .route("/llm/answers/{key}", get(get_answer).put(put_answer))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .route(
             "/blobs/{digest}",
@@ -332,6 +338,24 @@ async fn explain_job(
     let now = now_micros();
     let wait = explain::wait_reason(&job, stage, &dependencies, &workers, s.lease.lease_ms, now);
     let summary = explain::summarize(&job, wait.as_ref(), &attempts, now);
+    let model = job.params.get("model").and_then(|m| m.as_str());
+    let provider_limits = match model {
+        Some(model) if job.kind == "generate" => s
+            .llm
+            .states(now)
+            .into_iter()
+            .filter(|l| l.model == model)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let llm_usage = s
+        .store
+        .pipeline_usage(job.pipeline_id)
+        .await?
+        .by_job
+        .into_iter()
+        .find(|u| u.job_id == job.id)
+        .map(|u| u.totals);
     Ok(Json(Explanation {
         job,
         summary,
@@ -339,6 +363,8 @@ async fn explain_job(
         attempts,
         dependencies,
         artifacts,
+        provider_limits,
+        llm_usage,
     }))
 }
 
@@ -595,4 +621,164 @@ async fn report(
         .await?;
     s.signals.work_changed();
     Ok(Json(ReportResponse { acks }).into_response())
+}
+
+async fn pipeline_usage(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<UsageResponse> {
+    let usage = s.store.pipeline_usage(id).await?;
+    let budget_reached = usage.budget.and_then(|b| b.reached(&usage.total));
+    Ok(Json(UsageResponse {
+        usage,
+        budget_reached,
+    }))
+}
+
+/// The longest an acquire waits for a slot on the server before answering.
+const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(10);
+
+async fn llm_acquire(
+    State(s): State<AppState>,
+    AppJson(body): AppJson<AcquireBody>,
+) -> ApiResult<AcquireResponse> {
+    let stop = |code: &str, message: String| {
+        Json(AcquireResponse {
+            permit: None,
+            wait: None,
+            retry_in_ms: None,
+            stop: Some(CallStop {
+                code: code.into(),
+                message,
+            }),
+        })
+    };
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(body.wait_ms).min(MAX_ACQUIRE_WAIT);
+    loop {
+        let job = s
+            .store
+            .job(body.job_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("job {}", body.job_id)))?;
+        if job.state != JobState::Running || job.cancel_requested {
+            return Ok(stop(
+                "not_running",
+                format!(
+                    "job {} is {}, not running: it may not call a model",
+                    job.id, job.state
+                ),
+            ));
+        }
+        // Checked before every call: the budget stops new calls, not the ones in flight.
+        let usage = s.store.pipeline_usage(job.pipeline_id).await?;
+        if let Some(why) = usage.budget.and_then(|b| b.reached(&usage.total)) {
+            return Ok(stop("budget_exhausted", why));
+        }
+        let now = now_micros();
+        let config = body.limiter.unwrap_or_default();
+        let wait = match s.llm.try_acquire(
+            job.id,
+            &body.provider,
+            &body.model,
+            config,
+            body.hold_ms,
+            now,
+        ) {
+            Ok(permit) => {
+                return Ok(Json(AcquireResponse {
+                    permit: Some(permit),
+                    wait: None,
+                    retry_in_ms: None,
+                    stop: None,
+                }))
+            }
+            Err(Wait::Stopped { why }) => {
+                return Ok(stop(
+                    "quota_exhausted",
+                    format!("{} at {} is stopped: {why}", body.model, body.provider),
+                ))
+            }
+            Err(wait) => wait,
+        };
+        let retry_in = match &wait {
+            Wait::BackingOff { until } => micros_to_duration(until - now),
+            _ => Duration::from_millis(500),
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() || s.shutdown.is_cancelled() {
+            return Ok(Json(AcquireResponse {
+                permit: None,
+                retry_in_ms: Some(retry_in.as_millis() as i64),
+                wait: Some(wait),
+                stop: None,
+            }));
+        }
+        tokio::select! {
+            _ = s.llm.released(retry_in.min(remaining)) => {}
+            _ = s.shutdown.cancelled() => {}
+        }
+    }
+}
+
+async fn llm_call(
+    State(s): State<AppState>,
+    AppJson(body): AppJson<CallBody>,
+) -> ApiResult<serde_json::Value> {
+    let now = now_micros();
+    if let Some(permit) = body.permit {
+        s.llm.release(
+            body.call.job_id,
+            &body.call.provider,
+            &body.call.model,
+            permit,
+            body.outcome.as_ref(),
+            now,
+        );
+    }
+    // Idempotent by call id: a retried report does not count the call twice.
+    s.store.record_llm_call(&body.call, now).await?;
+    s.signals.events_changed();
+    Ok(Json(serde_json::json!({"recorded": true})))
+}
+
+async fn llm_limits(
+    State(s): State<AppState>,
+) -> ApiResult<Vec<crate::server::llm_gate::LimiterState>> {
+    Ok(Json(s.llm.states(now_micros())))
+}
+
+fn valid_answer_key(key: &str) -> Result<(), ApiError> {
+    if key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("`{key}` is not an answer key: use the SHA-256 of the request, 64 lowercase hex digits"),
+        ))
+    }
+}
+
+async fn get_answer(
+    State(s): State<AppState>,
+    AppPath(key): AppPath<String>,
+) -> ApiResult<CachedAnswer> {
+    valid_answer_key(&key)?;
+    match s.store.cached_answer(&key).await? {
+        Some(answer) => Ok(Json(CachedAnswer { answer })),
+        None => Err(ApiError::not_found(format!("answer {key}"))),
+    }
+}
+
+async fn put_answer(
+    State(s): State<AppState>,
+    AppPath(key): AppPath<String>,
+    AppJson(body): AppJson<CachedAnswer>,
+) -> ApiResult<serde_json::Value> {
+    valid_answer_key(&key)?;
+    s.store
+        .cache_answer(&key, &body.answer, now_micros())
+        .await?;
+    Ok(Json(serde_json::json!({"stored": true})))
 }
