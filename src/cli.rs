@@ -577,6 +577,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     );
                 }
             }
+            for l in &e.provider_limits {
+                println!(
+                    "model: {} at {}: {} (concurrency {} of {})",
+                    l.model, l.provider, l.status, l.in_flight, l.allowed
+                );
+            }
+            if let Some(u) = &e.llm_usage {
+                println!("calls: {}", u.summary());
+            }
             if !e.artifacts.is_empty() {
                 println!("artifacts (assay artifact {} NAME):", e.job.id);
                 for a in &e.artifacts {

@@ -14,6 +14,12 @@ pub struct Explanation {
     pub attempts: Vec<Attempt>,
     pub dependencies: Vec<Dependency>,
     pub artifacts: Vec<Artifact>,
+    /// For jobs that call models: the live state of their model's limiter ("backing off
+    /// until 12:03:10") and what the job's calls cost so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provider_limits: Vec<crate::server::llm_gate::LimiterState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_usage: Option<crate::generation::budget::UsageTotals>,
 }
 
 /// A worker counts as live if it was seen within this many lease periods.

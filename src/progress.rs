@@ -250,6 +250,18 @@ pub async fn print_summary(client: &Client, detail: &PipelineDetail) -> Result<(
     for s in &detail.stages {
         println!("  {:<16} {}", s.name, counts_line(&s.counts));
     }
+    // Older servers have no usage endpoint: the summary goes on without it.
+    if let Ok(usage) = client.usage(p.id).await {
+        if usage.usage.total.calls > 0 {
+            println!("model calls: {}", usage.usage.total.summary());
+            for m in &usage.usage.by_model {
+                println!("  {:<32} {}", m.model, m.totals.summary());
+            }
+        }
+        if let Some(why) = &usage.budget_reached {
+            println!("budget: {why}; no new calls were made");
+        }
+    }
     if p.counts.dead > 0 {
         let dead = client
             .jobs(&JobFilter {

@@ -289,6 +289,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
                 .expect("never claims more than its free slots");
             let ctx = JobRun {
                 worker_id: config.id.clone(),
+                client: client.clone(),
                 spool: spool.clone(),
                 running: running.clone(),
                 tx: results_tx.clone(),
@@ -347,6 +348,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
 
 struct JobRun {
     worker_id: String,
+    client: Client,
     spool: Arc<Spool>,
     running: RunningMap,
     tx: mpsc::UnboundedSender<SpoolEntry>,
@@ -357,7 +359,7 @@ struct JobRun {
 fn kind_writes_files(kind: &str) -> bool {
     matches!(
         kind,
-        "command" | "blob" | "static" | "dynamic" | "performance" | "ai"
+        "command" | "blob" | "generate" | "static" | "dynamic" | "performance" | "ai"
     )
 }
 
@@ -387,15 +389,30 @@ impl JobRun {
                 Failure::retryable("io", format!("creating {}: {e}", output_dir.display()))
             });
         }
+        let mut params = job.params.clone();
+        if prepared.is_ok() && job.params.get("app_from").is_some() {
+            progress_tx.send_replace(Some(Progress {
+                step: "fetching the app".into(),
+                percent: None,
+                message: None,
+            }));
+            let inputs =
+                kinds::inputs::resolve(&job.params, job.job_id, &self.client, &self.spool.work);
+            prepared = tokio::select! {
+                r = inputs => r.map(|p| params = p),
+                _ = cancel.cancelled() => Err(Failure::retryable("stopped", "stopped while fetching the app")),
+            };
+        }
         let ctx = JobContext {
             job_id: job.job_id,
             key: job.key.clone(),
             attempt: job.attempt,
-            params: job.params.clone(),
+            params,
             item: job.item.clone(),
             output_dir: output_dir.clone(),
             cancel: cancel.clone(),
             progress: progress_tx,
+            server: Some(self.client.clone()),
         };
         let result = match prepared {
             Err(f) => Err(f),

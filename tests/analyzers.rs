@@ -290,6 +290,7 @@ async fn performance_analysis_measures_every_planted_slow_endpoint() {
             output_dir: out.path().to_path_buf(),
             cancel: tokio_util::sync::CancellationToken::new(),
             progress: tokio::sync::watch::channel(None).0,
+            server: None,
         };
         let result = assay::kinds::run("performance", &ctx)
             .await
@@ -366,6 +367,7 @@ async fn unchanged_apps_are_reused_from_the_cache() {
             output_dir: out.path().to_path_buf(),
             cancel: tokio_util::sync::CancellationToken::new(),
             progress: tokio::sync::watch::channel(None).0,
+            server: None,
         };
         let result = assay::kinds::run("static", &ctx).await.unwrap().result;
         let files: Vec<String> = std::fs::read_dir(out.path())

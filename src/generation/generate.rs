@@ -228,7 +228,7 @@ async fn ask_for_code<F, Fut>(
     history: &mut Vec<Message>,
     params: &GenerationParams,
     limits: &Limits,
-    defaults: &dyn Fn(&str) -> Option<String>,
+    defaults: &(dyn Fn(&str) -> Option<String> + Sync),
     chat: &mut F,
     record: &mut GenerationRecord,
 ) -> Result<Extracted, GenerationError>

@@ -118,6 +118,9 @@ pub enum ProviderError {
     NoKey(String),
     #[error("malformed answer from the provider: {0}")]
     Malformed(String),
+    /// The scheduler refused the call for good: budget reached, model stopped, job over.
+    #[error("{message}")]
+    Stopped { code: String, message: String },
 }
 
 impl ProviderError {
@@ -147,6 +150,9 @@ impl ProviderError {
             ProviderError::QuotaExhausted { .. } => ("quota_exhausted", false),
             ProviderError::Refused { .. } => ("provider_refused", false),
             ProviderError::NoKey(_) => ("no_api_key", false),
+            ProviderError::Stopped { code, message } => {
+                return Failure::permanent(code, message.clone())
+            }
         };
         let mut f = if retryable {
             Failure::retryable(code, self.to_string())
@@ -170,7 +176,12 @@ pub async fn chat(
         .build()
         .expect("HTTP client builds");
     let url = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
-    let mut call = client.post(&url).json(req);
+    let mut body = serde_json::to_value(req).expect("request serializes");
+    if config.base_url.starts_with(OPENROUTER_BASE_URL) {
+        // OpenRouter reports what each call cost only when asked.
+        body["usage"] = json!({"include": true});
+    }
+    let mut call = client.post(&url).json(&body);
     match config.api_key() {
         Some(key) => call = call.bearer_auth(key),
         None if config.base_url.starts_with(OPENROUTER_BASE_URL) => {

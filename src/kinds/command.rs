@@ -261,6 +261,7 @@ mod tests {
             output_dir: out,
             cancel: CancellationToken::new(),
             progress: tokio::sync::watch::channel(None).0,
+            server: None,
         }
     }
 

@@ -7,6 +7,8 @@
 pub mod app_analysis;
 pub mod cache;
 pub mod command;
+pub mod generate;
+pub mod inputs;
 pub mod internal;
 pub mod static_analysis;
 
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 pub const KNOWN_KINDS: &[&str] = &[
     "command",
+    "generate",
     "static",
     "dynamic",
     "performance",
@@ -30,8 +33,10 @@ pub const KNOWN_KINDS: &[&str] = &[
 ];
 
 pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
+    let params = &inputs::with_placeholder_app(params);
     match kind {
         "command" => command::validate(params),
+        "generate" => generate::validate(params),
         "static" => static_analysis::validate(params),
         "dynamic" => app_analysis::validate_dynamic(params),
         "performance" => app_analysis::validate_performance(params),
@@ -56,6 +61,9 @@ pub struct JobContext {
     pub cancel: CancellationToken,
     /// The latest progress; the worker sends it with the next heartbeat.
     pub progress: watch::Sender<Option<Progress>>,
+    /// The server the job came from: for model calls, and upstream jobs' artifacts.
+    /// `None` when a kind runs outside a worker (in tests).
+    pub server: Option<crate::client::Client>,
 }
 
 impl JobContext {
@@ -113,6 +121,7 @@ pub async fn run(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
 async fn run_uncached(kind: &str, ctx: &JobContext) -> Result<JobOutput, Failure> {
     match kind {
         "command" => command::run(ctx).await,
+        "generate" => generate::run(ctx).await,
         "static" => static_analysis::run(ctx).await,
         "dynamic" => app_analysis::run_dynamic(ctx).await,
         "performance" => app_analysis::run_performance(ctx).await,

@@ -59,9 +59,28 @@ pub fn served_model(requested: &str) -> String {
     format!("{requested}-fake-snapshot")
 }
 
+/// Answers by request, for tests with concurrent callers where a single queue would be
+/// racy: given the request body, what to answer.
+pub type Responder = Arc<dyn Fn(&Value) -> Scripted + Send + Sync>;
+
+/// What the fake charges, per token (OpenRouter reports `usage.cost` like this).
+pub const PROMPT_PRICE: f64 = 0.000_001;
+pub const COMPLETION_PRICE: f64 = 0.000_002;
+
+/// One answered (billed) completion.
+#[derive(Debug, Clone)]
+pub struct Billed {
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost: f64,
+}
+
 #[derive(Clone)]
 struct Shared {
     script: Arc<Mutex<VecDeque<Scripted>>>,
+    responder: Option<Responder>,
+    billed: Arc<Mutex<Vec<Billed>>>,
     requests: Arc<Mutex<Vec<Value>>>,
     recorded: Arc<Mutex<Vec<Recorded>>>,
     counter: Arc<Mutex<u64>>,
@@ -74,6 +93,8 @@ pub struct FakeLlm {
     pub requests: Arc<Mutex<Vec<Value>>>,
     /// Every request with its path and `Authorization` header.
     pub recorded: Arc<Mutex<Vec<Recorded>>>,
+    /// Every completion answered with 200, with what it cost.
+    pub billed: Arc<Mutex<Vec<Billed>>>,
     script: Arc<Mutex<VecDeque<Scripted>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -82,8 +103,19 @@ impl FakeLlm {
     /// Bind 127.0.0.1:0 and serve `script` (one entry per request; when it runs out,
     /// requests get a 500 saying so).
     pub async fn start(script: Vec<Scripted>) -> FakeLlm {
+        Self::serve(script, None).await
+    }
+
+    /// Serve answers chosen by `responder` from each request.
+    pub async fn start_with(responder: Responder) -> FakeLlm {
+        Self::serve(Vec::new(), Some(responder)).await
+    }
+
+    async fn serve(script: Vec<Scripted>, responder: Option<Responder>) -> FakeLlm {
         let shared = Shared {
             script: Arc::new(Mutex::new(script.into())),
+            responder,
+            billed: Arc::default(),
             requests: Arc::default(),
             recorded: Arc::default(),
             counter: Arc::default(),
@@ -102,6 +134,7 @@ impl FakeLlm {
             base_url: format!("http://{addr}/v1"),
             requests: shared.requests,
             recorded: shared.recorded,
+            billed: shared.billed,
             script: shared.script,
             task,
         }
@@ -162,23 +195,27 @@ async fn completions(
         *c += 1;
         *c
     };
-    let next = shared.script.lock().unwrap().pop_front();
+    let next = match &shared.responder {
+        Some(responder) => Some(responder(&body)),
+        None => shared.script.lock().unwrap().pop_front(),
+    };
     match next {
-        Some(entry) => answer(entry, &body, n).await,
+        Some(entry) => answer(entry, &body, n, &shared.billed).await,
         None => error_response(500, None, "fake LLM: the script has no answer left"),
     }
 }
 
-fn answer(
+fn answer<'a>(
     entry: Scripted,
-    request: &Value,
+    request: &'a Value,
     n: u64,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + '_>> {
+    billed: &'a Mutex<Vec<Billed>>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send + 'a>> {
     Box::pin(async move {
         match entry {
-            Scripted::Json(v) => completion(request, &v.to_string(), "stop", n),
-            Scripted::Text(t) => completion(request, &t, "stop", n),
-            Scripted::Finish(t, reason) => completion(request, &t, &reason, n),
+            Scripted::Json(v) => completion(request, &v.to_string(), "stop", n, billed),
+            Scripted::Text(t) => completion(request, &t, "stop", n, billed),
+            Scripted::Finish(t, reason) => completion(request, &t, &reason, n, billed),
             Scripted::Status(code, retry) => {
                 error_response(code, retry, &format!("fake LLM: scripted status {code}"))
             }
@@ -188,7 +225,7 @@ fn answer(
             }
             Scripted::Delay(d, inner) => {
                 tokio::time::sleep(d).await;
-                answer(*inner, request, n).await
+                answer(*inner, request, n, billed).await
             }
             Scripted::Raw(code, body) => (
                 StatusCode::from_u16(code).unwrap(),
@@ -202,13 +239,26 @@ fn answer(
 
 /// An OpenAI-shaped chat completion. Token counts are derived from the sizes (about
 /// four bytes per token), so they are deterministic and non-zero.
-fn completion(request: &Value, content: &str, finish_reason: &str, n: u64) -> Response {
+fn completion(
+    request: &Value,
+    content: &str,
+    finish_reason: &str,
+    n: u64,
+    billed: &Mutex<Vec<Billed>>,
+) -> Response {
     let requested = request
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("unknown");
     let prompt_tokens = (request.to_string().len() as u64).div_ceil(4);
     let completion_tokens = (content.len() as u64).div_ceil(4).max(1);
+    let cost = prompt_tokens as f64 * PROMPT_PRICE + completion_tokens as f64 * COMPLETION_PRICE;
+    billed.lock().unwrap().push(Billed {
+        model: requested.to_string(),
+        prompt_tokens,
+        completion_tokens,
+        cost,
+    });
     let body = json!({
         "id": format!("chatcmpl-fake-{n}"),
         "object": "chat.completion",
@@ -223,6 +273,7 @@ fn completion(request: &Value, content: &str, finish_reason: &str, n: u64) -> Re
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "cost": cost,
         },
     });
     (StatusCode::OK, axum::Json(body)).into_response()

@@ -1,0 +1,546 @@
+//! The `generate` kind: one app from one model for one template.
+//!
+//! Every model call goes through the server: first the shared response cache (a resumed
+//! or repeated pipeline never pays twice), then a slot from the model's limiter (shared by
+//! all workers; the pipeline budget is checked there before each call), then the
+//! provider; the call is recorded for accounting whatever its outcome. Transient provider
+//! trouble (429, 5xx, timeouts) is retried inside the job after the limiter's back-off;
+//! a quota exhaustion, a reached budget or untrusted output fails the job permanently.
+//!
+//! Artifacts: `app.tar` (the app folder, what analysis jobs with `app_from` unpack),
+//! `generation.json` (what reproduces the app: resolved model, prompt hashes, parameters,
+//! seed, usage) and `exchanges.json` (every prompt and raw answer, also on failure).
+
+use super::{JobContext, JobOutput};
+use crate::analysis::catalog;
+use crate::api::{AcquireBody, CallBody};
+use crate::client::Client;
+use crate::domain::Failure;
+use crate::generation::budget::CallResult;
+use crate::generation::extract::Limits;
+use crate::generation::generate::{generate_app, GenerationParams};
+use crate::generation::limiter::{CallOutcome, LimiterConfig};
+use crate::generation::provider::{
+    self, ChatRequest, ChatResponse, Message, ProviderConfig, ProviderError, ResponseCache,
+};
+use crate::store::LlmCall;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where the app is packed among a generate job's artifacts.
+pub const APP_ARTIFACT: &str = "app.tar";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderParams {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    /// USD per token, for providers that do not report the cost of a call.
+    #[serde(default)]
+    prompt_price: Option<f64>,
+    #[serde(default)]
+    completion_price: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitParams {
+    #[serde(default)]
+    max_files: Option<usize>,
+    #[serde(default)]
+    max_file_bytes: Option<usize>,
+    #[serde(default)]
+    max_total_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    template: String,
+    model: String,
+    #[serde(default)]
+    provider: Option<ProviderParams>,
+    #[serde(default)]
+    templates_dir: Option<String>,
+    #[serde(default = "default_temperature")]
+    temperature: f64,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    limits: Option<LimitParams>,
+    /// How the model's adaptive concurrency starts and its bounds.
+    #[serde(default)]
+    concurrency: Option<f64>,
+    #[serde(default)]
+    max_concurrency: Option<f64>,
+    /// Tries per call for transient provider trouble before the attempt fails.
+    #[serde(default = "default_call_tries")]
+    call_tries: u32,
+}
+
+fn default_temperature() -> f64 {
+    0.2
+}
+
+fn default_call_tries() -> u32 {
+    6
+}
+
+fn parse(params: &Value) -> Result<Params, String> {
+    if let Some(p) = params.get("provider") {
+        if p.get("api_key").is_some() || p.get("key").is_some() {
+            return Err("an API key must not be written in the spec: it would be stored with the pipeline; \
+                 set `api_key_env` to the name of the environment variable that holds it"
+                .into());
+        }
+    }
+    let p: Params = serde_json::from_value(params.clone())
+        .map_err(|e| format!("generate params: {e} (expected template, model, and optionally provider, temperature, seed, max_tokens, limits, templates_dir, concurrency, max_concurrency, call_tries)"))?;
+    if !(0.0..=2.0).contains(&p.temperature) {
+        return Err(format!("temperature {} is outside 0..=2", p.temperature));
+    }
+    if p.call_tries == 0 {
+        return Err("call_tries must be at least 1".into());
+    }
+    if let Some(t) = p.provider.as_ref().and_then(|p| p.timeout.as_ref()) {
+        humantime::parse_duration(t).map_err(|e| format!("provider.timeout `{t}`: {e}"))?;
+    }
+    Ok(p)
+}
+
+pub fn validate(params: &Value) -> Result<(), String> {
+    let p = parse(params)?;
+    // Literal template names are checked now; templated ones (`{{ template }}`) when the
+    // job runs.
+    if !p.template.contains("{{") {
+        let dir = p.templates_dir.as_deref().map(Path::new);
+        let catalog = catalog::with_user_dir(dir).map_err(|e| e.to_string())?;
+        if catalog.get(&p.template).is_none() {
+            return Err(format!(
+                "unknown template `{}`; `assay templates` lists them",
+                p.template
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn provider_config(p: &Params) -> ProviderConfig {
+    let mut config = ProviderConfig::openrouter();
+    if let Some(pp) = &p.provider {
+        if let Some(url) = &pp.base_url {
+            config.base_url = url.clone();
+            config.name = "custom".into();
+            config.api_key_env = "OPENAI_API_KEY".into();
+        }
+        if let Some(name) = &pp.name {
+            config.name = name.clone();
+        }
+        if let Some(env) = &pp.api_key_env {
+            config.api_key_env = env.clone();
+        }
+        if let Some(t) = &pp.timeout {
+            config.timeout = humantime::parse_duration(t).expect("validated");
+        }
+    }
+    config
+}
+
+/// What the job records of each exchange, also when the app could not be made.
+#[derive(Debug, Clone, Serialize)]
+struct Logged {
+    messages: Vec<Message>,
+    answer: Option<String>,
+    finish_reason: Option<String>,
+    cached: bool,
+    error: Option<String>,
+}
+
+struct Caller {
+    client: Client,
+    config: ProviderConfig,
+    job_id: i64,
+    attempt: i64,
+    limiter: LimiterConfig,
+    call_tries: u32,
+    prices: (Option<f64>, Option<f64>),
+    cancel: tokio_util::sync::CancellationToken,
+    progress: tokio::sync::watch::Sender<Option<crate::store::Progress>>,
+    log: Arc<Mutex<Vec<Logged>>>,
+}
+
+fn server_trouble(e: crate::client::ClientError) -> ProviderError {
+    ProviderError::Connection(format!("the Assay server: {e}"))
+}
+
+impl Caller {
+    fn step(&self, step: &str, message: String) {
+        self.progress.send_replace(Some(crate::store::Progress {
+            step: step.into(),
+            percent: None,
+            message: Some(message),
+        }));
+    }
+
+    fn record(&self, result: CallResult, model_resolved: Option<String>) -> LlmCall {
+        LlmCall {
+            call_id: uuid::Uuid::new_v4().to_string(),
+            job_id: self.job_id,
+            attempt: self.attempt,
+            provider: self.config.name.clone(),
+            model: String::new(),
+            model_resolved,
+            result,
+            error: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            saved_usd: 0.0,
+        }
+    }
+
+    fn cost(&self, resp: &ChatResponse) -> f64 {
+        resp.usage.cost.unwrap_or_else(|| {
+            self.prices.0.unwrap_or(0.0) * resp.usage.prompt_tokens as f64
+                + self.prices.1.unwrap_or(0.0) * resp.usage.completion_tokens as f64
+        })
+    }
+
+    async fn chat(&self, req: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let result = self.chat_inner(&req).await;
+        let mut log = self.log.lock().expect("log lock");
+        log.push(match &result {
+            Ok(r) => Logged {
+                messages: req.messages,
+                answer: Some(r.content.clone()),
+                finish_reason: Some(r.finish_reason.clone()),
+                cached: r.cached,
+                error: None,
+            },
+            Err(e) => Logged {
+                messages: req.messages,
+                answer: None,
+                finish_reason: None,
+                cached: false,
+                error: Some(e.to_string()),
+            },
+        });
+        result
+    }
+
+    async fn chat_inner(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let key = ResponseCache::key(&self.config, req);
+        let cached = self
+            .client
+            .cached_answer(&key)
+            .await
+            .map_err(server_trouble)?;
+        if let Some(answer) = cached {
+            if let Ok(mut resp) = serde_json::from_value::<ChatResponse>(answer) {
+                resp.cached = true;
+                let mut call = self.record(CallResult::Cached, Some(resp.model.clone()));
+                call.model = req.model.clone();
+                call.saved_usd = self.cost(&resp);
+                self.client
+                    .record_call(&CallBody {
+                        call,
+                        permit: None,
+                        outcome: None,
+                    })
+                    .await
+                    .map_err(server_trouble)?;
+                return Ok(resp);
+            }
+        }
+        let mut tries = 0;
+        loop {
+            let permit = self.acquire(&req.model).await?;
+            tries += 1;
+            self.step(
+                "calling",
+                format!(
+                    "{} at {}: waiting for the answer",
+                    req.model, self.config.name
+                ),
+            );
+            let answer = tokio::select! {
+                r = provider::chat(&self.config, req) => r,
+                _ = self.cancel.cancelled() => Err(ProviderError::Stopped {
+                    code: "cancelled".into(),
+                    message: "the job was stopped during a call".into(),
+                }),
+            };
+            let mut call = match &answer {
+                Ok(resp) => {
+                    let mut c = self.record(CallResult::Paid, Some(resp.model.clone()));
+                    c.prompt_tokens = resp.usage.prompt_tokens as i64;
+                    c.completion_tokens = resp.usage.completion_tokens as i64;
+                    c.cost_usd = self.cost(resp);
+                    c
+                }
+                Err(e) => {
+                    let mut c = self.record(CallResult::Failed, None);
+                    c.error = Some(e.to_failure().code);
+                    c
+                }
+            };
+            call.model = req.model.clone();
+            let outcome = match &answer {
+                Ok(_) => CallOutcome::Success,
+                Err(e) => e.outcome(),
+            };
+            // The record must reach the server: it is what was paid.
+            let body = CallBody {
+                call,
+                permit: Some(permit),
+                outcome: Some(outcome),
+            };
+            let mut delay = Duration::from_millis(200);
+            while let Err(e) = self.client.record_call(&body).await {
+                if !e.is_transient() || self.cancel.is_cancelled() {
+                    return Err(server_trouble(e));
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            match answer {
+                Ok(resp) => {
+                    let stored = serde_json::to_value(&resp).expect("answer serializes");
+                    if let Err(e) = self.client.cache_answer(&key, stored).await {
+                        tracing::warn!(error = %e, "could not store the answer in the response cache");
+                    }
+                    return Ok(resp);
+                }
+                Err(e) if transient(&e) && tries < self.call_tries => {
+                    self.step(
+                        "retrying",
+                        format!(
+                            "{} at {}: {e}; try {} of {}",
+                            req.model,
+                            self.config.name,
+                            tries + 1,
+                            self.call_tries
+                        ),
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A slot from the server, waiting (with the reason shown as progress) as long as the
+    /// limiter says so.
+    async fn acquire(&self, model: &str) -> Result<u64, ProviderError> {
+        let body = AcquireBody {
+            job_id: self.job_id,
+            provider: self.config.name.clone(),
+            model: model.to_string(),
+            limiter: Some(self.limiter),
+            hold_ms: (self.config.timeout + Duration::from_secs(30)).as_millis() as i64,
+            wait_ms: 5_000,
+        };
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if self.cancel.is_cancelled() {
+                return Err(ProviderError::Stopped {
+                    code: "cancelled".into(),
+                    message: "the job was stopped while waiting for the provider".into(),
+                });
+            }
+            let resp = match self.client.acquire_call(&body).await {
+                Ok(r) => r,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(e) => return Err(server_trouble(e)),
+            };
+            if let Some(permit) = resp.permit {
+                return Ok(permit);
+            }
+            if let Some(stop) = resp.stop {
+                return Err(ProviderError::Stopped {
+                    code: stop.code,
+                    message: stop.message,
+                });
+            }
+            if let Some(wait) = &resp.wait {
+                self.step(
+                    "waiting for the provider",
+                    format!("{model} at {}: {wait}", self.config.name),
+                );
+            }
+            let pause =
+                Duration::from_millis(resp.retry_in_ms.unwrap_or(500).clamp(0, 60_000) as u64);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.cancel.cancelled() => {}
+            }
+        }
+    }
+}
+
+fn transient(e: &ProviderError) -> bool {
+    matches!(
+        e,
+        ProviderError::RateLimited { .. }
+            | ProviderError::Server { .. }
+            | ProviderError::Timeout(_)
+            | ProviderError::Connection(_)
+            | ProviderError::Malformed(_)
+    )
+}
+
+pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
+    let p = parse(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
+    let client = ctx.server.clone().ok_or_else(|| {
+        Failure::permanent(
+            "no_server",
+            "generate jobs run on a worker connected to an Assay server",
+        )
+    })?;
+    let dir = p.templates_dir.as_deref().map(Path::new);
+    let catalog = catalog::with_user_dir(dir)
+        .map_err(|e| Failure::permanent("bad_templates", e.to_string()))?;
+    let template = catalog.get(&p.template).cloned().ok_or_else(|| {
+        Failure::permanent(
+            "unknown_template",
+            format!(
+                "unknown template `{}`; `assay templates` lists them",
+                p.template
+            ),
+        )
+    })?;
+    let config = provider_config(&p);
+    let defaults = LimiterConfig::default();
+    let limiter = LimiterConfig {
+        initial: p.concurrency.unwrap_or(defaults.initial),
+        max: p.max_concurrency.unwrap_or(defaults.max),
+        ..defaults
+    };
+    let caller = Caller {
+        client,
+        job_id: ctx.job_id,
+        attempt: ctx.attempt,
+        limiter,
+        call_tries: p.call_tries,
+        prices: p
+            .provider
+            .as_ref()
+            .map(|pp| (pp.prompt_price, pp.completion_price))
+            .unwrap_or_default(),
+        cancel: ctx.cancel.clone(),
+        progress: ctx.progress.clone(),
+        log: Arc::default(),
+        config,
+    };
+    let mut limits = Limits::default();
+    if let Some(l) = &p.limits {
+        limits.max_files = l.max_files.unwrap_or(limits.max_files);
+        limits.max_file_bytes = l.max_file_bytes.unwrap_or(limits.max_file_bytes);
+        limits.max_total_bytes = l.max_total_bytes.unwrap_or(limits.max_total_bytes);
+    }
+    let params = GenerationParams {
+        model: p.model.clone(),
+        temperature: p.temperature,
+        seed: p.seed,
+        max_tokens: p.max_tokens,
+    };
+    let staging = tempfile::Builder::new()
+        .prefix(".app-")
+        .tempdir_in(&ctx.output_dir)
+        .map_err(|e| Failure::retryable("io", format!("creating the app folder: {e}")))?;
+    let app_dir = staging.path().join("app");
+    ctx.step(
+        "generating",
+        Some(0.0),
+        Some(format!("{} × {}", p.model, p.template)),
+    );
+    let generated = generate_app(&template, &params, &app_dir, &limits, |req| {
+        caller.chat(req)
+    })
+    .await;
+    let log = caller.log.lock().expect("log lock").clone();
+    write_json(&ctx.output_dir.join("exchanges.json"), &json!(log))?;
+    let record = generated.map_err(|e| e.to_failure())?;
+    pack(&app_dir, &ctx.output_dir.join(APP_ARTIFACT))
+        .map_err(|e| Failure::retryable("io", format!("packing the app: {e}")))?;
+    let mut summary = serde_json::to_value(&record).expect("record serializes");
+    summary
+        .as_object_mut()
+        .expect("record is an object")
+        .remove("exchanges");
+    summary["provider"] = json!(caller.config.name);
+    summary["base_url"] = json!(caller.config.base_url);
+    summary["app_artifact"] = json!(APP_ARTIFACT);
+    write_json(&ctx.output_dir.join("generation.json"), &summary)?;
+    drop(staging);
+    Ok(JobOutput { result: summary })
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<(), Failure> {
+    std::fs::write(
+        path,
+        serde_json::to_vec_pretty(value).expect("JSON serializes"),
+    )
+    .map_err(|e| Failure::retryable("io", format!("writing {}: {e}", path.display())))
+}
+
+/// The app folder as a tar archive with stable order and no owner or time, so that the
+/// same app is the same bytes (and the same blob).
+pub fn pack(dir: &Path, to: &Path) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    collect(dir, dir, &mut files)?;
+    files.sort();
+    let mut builder = tar::Builder::new(std::fs::File::create(to)?);
+    for rel in files {
+        let data = std::fs::read(dir.join(&rel))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        builder.append_data(&mut header, &rel, data.as_slice())?;
+    }
+    builder.into_inner()?.sync_all()
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            collect(root, &entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(
+                entry
+                    .path()
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_path_buf(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Unpack an app archive into `into` (which must not exist yet). The `tar` crate refuses
+/// entries that would land outside it.
+pub fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(into)?;
+    let mut a = tar::Archive::new(std::fs::File::open(archive)?);
+    a.set_preserve_permissions(false);
+    a.unpack(into)
+}

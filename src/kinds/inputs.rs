@@ -1,0 +1,124 @@
+//! Inputs from upstream jobs. An analysis stage that names `app_from = "generate"` gets
+//! the app its upstream `generate` job (the one its item agrees with) packed as an
+//! artifact: the worker downloads and unpacks it once per upstream job, and the job runs
+//! with `app` set to that folder, so the analysis cache and the app pool see an ordinary
+//! app folder.
+
+use super::generate::{unpack, APP_ARTIFACT};
+use crate::client::Client;
+use crate::domain::{Failure, JobState};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// Params with `app_from` swapped for the `app` folder it names, as seen by validation.
+pub fn with_placeholder_app(params: &Value) -> Value {
+    let mut params = params.clone();
+    if let Some(obj) = params.as_object_mut() {
+        if obj.remove("app_from").is_some() {
+            obj.insert("app".into(), Value::String("(from an upstream job)".into()));
+        }
+    }
+    params
+}
+
+/// The job's params with `app_from` resolved to a local folder; unchanged without it.
+pub async fn resolve(
+    params: &Value,
+    job_id: i64,
+    client: &Client,
+    work_root: &Path,
+) -> Result<Value, Failure> {
+    let Some(from) = params.get("app_from").and_then(Value::as_str) else {
+        return Ok(params.clone());
+    };
+    let explained = client.explain(job_id).await.map_err(|e| {
+        Failure::retryable(
+            "server_unreachable",
+            format!("asking for job {job_id}'s inputs: {e}"),
+        )
+    })?;
+    let prefix = format!("{from}[");
+    let upstream: Vec<_> = explained
+        .dependencies
+        .iter()
+        .filter(|d| d.key == from || d.key.starts_with(&prefix))
+        .collect();
+    let up = match upstream.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(Failure::permanent(
+                "no_upstream_app",
+                format!(
+                    "no job of stage `{from}` feeds this job, so there is no app to analyze; \
+                         make the stages' fan-out items agree (same keys and values)"
+                ),
+            ))
+        }
+        many => {
+            return Err(Failure::permanent(
+                "ambiguous_upstream_app",
+                format!(
+                    "{} jobs of stage `{from}` feed this job ({}); an analysis takes one app: \
+                     give this stage the same fan-out keys as `{from}`",
+                    many.len(),
+                    many.iter()
+                        .map(|d| d.key.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+    };
+    if up.state != JobState::Completed {
+        return Err(Failure::permanent(
+            "upstream_not_completed",
+            format!(
+                "upstream job {} ({}) is {}, not completed",
+                up.job_id, up.key, up.state
+            ),
+        ));
+    }
+    let folder = fetch(client, up.job_id, &work_root.join("apps")).await?;
+    let mut params = params.clone();
+    let obj = params.as_object_mut().expect("params are an object");
+    obj.remove("app_from");
+    obj.insert("app".into(), Value::String(folder.display().to_string()));
+    Ok(params)
+}
+
+/// The upstream job's app, unpacked under `apps/<job id>` (once: later jobs reuse it).
+async fn fetch(client: &Client, upstream: i64, apps: &Path) -> Result<PathBuf, Failure> {
+    let folder = apps.join(upstream.to_string());
+    if folder.is_dir() {
+        return Ok(folder);
+    }
+    let io = |what: &str, e: std::io::Error| Failure::retryable("io", format!("{what}: {e}"));
+    std::fs::create_dir_all(apps).map_err(|e| io("creating the apps folder", e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{upstream}-"))
+        .tempdir_in(apps)
+        .map_err(|e| io("creating a staging folder", e))?;
+    let archive = staging.path().join(APP_ARTIFACT);
+    client
+        .download_artifact(upstream, APP_ARTIFACT, &archive)
+        .await
+        .map_err(|e| {
+            Failure::retryable(
+                "artifact_unavailable",
+                format!("downloading the app of job {upstream}: {e}"),
+            )
+        })?;
+    let unpacked = staging.path().join("app");
+    unpack(&archive, &unpacked).map_err(|e| {
+        Failure::permanent(
+            "bad_app_archive",
+            format!("unpacking the app of job {upstream}: {e}"),
+        )
+    })?;
+    // Another job may have unpacked the same app meanwhile: either copy is the same.
+    match std::fs::rename(&unpacked, &folder) {
+        Ok(()) => Ok(folder),
+        Err(_) if folder.is_dir() => Ok(folder),
+        Err(e) => Err(io("moving the app in place", e)),
+    }
+}

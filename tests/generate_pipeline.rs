@@ -1,0 +1,636 @@
+//! Generation on the engine, end to end: `assay run` (embedded server + local workers)
+//! generates apps from two models × three templates against a local fake
+//! OpenAI-compatible server that scripts faults (429 with Retry-After, 500, a hang, a
+//! cut-off answer, an answer without code), streams each app into its analyses, and
+//! accounts for every call. Then: a re-run pays nothing; quota exhaustion, untrusted paths
+//! and a pipeline budget stop cleanly with their reasons; the API key is never stored.
+
+mod common;
+mod fake_llm;
+
+use assay::domain::{AttemptOutcome, JobState};
+use assay::store::{Job, JobFilter, Store};
+use common::BIN;
+use fake_llm::{served_model, FakeLlm, Responder, Scripted};
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MODELS: [&str; 2] = ["vendor/model-a", "vendor/model-b"];
+const TEMPLATES: [&str; 3] = ["todo-api", "url-shortener", "weather-dashboard"];
+const SECRET: &str = "sk-assay-test-7f3e9c1d-never-store-me";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn backend_code() -> String {
+    std::fs::read_to_string(repo().join("examples/apps/todo-api-sqli/backend/app.py")).unwrap()
+}
+
+fn frontend_answer() -> String {
+    "```html frontend/index.html\n<!doctype html><html><head><link rel=\"stylesheet\" href=\"style.css\"></head>\
+     <body><select id=\"city\"></select><div id=\"out\"></div><script src=\"app.js\"></script></body></html>\n```\n\
+     ```javascript frontend/app.js\nfetch('/api/weather?city=Oslo').then(r => r.json()).then(w => {\n  document.getElementById('out').textContent = JSON.stringify(w);\n});\n```\n\
+     ```css frontend/style.css\nbody { font-family: sans-serif; }\n```\n"
+        .to_string()
+}
+
+/// Which step a request is: the last user message tells.
+fn step_of(request: &Value) -> &'static str {
+    let last = request["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    if last.contains("was cut off") {
+        "continue"
+    } else if last.contains("contained no code block") {
+        "strict"
+    } else if last.starts_with("Now write the frontend") {
+        "frontend"
+    } else {
+        "backend"
+    }
+}
+
+/// The template a request is about, by its title in the first user message.
+fn template_of(request: &Value, titles: &HashMap<String, String>) -> String {
+    let first_user = request["messages"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    titles
+        .iter()
+        .find(|(title, _)| first_user.contains(&format!("# {title}\n")))
+        .map(|(_, name)| name.clone())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+type Faults = Arc<Mutex<HashMap<(String, String), VecDeque<Scripted>>>>;
+
+/// A fake that answers every model and template with a runnable app, after the faults
+/// scripted for that model and template.
+fn responder(faults: Faults) -> Responder {
+    let catalog = assay::analysis::catalog::builtin();
+    let titles: HashMap<String, String> = catalog
+        .iter()
+        .map(|t| (t.title.clone(), t.name.clone()))
+        .collect();
+    let code = backend_code();
+    let second_half = code[code.len() / 2..].to_string();
+    Arc::new(move |request: &Value| {
+        let model = request["model"].as_str().unwrap_or_default().to_string();
+        let template = template_of(request, &titles);
+        let step = step_of(request);
+        if step == "backend" {
+            if let Some(fault) = faults
+                .lock()
+                .unwrap()
+                .get_mut(&(model.clone(), template.clone()))
+                .and_then(|q| q.pop_front())
+            {
+                return fault;
+            }
+        }
+        match step {
+            "frontend" => Scripted::Text(frontend_answer()),
+            "continue" => Scripted::Text(format!("{second_half}```\n")),
+            _ => Scripted::Text(format!(
+                "Here is the backend.\n\n```python backend/app.py\n{code}```\n"
+            )),
+        }
+    })
+}
+
+fn truncated_backend() -> Scripted {
+    let code = backend_code();
+    let (first_half, _) = code.split_at(code.len() / 2);
+    Scripted::Finish(
+        format!("```python backend/app.py\n{first_half}"),
+        "length".into(),
+    )
+}
+
+fn matrix(models: &[&str], templates: &[&str]) -> String {
+    let quote = |xs: &[&str]| {
+        xs.iter()
+            .map(|x| format!("\"{x}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "{{ model = [{}], template = [{}] }}",
+        quote(models),
+        quote(templates)
+    )
+}
+
+fn generate_stage(llm: &FakeLlm, models: &[&str], templates: &[&str], extra: &str) -> String {
+    format!(
+        r#"
+[[stage]]
+name = "generate"
+kind = "generate"
+matrix = {matrix}
+timeout = "2m"
+max_attempts = 2
+{extra}
+[stage.params]
+model = "{{{{ model }}}}"
+template = "{{{{ template }}}}"
+seed = 7
+temperature = 0.2
+provider = {{ name = "fake", base_url = "{url}", api_key_env = "ASSAY_E2E_KEY", timeout = "3s" }}
+"#,
+        matrix = matrix(models, templates),
+        url = llm.base_url,
+    )
+}
+
+fn analysis_stages(models: &[&str], templates: &[&str]) -> String {
+    let m = matrix(models, templates);
+    format!(
+        r#"
+[[stage]]
+name = "static"
+kind = "static"
+after = ["generate"]
+matrix = {m}
+timeout = "3m"
+[stage.params]
+app_from = "generate"
+tools = ["ruff", "bandit"]
+
+[[stage]]
+name = "dynamic"
+kind = "dynamic"
+after = ["generate"]
+matrix = {m}
+timeout = "3m"
+max_attempts = 2
+[stage.params]
+app_from = "generate"
+"#
+    )
+}
+
+struct RunOutput {
+    code: i32,
+    output: String,
+}
+
+async fn assay_run(spec: &Path, data: &Path, extra: &[&str]) -> RunOutput {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("run")
+        .arg(spec)
+        .args(["--plain", "--workers", "4", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("ASSAY_E2E_KEY", SECRET)
+        .env("ASSAY_CACHE_DIR", data.join("analysis-cache"))
+        .env("RUST_LOG", "debug")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(600), cmd.output())
+        .await
+        .expect("assay run finished within 10 minutes")
+        .unwrap();
+    RunOutput {
+        code: out.status.code().unwrap_or(-1),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+async fn open(data: &Path) -> Arc<dyn Store> {
+    assay::server::open_store(&data.join("server"))
+        .await
+        .unwrap()
+}
+
+async fn jobs(store: &Arc<dyn Store>, pipeline: i64, stage: &str) -> Vec<Job> {
+    store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pipeline),
+            stage: Some(stage.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn item(job: &Job, field: &str) -> String {
+    job.item[field].as_str().unwrap().to_string()
+}
+
+/// Every file under `dir` with this name.
+fn files_named(dir: &Path, name: &str) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == name))
+        .collect()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(p)
+                .unwrap_or_default()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_by_three_templates_generate_once_stream_into_analyses_and_add_up() {
+    let faults: Faults = Arc::default();
+    {
+        let mut f = faults.lock().unwrap();
+        let mut script = |model: &str, template: &str, entries: Vec<Scripted>| {
+            f.insert((model.into(), template.into()), entries.into());
+        };
+        script(MODELS[0], "todo-api", vec![Scripted::Status(429, Some(1))]);
+        script(
+            MODELS[0],
+            "url-shortener",
+            vec![Scripted::Status(500, None)],
+        );
+        script(MODELS[0], "weather-dashboard", vec![Scripted::Hang]);
+        script(MODELS[1], "todo-api", vec![truncated_backend()]);
+        script(
+            MODELS[1],
+            "url-shortener",
+            vec![Scripted::text(
+                "Sure! I would build it with Flask and SQLite.",
+            )],
+        );
+        // The slowest app: the others' analyses must not wait for it.
+        script(
+            MODELS[1],
+            "weather-dashboard",
+            vec![Scripted::Delay(
+                Duration::from_millis(1500),
+                Box::new(Scripted::Text(format!(
+                    "```python backend/app.py\n{}```\n",
+                    backend_code()
+                ))),
+            )],
+        );
+    }
+    let llm = FakeLlm::start_with(responder(faults.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spec = dir.path().join("generate.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[pipeline]\nname = \"generate-e2e\"\ndeadline = \"9m\"\n{}{}",
+            generate_stage(&llm, &MODELS, &TEMPLATES, ""),
+            analysis_stages(&MODELS, &TEMPLATES)
+        ),
+    )
+    .unwrap();
+
+    let run = assay_run(&spec, &data, &[]).await;
+    assert_eq!(run.code, 0, "the pipeline completes:\n{}", run.output);
+    assert!(
+        faults.lock().unwrap().values().all(|q| q.is_empty()),
+        "every scripted fault was served"
+    );
+    let store = open(&data).await;
+    let pipeline = store.pipelines(10).await.unwrap()[0].clone();
+
+    // Every app generated once, by the model asked for, reproducibly recorded.
+    let generated = jobs(&store, pipeline.id, "generate").await;
+    assert_eq!(generated.len(), 6);
+    for job in &generated {
+        assert_eq!(
+            job.state,
+            JobState::Completed,
+            "{}: {:?}",
+            job.key,
+            job.last_error
+        );
+        let completed: Vec<_> = store
+            .attempts(job.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.outcome == AttemptOutcome::Completed)
+            .collect();
+        assert_eq!(completed.len(), 1, "{} completed once", job.key);
+        let result = job.result.as_ref().unwrap();
+        let model = item(job, "model");
+        assert_eq!(result["model_requested"], model.as_str());
+        assert_eq!(result["model_resolved"], served_model(&model).as_str());
+        assert_eq!(result["template"], item(job, "template").as_str());
+        assert_eq!(result["params"]["seed"], 7);
+        assert!(result["prompt_hashes"]["backend"].is_string());
+        let names: Vec<String> = store
+            .artifacts(job.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.name.clone())
+            .collect();
+        for expected in ["app.tar", "exchanges.json", "generation.json"] {
+            assert!(
+                names.contains(&expected.to_string()),
+                "{}: {names:?}",
+                job.key
+            );
+        }
+    }
+
+    // Every app analyzed once by each analyzer, each analysis fed by its own app.
+    let mut first_analysis_start = i64::MAX;
+    for stage in ["static", "dynamic"] {
+        let analyses = jobs(&store, pipeline.id, stage).await;
+        assert_eq!(analyses.len(), 6, "{stage}");
+        for job in &analyses {
+            assert_eq!(
+                job.state,
+                JobState::Completed,
+                "{}: {:?}",
+                job.key,
+                job.last_error
+            );
+            let completed = store
+                .attempts(job.id)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|a| a.outcome == AttemptOutcome::Completed)
+                .count();
+            assert_eq!(completed, 1, "{} analyzed once", job.key);
+            let deps = store.dependencies(job.id).await.unwrap();
+            assert_eq!(deps.len(), 1, "{}", job.key);
+            let upstream = generated.iter().find(|g| g.id == deps[0].job_id).unwrap();
+            assert_eq!(upstream.item, job.item, "{} analyzes its own app", job.key);
+            first_analysis_start = first_analysis_start.min(job.started_at.unwrap());
+        }
+    }
+    let static_results = jobs(&store, pipeline.id, "static").await;
+    let findings: usize = static_results
+        .iter()
+        .map(|j| {
+            j.result.as_ref().unwrap()["findings"]
+                .as_array()
+                .map_or(0, |f| f.len())
+        })
+        .sum();
+    assert!(
+        findings > 0,
+        "the generated (vulnerable) apps have findings: {:?}",
+        static_results[0].result
+    );
+    let last_generation_end = generated
+        .iter()
+        .map(|j| j.finished_at.unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        first_analysis_start < last_generation_end,
+        "analyses started as soon as their app was ready, before the last app was generated"
+    );
+
+    // Cost and cache figures add up: what the provider billed is what was recorded.
+    let billed = llm.billed.lock().unwrap().clone();
+    let usage = store.pipeline_usage(pipeline.id).await.unwrap();
+    // Backend once each, the frontend for weather-dashboard, plus one continuation and
+    // one strict re-ask.
+    assert_eq!(billed.len(), 6 + 2 + 1 + 1, "{billed:?}");
+    assert_eq!(usage.total.paid_calls, billed.len() as i64);
+    assert_eq!(usage.total.cached_calls, 0);
+    assert_eq!(usage.total.failed_calls, 3, "the 429, the 500 and the hang");
+    let billed_cost: f64 = billed.iter().map(|b| b.cost).sum();
+    assert!((usage.total.cost_usd - billed_cost).abs() < 1e-9);
+    let billed_tokens: u64 = billed
+        .iter()
+        .map(|b| b.prompt_tokens + b.completion_tokens)
+        .sum();
+    assert_eq!(usage.total.total_tokens(), billed_tokens as i64);
+    for model in MODELS {
+        let m = usage.by_model.iter().find(|m| m.model == model).unwrap();
+        let cost: f64 = billed
+            .iter()
+            .filter(|b| b.model == model)
+            .map(|b| b.cost)
+            .sum();
+        assert!((m.totals.cost_usd - cost).abs() < 1e-9, "{model}");
+    }
+    let per_job: f64 = usage.by_job.iter().map(|j| j.totals.cost_usd).sum();
+    assert!((per_job - usage.total.cost_usd).abs() < 1e-9);
+    for job in &generated {
+        let recorded = &job.result.as_ref().unwrap()["usage"];
+        let j = usage.by_job.iter().find(|u| u.job_id == job.id).unwrap();
+        assert_eq!(
+            recorded["prompt_tokens"].as_i64().unwrap()
+                + recorded["completion_tokens"].as_i64().unwrap(),
+            j.totals.total_tokens(),
+            "{}: the job's own record agrees with the accounting",
+            job.key
+        );
+    }
+
+    // The key was sent to the provider and written nowhere.
+    let chat_auth: Vec<_> = llm
+        .recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .map(|r| r.authorization.clone())
+        .collect();
+    assert!(chat_auth
+        .iter()
+        .all(|a| a.as_deref() == Some(&format!("Bearer {SECRET}")[..])));
+    assert_eq!(
+        files_containing(dir.path(), SECRET.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
+    assert!(!run.output.contains(SECRET), "the key is not in the output");
+
+    // A fresh run of the same spec pays for nothing and makes the same apps.
+    let requests_before = llm.requests().len();
+    let again = assay_run(&spec, &data, &["--fresh"]).await;
+    assert_eq!(again.code, 0, "{}", again.output);
+    assert_eq!(
+        llm.requests().len(),
+        requests_before,
+        "no request reached the provider"
+    );
+    let pipelines = store.pipelines(10).await.unwrap();
+    let second = pipelines.iter().find(|p| p.id != pipeline.id).unwrap();
+    let usage2 = store.pipeline_usage(second.id).await.unwrap();
+    assert_eq!(usage2.total.paid_calls, 0);
+    assert_eq!(usage2.total.cost_usd, 0.0);
+    assert_eq!(usage2.total.cached_calls, usage.total.paid_calls);
+    assert!((usage2.total.saved_usd - usage.total.cost_usd).abs() < 1e-9);
+    let regenerated = jobs(&store, second.id, "generate").await;
+    for job in &regenerated {
+        let first = generated.iter().find(|g| g.key == job.key).unwrap();
+        let tar = |arts: Vec<assay::store::Artifact>| {
+            arts.into_iter()
+                .find(|a| a.name == "app.tar")
+                .unwrap()
+                .sha256
+        };
+        assert_eq!(
+            tar(store.artifacts(job.id).await.unwrap()),
+            tar(store.artifacts(first.id).await.unwrap()),
+            "{}: the same app, byte for byte",
+            job.key
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() {
+    let faults: Faults = Arc::default();
+    let broke = "vendor/broke";
+    let evil = "vendor/evil";
+    {
+        let mut f = faults.lock().unwrap();
+        // Should the model be asked more than once, it would keep answering 402.
+        f.insert(
+            (broke.into(), "todo-api".into()),
+            vec![Scripted::Status(402, None); 3].into(),
+        );
+        f.insert(
+            (evil.into(), "todo-api".into()),
+            vec![Scripted::text(
+                "```python ../../outside-the-app.py\nprint('escaped')\n```\n```python backend/app.py\nprint('x')\n```",
+            )]
+            .into(),
+        );
+    }
+    let llm = FakeLlm::start_with(responder(faults)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spec = dir.path().join("faults.toml");
+    // One generation at a time, so that the first 402 comes before the other calls.
+    let stages = generate_stage(&llm, &[broke], &TEMPLATES, "concurrency = 1")
+        + &generate_stage(&llm, &[evil], &["todo-api"], "")
+            .replace("name = \"generate\"", "name = \"generate-evil\"");
+    std::fs::write(
+        &spec,
+        format!("[pipeline]\nname = \"faults\"\ndeadline = \"5m\"\n{stages}"),
+    )
+    .unwrap();
+    let run = assay_run(&spec, &data, &[]).await;
+    assert_ne!(run.code, 0, "{}", run.output);
+    let store = open(&data).await;
+    let pipeline = store.pipelines(1).await.unwrap()[0].clone();
+
+    let broke_jobs = jobs(&store, pipeline.id, "generate").await;
+    assert_eq!(broke_jobs.len(), 3);
+    for job in &broke_jobs {
+        assert_eq!(job.state, JobState::Dead, "{}", job.key);
+        let err = job.last_error.as_ref().unwrap();
+        assert_eq!(err.code, "quota_exhausted", "{}: {err:?}", job.key);
+        assert!(
+            err.message.contains("scripted status 402"),
+            "the provider's reason: {err:?}"
+        );
+        assert_eq!(job.attempts, 1, "{}: no retries", job.key);
+    }
+    let asked = llm
+        .requests()
+        .iter()
+        .filter(|r| r["model"] == broke)
+        .count();
+    assert_eq!(asked, 1, "the stopped model was not asked again");
+
+    let evil_job = &jobs(&store, pipeline.id, "generate-evil").await[0];
+    assert_eq!(evil_job.state, JobState::Dead);
+    let err = evil_job.last_error.as_ref().unwrap();
+    assert_eq!(err.code, "untrusted_output", "{err:?}");
+    assert!(err.message.contains("outside-the-app.py"), "{err:?}");
+    assert_eq!(evil_job.attempts, 1, "a permanent failure is not retried");
+    assert_eq!(
+        files_named(dir.path(), "outside-the-app.py"),
+        Vec::<PathBuf>::new(),
+        "nothing was written from the escaping answer"
+    );
+    let names: Vec<String> = store
+        .artifacts(evil_job.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.name.clone())
+        .collect();
+    assert!(
+        names.contains(&"exchanges.json".to_string()),
+        "the raw answer is kept: {names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_budget_stops_new_calls_with_the_reason() {
+    let llm = FakeLlm::start_with(responder(Arc::default())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spec = dir.path().join("budget.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[pipeline]\nname = \"budget\"\nbudget = {{ usd = 0.000001 }}\n{}",
+            generate_stage(&llm, &[MODELS[0]], &TEMPLATES, "concurrency = 1")
+        ),
+    )
+    .unwrap();
+    let run = assay_run(&spec, &data, &[]).await;
+    assert_ne!(run.code, 0, "{}", run.output);
+    let store = open(&data).await;
+    let pipeline = store.pipelines(1).await.unwrap()[0].clone();
+    let generated = jobs(&store, pipeline.id, "generate").await;
+    let completed = generated
+        .iter()
+        .filter(|j| j.state == JobState::Completed)
+        .count();
+    assert_eq!(
+        completed, 1,
+        "the first app was made before the budget was reached"
+    );
+    for job in generated.iter().filter(|j| j.state != JobState::Completed) {
+        assert_eq!(job.state, JobState::Dead, "{}", job.key);
+        let err = job.last_error.as_ref().unwrap();
+        assert_eq!(err.code, "budget_exhausted", "{err:?}");
+        assert!(err.message.contains("budget of $0.0000"), "{err:?}");
+    }
+    assert_eq!(
+        llm.billed.lock().unwrap().len(),
+        1,
+        "no call after the budget was reached"
+    );
+    let usage = store.pipeline_usage(pipeline.id).await.unwrap();
+    assert_eq!(usage.total.paid_calls, 1);
+    assert!(usage.budget.unwrap().reached(&usage.total).is_some());
+}
