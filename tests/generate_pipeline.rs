@@ -10,7 +10,7 @@ mod fake_llm;
 
 use assay::domain::{AttemptOutcome, JobState};
 use assay::store::{Job, JobFilter, Store};
-use common::BIN;
+use common::{wait_for, Cluster, BIN};
 use fake_llm::{served_model, FakeLlm, Responder, Scripted};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -71,7 +71,8 @@ fn template_of(request: &Value, titles: &HashMap<String, String>) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-type Faults = Arc<Mutex<HashMap<(String, String), VecDeque<Scripted>>>>;
+/// Scripted answers by (model, template, step), served before the normal ones.
+type Faults = Arc<Mutex<HashMap<(String, String, String), VecDeque<Scripted>>>>;
 
 /// A fake that answers every model and template with a runnable app, after the faults
 /// scripted for that model and template.
@@ -87,15 +88,13 @@ fn responder(faults: Faults) -> Responder {
         let model = request["model"].as_str().unwrap_or_default().to_string();
         let template = template_of(request, &titles);
         let step = step_of(request);
-        if step == "backend" {
-            if let Some(fault) = faults
-                .lock()
-                .unwrap()
-                .get_mut(&(model.clone(), template.clone()))
-                .and_then(|q| q.pop_front())
-            {
-                return fault;
-            }
+        if let Some(fault) = faults
+            .lock()
+            .unwrap()
+            .get_mut(&(model.clone(), template.clone(), step.to_string()))
+            .and_then(|q| q.pop_front())
+        {
+            return fault;
         }
         match step {
             "frontend" => Scripted::Text(frontend_answer()),
@@ -273,7 +272,10 @@ async fn two_models_by_three_templates_generate_once_stream_into_analyses_and_ad
     {
         let mut f = faults.lock().unwrap();
         let mut script = |model: &str, template: &str, entries: Vec<Scripted>| {
-            f.insert((model.into(), template.into()), entries.into());
+            f.insert(
+                (model.into(), template.into(), "backend".into()),
+                entries.into(),
+            );
         };
         script(MODELS[0], "todo-api", vec![Scripted::Status(429, Some(1))]);
         script(
@@ -520,11 +522,11 @@ async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() 
         let mut f = faults.lock().unwrap();
         // Should the model be asked more than once, it would keep answering 402.
         f.insert(
-            (broke.into(), "todo-api".into()),
+            (broke.into(), "todo-api".into(), "backend".into()),
             vec![Scripted::Status(402, None); 3].into(),
         );
         f.insert(
-            (evil.into(), "todo-api".into()),
+            (evil.into(), "todo-api".into(), "backend".into()),
             vec![Scripted::text(
                 "```python ../../outside-the-app.py\nprint('escaped')\n```\n```python backend/app.py\nprint('x')\n```",
             )]
@@ -633,4 +635,133 @@ async fn a_pipeline_budget_stops_new_calls_with_the_reason() {
     let usage = store.pipeline_usage(pipeline.id).await.unwrap();
     assert_eq!(usage.total.paid_calls, 1);
     assert!(usage.budget.unwrap().reached(&usage.total).is_some());
+}
+
+fn one_generation(llm: &FakeLlm, model: &str, template: &str) -> String {
+    format!(
+        r#"[pipeline]
+name = "one"
+[[stage]]
+name = "generate"
+kind = "generate"
+items = [{{ model = "{model}", template = "{template}" }}]
+timeout = "2m"
+max_attempts = 3
+[stage.params]
+model = "{{{{ model }}}}"
+template = "{{{{ template }}}}"
+provider = {{ name = "fake", base_url = "{url}", api_key_env = "ASSAY_TEST_NO_KEY", timeout = "60s" }}
+"#,
+        url = llm.base_url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_model_shows_its_back_off_in_progress_and_explain() {
+    let faults: Faults = Arc::default();
+    faults.lock().unwrap().insert(
+        (MODELS[0].into(), "todo-api".into(), "backend".into()),
+        vec![Scripted::Status(429, Some(600))].into(),
+    );
+    let llm = FakeLlm::start_with(responder(faults)).await;
+    let cluster = Cluster::new();
+    let _server = cluster.server("500ms").await;
+    let _worker = cluster.worker("w1", 2, &[]);
+    let pipeline = cluster
+        .submit(&one_generation(&llm, MODELS[0], "todo-api"))
+        .await;
+    let job = cluster.jobs(pipeline).await[0].id;
+    wait_for("the back-off to show", Duration::from_secs(60), || async {
+        let Ok(e) = cluster.client.explain(job).await else {
+            return false;
+        };
+        let limiter_says = e
+            .provider_limits
+            .first()
+            .is_some_and(|l| l.status.starts_with("backing off until"));
+        let progress_says = e
+            .job
+            .progress
+            .as_ref()
+            .and_then(|p| p.message.as_deref())
+            .is_some_and(|m| m.contains("backing off until"));
+        limiter_says && progress_says
+    })
+    .await;
+    let out = std::process::Command::new(BIN)
+        .args(["explain", &job.to_string(), "--server", &cluster.url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("model: {} at fake: backing off until", MODELS[0])),
+        "{text}"
+    );
+    assert!(text.contains("1 failed"), "the 429 is accounted: {text}");
+    // Waiting is not stuck: cancelling the pipeline ends the job at once.
+    cluster.client.cancel_pipeline(pipeline).await.unwrap();
+    let detail = cluster
+        .wait_finished(pipeline, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        detail.pipeline.state,
+        assay::domain::PipelineState::Cancelled
+    );
+    assert_eq!(
+        llm.requests().len(),
+        1,
+        "no call was made while backing off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_generation_does_not_pay_twice() {
+    let faults: Faults = Arc::default();
+    // The frontend call of the first attempt never returns: the worker dies during it.
+    faults.lock().unwrap().insert(
+        (
+            MODELS[0].into(),
+            "weather-dashboard".into(),
+            "frontend".into(),
+        ),
+        vec![Scripted::Hang].into(),
+    );
+    let llm = FakeLlm::start_with(responder(faults)).await;
+    let cluster = Cluster::new();
+    let _server = cluster.server("300ms").await;
+    let mut first = cluster.worker("w1", 2, &[]);
+    let pipeline = cluster
+        .submit(&one_generation(&llm, MODELS[0], "weather-dashboard"))
+        .await;
+    wait_for("the frontend call", Duration::from_secs(60), || async {
+        llm.requests().iter().any(|r| step_of(r) == "frontend")
+    })
+    .await;
+    first.kill9();
+    let _second = cluster.worker("w2", 2, &[]);
+    let detail = cluster
+        .wait_finished(pipeline, Duration::from_secs(90))
+        .await;
+    assert_eq!(
+        detail.pipeline.state,
+        assay::domain::PipelineState::Completed,
+        "{}",
+        cluster.logs()
+    );
+    let job = &cluster.jobs(pipeline).await[0];
+    assert_eq!(
+        job.attempts, 2,
+        "the killed attempt and the one that finished"
+    );
+    let steps: Vec<&str> = llm.requests().iter().map(step_of).collect::<Vec<_>>();
+    assert_eq!(
+        steps,
+        vec!["backend", "frontend", "frontend"],
+        "the backend answer was paid once and reused"
+    );
+    let usage = cluster.client.usage(pipeline).await.unwrap().usage;
+    assert_eq!(usage.total.paid_calls, 2, "{usage:?}");
+    assert_eq!(usage.total.cached_calls, 1, "{usage:?}");
+    let billed: f64 = llm.billed.lock().unwrap().iter().map(|b| b.cost).sum();
+    assert!((usage.total.cost_usd - billed).abs() < 1e-9);
 }

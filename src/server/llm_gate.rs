@@ -58,10 +58,12 @@ impl LlmGate {
                 limiter: Limiter::new(config),
                 permits: HashMap::new(),
             });
+        // A job makes one call at a time, so a permit it still holds when it asks again
+        // belongs to an attempt that died mid-call: reclaim it now rather than at expiry.
         let expired: Vec<u64> = entry
             .permits
             .iter()
-            .filter(|(_, (_, at))| *at <= now)
+            .filter(|(_, (job, at))| *at <= now || *job == job_id)
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -229,6 +231,19 @@ mod tests {
         );
         gate.release(2, "p", "a", current, None, SEC);
         assert_eq!(gate.states(SEC)[0].in_flight, 0);
+    }
+
+    #[test]
+    fn a_job_asking_again_reclaims_the_slot_its_dead_attempt_held() {
+        let gate = LlmGate::default();
+        gate.try_acquire(7, "p", "a", config(1.0), 600_000, 0)
+            .unwrap();
+        assert!(gate
+            .try_acquire(8, "p", "a", config(1.0), 600_000, 0)
+            .is_err());
+        gate.try_acquire(7, "p", "a", config(1.0), 600_000, SEC)
+            .expect("job 7's new attempt takes over its old slot");
+        assert_eq!(gate.states(SEC)[0].in_flight, 1);
     }
 
     #[test]
