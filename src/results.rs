@@ -42,6 +42,20 @@ impl AppResults {
 }
 
 fn app_of(job: &Job) -> Option<String> {
+    if job.params.get("app_from").is_some() {
+        // A generated app lives in a worker's scratch folder; it is named by what made it
+        // (`model=… template=…`), which every analysis of it shares.
+        let item = job.item.as_object()?;
+        let name = item
+            .iter()
+            .map(|(k, v)| match v.as_str() {
+                Some(s) => format!("{k}={s}"),
+                None => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        return Some(name);
+    }
     job.result
         .as_ref()
         .and_then(|r| r.get("app"))
@@ -259,6 +273,28 @@ mod tests {
             started_at: None,
             finished_at: None,
         }
+    }
+
+    #[test]
+    fn generated_apps_are_named_by_what_made_them() {
+        let analysis = |id: i64, kind: &str, worker_path: &str| Job {
+            item: json!({"model": "vendor/m", "template": "todo-api"}),
+            params: json!({"app_from": "generate"}),
+            ..job(
+                id,
+                kind,
+                JobState::Completed,
+                Some(json!({"app": worker_path, "analyzer": kind, "findings": [], "tools": []})),
+            )
+        };
+        // Two workers unpacked the same app in different places.
+        let apps = build(&[
+            analysis(1, "static", "/w1/apps/9"),
+            analysis(2, "dynamic", "/w2/apps/9"),
+        ]);
+        assert_eq!(apps.len(), 1);
+        assert_eq!(apps[0].app, "model=vendor/m template=todo-api");
+        assert_eq!(apps[0].analyzers.len(), 2);
     }
 
     #[test]

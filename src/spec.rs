@@ -573,6 +573,63 @@ pub fn render_params(params: &Value, item: &Map<String, Value>) -> Result<Value,
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_example_spec_is_valid() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 3);
+    }
+
+    #[test]
+    fn a_budget_must_be_positive_and_app_from_must_name_an_upstream_stage() {
+        let err = parse(
+            "b.toml",
+            "[pipeline]\nname = \"p\"\nbudget = { usd = 0 }\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("b.toml:3: pipeline.budget"), "{err}");
+        let ok = parse(
+            "b.toml",
+            "[pipeline]\nname = \"p\"\nbudget = { usd = 1.5, tokens = 1000 }\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.budget.unwrap().tokens, Some(1000));
+        let err = parse(
+            "s.toml",
+            "[pipeline]\nname = \"p\"\n[[stage]]\nname = \"gen\"\nkind = \"noop\"\n[[stage]]\nname = \"s\"\nkind = \"static\"\n[stage.params]\napp_from = \"gen\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("stage[1].params.app_from"), "{err}");
+        assert!(err.contains("after"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_in_a_spec_are_refused() {
+        let err = parse(
+            "k.toml",
+            "[pipeline]\nname = \"p\"\n[[stage]]\nname = \"g\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\ntemplate = \"todo-api\"\nprovider = { api_key = \"sk-123\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api_key_env"), "{err}");
+        let err = parse(
+            "t.toml",
+            "[pipeline]\nname = \"p\"\n[[stage]]\nname = \"g\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\ntemplate = \"no-such-template\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown template `no-such-template`"), "{err}");
+    }
+
     const GOOD: &str = r#"
 [pipeline]
 name = "demo"
