@@ -49,6 +49,10 @@ enum Command {
         /// How many jobs run at once on this machine.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+        /// How many `generate` jobs run at once, apart from `--workers` (they mostly wait
+        /// on the model provider, whose own limits the server enforces).
+        #[arg(long, default_value_t = 8)]
+        generate_workers: usize,
         /// Where the embedded server listens (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
@@ -79,6 +83,9 @@ enum Command {
         server: ServerArg,
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
+        /// Slots for `generate` jobs, apart from `--concurrency`.
+        #[arg(long, default_value_t = 8)]
+        generate_concurrency: usize,
         /// Where finished results wait until the server acknowledges them.
         #[arg(long, default_value = ".assay-worker")]
         spool_dir: PathBuf,
@@ -289,6 +296,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             spec,
             data_dir,
             workers,
+            generate_workers,
             listen,
             fresh,
             plain,
@@ -297,7 +305,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             if no_cache {
                 crate::kinds::cache::disable();
             }
-            run_embedded(&spec, &data_dir, workers, listen, fresh, plain).await
+            let slots = (workers, generate_workers);
+            run_embedded(&spec, &data_dir, slots, listen, fresh, plain).await
         }
         Command::Server {
             data_dir,
@@ -314,6 +323,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Worker {
             server,
             concurrency,
+            generate_concurrency,
             spool_dir,
             id,
             kinds,
@@ -326,6 +336,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             let mut config = WorkerConfig::new(&server.server, spool_dir);
             config.concurrency = concurrency;
+            config.generate_concurrency = generate_concurrency.max(1);
             config.shutdown_grace = grace;
             if let Some(id) = id {
                 config.id = id;
@@ -835,7 +846,7 @@ fn read_spec(path: &Path, idempotency_key: Option<String>) -> Result<SubmitReque
 async fn run_embedded(
     spec: &Path,
     data_dir: &Path,
-    workers: usize,
+    (workers, generate_workers): (usize, usize),
     listen: SocketAddr,
     fresh: bool,
     plain: bool,
@@ -862,6 +873,7 @@ async fn run_embedded(
     config.id = format!("local-{}", worker::hostname());
     config.name = "embedded".into();
     config.concurrency = workers.max(1);
+    config.generate_concurrency = generate_workers.max(1);
     config.shutdown_grace = Duration::from_secs(2);
     config.drain_timeout = Duration::from_secs(5);
     config.claim_wait = Duration::from_millis(250);

@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     pub name: String,
     pub kinds: Vec<String>,
     pub concurrency: usize,
+    /// Slots for `generate` jobs, apart from `concurrency`: they mostly wait on providers.
+    pub generate_concurrency: usize,
     pub spool_dir: PathBuf,
     /// How long running jobs may take to finish after shutdown begins.
     pub shutdown_grace: Duration,
@@ -51,6 +53,7 @@ impl WorkerConfig {
             name: hostname(),
             kinds: kinds::KNOWN_KINDS.iter().map(|k| k.to_string()).collect(),
             concurrency: 4,
+            generate_concurrency: 8,
             spool_dir,
             shutdown_grace: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(15),
@@ -248,58 +251,22 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     ));
 
     let jobs = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    let mut backoff = Backoff::default();
-    while !shutdown.is_cancelled() {
-        let first = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
-            _ = shutdown.cancelled() => break,
-        };
-        let mut permits = vec![first];
-        while let Ok(p) = slots.clone().try_acquire_owned() {
-            permits.push(p);
-        }
-        // The claim is not abandoned mid-flight (the server may already have leased
-        // jobs to us); it is short so shutdown is prompt.
-        let body = ClaimBody {
-            worker_id: config.id.clone(),
-            kinds: config.kinds.clone(),
-            limit: permits.len() as i64,
-            wait_ms: config.claim_wait.as_millis() as u64,
-        };
-        let claimed = match client.claim(&body).await {
-            Ok((claimed, hb)) => {
-                heartbeat_ms.store(hb, Ordering::Relaxed);
-                backoff = Backoff::default();
-                claimed
-            }
-            Err(e) => {
-                if e.code() == Some(crate::api::ErrorCode::UnknownWorker) {
-                    let _ = client.register(&registration).await;
-                } else {
-                    tracing::warn!(error = %e, "claim failed; retrying");
-                    let _ = backoff.wait(&shutdown).await;
-                }
-                continue;
-            }
-        };
-        for job in claimed {
-            let permit = permits
-                .pop()
-                .expect("never claims more than its free slots");
-            let ctx = JobRun {
-                worker_id: config.id.clone(),
-                client: client.clone(),
-                spool: spool.clone(),
-                running: running.clone(),
-                tx: results_tx.clone(),
-            };
-            jobs.spawn(async move {
-                ctx.run(job).await;
-                drop(permit);
-            });
-        }
-    }
+    let shared = ClaimShared {
+        config: &config,
+        client: &client,
+        registration: &registration,
+        spool: &spool,
+        running: &running,
+        results_tx: &results_tx,
+        heartbeat_ms: &heartbeat_ms,
+        jobs: &jobs,
+    };
+    futures::future::join_all(
+        pools(&config)
+            .into_iter()
+            .map(|pool| claim_loop(&shared, pool, &shutdown)),
+    )
+    .await;
 
     // Soft stop: no more claims; running jobs get the grace period to finish.
     tracing::info!("worker stopping: waiting for running jobs");
@@ -344,6 +311,105 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let _ = client.worker_stopped(&config.id).await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// A set of kinds with its own slots. Model calls wait on providers, not on this machine:
+/// `generate` jobs get their own slots so that a model that is backing off cannot hold
+/// every slot while the analyses of apps already made wait.
+struct Pool {
+    kinds: Vec<String>,
+    concurrency: usize,
+}
+
+fn pools(config: &WorkerConfig) -> Vec<Pool> {
+    let (model_bound, local): (Vec<String>, Vec<String>) =
+        config.kinds.iter().cloned().partition(|k| k == "generate");
+    [
+        Pool {
+            kinds: local,
+            concurrency: config.concurrency,
+        },
+        Pool {
+            kinds: model_bound,
+            concurrency: config.generate_concurrency,
+        },
+    ]
+    .into_iter()
+    .filter(|p| !p.kinds.is_empty())
+    .collect()
+}
+
+struct ClaimShared<'a> {
+    config: &'a WorkerConfig,
+    client: &'a Client,
+    registration: &'a WorkerRegistration,
+    spool: &'a Arc<Spool>,
+    running: &'a RunningMap,
+    results_tx: &'a mpsc::UnboundedSender<SpoolEntry>,
+    heartbeat_ms: &'a Arc<AtomicI64>,
+    jobs: &'a TaskTracker,
+}
+
+/// Claim jobs of the pool's kinds whenever it has free slots, until shutdown.
+async fn claim_loop(shared: &ClaimShared<'_>, pool: Pool, shutdown: &CancellationToken) {
+    let ClaimShared {
+        config,
+        client,
+        registration,
+        ..
+    } = *shared;
+    let slots = Arc::new(Semaphore::new(pool.concurrency.max(1)));
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
+            _ = shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        // The claim is not abandoned mid-flight (the server may already have leased
+        // jobs to us); it is short so shutdown is prompt.
+        let body = ClaimBody {
+            worker_id: config.id.clone(),
+            kinds: pool.kinds.clone(),
+            limit: permits.len() as i64,
+            wait_ms: config.claim_wait.as_millis() as u64,
+        };
+        let claimed = match client.claim(&body).await {
+            Ok((claimed, hb)) => {
+                shared.heartbeat_ms.store(hb, Ordering::Relaxed);
+                backoff = Backoff::default();
+                claimed
+            }
+            Err(e) => {
+                if e.code() == Some(crate::api::ErrorCode::UnknownWorker) {
+                    let _ = client.register(registration).await;
+                } else {
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    let _ = backoff.wait(shutdown).await;
+                }
+                continue;
+            }
+        };
+        for job in claimed {
+            let permit = permits
+                .pop()
+                .expect("never claims more than its free slots");
+            let ctx = JobRun {
+                worker_id: config.id.clone(),
+                client: client.clone(),
+                spool: shared.spool.clone(),
+                running: shared.running.clone(),
+                tx: shared.results_tx.clone(),
+            };
+            shared.jobs.spawn(async move {
+                ctx.run(job).await;
+                drop(permit);
+            });
+        }
+    }
 }
 
 struct JobRun {

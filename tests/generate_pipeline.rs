@@ -666,10 +666,12 @@ async fn a_rate_limited_model_shows_its_back_off_in_progress_and_explain() {
     let llm = FakeLlm::start_with(responder(faults)).await;
     let cluster = Cluster::new();
     let _server = cluster.server("500ms").await;
-    let _worker = cluster.worker("w1", 2, &[]);
-    let pipeline = cluster
-        .submit(&one_generation(&llm, MODELS[0], "todo-api"))
-        .await;
+    // One slot for other work, one for generation: a model backing off must not hold
+    // the slot other jobs need.
+    let _worker = cluster.worker("w1", 1, &["--generate-concurrency", "1"]);
+    let spec = one_generation(&llm, MODELS[0], "todo-api")
+        + "[[stage]]\nname = \"other\"\nkind = \"sleep\"\n[stage.params]\nms = 10\n";
+    let pipeline = cluster.submit(&spec).await;
     let job = cluster.jobs(pipeline).await[0].id;
     wait_for("the back-off to show", Duration::from_secs(60), || async {
         let Ok(e) = cluster.client.explain(job).await else {
@@ -687,6 +689,19 @@ async fn a_rate_limited_model_shows_its_back_off_in_progress_and_explain() {
             .is_some_and(|m| m.contains("backing off until"));
         limiter_says && progress_says
     })
+    .await;
+    wait_for(
+        "the other job to finish while generation waits",
+        Duration::from_secs(30),
+        || async {
+            let jobs = cluster.jobs(pipeline).await;
+            jobs.iter()
+                .any(|j| j.stage == "other" && j.state == JobState::Completed)
+                && jobs
+                    .iter()
+                    .any(|j| j.stage == "generate" && j.state == JobState::Running)
+        },
+    )
     .await;
     let out = std::process::Command::new(BIN)
         .args(["explain", &job.to_string(), "--server", &cluster.url])
