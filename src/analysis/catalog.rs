@@ -313,6 +313,19 @@ pub fn load_dir(dir: &Path) -> Result<Catalog, CatalogError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_documented_example_is_a_valid_template() {
+        let doc = include_str!("../../docs/templates.md");
+        let start = doc
+            .find("```toml\n")
+            .expect("docs/templates.md has a TOML example")
+            + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let t = parse(&doc[start..end], Path::new("docs/templates.md")).unwrap();
+        assert_eq!(t.name, "todo-api");
+        assert_eq!(t.requirements.numbered()[1].id, "backend-2");
+    }
+
     const MINIMAL: &str = r#"
 name = "mini"
 title = "Mini"

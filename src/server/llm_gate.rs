@@ -167,10 +167,10 @@ mod tests {
             .try_acquire(1, "p", "a", config(1.0), 60_000, 0)
             .unwrap();
         assert_eq!(
-            gate.try_acquire(1, "p", "a", config(1.0), 60_000, 0),
+            gate.try_acquire(2, "p", "a", config(1.0), 60_000, 0),
             Err(Wait::AtConcurrency { limit: 1 })
         );
-        gate.try_acquire(1, "p", "b", config(1.0), 60_000, 0)
+        gate.try_acquire(2, "p", "b", config(1.0), 60_000, 0)
             .expect("another model has its own slots");
         gate.release(
             1,
@@ -183,13 +183,13 @@ mod tests {
             SEC,
         );
         assert_eq!(
-            gate.try_acquire(1, "p", "a", config(1.0), 60_000, 2 * SEC),
+            gate.try_acquire(2, "p", "a", config(1.0), 60_000, 2 * SEC),
             Err(Wait::BackingOff { until: 6 * SEC })
         );
         let states = gate.states(2 * SEC);
         assert_eq!(states[0].status, "backing off until 00:00:06.000Z");
         assert!(gate
-            .try_acquire(1, "p", "a", config(1.0), 60_000, 6 * SEC)
+            .try_acquire(2, "p", "a", config(1.0), 60_000, 6 * SEC)
             .is_ok());
     }
 
@@ -199,10 +199,10 @@ mod tests {
         gate.try_acquire(1, "p", "a", config(1.0), 2_000, 0)
             .unwrap();
         assert!(gate
-            .try_acquire(1, "p", "a", config(1.0), 2_000, SEC)
+            .try_acquire(2, "p", "a", config(1.0), 2_000, SEC)
             .is_err());
         assert!(
-            gate.try_acquire(1, "p", "a", config(1.0), 2_000, 2 * SEC)
+            gate.try_acquire(2, "p", "a", config(1.0), 2_000, 2 * SEC)
                 .is_ok(),
             "the first permit expired"
         );
