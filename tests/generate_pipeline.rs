@@ -780,3 +780,53 @@ async fn a_worker_killed_mid_generation_does_not_pay_twice() {
     let billed: f64 = llm.billed.lock().unwrap().iter().map(|b| b.cost).sum();
     assert!((usage.total.cost_usd - billed).abs() < 1e-9);
 }
+
+/// Figures, not a check: how fast generation flows through the engine when the provider
+/// answers at once (the overhead of the cache lookup, permit, call record and app packing
+/// per call), and how fast a re-run is when every answer comes from the cache.
+/// `cargo test --release --test generate_pipeline bench_generation -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_generation() {
+    let llm = FakeLlm::start_with(responder(Arc::default())).await;
+    let models = ["m/one", "m/two", "m/three", "m/four", "m/five"];
+    let templates: Vec<String> = assay::analysis::catalog::builtin()
+        .names()
+        .map(str::to_string)
+        .collect();
+    let templates: Vec<&str> = templates.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spec = dir.path().join("bench.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[pipeline]\nname = \"bench\"\n{}",
+            generate_stage(&llm, &models, &templates, "").replace("\"fake\"", "\"bench\"")
+        ),
+    )
+    .unwrap();
+    for (label, extra) in [
+        ("first run", &[][..]),
+        ("re-run (all cached)", &["--fresh"][..]),
+    ] {
+        let before = llm.requests().len();
+        let start = std::time::Instant::now();
+        let run = assay_run(&spec, &data, extra).await;
+        let took = start.elapsed().as_secs_f64();
+        assert_eq!(run.code, 0, "{}", run.output);
+        let store = open(&data).await;
+        let pipeline = store.pipelines(1).await.unwrap()[0].clone();
+        let usage = store.pipeline_usage(pipeline.id).await.unwrap();
+        println!(
+            "{label}: {} apps, {} calls ({} paid, {} cached, {} provider requests) in {took:.2} s: {:.1} apps/s, {:.1} calls/s",
+            models.len() * templates.len(),
+            usage.total.calls,
+            usage.total.paid_calls,
+            usage.total.cached_calls,
+            llm.requests().len() - before,
+            (models.len() * templates.len()) as f64 / took,
+            usage.total.calls as f64 / took,
+        );
+    }
+}
