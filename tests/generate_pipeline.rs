@@ -208,6 +208,15 @@ async fn assay_run(spec: &Path, data: &Path, extra: &[&str]) -> RunOutput {
     }
 }
 
+/// A temporary folder holding the spec `text`: (the folder, its data dir, the spec file).
+fn workspace(text: String) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, text).unwrap();
+    let data = dir.path().join("data");
+    (dir, data, spec)
+}
+
 async fn open(data: &Path) -> Arc<dyn Store> {
     assay::server::open_store(&data.join("server"))
         .await
@@ -306,18 +315,11 @@ async fn two_models_by_three_templates_generate_once_stream_into_analyses_and_ad
         );
     }
     let llm = FakeLlm::start_with(responder(faults.clone())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let spec = dir.path().join("generate.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[pipeline]\nname = \"generate-e2e\"\ndeadline = \"9m\"\n{}{}",
-            generate_stage(&llm, &MODELS, &TEMPLATES, ""),
-            analysis_stages(&MODELS, &TEMPLATES)
-        ),
-    )
-    .unwrap();
+    let (dir, data, spec) = workspace(format!(
+        "[pipeline]\nname = \"generate-e2e\"\ndeadline = \"9m\"\n{}{}",
+        generate_stage(&llm, &MODELS, &TEMPLATES, ""),
+        analysis_stages(&MODELS, &TEMPLATES)
+    ));
 
     let run = assay_run(&spec, &data, &[]).await;
     assert_eq!(run.code, 0, "the pipeline completes:\n{}", run.output);
@@ -534,18 +536,13 @@ async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() 
         );
     }
     let llm = FakeLlm::start_with(responder(faults)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let spec = dir.path().join("faults.toml");
     // One generation at a time, so that the first 402 comes before the other calls.
     let stages = generate_stage(&llm, &[broke], &TEMPLATES, "concurrency = 1")
         + &generate_stage(&llm, &[evil], &["todo-api"], "")
             .replace("name = \"generate\"", "name = \"generate-evil\"");
-    std::fs::write(
-        &spec,
-        format!("[pipeline]\nname = \"faults\"\ndeadline = \"5m\"\n{stages}"),
-    )
-    .unwrap();
+    let (dir, data, spec) = workspace(format!(
+        "[pipeline]\nname = \"faults\"\ndeadline = \"5m\"\n{stages}"
+    ));
     let run = assay_run(&spec, &data, &[]).await;
     assert_ne!(run.code, 0, "{}", run.output);
     let store = open(&data).await;
@@ -597,17 +594,10 @@ async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_budget_stops_new_calls_with_the_reason() {
     let llm = FakeLlm::start_with(responder(Arc::default())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let spec = dir.path().join("budget.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[pipeline]\nname = \"budget\"\nbudget = {{ usd = 0.000001 }}\n{}",
-            generate_stage(&llm, &[MODELS[0]], &TEMPLATES, "concurrency = 1")
-        ),
-    )
-    .unwrap();
+    let (_dir, data, spec) = workspace(format!(
+        "[pipeline]\nname = \"budget\"\nbudget = {{ usd = 0.000001 }}\n{}",
+        generate_stage(&llm, &[MODELS[0]], &TEMPLATES, "concurrency = 1")
+    ));
     let run = assay_run(&spec, &data, &[]).await;
     assert_ne!(run.code, 0, "{}", run.output);
     let store = open(&data).await;
@@ -795,17 +785,10 @@ async fn bench_generation() {
         .map(str::to_string)
         .collect();
     let templates: Vec<&str> = templates.iter().map(String::as_str).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let spec = dir.path().join("bench.toml");
-    std::fs::write(
-        &spec,
-        format!(
-            "[pipeline]\nname = \"bench\"\n{}",
-            generate_stage(&llm, &models, &templates, "").replace("\"fake\"", "\"bench\"")
-        ),
-    )
-    .unwrap();
+    let (_dir, data, spec) = workspace(format!(
+        "[pipeline]\nname = \"bench\"\n{}",
+        generate_stage(&llm, &models, &templates, "").replace("\"fake\"", "\"bench\"")
+    ));
     for (label, extra) in [
         ("first run", &[][..]),
         ("re-run (all cached)", &["--fresh"][..]),
