@@ -4,6 +4,7 @@
 
 pub mod blobs;
 pub mod llm_gate;
+mod stream;
 mod routes;
 
 pub use routes::app;
@@ -53,7 +54,7 @@ impl ServerConfig {
 #[derive(Clone)]
 pub struct Signals {
     work: watch::Sender<u64>,
-    events: watch::Sender<u64>,
+    pub(crate) events: watch::Sender<u64>,
 }
 
 impl Default for Signals {

@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .route("/pipelines/{id}/cancel", post(cancel_pipeline))
         .route("/pipelines/{id}/retry", post(retry_pipeline))
         .route("/pipelines/{id}/events", get(pipeline_events))
+        .route("/stream", get(super::stream::stream))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(explain_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
