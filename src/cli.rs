@@ -316,7 +316,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let shutdown = shutdown_on_signals();
             let config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             let running = server::start(config, shutdown).await?;
-            println!("assay server listening on http://{}", running.addr);
+            println!(
+                "assay server listening on http://{addr}; dashboard: http://{addr}/",
+                addr = running.addr
+            );
             running.wait().await;
             Ok(0)
         }
@@ -882,12 +885,16 @@ async fn run_embedded(
     let client = Client::new(&url);
     let resp = client.submit(&req).await?;
     if resp.created {
-        eprintln!("pipeline {} started (server {url})", resp.pipeline_id);
+        eprintln!(
+            "pipeline {} started; dashboard: {url}/#/pipelines/{}",
+            resp.pipeline_id, resp.pipeline_id
+        );
     } else {
         eprintln!(
-            "resuming pipeline {} (same spec in {}; --fresh starts anew)",
+            "resuming pipeline {} (same spec in {}; --fresh starts anew); dashboard: {url}/#/pipelines/{}",
             resp.pipeline_id,
-            data_dir.display()
+            data_dir.display(),
+            resp.pipeline_id
         );
     }
     let display = if plain {

@@ -712,3 +712,84 @@ async fn llm_answers_round_trip_and_keys_are_checked() {
         assert_eq!(code(&body), "invalid_request", "{bad}: {body}");
     }
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary() {
+    let (_dir, app) = setup().await;
+    let page = |uri: &'static str| {
+        let app = app.clone();
+        async move {
+            let resp = app
+                .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (
+                status,
+                content_type,
+                String::from_utf8(body.to_vec()).unwrap(),
+            )
+        }
+    };
+    let (status, content_type, html) = page("/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    assert!(html.contains("/assets/app.js") && html.contains("/assets/style.css"));
+    let (status, content_type, js) = page("/assets/app.js").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("text/javascript"),
+        "{content_type}"
+    );
+    assert!(
+        js.contains("new EventSource"),
+        "the pages follow the live stream"
+    );
+    let (status, _, _) = page("/assets/missing.js").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn pipelines_are_listed_newest_first_by_state_and_page() {
+    let (_dir, app) = setup().await;
+    let first = submit(&app, TWO_NOOPS).await;
+    let second = submit(&app, CHAIN).await;
+    let third = submit(&app, TWO_NOOPS).await;
+    let (status, _) = post(
+        &app,
+        &format!("/api/v1/pipelines/{second}/cancel"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let ids = |v: &Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect()
+    };
+    let (_, all) = get(&app, "/api/v1/pipelines").await;
+    assert_eq!(ids(&all), vec![third, second, first]);
+    let (_, cancelled) = get(&app, "/api/v1/pipelines?state=cancelled").await;
+    assert_eq!(ids(&cancelled), vec![second]);
+    let (_, running) = get(&app, "/api/v1/pipelines?state=running&limit=1").await;
+    assert_eq!(ids(&running), vec![third]);
+    let (_, older) = get(
+        &app,
+        &format!("/api/v1/pipelines?state=running&before={third}"),
+    )
+    .await;
+    assert_eq!(ids(&older), vec![first]);
+    let (status, err) = get(&app, "/api/v1/pipelines?state=sideways").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["error"]["code"], "invalid_request");
+}

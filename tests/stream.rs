@@ -163,8 +163,9 @@ async fn a_reconnecting_client_resumes_from_the_last_event_it_saw_also_after_a_r
     let third = read_stream(&url, Some(seen), |m| durable(m).len() >= missed.len()).await;
     assert_eq!(durable(&third), missed);
     assert!(
-        third.iter().any(|m| m.event == "pipeline_finished"
-            || m.data["data"]["state"] == "cancelled"),
+        third
+            .iter()
+            .any(|m| m.event == "pipeline_finished" || m.data["data"]["state"] == "cancelled"),
         "{third:?}"
     );
     stop.cancel();

@@ -3,9 +3,10 @@
 //! return at once, and the reconciler finishes its pass.
 
 pub mod blobs;
+mod dashboard;
 pub mod llm_gate;
-mod stream;
 mod routes;
+mod stream;
 
 pub use routes::app;
 

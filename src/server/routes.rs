@@ -53,7 +53,10 @@ pub fn app(state: AppState) -> Router {
                 .head(head_blob)
                 .layer(DefaultBodyLimit::disable()),
         );
-    Router::new().nest(API_PREFIX, api).with_state(state)
+    Router::new()
+        .nest(API_PREFIX, api)
+        .merge(super::dashboard::routes())
+        .with_state(state)
 }
 
 /// Extractors whose rejections answer in the API's error format (`invalid_request`).
@@ -197,17 +200,34 @@ async fn submit(
 struct ListQuery {
     #[serde(default)]
     limit: Option<i64>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    before: Option<i64>,
 }
 
 async fn list_pipelines(
     State(s): State<AppState>,
     AppQuery(q): AppQuery<ListQuery>,
 ) -> ApiResult<Vec<crate::store::Pipeline>> {
-    Ok(Json(
-        s.store
-            .pipelines(q.limit.unwrap_or(50).clamp(1, 1_000))
-            .await?,
-    ))
+    let state = q
+        .state
+        .filter(|st| !st.is_empty())
+        .map(|st| st.parse::<crate::domain::PipelineState>())
+        .transpose()
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            )
+        })?;
+    let filter = crate::store::PipelineFilter {
+        state,
+        before_id: q.before,
+        limit: q.limit.unwrap_or(50).clamp(1, 1_000),
+    };
+    Ok(Json(s.store.list_pipelines(&filter).await?))
 }
 
 async fn get_pipeline(

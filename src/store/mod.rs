@@ -335,6 +335,14 @@ pub struct JobFilter {
     pub limit: Option<i64>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PipelineFilter {
+    pub state: Option<PipelineState>,
+    /// Only pipelines with a smaller id (the next page of a newest-first list).
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum RetryTarget {
     Job(i64),
@@ -443,7 +451,16 @@ pub trait Store: Send + Sync + 'static {
     async fn retry_dead(&self, target: &RetryTarget, now: Micros) -> StoreResult<i64>;
 
     async fn pipeline(&self, id: i64) -> StoreResult<Option<Pipeline>>;
-    async fn pipelines(&self, limit: i64) -> StoreResult<Vec<Pipeline>>;
+    /// The newest pipelines first.
+    async fn pipelines(&self, limit: i64) -> StoreResult<Vec<Pipeline>> {
+        self.list_pipelines(&PipelineFilter {
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+    /// Pipelines newest first, by state and before an id (keyset pagination).
+    async fn list_pipelines(&self, filter: &PipelineFilter) -> StoreResult<Vec<Pipeline>>;
     async fn stages(&self, pipeline_id: i64) -> StoreResult<Vec<StageSummary>>;
     async fn jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
     async fn job(&self, id: i64) -> StoreResult<Option<Job>>;

@@ -1654,12 +1654,15 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn pipelines(&self, limit: i64) -> StoreResult<Vec<Pipeline>> {
+    async fn list_pipelines(&self, filter: &PipelineFilter) -> StoreResult<Vec<Pipeline>> {
         let mut conn = self.reader.acquire().await?;
         let rows = sqlx::query(&format!(
-            "SELECT {PIPELINE_COLUMNS} FROM pipelines ORDER BY id DESC LIMIT ?1"
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE (?2 IS NULL OR state = ?2) \
+             AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?1"
         ))
-        .bind(limit)
+        .bind(filter.limit)
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.before_id)
         .fetch_all(&mut *conn)
         .await?;
         let mut out = Vec::with_capacity(rows.len());

@@ -1,0 +1,390 @@
+// The Assay dashboard: plain JavaScript, no build step, shipped inside the binary.
+// Everything live comes from the server-sent event stream (/api/v1/stream): the browser
+// reconnects by itself with Last-Event-ID, so no event is missed. Text from the server is
+// always set as text, never as HTML.
+"use strict";
+
+const API = "/api/v1";
+const STATES = ["waiting", "available", "running", "retrying", "completed", "dead", "cancelled", "skipped"];
+const main = document.getElementById("main");
+let pageStream = null; // the EventSource of the current page
+let pageTimers = [];
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+async function api(path, options) {
+  const resp = await fetch(API + path, options);
+  const text = await resp.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
+  if (!resp.ok) {
+    const err = new Error(body && body.error ? body.error.message : `${resp.status} ${text.slice(0, 200)}`);
+    err.code = body && body.error ? body.error.code : "http_" + resp.status;
+    throw err;
+  }
+  return body;
+}
+
+const post = (path, body) => api(path, {
+  method: "POST",
+  headers: { "content-type": "application/json" },
+  body: JSON.stringify(body === undefined ? {} : body),
+});
+
+function fmtTime(us) {
+  if (!us) return "";
+  return new Date(us / 1000).toLocaleString();
+}
+
+function fmtDuration(us) {
+  if (us === null || us === undefined) return "";
+  const s = us / 1e6;
+  if (s < 60) return s.toFixed(1) + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+function stateBadge(state) {
+  return h("span", { class: "state " + state, "data-state": state }, state);
+}
+
+function countsBar(counts) {
+  const total = STATES.reduce((n, s) => n + (counts[s] || 0), 0) || 1;
+  const bar = h("div", { class: "bar", title: STATES.filter(s => counts[s]).map(s => `${s}: ${counts[s]}`).join(", ") });
+  for (const s of STATES) {
+    if (counts[s]) bar.append(h("span", { style: `width:${(100 * counts[s] / total).toFixed(2)}%;background:var(--${s})` }));
+  }
+  return bar;
+}
+
+function countsText(counts) {
+  return STATES.filter(s => counts[s]).map(s => `${counts[s]} ${s}`).join(" · ");
+}
+
+function usageText(total) {
+  if (!total || !total.calls) return "—";
+  const tokens = (total.prompt_tokens + total.completion_tokens).toLocaleString();
+  let s = `${tokens} tokens · $${total.cost_usd.toFixed(4)}`;
+  if (total.cached_calls) s += ` · ${total.cached_calls} cached`;
+  return s;
+}
+
+function openStream(query, handlers) {
+  if (pageStream) pageStream.close();
+  const live = document.getElementById("live");
+  const es = new EventSource(API + "/stream" + query);
+  es.onopen = () => live.classList.add("on");
+  es.onerror = () => live.classList.remove("on");
+  for (const [kind, fn] of Object.entries(handlers)) {
+    es.addEventListener(kind, e => fn(JSON.parse(e.data), e));
+  }
+  pageStream = es;
+  window.assayStream = es; // for tests: the stream's state and last id
+  return es;
+}
+
+/// Run `fn` at most every `ms`, and once more after the last call.
+function throttled(fn, ms) {
+  let timer = null, again = false;
+  return () => {
+    if (timer) { again = true; return; }
+    fn();
+    timer = setTimeout(function tick() {
+      timer = null;
+      if (again) { again = false; fn(); timer = setTimeout(tick, ms); }
+    }, ms);
+  };
+}
+
+function showError(err) {
+  return h("pre", { class: "error" }, err.code ? `${err.code}: ${err.message}` : String(err));
+}
+
+// ---------------------------------------------------------------- pipelines
+
+async function pipelinesPage(params) {
+  const filter = params.get("state") || "";
+  const before = params.get("before");
+  const list = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  const select = h("select", { id: "state-filter", onchange: e => { location.hash = "#/?state=" + e.target.value; } },
+    h("option", { value: "" }, "all states"),
+    ...["running", "completed", "partial_success", "failed", "cancelled"].map(s => h("option", { value: s, selected: s === filter }, s)));
+  const specText = h("textarea", { id: "spec-text", placeholder: "Paste a pipeline spec (TOML) here, or choose a file" });
+  const fileInput = h("input", { type: "file", accept: ".toml,text/plain", onchange: async e => {
+    const f = e.target.files[0];
+    if (f) { specText.value = await f.text(); specText.dataset.fileName = f.name; }
+  } });
+  const submitResult = h("div", { id: "submit-result" });
+  const submitCard = h("div", { class: "card", id: "submit-card", hidden: true },
+    h("h2", {}, "Submit a pipeline"), specText,
+    h("div", { class: "toolbar" }, fileInput,
+      h("button", { class: "primary", id: "submit-spec", onclick: async () => {
+        submitResult.replaceChildren();
+        try {
+          const r = await post("/pipelines", { spec: specText.value, file_name: specText.dataset.fileName || "pasted.toml" });
+          location.hash = "#/pipelines/" + r.pipeline_id;
+        } catch (err) { submitResult.append(showError(err)); }
+      } }, "Submit")),
+    submitResult);
+  main.replaceChildren(
+    h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, "Pipelines"), select,
+      h("button", { id: "new-pipeline", onclick: () => { submitCard.hidden = !submitCard.hidden; } }, "New pipeline")),
+    submitCard, list);
+
+  const load = async () => {
+    const q = new URLSearchParams({ limit: "50" });
+    if (filter) q.set("state", filter);
+    if (before) q.set("before", before);
+    let rows;
+    try { rows = await api("/pipelines?" + q); } catch (err) { list.replaceChildren(showError(err)); return; }
+    const usage = await Promise.all(rows.map(p => api(`/pipelines/${p.id}/usage`).catch(() => null)));
+    const table = h("table", { id: "pipelines" },
+      h("thead", {}, h("tr", {}, ...["id", "name", "state", "progress", "jobs", "created", "duration", "tokens and cost", ""].map(t => h("th", {}, t)))),
+      h("tbody", {}, rows.map((p, i) => h("tr", { "data-pipeline": p.id },
+        h("td", {}, h("a", { href: "#/pipelines/" + p.id }, "#" + p.id)),
+        h("td", {}, h("a", { href: "#/pipelines/" + p.id }, p.name)),
+        h("td", {}, stateBadge(p.state)),
+        h("td", {}, countsBar(p.counts)),
+        h("td", { class: "muted" }, countsText(p.counts)),
+        h("td", {}, fmtTime(p.created_at)),
+        h("td", {}, fmtDuration((p.finished_at || Date.now() * 1000) - p.created_at)),
+        h("td", {}, usage[i] ? usageText(usage[i].total) : "—"),
+        h("td", {}, p.state === "running" ? h("button", { class: "danger", onclick: async () => {
+          await post(`/pipelines/${p.id}/cancel`); load();
+        } }, "Cancel") : "")))));
+    const pager = h("div", { class: "pager" });
+    if (before) pager.append(h("a", { href: "#/" + (filter ? "?state=" + filter : "") }, "« newest"));
+    if (rows.length === 50) {
+      const q2 = new URLSearchParams({ before: rows[rows.length - 1].id });
+      if (filter) q2.set("state", filter);
+      pager.append(h("a", { href: "#/?" + q2 }, "older »"));
+    }
+    list.replaceChildren(rows.length ? table : h("p", { class: "muted" }, "No pipelines yet. Submit one above, or run `assay submit SPEC`."), pager);
+  };
+  await load();
+  const refresh = throttled(load, 1000);
+  openStream("", { pipeline_created: refresh, pipeline_finished: refresh, job_state: refresh });
+}
+
+// ---------------------------------------------------------------- pipeline
+
+async function allJobs(pipeline) {
+  const jobs = [];
+  let after = 0;
+  for (;;) {
+    const page = await api(`/jobs?pipeline=${pipeline}&after=${after}&limit=5000`);
+    jobs.push(...page);
+    if (page.length < 5000) return jobs;
+    after = page[page.length - 1].id;
+  }
+}
+
+function itemLabel(item) {
+  if (!item || typeof item !== "object") return String(item);
+  return Object.entries(item).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
+}
+
+function chip(job) {
+  return h("a", {
+    class: "chip " + job.state, href: "#/jobs/" + job.id, "data-job": job.id, "data-state": job.state,
+    title: `${job.key}: ${job.state}`,
+  }, job.stage);
+}
+
+async function pipelinePage(id) {
+  let detail, jobs;
+  try {
+    [detail, jobs] = await Promise.all([api(`/pipelines/${id}`), allJobs(id)]);
+  } catch (err) { main.replaceChildren(showError(err)); return; }
+  const head = h("div", {});
+  const stagesBox = h("div", { class: "card" });
+  const usageBox = h("div", { class: "card" });
+  const log = h("div", { class: "log", id: "event-log" });
+  const running = h("div", { id: "running" });
+  const byId = new Map(jobs.map(j => [j.id, j]));
+
+  const renderHead = () => {
+    const p = detail.pipeline;
+    head.replaceChildren(h("div", { class: "toolbar" },
+      h("h1", { style: "flex:1;margin:0" }, `#${p.id} ${p.name} `, stateBadge(p.state)),
+      p.counts.dead ? h("button", { id: "retry-dead", onclick: async () => { await post(`/pipelines/${id}/retry`); } }, `Retry ${p.counts.dead} dead`) : "",
+      p.state === "running" ? h("button", { class: "danger", id: "cancel-pipeline", onclick: async () => { await post(`/pipelines/${id}/cancel`); } }, "Cancel") : ""),
+      h("p", { class: "muted" }, `created ${fmtTime(p.created_at)} · ${fmtDuration((p.finished_at || Date.now() * 1000) - p.created_at)} · ${countsText(p.counts)}`));
+    stagesBox.replaceChildren(h("h2", { style: "margin-top:0" }, "Stages"),
+      h("table", {}, h("tbody", {}, detail.stages.map(s => h("tr", {},
+        h("td", {}, s.name), h("td", { class: "muted" }, s.kind), h("td", { style: "width:40%" }, countsBar(s.counts)),
+        h("td", { class: "muted" }, countsText(s.counts)), h("td", {}, s.breaker_open ? h("span", { class: "state dead" }, "breaker open") : ""))))));
+  };
+  const loadUsage = async () => {
+    try {
+      const u = await api(`/pipelines/${id}/usage`);
+      usageBox.hidden = !u.total.calls && !u.budget;
+      usageBox.replaceChildren(h("h2", { style: "margin-top:0" }, "Model calls"),
+        h("p", {}, usageText(u.total), u.budget_reached ? h("span", { class: "error" }, " — " + u.budget_reached) : ""),
+        h("table", {}, h("tbody", {}, u.by_model.map(m => h("tr", {}, h("td", {}, m.model), h("td", {}, usageText(m.totals)))))));
+    } catch (_) { usageBox.hidden = true; }
+  };
+
+  // The grid: models × templates when the items have both, else one row per stage.
+  const models = [...new Set(jobs.map(j => j.item && j.item.model).filter(Boolean))];
+  const templates = [...new Set(jobs.map(j => j.item && j.item.template).filter(Boolean))];
+  let grid;
+  if (models.length && templates.length) {
+    const cells = new Map();
+    for (const j of jobs) {
+      const k = `${j.item.model}\u0000${j.item.template}`;
+      if (!cells.has(k)) cells.set(k, []);
+      cells.get(k).push(j);
+    }
+    grid = h("table", { class: "grid", id: "grid" },
+      h("thead", {}, h("tr", {}, h("th", {}, "model \\ template"), templates.map(t => h("th", {}, t)))),
+      h("tbody", {}, models.map(m => h("tr", {}, h("th", {}, m), templates.map(t =>
+        h("td", { class: "cell", "data-model": m, "data-template": t }, (cells.get(`${m}\u0000${t}`) || []).map(chip)))))));
+    const other = jobs.filter(j => !(j.item && j.item.model && j.item.template));
+    if (other.length) grid = h("div", {}, grid, h("h2", {}, "Other jobs"), h("div", {}, other.map(chip)));
+  } else {
+    const stages = [...new Set(jobs.map(j => j.stage))];
+    grid = h("table", { class: "grid", id: "grid" }, h("tbody", {}, stages.map(s => h("tr", {}, h("th", {}, s),
+      h("td", { class: "cell" }, jobs.filter(j => j.stage === s).map(j => {
+        const c = chip(j); c.textContent = itemLabel(j.item) || j.stage; return c;
+      }))))));
+  }
+
+  renderHead();
+  loadUsage();
+  main.replaceChildren(head, h("div", { class: "cols" }, stagesBox, usageBox),
+    h("h2", {}, "Apps"), h("div", { class: "card", style: "overflow:auto" }, grid),
+    h("div", { class: "cols" },
+      h("div", {}, h("h2", {}, "Running"), running),
+      h("div", {}, h("h2", {}, "Events"), log)));
+
+  const refreshDetail = throttled(async () => {
+    try { detail = await api(`/pipelines/${id}`); renderHead(); } catch (_) { /* next event retries */ }
+  }, 500);
+  const refreshUsage = throttled(loadUsage, 2000);
+  const logLine = (ev, text) => {
+    log.append(h("div", { "data-event": ev.id }, `${new Date(ev.at / 1000).toLocaleTimeString()}  ${text}`));
+    while (log.childElementCount > 500) log.firstElementChild.remove();
+    log.scrollTop = log.scrollHeight;
+  };
+  openStream(`?pipeline=${id}`, {
+    job_state: ev => {
+      const j = byId.get(ev.job_id);
+      if (j) j.state = ev.data.state;
+      for (const el of document.querySelectorAll(`[data-job="${ev.job_id}"]`)) {
+        el.className = "chip " + ev.data.state;
+        el.dataset.state = ev.data.state;
+        el.title = `${ev.data.key}: ${ev.data.state}`;
+      }
+      const err = ev.data.error ? ` — ${ev.data.error.code}: ${ev.data.error.message}` : "";
+      logLine(ev, `${ev.data.key} → ${ev.data.state}${err}`);
+      refreshDetail();
+      refreshUsage();
+    },
+    pipeline_created: ev => logLine(ev, `pipeline created with ${ev.data.jobs} jobs`),
+    pipeline_finished: ev => { logLine(ev, `pipeline ${ev.data.state}`); refreshDetail(); refreshUsage(); },
+    progress: snap => {
+      running.replaceChildren(snap.running.length ? h("table", {}, h("tbody", {}, snap.running.map(r => h("tr", {},
+        h("td", {}, h("a", { href: "#/jobs/" + r.job_id }, r.key)),
+        h("td", {}, r.progress ? r.progress.step + (r.progress.percent != null ? ` ${Math.round(r.progress.percent)}%` : "") : "started"),
+        h("td", { class: "muted" }, r.progress && r.progress.message ? r.progress.message : ""))))) : h("p", { class: "muted" }, "Nothing running."));
+    },
+  });
+}
+
+// ---------------------------------------------------------------- job
+
+async function jobPage(id) {
+  let e;
+  try { e = await api(`/jobs/${id}`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  const j = e.job;
+  const render = () => {
+    const p = j.progress;
+    main.replaceChildren(
+      h("p", {}, h("a", { href: "#/pipelines/" + j.pipeline_id }, `← pipeline #${j.pipeline_id}`)),
+      h("h1", {}, `Job #${j.id} ${j.key} `, stateBadge(j.state)),
+      h("div", { class: "card" }, h("dl", { class: "kv" },
+        h("dt", {}, "why"), h("dd", { id: "why" }, e.summary),
+        h("dt", {}, "kind"), h("dd", {}, j.kind),
+        h("dt", {}, "item"), h("dd", {}, itemLabel(j.item)),
+        h("dt", {}, "progress"), h("dd", {}, p ? `${p.step}${p.percent != null ? " " + Math.round(p.percent) + "%" : ""}${p.message ? " — " + p.message : ""}` : "—"),
+        h("dt", {}, "worker"), h("dd", {}, j.worker_id || "—"),
+        j.last_error ? [h("dt", {}, "error"), h("dd", { class: "error" }, `${j.last_error.code} (${j.last_error.class}): ${j.last_error.message}`)] : [],
+        ...(e.provider_limits || []).map(l => [h("dt", {}, "model"), h("dd", {}, `${l.model} at ${l.provider}: ${l.status}`)]),
+        e.llm_usage ? [h("dt", {}, "model calls"), h("dd", {}, usageText(e.llm_usage))] : [])),
+      e.dependencies.length ? [h("h2", {}, "Upstream"), h("div", {}, e.dependencies.map(d => h("a", { class: "chip " + d.state, href: "#/jobs/" + d.job_id }, d.key)))] : [],
+      h("h2", {}, "Attempts"),
+      e.attempts.length ? h("table", { id: "attempts" }, h("thead", {}, h("tr", {}, ...["#", "outcome", "worker", "started", "took", "error"].map(t => h("th", {}, t)))),
+        h("tbody", {}, e.attempts.map(a => h("tr", {},
+          h("td", {}, a.number), h("td", {}, stateBadge(a.outcome)), h("td", {}, a.worker_id), h("td", {}, fmtTime(a.started_at)),
+          h("td", {}, a.finished_at ? fmtDuration(a.finished_at - a.started_at) : "…"),
+          h("td", { class: "error" }, a.error ? `${a.error.code} (${a.error.class}): ${a.error.message}` : "")))))
+        : h("p", { class: "muted" }, "No attempt yet."),
+      h("h2", {}, "Artifacts"),
+      e.artifacts.length ? h("table", {}, h("tbody", {}, e.artifacts.map(a => h("tr", {},
+        h("td", {}, h("a", { href: `${API}/jobs/${j.id}/artifacts/${encodeURIComponent(a.name)}`, download: a.name }, a.name)),
+        h("td", { class: "muted" }, `${a.size.toLocaleString()} bytes`), h("td", { class: "muted" }, `attempt ${a.attempt}`)))))
+        : h("p", { class: "muted" }, "None."),
+      j.result ? [h("h2", {}, "Result"), h("pre", { class: "card", style: "overflow:auto;max-height:400px" }, JSON.stringify(j.result, null, 2))] : []);
+  };
+  render();
+  const reload = throttled(async () => {
+    try { e = await api(`/jobs/${id}`); Object.assign(j, e.job); render(); } catch (_) { /* retried on the next event */ }
+  }, 500);
+  openStream(`?pipeline=${j.pipeline_id}`, {
+    job_state: ev => { if (ev.job_id === j.id || e.dependencies.some(d => d.job_id === ev.job_id)) reload(); },
+    progress: snap => { if (snap.running.some(r => r.job_id === j.id)) reload(); },
+  });
+}
+
+// ---------------------------------------------------------------- workers
+
+async function workersPage() {
+  let workers;
+  try { workers = await api("/workers"); } catch (err) { main.replaceChildren(showError(err)); return; }
+  const now = Date.now() * 1000;
+  main.replaceChildren(h("h1", {}, "Workers"),
+    workers.length ? h("table", { id: "workers" }, h("thead", {}, h("tr", {}, ...["name", "id", "kinds", "last seen", "state"].map(t => h("th", {}, t)))),
+      h("tbody", {}, workers.map(w => h("tr", {},
+        h("td", {}, w.name), h("td", { class: "muted" }, w.id), h("td", {}, w.kinds.join(", ")),
+        h("td", {}, `${((now - w.last_seen) / 1e6).toFixed(1)} s ago`),
+        h("td", {}, w.stopped ? stateBadge("cancelled") : w.quarantined_until && w.quarantined_until > now
+          ? h("span", { class: "state retrying" }, "quarantined until " + fmtTime(w.quarantined_until)) : stateBadge("running"))))))
+      : h("p", { class: "muted" }, "No worker has registered yet."));
+  pageTimers.push(setTimeout(workersPage, 5000));
+}
+
+// ---------------------------------------------------------------- router
+
+function route() {
+  if (pageStream) { pageStream.close(); pageStream = null; }
+  pageTimers.forEach(clearTimeout);
+  pageTimers = [];
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query] = hash.split("?");
+  const params = new URLSearchParams(query || "");
+  for (const a of document.querySelectorAll("header nav a")) {
+    a.classList.toggle("active", (a.dataset.nav === "workers") === path.startsWith("/workers"));
+  }
+  let m;
+  if ((m = path.match(/^\/pipelines\/(\d+)$/))) return pipelinePage(Number(m[1]));
+  if ((m = path.match(/^\/jobs\/(\d+)$/))) return jobPage(Number(m[1]));
+  if (path === "/workers") return workersPage();
+  return pipelinesPage(params);
+}
+
+window.addEventListener("hashchange", route);
+route();
