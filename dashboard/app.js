@@ -6,7 +6,9 @@
 
 const API = "/api/v1";
 const STATES = ["waiting", "available", "running", "retrying", "completed", "dead", "cancelled", "skipped"];
-const main = document.getElementById("main");
+const mainEl = document.getElementById("main");
+// The page's content; nested arrays and empty parts are allowed, like `h`'s children.
+const main = { replaceChildren: (...children) => mainEl.replaceChildren(...children.flat(3).filter(c => c !== null && c !== undefined && c !== false && c !== "")) };
 let pageStream = null; // the EventSource of the current page
 let pageTimers = [];
 
@@ -198,10 +200,12 @@ function itemLabel(item) {
 }
 
 function chip(job) {
+  // In a model × template cell, the stage and whatever else tells the job apart (the tool).
+  const extra = Object.entries(job.item || {}).filter(([k]) => k !== "model" && k !== "template").map(([, v]) => v);
   return h("a", {
     class: "chip " + job.state, href: "#/jobs/" + job.id, "data-job": job.id, "data-state": job.state,
     title: `${job.key}: ${job.state}`,
-  }, job.stage);
+  }, [job.stage, ...extra].join(" "));
 }
 
 async function pipelinePage(id) {
@@ -338,9 +342,23 @@ async function jobPage(id) {
         h("td", {}, h("a", { href: `${API}/jobs/${j.id}/artifacts/${encodeURIComponent(a.name)}`, download: a.name }, a.name)),
         h("td", { class: "muted" }, `${a.size.toLocaleString()} bytes`), h("td", { class: "muted" }, `attempt ${a.attempt}`)))))
         : h("p", { class: "muted" }, "None."),
+      logs,
       j.result ? [h("h2", {}, "Result"), h("pre", { class: "card", style: "overflow:auto;max-height:400px" }, JSON.stringify(j.result, null, 2))] : []);
   };
+  // The tails of the job's logs (stdout.log, stderr.log, app logs), newest attempt.
+  const logs = h("div", { id: "logs" });
+  const loadLogs = async () => {
+    const latest = Math.max(0, ...e.artifacts.map(a => a.attempt));
+    const parts = [];
+    for (const a of e.artifacts.filter(a => a.name.endsWith(".log") && a.attempt === latest && a.size > 0)) {
+      const resp = await fetch(`${API}/jobs/${j.id}/artifacts/${encodeURIComponent(a.name)}`);
+      const text = resp.ok ? await resp.text() : "";
+      parts.push(h("h2", {}, `${a.name} (last 40 lines)`), h("div", { class: "log" }, text.split("\n").slice(-40).map(l => h("div", {}, l))));
+    }
+    logs.replaceChildren(...parts);
+  };
   render();
+  loadLogs();
   const reload = throttled(async () => {
     try { e = await api(`/jobs/${id}`); Object.assign(j, e.job); render(); } catch (_) { /* retried on the next event */ }
   }, 500);
