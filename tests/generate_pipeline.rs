@@ -26,8 +26,15 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A runnable app that also tries to leak the provider's key (it runs as untrusted code
+/// on the worker, whose environment holds the key): the key must reach no file.
 fn backend_code() -> String {
-    std::fs::read_to_string(repo().join("examples/apps/todo-api-sqli/backend/app.py")).unwrap()
+    let app =
+        std::fs::read_to_string(repo().join("examples/apps/todo-api-sqli/backend/app.py"))
+            .unwrap();
+    format!(
+        "import os, sys\nprint('KEY=' + os.environ.get('ASSAY_E2E_KEY', 'none'), file=sys.stderr, flush=True)\n{app}"
+    )
 }
 
 fn frontend_answer() -> String {

@@ -235,6 +235,29 @@ fn compose_args(project: &str, file: &Path, rest: &[&str]) -> Vec<String> {
     args
 }
 
+/// What an app (untrusted code) may see of the worker's environment: nothing secret.
+/// API keys and tokens live in the worker's environment, so apps start from an empty one
+/// plus these, their recipe's `env`, and the port.
+const APP_ENV_ALLOWED: &[&str] = &["LANG", "LC_ALL", "LC_CTYPE", "TZ"];
+/// Docker's own settings, for Compose apps (a compose file only passes on what it names).
+const DOCKER_ENV_ALLOWED: &[&str] = &[
+    "HOME",
+    "PATH",
+    "DOCKER_HOST",
+    "DOCKER_CONFIG",
+    "DOCKER_CONTEXT",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+    "XDG_RUNTIME_DIR",
+];
+
+fn inherited(allowed: &[&str]) -> Vec<(String, std::ffi::OsString)> {
+    allowed
+        .iter()
+        .filter_map(|k| std::env::var_os(k).map(|v| (k.to_string(), v)))
+        .collect()
+}
+
 fn docker(
     args: &[String],
     env: &[(String, String)],
@@ -242,6 +265,8 @@ fn docker(
 ) -> std::io::Result<std::process::Output> {
     std::process::Command::new("docker")
         .args(args)
+        .env_clear()
+        .envs(inherited(DOCKER_ENV_ALLOWED))
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -333,6 +358,9 @@ impl RunningApp {
         let mut cmd = std::process::Command::new(&recipe.command[0]);
         cmd.args(&recipe.command[1..])
             .current_dir(dir)
+            .env_clear()
+            .envs(inherited(APP_ENV_ALLOWED))
+            .env("HOME", scratch)
             .envs(&recipe.env)
             .env(&recipe.port_env, port.to_string())
             // Each instance gets its own temporary files (databases included), so two
