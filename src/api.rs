@@ -125,6 +125,9 @@ pub struct MissingBlobs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AcquireBody {
     pub job_id: i64,
+    /// The attempt asking: an attempt that no longer owns its job gets no slot.
+    #[serde(default)]
+    pub attempt: Option<i64>,
     pub provider: String,
     pub model: String,
     /// How the model's limiter starts, the first time the server sees the model.
@@ -169,6 +172,16 @@ pub struct CallBody {
     pub permit: Option<u64>,
     #[serde(default)]
     pub outcome: Option<CallOutcome>,
+    /// A successful answer to keep in the response cache, stored before the call is
+    /// recorded: once the call counts as paid, its answer is never lost.
+    #[serde(default)]
+    pub answer: Option<AnswerToCache>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnswerToCache {
+    pub key: String,
+    pub answer: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -136,15 +136,27 @@ pub struct Failure {
     /// A handler may ask for a specific delay (an API's `Retry-After`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<i64>,
+    /// The cause lies outside the job and its worker (a model provider's limits or quota,
+    /// the pipeline's budget): it says nothing about the stage's other jobs or the worker,
+    /// so it opens no breaker and quarantines no worker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 impl Failure {
+    /// Mark the cause as outside the job and the worker.
+    pub fn external(mut self) -> Self {
+        self.external = true;
+        self
+    }
+
     pub fn retryable(code: &str, message: impl Into<String>) -> Self {
         Failure {
             class: FailureClass::Retryable,
             code: code.to_string(),
             message: message.into(),
             retry_after_ms: None,
+            external: false,
         }
     }
 
@@ -154,6 +166,7 @@ impl Failure {
             code: code.to_string(),
             message: message.into(),
             retry_after_ms: None,
+            external: false,
         }
     }
 }

@@ -260,6 +260,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         results_tx: &results_tx,
         heartbeat_ms: &heartbeat_ms,
         jobs: &jobs,
+        reregistered: tokio::sync::Mutex::new(None),
     };
     futures::future::join_all(
         pools(&config)
@@ -348,6 +349,9 @@ struct ClaimShared<'a> {
     results_tx: &'a mpsc::UnboundedSender<SpoolEntry>,
     heartbeat_ms: &'a Arc<AtomicI64>,
     jobs: &'a TaskTracker,
+    /// When the worker last registered again after the server forgot it: registering
+    /// fails what the worker holds, so the pools must not each do it.
+    reregistered: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// Claim jobs of the pool's kinds whenever it has free slots, until shutdown.
@@ -385,7 +389,11 @@ async fn claim_loop(shared: &ClaimShared<'_>, pool: Pool, shutdown: &Cancellatio
             }
             Err(e) => {
                 if e.code() == Some(crate::api::ErrorCode::UnknownWorker) {
-                    let _ = client.register(registration).await;
+                    let mut last = shared.reregistered.lock().await;
+                    if last.is_none_or(|at| at.elapsed() > Duration::from_secs(2)) {
+                        let _ = client.register(registration).await;
+                        *last = Some(tokio::time::Instant::now());
+                    }
                 } else {
                     tracing::warn!(error = %e, "claim failed; retrying");
                     let _ = backoff.wait(shutdown).await;

@@ -30,8 +30,7 @@ fn repo() -> PathBuf {
 /// on the worker, whose environment holds the key): the key must reach no file.
 fn backend_code() -> String {
     let app =
-        std::fs::read_to_string(repo().join("examples/apps/todo-api-sqli/backend/app.py"))
-            .unwrap();
+        std::fs::read_to_string(repo().join("examples/apps/todo-api-sqli/backend/app.py")).unwrap();
     format!(
         "import os, sys\nprint('KEY=' + os.environ.get('ASSAY_E2E_KEY', 'none'), file=sys.stderr, flush=True)\n{app}"
     )
@@ -544,9 +543,15 @@ async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() 
     }
     let llm = FakeLlm::start_with(responder(faults)).await;
     // One generation at a time, so that the first 402 comes before the other calls.
-    let stages = generate_stage(&llm, &[broke], &TEMPLATES, "concurrency = 1")
-        + &generate_stage(&llm, &[evil], &["todo-api"], "")
-            .replace("name = \"generate\"", "name = \"generate-evil\"");
+    // The other model shares the stage: a breaker that opens after two failures in a row
+    // must not be opened by the broke model's (external) failures.
+    let stages = generate_stage(
+        &llm,
+        &[broke, MODELS[0]],
+        &TEMPLATES,
+        "concurrency = 1\nbreaker = 2",
+    ) + &generate_stage(&llm, &[evil], &["todo-api"], "")
+        .replace("name = \"generate\"", "name = \"generate-evil\"");
     let (dir, data, spec) = workspace(format!(
         "[pipeline]\nname = \"faults\"\ndeadline = \"5m\"\n{stages}"
     ));
@@ -555,8 +560,21 @@ async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() 
     let store = open(&data).await;
     let pipeline = store.pipelines(1).await.unwrap()[0].clone();
 
-    let broke_jobs = jobs(&store, pipeline.id, "generate").await;
+    let (broke_jobs, good_jobs): (Vec<Job>, Vec<Job>) = jobs(&store, pipeline.id, "generate")
+        .await
+        .into_iter()
+        .partition(|j| item(j, "model") == broke);
     assert_eq!(broke_jobs.len(), 3);
+    for job in &good_jobs {
+        assert_eq!(
+            job.state,
+            JobState::Completed,
+            "{}: {:?}",
+            job.key,
+            job.last_error
+        );
+    }
+    assert!(!store.stages(pipeline.id).await.unwrap()[0].breaker_open);
     for job in &broke_jobs {
         assert_eq!(job.state, JobState::Dead, "{}", job.key);
         let err = job.last_error.as_ref().unwrap();
@@ -648,6 +666,8 @@ max_attempts = 3
 model = "{{{{ model }}}}"
 template = "{{{{ template }}}}"
 provider = {{ name = "fake", base_url = "{url}", api_key_env = "ASSAY_TEST_NO_KEY", timeout = "60s" }}
+concurrency = 1     # one call at a time to the model: a dead attempt's slot must come back
+max_concurrency = 1
 "#,
         url = llm.base_url
     )
@@ -706,7 +726,10 @@ async fn a_rate_limited_model_shows_its_back_off_in_progress_and_explain() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("model: {} at fake: backing off until", MODELS[0])),
+        text.contains(&format!(
+            "model: {} at {}: backing off until",
+            MODELS[0], llm.base_url
+        )),
         "{text}"
     );
     assert!(text.contains("1 failed"), "the 429 is accounted: {text}");

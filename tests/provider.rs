@@ -73,9 +73,9 @@ async fn failures_are_classified_for_the_scheduler_and_the_job() {
     );
     assert_eq!(
         e.outcome(),
-        CallOutcome::RateLimited {
+        Some(CallOutcome::RateLimited {
             retry_after_ms: Some(7_000)
-        }
+        })
     );
     assert_eq!(e.to_failure().retry_after_ms, Some(7_000));
     let e = chat(&c, &request()).await.unwrap_err();
@@ -88,7 +88,10 @@ async fn failures_are_classified_for_the_scheduler_and_the_job() {
     );
     let e = chat(&c, &request()).await.unwrap_err();
     assert!(matches!(e, ProviderError::QuotaExhausted { .. }), "{e}");
-    assert!(matches!(e.outcome(), CallOutcome::QuotaExhausted { .. }));
+    assert!(matches!(
+        e.outcome(),
+        Some(CallOutcome::QuotaExhausted { .. })
+    ));
     assert_eq!(
         e.to_failure().class,
         FailureClass::Permanent,
@@ -99,9 +102,14 @@ async fn failures_are_classified_for_the_scheduler_and_the_job() {
         matches!(e, ProviderError::Refused { status: 401, .. }),
         "{e}"
     );
+    assert_eq!(
+        e.outcome(),
+        None,
+        "a refused request says nothing about the provider's load"
+    );
     let e = chat(&c, &request()).await.unwrap_err();
     assert_eq!(e, ProviderError::Timeout(2));
-    assert_eq!(e.outcome(), CallOutcome::Timeout);
+    assert_eq!(e.outcome(), Some(CallOutcome::Timeout));
 }
 
 #[tokio::test]

@@ -75,11 +75,17 @@ impl GenerationError {
         use crate::domain::Failure;
         match self {
             GenerationError::Provider(e) => e.to_failure(),
+            // The model's own failures: final (a retry would replay the same cached
+            // answers), and no evidence against the other models' jobs of the stage.
             GenerationError::Untrusted { .. } => {
-                Failure::permanent("untrusted_output", self.to_string())
+                Failure::permanent("untrusted_output", self.to_string()).external()
             }
-            GenerationError::NoCode { .. } => Failure::permanent("no_code", self.to_string()),
-            GenerationError::Truncated { .. } => Failure::retryable("truncated", self.to_string()),
+            GenerationError::NoCode { .. } => {
+                Failure::permanent("no_code", self.to_string()).external()
+            }
+            GenerationError::Truncated { .. } => {
+                Failure::permanent("truncated", self.to_string()).external()
+            }
             GenerationError::Prompt(_) => Failure::permanent("bad_prompt", self.to_string()),
             GenerationError::Io(_) => Failure::retryable("io", self.to_string()),
         }

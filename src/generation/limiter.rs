@@ -32,6 +32,39 @@ impl Default for LimiterConfig {
     }
 }
 
+impl LimiterConfig {
+    /// The same settings made consistent: a config arrives over the API and must not be
+    /// able to break the limiter (NaN, min above max, a zero back-off).
+    pub fn sanitized(self) -> Self {
+        let d = LimiterConfig::default();
+        let finite_at_least = |v: f64, floor: f64, fallback: f64| {
+            if v.is_finite() && v >= floor {
+                v
+            } else {
+                fallback
+            }
+        };
+        let min = finite_at_least(self.min, 1.0, d.min);
+        let max = finite_at_least(self.max, min, min.max(d.max));
+        let initial = finite_at_least(self.initial, min, min).min(max);
+        let increase_step = if self.increase_step.is_finite() && self.increase_step > 0.0 {
+            self.increase_step.min(max)
+        } else {
+            d.increase_step
+        };
+        let backoff_base_ms = self.backoff_base_ms.clamp(1, 3_600_000);
+        let backoff_max_ms = self.backoff_max_ms.clamp(backoff_base_ms, 3_600_000);
+        LimiterConfig {
+            initial,
+            min,
+            max,
+            increase_step,
+            backoff_base_ms,
+            backoff_max_ms,
+        }
+    }
+}
+
 /// How a call ended, as far as scheduling cares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -69,11 +102,17 @@ pub struct Limiter {
     in_flight: usize,
     blocked_until: Micros,
     consecutive_errors: u32,
-    stopped: Option<String>,
+    /// Why the model is stopped, and since when.
+    stopped: Option<(String, Micros)>,
 }
+
+/// How long a quota or credit stop lasts before one call may find out whether it still
+/// holds (credits get topped up; a long-running server must not refuse a model forever).
+pub const STOP_FOR: Micros = 10 * 60 * 1_000_000;
 
 impl Limiter {
     pub fn new(config: LimiterConfig) -> Self {
+        let config = config.sanitized();
         Limiter {
             allowed: config.initial.clamp(config.min, config.max),
             config,
@@ -94,6 +133,13 @@ impl Limiter {
 
     /// Take a slot, or say why not.
     pub fn try_acquire(&mut self, now: Micros) -> Result<(), Wait> {
+        if self
+            .stopped
+            .as_ref()
+            .is_some_and(|(_, at)| now - at >= STOP_FOR)
+        {
+            self.stopped = None;
+        }
         self.check(now)?;
         self.in_flight += 1;
         Ok(())
@@ -101,8 +147,10 @@ impl Limiter {
 
     /// Whether a call could start now, without taking a slot.
     pub fn check(&self, now: Micros) -> Result<(), Wait> {
-        if let Some(why) = &self.stopped {
-            return Err(Wait::Stopped { why: why.clone() });
+        if let Some((why, at)) = &self.stopped {
+            if now - at < STOP_FOR {
+                return Err(Wait::Stopped { why: why.clone() });
+            }
         }
         if now < self.blocked_until {
             return Err(Wait::BackingOff {
@@ -151,7 +199,7 @@ impl Limiter {
                 self.allowed = (self.allowed * 0.75).max(c.min);
             }
             CallOutcome::QuotaExhausted { reason } => {
-                self.stopped = Some(reason.clone());
+                self.stopped = Some((reason.clone(), now));
             }
         }
     }
@@ -233,6 +281,34 @@ mod tests {
         );
         let wait = l.try_acquire(100 * SEC).unwrap_err();
         assert_eq!(wait.to_string(), "stopped: insufficient credits");
+        assert!(
+            l.try_acquire(STOP_FOR).is_ok(),
+            "after a while one call may find out whether credits were topped up"
+        );
+    }
+
+    #[test]
+    fn nonsense_settings_cannot_break_the_limiter() {
+        for config in [
+            LimiterConfig {
+                max: 0.5,
+                ..Default::default()
+            },
+            LimiterConfig {
+                initial: f64::NAN,
+                min: f64::INFINITY,
+                max: -3.0,
+                increase_step: f64::NAN,
+                backoff_base_ms: -5,
+                backoff_max_ms: i64::MIN,
+            },
+        ] {
+            let mut l = Limiter::new(config);
+            assert!(l.allowed() >= 1);
+            l.try_acquire(0).unwrap();
+            l.release(&CallOutcome::ServerError, 0);
+            assert!(matches!(l.check(0), Err(Wait::BackingOff { .. })));
+        }
     }
 
     #[test]

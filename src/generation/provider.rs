@@ -124,17 +124,24 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// What the scheduler learns from it.
-    pub fn outcome(&self) -> CallOutcome {
+    /// What the scheduler learns from it; `None` when it says nothing about the provider
+    /// (the call was stopped, refused as malformed, or had no key).
+    pub fn outcome(&self) -> Option<CallOutcome> {
         match self {
-            ProviderError::RateLimited { retry_after_ms } => CallOutcome::RateLimited {
+            ProviderError::RateLimited { retry_after_ms } => Some(CallOutcome::RateLimited {
                 retry_after_ms: *retry_after_ms,
-            },
-            ProviderError::Timeout(_) => CallOutcome::Timeout,
-            ProviderError::QuotaExhausted { reason } => CallOutcome::QuotaExhausted {
+            }),
+            ProviderError::Timeout(_) => Some(CallOutcome::Timeout),
+            ProviderError::QuotaExhausted { reason } => Some(CallOutcome::QuotaExhausted {
                 reason: reason.clone(),
-            },
-            _ => CallOutcome::ServerError,
+            }),
+            ProviderError::Server { .. } | ProviderError::Connection(_) => {
+                Some(CallOutcome::ServerError)
+            }
+            ProviderError::Malformed(_)
+            | ProviderError::Refused { .. }
+            | ProviderError::NoKey(_)
+            | ProviderError::Stopped { .. } => None,
         }
     }
 
@@ -151,7 +158,7 @@ impl ProviderError {
             ProviderError::Refused { .. } => ("provider_refused", false),
             ProviderError::NoKey(_) => ("no_api_key", false),
             ProviderError::Stopped { code, message } => {
-                return Failure::permanent(code, message.clone())
+                return Failure::permanent(code, message.clone()).external()
             }
         };
         let mut f = if retryable {
@@ -159,6 +166,14 @@ impl ProviderError {
         } else {
             Failure::permanent(code, self.to_string())
         };
+        // The provider's trouble is not the job's or the worker's (a refused request
+        // or a missing key is: those stay ordinary failures).
+        if !matches!(
+            self,
+            ProviderError::Refused { .. } | ProviderError::NoKey(_)
+        ) {
+            f = f.external();
+        }
         if let ProviderError::RateLimited { retry_after_ms } = self {
             f.retry_after_ms = *retry_after_ms;
         }

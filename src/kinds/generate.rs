@@ -13,7 +13,7 @@
 
 use super::{JobContext, JobOutput};
 use crate::analysis::catalog;
-use crate::api::{AcquireBody, CallBody};
+use crate::api::{AcquireBody, AnswerToCache, CallBody};
 use crate::client::Client;
 use crate::domain::Failure;
 use crate::generation::budget::CallResult;
@@ -110,8 +110,43 @@ fn parse(params: &Value) -> Result<Params, String> {
     if !(0.0..=2.0).contains(&p.temperature) {
         return Err(format!("temperature {} is outside 0..=2", p.temperature));
     }
+    for (name, v) in [
+        ("concurrency", p.concurrency),
+        ("max_concurrency", p.max_concurrency),
+    ] {
+        if let Some(v) = v {
+            if !(v.is_finite() && v >= 1.0) {
+                return Err(format!(
+                    "{name} is {v}: use a number of calls of at least 1"
+                ));
+            }
+        }
+    }
+    if let (Some(c), Some(m)) = (p.concurrency, p.max_concurrency) {
+        if c > m {
+            return Err(format!(
+                "concurrency {c} is above max_concurrency {m}: start at or below the maximum"
+            ));
+        }
+    }
     if p.call_tries == 0 {
         return Err("call_tries must be at least 1".into());
+    }
+    if let Some(env) = p.provider.as_ref().and_then(|p| p.api_key_env.as_ref()) {
+        let mut chars = env.chars();
+        let valid = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            // Not echoed: it may be a key pasted into the wrong field.
+            return Err(
+                "provider.api_key_env must be the name of an environment variable \
+                 (letters, digits and `_`), e.g. api_key_env = \"OPENROUTER_API_KEY\"; \
+                 the key itself goes into that variable, never into the spec"
+                    .into(),
+            );
+        }
     }
     if let Some(t) = p.provider.as_ref().and_then(|p| p.timeout.as_ref()) {
         humantime::parse_duration(t).map_err(|e| format!("provider.timeout `{t}`: {e}"))?;
@@ -167,40 +202,33 @@ struct Logged {
     error: Option<String>,
 }
 
-struct Caller {
-    client: Client,
-    config: ProviderConfig,
+/// What every call record of one attempt shares.
+#[derive(Clone)]
+struct CallMeta {
     job_id: i64,
     attempt: i64,
-    limiter: LimiterConfig,
-    call_tries: u32,
+    /// The provider's identity for limits and accounting: its base URL (two servers that
+    /// both serve a model called `llama3` do not share limits).
+    provider: String,
     prices: (Option<f64>, Option<f64>),
-    cancel: tokio_util::sync::CancellationToken,
-    progress: tokio::sync::watch::Sender<Option<crate::store::Progress>>,
-    log: Arc<Mutex<Vec<Logged>>>,
 }
 
-fn server_trouble(e: crate::client::ClientError) -> ProviderError {
-    ProviderError::Connection(format!("the Assay server: {e}"))
-}
-
-impl Caller {
-    fn step(&self, step: &str, message: String) {
-        self.progress.send_replace(Some(crate::store::Progress {
-            step: step.into(),
-            percent: None,
-            message: Some(message),
-        }));
+impl CallMeta {
+    fn cost(&self, resp: &ChatResponse) -> f64 {
+        resp.usage.cost.unwrap_or_else(|| {
+            self.prices.0.unwrap_or(0.0) * resp.usage.prompt_tokens as f64
+                + self.prices.1.unwrap_or(0.0) * resp.usage.completion_tokens as f64
+        })
     }
 
-    fn record(&self, result: CallResult, model_resolved: Option<String>) -> LlmCall {
+    fn record(&self, model: &str, result: CallResult) -> LlmCall {
         LlmCall {
             call_id: uuid::Uuid::new_v4().to_string(),
             job_id: self.job_id,
             attempt: self.attempt,
-            provider: self.config.name.clone(),
-            model: String::new(),
-            model_resolved,
+            provider: self.provider.clone(),
+            model: model.to_string(),
+            model_resolved: None,
             result,
             error: None,
             prompt_tokens: 0,
@@ -210,11 +238,91 @@ impl Caller {
         }
     }
 
-    fn cost(&self, resp: &ChatResponse) -> f64 {
-        resp.usage.cost.unwrap_or_else(|| {
-            self.prices.0.unwrap_or(0.0) * resp.usage.prompt_tokens as f64
-                + self.prices.1.unwrap_or(0.0) * resp.usage.completion_tokens as f64
-        })
+    /// The record of a call made with `permit`, with its answer to cache when it has one.
+    fn body(
+        &self,
+        model: &str,
+        key: &str,
+        permit: u64,
+        answer: &Result<ChatResponse, ProviderError>,
+    ) -> CallBody {
+        match answer {
+            Ok(resp) => {
+                let mut call = self.record(model, CallResult::Paid);
+                call.model_resolved = Some(resp.model.clone());
+                call.prompt_tokens = resp.usage.prompt_tokens as i64;
+                call.completion_tokens = resp.usage.completion_tokens as i64;
+                call.cost_usd = self.cost(resp);
+                CallBody {
+                    call,
+                    permit: Some(permit),
+                    outcome: Some(CallOutcome::Success),
+                    answer: Some(AnswerToCache {
+                        key: key.to_string(),
+                        answer: serde_json::to_value(resp).expect("answer serializes"),
+                    }),
+                }
+            }
+            Err(e) => {
+                let mut call = self.record(model, CallResult::Failed);
+                call.error = Some(e.to_failure().code);
+                CallBody {
+                    call,
+                    permit: Some(permit),
+                    outcome: e.outcome(),
+                    answer: None,
+                }
+            }
+        }
+    }
+}
+
+/// Deliver a call's record (and answer) to the server. It is what was paid, so it is
+/// tried for a while even when the job is being stopped.
+async fn send_record(client: &Client, body: &CallBody) -> Result<(), ProviderError> {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match client.record_call(body).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(server_trouble(e)),
+        }
+    }
+}
+
+struct Caller {
+    client: Client,
+    config: ProviderConfig,
+    meta: CallMeta,
+    limiter: LimiterConfig,
+    call_tries: u32,
+    cancel: tokio_util::sync::CancellationToken,
+    progress: tokio::sync::watch::Sender<Option<crate::store::Progress>>,
+    log: Arc<Mutex<Vec<Logged>>>,
+}
+
+fn server_trouble(e: crate::client::ClientError) -> ProviderError {
+    ProviderError::Connection(format!("the Assay server: {e}"))
+}
+
+fn stopped(message: &str) -> ProviderError {
+    ProviderError::Stopped {
+        code: "cancelled".into(),
+        message: message.into(),
+    }
+}
+
+impl Caller {
+    fn step(&self, step: &str, message: String) {
+        self.progress.send_replace(Some(crate::store::Progress {
+            step: step.into(),
+            percent: None,
+            message: Some(message),
+        }));
     }
 
     async fn chat(&self, req: ChatRequest) -> Result<ChatResponse, ProviderError> {
@@ -239,29 +347,42 @@ impl Caller {
         result
     }
 
+    /// An answer from the server's cache, asking again through short server trouble.
+    async fn cached(&self, key: &str) -> Result<Option<ChatResponse>, ProviderError> {
+        let mut delay = Duration::from_millis(200);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.client.cached_answer(key).await {
+                Ok(answer) => {
+                    return Ok(answer.and_then(|a| serde_json::from_value::<ChatResponse>(a).ok()))
+                }
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
+                    if self.cancel.is_cancelled() {
+                        return Err(stopped("the job was stopped"));
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(server_trouble(e)),
+            }
+        }
+    }
+
     async fn chat_inner(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
         let key = ResponseCache::key(&self.config, req);
-        let cached = self
-            .client
-            .cached_answer(&key)
-            .await
-            .map_err(server_trouble)?;
-        if let Some(answer) = cached {
-            if let Ok(mut resp) = serde_json::from_value::<ChatResponse>(answer) {
-                resp.cached = true;
-                let mut call = self.record(CallResult::Cached, Some(resp.model.clone()));
-                call.model = req.model.clone();
-                call.saved_usd = self.cost(&resp);
-                self.client
-                    .record_call(&CallBody {
-                        call,
-                        permit: None,
-                        outcome: None,
-                    })
-                    .await
-                    .map_err(server_trouble)?;
-                return Ok(resp);
-            }
+        if let Some(mut resp) = self.cached(&key).await? {
+            resp.cached = true;
+            let mut call = self.meta.record(&req.model, CallResult::Cached);
+            call.model_resolved = Some(resp.model.clone());
+            call.saved_usd = self.meta.cost(&resp);
+            let body = CallBody {
+                call,
+                permit: None,
+                outcome: None,
+                answer: None,
+            };
+            send_record(&self.client, &body).await?;
+            return Ok(resp);
         }
         let mut tries = 0;
         loop {
@@ -274,54 +395,33 @@ impl Caller {
                     req.model, self.config.name
                 ),
             );
+            let mut call = tokio::spawn({
+                let (config, req) = (self.config.clone(), req.clone());
+                async move { provider::chat(&config, &req).await }
+            });
             let answer = tokio::select! {
-                r = provider::chat(&self.config, req) => r,
-                _ = self.cancel.cancelled() => Err(ProviderError::Stopped {
-                    code: "cancelled".into(),
-                    message: "the job was stopped during a call".into(),
-                }),
-            };
-            let mut call = match &answer {
-                Ok(resp) => {
-                    let mut c = self.record(CallResult::Paid, Some(resp.model.clone()));
-                    c.prompt_tokens = resp.usage.prompt_tokens as i64;
-                    c.completion_tokens = resp.usage.completion_tokens as i64;
-                    c.cost_usd = self.cost(resp);
-                    c
-                }
-                Err(e) => {
-                    let mut c = self.record(CallResult::Failed, None);
-                    c.error = Some(e.to_failure().code);
-                    c
+                r = &mut call => r.unwrap_or_else(|e| Err(ProviderError::Connection(format!("the call failed: {e}")))),
+                _ = self.cancel.cancelled() => {
+                    // The call may already be paid for: let it finish in the background
+                    // and keep its answer and record, so that nothing is paid twice.
+                    let (client, meta, model, key) =
+                        (self.client.clone(), self.meta.clone(), req.model.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let answer = call.await.unwrap_or_else(|e| {
+                            Err(ProviderError::Connection(format!("the call failed: {e}")))
+                        });
+                        let _ = send_record(&client, &meta.body(&model, &key, permit, &answer)).await;
+                    });
+                    return Err(stopped("the job was stopped during a call; its answer will be kept"));
                 }
             };
-            call.model = req.model.clone();
-            let outcome = match &answer {
-                Ok(_) => CallOutcome::Success,
-                Err(e) => e.outcome(),
-            };
-            // The record must reach the server: it is what was paid.
-            let body = CallBody {
-                call,
-                permit: Some(permit),
-                outcome: Some(outcome),
-            };
-            let mut delay = Duration::from_millis(200);
-            while let Err(e) = self.client.record_call(&body).await {
-                if !e.is_transient() || self.cancel.is_cancelled() {
-                    return Err(server_trouble(e));
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
+            send_record(
+                &self.client,
+                &self.meta.body(&req.model, &key, permit, &answer),
+            )
+            .await?;
             match answer {
-                Ok(resp) => {
-                    let stored = serde_json::to_value(&resp).expect("answer serializes");
-                    if let Err(e) = self.client.cache_answer(&key, stored).await {
-                        tracing::warn!(error = %e, "could not store the answer in the response cache");
-                    }
-                    return Ok(resp);
-                }
+                Ok(resp) => return Ok(resp),
                 Err(e) if transient(&e) && tries < self.call_tries => {
                     self.step(
                         "retrying",
@@ -343,8 +443,9 @@ impl Caller {
     /// limiter says so.
     async fn acquire(&self, model: &str) -> Result<u64, ProviderError> {
         let body = AcquireBody {
-            job_id: self.job_id,
-            provider: self.config.name.clone(),
+            job_id: self.meta.job_id,
+            attempt: Some(self.meta.attempt),
+            provider: self.meta.provider.clone(),
             model: model.to_string(),
             limiter: Some(self.limiter),
             hold_ms: (self.config.timeout + Duration::from_secs(30)).as_millis() as i64,
@@ -353,10 +454,9 @@ impl Caller {
         let mut delay = Duration::from_millis(200);
         loop {
             if self.cancel.is_cancelled() {
-                return Err(ProviderError::Stopped {
-                    code: "cancelled".into(),
-                    message: "the job was stopped while waiting for the provider".into(),
-                });
+                return Err(stopped(
+                    "the job was stopped while waiting for the provider",
+                ));
             }
             let resp = match self.client.acquire_call(&body).await {
                 Ok(r) => r,
@@ -427,20 +527,26 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let defaults = LimiterConfig::default();
     let limiter = LimiterConfig {
         initial: p.concurrency.unwrap_or(defaults.initial),
-        max: p.max_concurrency.unwrap_or(defaults.max),
+        max: p
+            .max_concurrency
+            .unwrap_or(defaults.max)
+            .max(p.concurrency.unwrap_or(1.0)),
         ..defaults
     };
     let caller = Caller {
         client,
-        job_id: ctx.job_id,
-        attempt: ctx.attempt,
+        meta: CallMeta {
+            job_id: ctx.job_id,
+            attempt: ctx.attempt,
+            provider: config.base_url.trim_end_matches('/').to_string(),
+            prices: p
+                .provider
+                .as_ref()
+                .map(|pp| (pp.prompt_price, pp.completion_price))
+                .unwrap_or_default(),
+        },
         limiter,
         call_tries: p.call_tries,
-        prices: p
-            .provider
-            .as_ref()
-            .map(|pp| (pp.prompt_price, pp.completion_price))
-            .unwrap_or_default(),
         cancel: ctx.cancel.clone(),
         progress: ctx.progress.clone(),
         log: Arc::default(),
@@ -536,11 +642,89 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<std::path::PathBuf>) -> std::i
     Ok(())
 }
 
-/// Unpack an app archive into `into` (which must not exist yet). The `tar` crate refuses
-/// entries that would land outside it.
+/// Unpack an app archive into `into`. Only plain files and folders are accepted (no
+/// links, devices or absolute paths), each confined to `into`.
 pub fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(into)?;
     let mut a = tar::Archive::new(std::fs::File::open(archive)?);
     a.set_preserve_permissions(false);
-    a.unpack(into)
+    for entry in a.entries()? {
+        let mut entry = entry?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "`{}` in the app archive is not a plain file or folder",
+                    entry.path()?.display()
+                ),
+            ));
+        }
+        if !entry.unpack_in(into)? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "`{}` in the app archive points outside the app",
+                    entry.path()?.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_round_trip_through_the_archive_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(app.join("backend")).unwrap();
+        std::fs::write(app.join("backend/app.py"), "print('hi')\n").unwrap();
+        std::fs::write(app.join("assay-app.toml"), "[run]\n").unwrap();
+        pack(&app, &dir.path().join("a.tar")).unwrap();
+        pack(&app, &dir.path().join("b.tar")).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("a.tar")).unwrap(),
+            std::fs::read(dir.path().join("b.tar")).unwrap(),
+            "the same app packs to the same bytes"
+        );
+        let out = dir.path().join("out");
+        unpack(&dir.path().join("a.tar"), &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("backend/app.py")).unwrap(),
+            "print('hi')\n"
+        );
+    }
+
+    #[test]
+    fn archives_with_links_or_escaping_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let link_tar = dir.path().join("link.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&link_tar).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "backend/secrets", "/etc").unwrap();
+        b.into_inner().unwrap();
+        let err = unpack(&link_tar, &dir.path().join("out1")).unwrap_err();
+        assert!(err.to_string().contains("not a plain file"), "{err}");
+
+        let escape_tar = dir.path().join("escape.tar");
+        let mut raw = tar::Header::new_old();
+        raw.set_size(1);
+        raw.set_entry_type(tar::EntryType::Regular);
+        // Written by hand: the builder refuses `..` itself.
+        raw.as_old_mut().name[..12].copy_from_slice(b"../outside.x");
+        raw.set_cksum();
+        let mut bytes = raw.as_bytes().to_vec();
+        bytes.extend_from_slice(b"x");
+        bytes.resize(bytes.len() + 511, 0);
+        bytes.resize(bytes.len() + 1024, 0);
+        std::fs::write(&escape_tar, bytes).unwrap();
+        assert!(unpack(&escape_tar, &dir.path().join("out2")).is_err());
+        assert!(!dir.path().join("outside.x").exists());
+    }
 }

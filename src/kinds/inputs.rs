@@ -78,7 +78,27 @@ pub async fn resolve(
             ),
         ));
     }
-    let folder = fetch(client, up.job_id, &work_root.join("apps")).await?;
+    let upstream = client.explain(up.job_id).await.map_err(|e| {
+        Failure::retryable(
+            "server_unreachable",
+            format!("asking for job {}'s artifacts: {e}", up.job_id),
+        )
+    })?;
+    let archive = upstream
+        .artifacts
+        .iter()
+        .filter(|a| a.name == APP_ARTIFACT)
+        .max_by_key(|a| a.attempt)
+        .ok_or_else(|| {
+            Failure::permanent(
+                "no_upstream_app",
+                format!(
+                    "job {} ({}) has no `{APP_ARTIFACT}`: `app_from` names a stage that does not make apps",
+                    up.job_id, up.key
+                ),
+            )
+        })?;
+    let folder = fetch(client, up.job_id, &archive.sha256, &work_root.join("apps")).await?;
     let mut params = params.clone();
     let obj = params.as_object_mut().expect("params are an object");
     obj.remove("app_from");
@@ -86,9 +106,16 @@ pub async fn resolve(
     Ok(params)
 }
 
-/// The upstream job's app, unpacked under `apps/<job id>` (once: later jobs reuse it).
-async fn fetch(client: &Client, upstream: i64, apps: &Path) -> Result<PathBuf, Failure> {
-    let folder = apps.join(upstream.to_string());
+/// The upstream job's app, unpacked under `apps/<archive sha256>` once: later jobs, and
+/// later runs that made the same app, reuse it (and so does the analysis cache, whose key
+/// includes the folder).
+async fn fetch(
+    client: &Client,
+    upstream: i64,
+    sha256: &str,
+    apps: &Path,
+) -> Result<PathBuf, Failure> {
+    let folder = apps.join(sha256);
     if folder.is_dir() {
         return Ok(folder);
     }

@@ -65,6 +65,9 @@ struct FailParams {
     code: String,
     #[serde(default)]
     message: Option<String>,
+    /// Blame something outside the job and the worker (see `Failure::external`).
+    #[serde(default)]
+    external: bool,
 }
 
 fn default_class() -> FailureClass {
@@ -90,6 +93,7 @@ pub async fn fail(ctx: &JobContext) -> Result<JobOutput, Failure> {
             code: p.code,
             message,
             retry_after_ms: None,
+            external: p.external,
         });
     }
     Ok(JobOutput {

@@ -33,12 +33,21 @@ pub struct LimiterState {
 #[derive(Debug, Default)]
 pub struct LlmGate {
     entries: Mutex<BTreeMap<(String, String), Entry>>,
-    next_permit: Mutex<u64>,
+    next_permit: std::sync::atomic::AtomicU64,
     /// Signalled whenever a slot is given back, so waiting acquires re-check.
     released: Notify,
 }
 
 impl LlmGate {
+    /// The limiters. A panic while the lock was held cannot leave them inconsistent (every
+    /// update is a few plain assignments), so a poisoned lock is used as it is rather than
+    /// failing every model call from then on.
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Take a slot for one call of `job_id` to `model` at `provider`, held at most
     /// `hold_ms` (clamped to between a second and ten minutes).
     #[allow(clippy::too_many_arguments)]
@@ -51,7 +60,7 @@ impl LlmGate {
         hold_ms: i64,
         now: Micros,
     ) -> Result<u64, Wait> {
-        let mut entries = self.entries.lock().expect("gate lock");
+        let mut entries = self.lock();
         let entry = entries
             .entry((provider.to_string(), model.to_string()))
             .or_insert_with(|| Entry {
@@ -71,11 +80,10 @@ impl LlmGate {
             entry.limiter.abandon();
         }
         entry.limiter.try_acquire(now)?;
-        let id = {
-            let mut next = self.next_permit.lock().expect("permit counter lock");
-            *next += 1;
-            *next
-        };
+        let id = self
+            .next_permit
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         let hold_ms = hold_ms.clamp(1_000, 600_000);
         entry
             .permits
@@ -95,7 +103,7 @@ impl LlmGate {
         outcome: Option<&CallOutcome>,
         now: Micros,
     ) {
-        let mut entries = self.entries.lock().expect("gate lock");
+        let mut entries = self.lock();
         if let Some(entry) = entries.get_mut(&(provider.to_string(), model.to_string())) {
             let held = entry
                 .permits
@@ -121,7 +129,7 @@ impl LlmGate {
     }
 
     pub fn states(&self, now: Micros) -> Vec<LimiterState> {
-        let entries = self.entries.lock().expect("gate lock");
+        let entries = self.lock();
         entries
             .iter()
             .map(|((provider, model), e)| {

@@ -682,7 +682,8 @@ async fn llm_acquire(
             .job(body.job_id)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("job {}", body.job_id)))?;
-        if job.state != JobState::Running || job.cancel_requested {
+        let stale = body.attempt.is_some_and(|a| a != job.attempts);
+        if job.state != JobState::Running || job.cancel_requested || stale {
             return Ok(stop(
                 "not_running",
                 format!(
@@ -747,7 +748,16 @@ async fn llm_call(
     AppJson(body): AppJson<CallBody>,
 ) -> ApiResult<serde_json::Value> {
     let now = now_micros();
-    if let Some(permit) = body.permit {
+    // The answer first, then the record, then the slot: a waiting call sees the spending
+    // before it gets the slot, and a paid answer is kept before it counts as paid.
+    if let Some(a) = &body.answer {
+        valid_answer_key(&a.key)?;
+        s.store.cache_answer(&a.key, &a.answer, now).await?;
+    }
+    // Idempotent by call id: a retried report neither counts the call twice nor teaches
+    // the limiter twice.
+    let new = s.store.record_llm_call(&body.call, now).await?;
+    if let (true, Some(permit)) = (new, body.permit) {
         s.llm.release(
             body.call.job_id,
             &body.call.provider,
@@ -757,10 +767,8 @@ async fn llm_call(
             now,
         );
     }
-    // Idempotent by call id: a retried report does not count the call twice.
-    s.store.record_llm_call(&body.call, now).await?;
     s.signals.events_changed();
-    Ok(Json(serde_json::json!({"recorded": true})))
+    Ok(Json(serde_json::json!({"recorded": new})))
 }
 
 async fn llm_limits(

@@ -461,6 +461,61 @@ pub async fn breaker_fails_the_rest_fast(store: Arc<dyn Store>) {
     assert!(events.iter().any(|e| e.kind == "breaker_opened"));
 }
 
+/// A model out of credits or a reached budget says nothing about the stage's other jobs or
+/// the worker: such failures open no breaker and quarantine no worker.
+pub async fn external_failures_open_no_breaker_and_quarantine_no_worker(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml(
+        "a",
+        "breaker = 2\nmax_attempts = 9\nbackoff = \"1ms\"\nitems = [1,2,3,4,5,6,7,8]",
+    )]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let mut now = T0;
+    // More external failures in a row than the breaker (2) and the quarantine (3) allow.
+    for round in 0..4 {
+        let claimed = claim(&*store, "w", 2, now).await;
+        assert_eq!(
+            claimed.len(),
+            2,
+            "round {round}: the worker still gets work"
+        );
+        let failure = if round == 0 {
+            Failure::permanent("quota_exhausted", "no credits left").external()
+        } else {
+            Failure::retryable("rate_limited", "429").external()
+        };
+        report(
+            &*store,
+            claimed
+                .iter()
+                .map(|c| failed(c, "w", failure.clone()))
+                .collect(),
+            now,
+        )
+        .await;
+        now += 10 * MICROS_PER_SEC;
+    }
+    let stages = store.stages(pid).await.unwrap();
+    assert!(!stages[0].breaker_open, "{stages:?}");
+    let workers = store.workers().await.unwrap();
+    assert_eq!(workers[0].quarantined_until, None, "{workers:?}");
+    let jobs = store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pid),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dead: Vec<_> = jobs.iter().filter(|j| j.state == JobState::Dead).collect();
+    assert_eq!(dead.len(), 2, "only the permanently failed jobs are dead");
+    assert!(dead
+        .iter()
+        .all(|j| j.last_error.as_ref().unwrap().code == "quota_exhausted"));
+}
+
 pub async fn failing_workers_are_quarantined(store: Arc<dyn Store>) {
     let toml = pipeline_toml(&[stage_toml(
         "a",
@@ -1006,7 +1061,7 @@ pub async fn llm_usage_adds_up_per_model_and_per_job(store: Arc<dyn Store>) {
         store.record_llm_call(call, T0 + i as Micros).await.unwrap();
     }
     // A report delivered twice (its answer was lost) counts once.
-    store.record_llm_call(&calls[0], T0 + 10).await.unwrap();
+    assert!(!store.record_llm_call(&calls[0], T0 + 10).await.unwrap());
 
     let usage = store.pipeline_usage(pid).await.unwrap();
     assert_eq!(usage.pipeline_id, pid);
@@ -1215,7 +1270,8 @@ macro_rules! store_conformance_tests {
             reconciler_finalizes_stragglers, artifacts_are_recorded,
             retry_revives_only_what_can_run, cancellation_survives_release_failure_and_loss,
             lost_workers_do_not_open_the_breaker, llm_usage_adds_up_per_model_and_per_job,
-            llm_budget_is_kept_with_the_pipeline, llm_answers_are_cached_first_one_wins);
+            llm_budget_is_kept_with_the_pipeline, llm_answers_are_cached_first_one_wins,
+            external_failures_open_no_breaker_and_quarantine_no_worker);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

@@ -479,8 +479,9 @@ pub trait Store: Send + Sync + 'static {
     async fn next_retry_at(&self) -> StoreResult<Option<Micros>>;
 
     /// Record an LLM call against its job and pipeline (a paid call is recorded even when
-    /// its attempt has lost the job since: the money was spent).
-    async fn record_llm_call(&self, call: &LlmCall, now: Micros) -> StoreResult<()>;
+    /// its attempt has lost the job since: the money was spent). Idempotent by call id:
+    /// returns whether this call was new.
+    async fn record_llm_call(&self, call: &LlmCall, now: Micros) -> StoreResult<bool>;
     /// The pipeline's LLM usage: totals, per model, per job, and its budget.
     async fn pipeline_usage(&self, pipeline_id: i64) -> StoreResult<PipelineUsage>;
     /// A successful answer stored under `key` (a hash of the request), if any.

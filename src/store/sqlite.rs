@@ -534,7 +534,10 @@ async fn fail_running(
     }
     // A lost worker is an infrastructure event, not evidence against the stage's jobs:
     // it must not open the breaker (one crashed worker would otherwise kill a stage).
-    let increment = i64::from(outcome != AttemptOutcome::Lost);
+    // Nor is an external cause (a provider's quota, the budget): one model running out of
+    // credits must not stop the other models' jobs.
+    let blameless = outcome == AttemptOutcome::Lost || failure.external;
+    let increment = i64::from(!blameless);
     let breaker_open: i64 = sqlx::query_scalar(
         "UPDATE stages SET consecutive_failures = consecutive_failures + ?3 \
          WHERE pipeline_id = ?1 AND name = ?2 RETURNING breaker_open",
@@ -545,7 +548,7 @@ async fn fail_running(
     .fetch_one(&mut *conn)
     .await?;
     if let Some(worker) = &job.worker_id {
-        if failure.class == FailureClass::Retryable && outcome != AttemptOutcome::Lost {
+        if failure.class == FailureClass::Retryable && !blameless {
             note_worker_failure(conn, worker, lease, now).await?;
         }
     }
@@ -1867,7 +1870,7 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn record_llm_call(&self, call: &LlmCall, now: Micros) -> StoreResult<()> {
+    async fn record_llm_call(&self, call: &LlmCall, now: Micros) -> StoreResult<bool> {
         let done = sqlx::query(
             "INSERT INTO llm_calls (pipeline_id, job_id, attempt, provider, model, model_resolved, result, \
              error, prompt_tokens, completion_tokens, cost_usd, saved_usd, at, call_id) \
@@ -1892,7 +1895,7 @@ impl Store for SqliteStore {
         if done.rows_affected() == 0 && self.job(call.job_id).await?.is_none() {
             return Err(StoreError::NotFound(format!("job {}", call.job_id)));
         }
-        Ok(())
+        Ok(done.rows_affected() > 0)
     }
 
     async fn pipeline_usage(&self, pipeline_id: i64) -> StoreResult<PipelineUsage> {
