@@ -92,6 +92,9 @@ struct Running {
     cause: Arc<Mutex<Option<StopCause>>>,
     /// The attempt is over; its result is spooled and on its way to the server.
     finished: bool,
+    /// Time spent waiting for a model provider's slot (ms): it does not count against
+    /// the attempt timeout.
+    waited_ms: Arc<kinds::WaitClock>,
 }
 
 /// Attempts this worker holds, keyed by their fencing token: one job can have an old
@@ -442,6 +445,7 @@ impl JobRun {
         let cancel = CancellationToken::new();
         let cause: Arc<Mutex<Option<StopCause>>> = Arc::default();
         let (progress_tx, progress_rx) = watch::channel(None);
+        let waited_ms: Arc<kinds::WaitClock> = Arc::default();
         self.running.lock().expect("running map lock").insert(
             job.token.clone(),
             Running {
@@ -450,6 +454,7 @@ impl JobRun {
                 cancel: cancel.clone(),
                 cause: cause.clone(),
                 finished: false,
+                waited_ms: waited_ms.clone(),
             },
         );
         let output_dir = self
@@ -487,19 +492,30 @@ impl JobRun {
             cancel: cancel.clone(),
             progress: progress_tx,
             server: Some(self.client.clone()),
+            waited_ms: waited_ms.clone(),
         };
         let result = match prepared {
             Err(f) => Err(f),
             Ok(()) => {
                 let work = kinds::run(&job.kind, &ctx);
                 tokio::pin!(work);
+                let started = tokio::time::Instant::now();
                 let timeout = Duration::from_millis(job.timeout_ms.max(1) as u64);
-                tokio::select! {
-                    r = &mut work => r,
-                    _ = tokio::time::sleep(timeout) => {
-                        cancel.cancel();
-                        let _ = work.await;
-                        Err(Failure::retryable("timeout", format!("the attempt ran past its timeout of {} ms", job.timeout_ms)))
+                // The deadline moves out by the time spent waiting for a provider's slot.
+                let deadline = || {
+                    started + timeout + Duration::from_millis(waited_ms.total_ms().max(0) as u64)
+                };
+                loop {
+                    tokio::select! {
+                        r = &mut work => break r,
+                        _ = tokio::time::sleep_until(deadline()) => {
+                            if tokio::time::Instant::now() < deadline() {
+                                continue;
+                            }
+                            cancel.cancel();
+                            let _ = work.await;
+                            break Err(Failure::retryable("timeout", format!("the attempt ran past its timeout of {} ms", job.timeout_ms)));
+                        }
                     }
                 }
             }
@@ -612,6 +628,7 @@ async fn heartbeat_loop(
                         token: token.clone(),
                         progress: if changed { current } else { None },
                         finished: r.finished,
+                        waited_ms: r.waited_ms.total_ms(),
                     }
                 })
                 .collect()

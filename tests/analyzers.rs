@@ -291,6 +291,7 @@ async fn performance_analysis_measures_every_planted_slow_endpoint() {
             cancel: tokio_util::sync::CancellationToken::new(),
             progress: tokio::sync::watch::channel(None).0,
             server: None,
+            waited_ms: Default::default(),
         };
         let result = assay::kinds::run("performance", &ctx)
             .await
@@ -368,6 +369,7 @@ async fn unchanged_apps_are_reused_from_the_cache() {
             cancel: tokio_util::sync::CancellationToken::new(),
             progress: tokio::sync::watch::channel(None).0,
             server: None,
+            waited_ms: Default::default(),
         };
         let result = assay::kinds::run("static", &ctx).await.unwrap().result;
         let files: Vec<String> = std::fs::read_dir(out.path())

@@ -210,6 +210,7 @@ async fn worker_lifecycle_claim_heartbeat_report() {
                 token: j.token.clone(),
                 progress: None,
                 finished: false,
+                waited_ms: 0,
             })
             .collect(),
     };

@@ -843,3 +843,33 @@ async fn bench_generation() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_provider_does_not_count_against_the_attempt_timeout() {
+    let faults: Faults = Arc::default();
+    faults.lock().unwrap().insert(
+        (MODELS[0].into(), "todo-api".into(), "backend".into()),
+        vec![Scripted::Status(429, Some(5))].into(),
+    );
+    let llm = FakeLlm::start_with(responder(faults)).await;
+    let cluster = Cluster::new();
+    let _server = cluster.server("500ms").await;
+    let _worker = cluster.worker("w1", 1, &[]);
+    // A 3 s attempt timeout and one attempt only: the 5 s back-off must not use it up.
+    let spec = one_generation(&llm, MODELS[0], "todo-api")
+        .replace("timeout = \"2m\"", "timeout = \"3s\"")
+        .replace("max_attempts = 3", "max_attempts = 1");
+    let pipeline = cluster.submit(&spec).await;
+    let detail = cluster
+        .wait_finished(pipeline, Duration::from_secs(60))
+        .await;
+    let job = &cluster.jobs(pipeline).await[0];
+    assert_eq!(
+        detail.pipeline.state,
+        assay::domain::PipelineState::Completed,
+        "{:?}",
+        job.last_error
+    );
+    assert_eq!(job.attempts, 1);
+    assert_eq!(llm.requests().len(), 2, "the 429, then the answer");
+}

@@ -3,6 +3,10 @@
 -- The pipeline's spending limit (JSON `{"usd": .., "tokens": ..}`), NULL when unlimited.
 ALTER TABLE pipelines ADD COLUMN budget TEXT;
 
+-- Time the running attempt has spent waiting for a model provider's slot, as its worker
+-- last reported: the attempt's clock does not run while it waits its turn.
+ALTER TABLE jobs ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;
+
 -- Every call a job made to a model, paid, answered from the cache, or failed.
 CREATE TABLE llm_calls (
     id                INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -262,6 +262,7 @@ mod tests {
             cancel: CancellationToken::new(),
             progress: tokio::sync::watch::channel(None).0,
             server: None,
+            waited_ms: Default::default(),
         }
     }
 

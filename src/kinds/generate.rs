@@ -303,6 +303,8 @@ struct Caller {
     cancel: tokio_util::sync::CancellationToken,
     progress: tokio::sync::watch::Sender<Option<crate::store::Progress>>,
     log: Arc<Mutex<Vec<Logged>>>,
+    /// Time spent waiting for slots, reported to the worker (see `JobContext::waited_ms`).
+    waited_ms: Arc<super::WaitClock>,
 }
 
 fn server_trouble(e: crate::client::ClientError) -> ProviderError {
@@ -454,11 +456,23 @@ impl Caller {
         let mut delay = Duration::from_millis(200);
         loop {
             if self.cancel.is_cancelled() {
+                self.waited_ms.end();
                 return Err(stopped(
                     "the job was stopped while waiting for the provider",
                 ));
             }
-            let resp = match self.client.acquire_call(&body).await {
+            // The long-poll may hold the request while the model is busy: that is waiting.
+            let slow = tokio::time::Instant::now() + Duration::from_millis(100);
+            let ask = self.client.acquire_call(&body);
+            tokio::pin!(ask);
+            let answer = tokio::select! {
+                r = &mut ask => r,
+                _ = tokio::time::sleep_until(slow) => {
+                    self.waited_ms.begin();
+                    ask.await
+                }
+            };
+            let resp = match answer {
                 Ok(r) => r,
                 Err(e) if e.is_transient() => {
                     tokio::time::sleep(delay).await;
@@ -468,15 +482,18 @@ impl Caller {
                 Err(e) => return Err(server_trouble(e)),
             };
             if let Some(permit) = resp.permit {
+                self.waited_ms.end();
                 return Ok(permit);
             }
             if let Some(stop) = resp.stop {
+                self.waited_ms.end();
                 return Err(ProviderError::Stopped {
                     code: stop.code,
                     message: stop.message,
                 });
             }
             if let Some(wait) = &resp.wait {
+                self.waited_ms.begin();
                 self.step(
                     "waiting for the provider",
                     format!("{model} at {}: {wait}", self.config.name),
@@ -550,6 +567,7 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
         cancel: ctx.cancel.clone(),
         progress: ctx.progress.clone(),
         log: Arc::default(),
+        waited_ms: ctx.waited_ms.clone(),
         config,
     };
     let mut limits = Limits::default();

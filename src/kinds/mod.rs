@@ -64,6 +64,55 @@ pub struct JobContext {
     /// The server the job came from: for model calls, and upstream jobs' artifacts.
     /// `None` when a kind runs outside a worker (in tests).
     pub server: Option<crate::client::Client>,
+    /// Time spent waiting for a model provider's slot: the attempt's timeout is extended
+    /// by as much (on the worker and, through heartbeats, on the server).
+    pub waited_ms: std::sync::Arc<WaitClock>,
+}
+
+/// How long a job has waited for something outside it (a model provider's slot),
+/// including a wait still going on.
+#[derive(Debug, Default)]
+pub struct WaitClock {
+    done_ms: std::sync::atomic::AtomicI64,
+    /// When the current wait began (ms on `since_ms`'s clock), 0 when not waiting.
+    since_ms: std::sync::atomic::AtomicI64,
+}
+
+impl WaitClock {
+    fn now_ms() -> i64 {
+        crate::domain::now_micros() / crate::domain::MICROS_PER_MS
+    }
+
+    pub fn begin(&self) {
+        use std::sync::atomic::Ordering;
+        let _ = self.since_ms.compare_exchange(
+            0,
+            Self::now_ms().max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn end(&self) {
+        use std::sync::atomic::Ordering;
+        let since = self.since_ms.swap(0, Ordering::Relaxed);
+        if since > 0 {
+            self.done_ms
+                .fetch_add((Self::now_ms() - since).max(0), Ordering::Relaxed);
+        }
+    }
+
+    /// Everything waited so far, the current wait included.
+    pub fn total_ms(&self) -> i64 {
+        use std::sync::atomic::Ordering;
+        let since = self.since_ms.load(Ordering::Relaxed);
+        let current = if since > 0 {
+            (Self::now_ms() - since).max(0)
+        } else {
+            0
+        };
+        self.done_ms.load(Ordering::Relaxed) + current
+    }
 }
 
 impl JobContext {

@@ -238,6 +238,7 @@ pub async fn fencing_rejects_late_reports(store: Arc<dyn Store>) {
                     token: first.token.clone(),
                     progress: None,
                     finished: false,
+                    waited_ms: 0,
                 }],
             },
             &policy(),
@@ -558,6 +559,58 @@ pub async fn failing_workers_are_quarantined(store: Arc<dyn Store>) {
     );
 }
 
+/// Time an attempt spends waiting for a model provider's slot, as its heartbeats report
+/// it, moves its deadline out by as much.
+pub async fn waiting_for_a_provider_extends_the_attempt_deadline(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("gen", "timeout = \"5s\"\nmax_attempts = 1")]);
+    store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
+    let hb = |now, waited_ms| {
+        let store = store.clone();
+        let c = c.clone();
+        async move {
+            store
+                .heartbeat(
+                    &Heartbeat {
+                        worker_id: "w".into(),
+                        leases: vec![HeldLease {
+                            job_id: c.job_id,
+                            token: c.token,
+                            progress: None,
+                            finished: false,
+                            waited_ms,
+                        }],
+                    },
+                    &policy(),
+                    now,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    // Waited 4 s by 3 s, 6 s by 7 s (reported again: counted once).
+    hb(T0 + 3 * MICROS_PER_SEC, 4_000).await;
+    hb(T0 + 7 * MICROS_PER_SEC, 6_000).await;
+    hb(T0 + 9 * MICROS_PER_SEC, 6_000).await;
+    // 5 s + 6 s waited + 3 s of grace = 14 s: at 13.5 s the attempt still runs.
+    hb(T0 + 12 * MICROS_PER_SEC, 6_000).await;
+    let stats = store
+        .reconcile(&policy(), T0 + 13_500 * MICROS_PER_MS)
+        .await
+        .unwrap();
+    assert_eq!(stats.attempts_timed_out, 0, "{stats:?}");
+    hb(T0 + 14 * MICROS_PER_SEC, 6_000).await;
+    let stats = store
+        .reconcile(&policy(), T0 + 14_500 * MICROS_PER_MS)
+        .await
+        .unwrap();
+    assert_eq!(stats.attempts_timed_out, 1, "{stats:?}");
+}
+
 pub async fn deadlines_are_enforced(store: Arc<dyn Store>) {
     let toml = "[pipeline]\nname = \"t\"\ndeadline = \"60s\"\n".to_string()
         + &stage_toml("slow", "timeout = \"5s\"\nmax_attempts = 1")
@@ -583,6 +636,7 @@ pub async fn deadlines_are_enforced(store: Arc<dyn Store>) {
                             token: c.token,
                             progress: None,
                             finished: false,
+                            waited_ms: 0,
                         }],
                     },
                     &policy(),
@@ -665,6 +719,7 @@ pub async fn cancellation_reaches_running_jobs(store: Arc<dyn Store>) {
                     token: c.token.clone(),
                     progress: None,
                     finished: false,
+                    waited_ms: 0,
                 }],
             },
             &policy(),
@@ -757,6 +812,7 @@ pub async fn events_resume_by_id(store: Arc<dyn Store>) {
                     token: claimed[0].token.clone(),
                     progress: Some(progress.clone()),
                     finished: false,
+                    waited_ms: 0,
                 }],
             },
             &policy(),
@@ -1271,7 +1327,8 @@ macro_rules! store_conformance_tests {
             retry_revives_only_what_can_run, cancellation_survives_release_failure_and_loss,
             lost_workers_do_not_open_the_breaker, llm_usage_adds_up_per_model_and_per_job,
             llm_budget_is_kept_with_the_pipeline, llm_answers_are_cached_first_one_wins,
-            external_failures_open_no_breaker_and_quarantine_no_worker);
+            external_failures_open_no_breaker_and_quarantine_no_worker,
+            waiting_for_a_provider_extends_the_attempt_deadline);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

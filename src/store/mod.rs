@@ -243,6 +243,10 @@ pub struct HeldLease {
     /// attempt timeout no longer applies, only the lease does.
     #[serde(default)]
     pub finished: bool,
+    /// How long this attempt has waited for a model provider's slot so far, in ms. Its
+    /// attempt deadline moves out by as much: a job waiting its turn is not running late.
+    #[serde(default)]
+    pub waited_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -966,7 +966,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, worker_id = ?2, \
                lease_token = ?3 || '.' || id || '.' || (attempts + 1), lease_expires_at = ?4, \
-               started_at = COALESCE(started_at, ?5), progress = NULL, cancel_requested = 0, \
+               started_at = COALESCE(started_at, ?5), progress = NULL, cancel_requested = 0, waited_ms = 0, \
                attempt_deadline_at = ?5 + 1000 * (SELECT timeout_ms FROM stages s \
                    WHERE s.pipeline_id = jobs.pipeline_id AND s.name = jobs.stage) \
              WHERE id IN (SELECT value FROM json_each(?1)) \
@@ -1073,12 +1073,15 @@ impl Store for SqliteStore {
             let progress = lease.progress.as_ref().map(to_json);
             sqlx::query(
                 "UPDATE jobs SET lease_expires_at = ?2, progress = COALESCE(?3, progress), \
-                 attempt_deadline_at = CASE WHEN ?4 THEN NULL ELSE attempt_deadline_at END WHERE id = ?1",
+                 attempt_deadline_at = CASE WHEN ?4 THEN NULL \
+                     ELSE attempt_deadline_at + 1000 * MAX(0, ?5 - waited_ms) END, \
+                 waited_ms = MAX(waited_ms, ?5) WHERE id = ?1",
             )
             .bind(job.id)
             .bind(lease_until)
             .bind(&progress)
             .bind(lease.finished)
+            .bind(lease.waited_ms)
             .execute(&mut *tx)
             .await?;
             if let Some(p) = &lease.progress {
