@@ -371,6 +371,33 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
             })
         }
     };
+    if let (Some(b), Some(usd)) = (&raw.pipeline.budget, budget.and_then(|b| b.usd)) {
+        // Only OpenRouter reports what a call cost; elsewhere the budget needs prices, or
+        // it would count every call as free and never stop anything.
+        for (index, stage) in stages.iter().enumerate() {
+            if stage.kind != "generate" {
+                continue;
+            }
+            let provider = &stage.params["provider"];
+            let url = provider["base_url"]
+                .as_str()
+                .unwrap_or(crate::generation::provider::OPENROUTER_BASE_URL);
+            let priced = provider["prompt_price"].is_number()
+                || provider["completion_price"].is_number()
+                || provider["reports_cost"] == serde_json::json!(true);
+            if !url.starts_with(crate::generation::provider::OPENROUTER_BASE_URL) && !priced {
+                return Err(loc.err(
+                    b,
+                    "pipeline.budget",
+                    format!(
+                        "a budget of ${usd} needs to know what calls cost, but stage[{index}] (`{}`) calls {url}, which does not report costs",
+                        stage.name
+                    ),
+                    "give that stage's provider prices in USD per token, e.g. provider = { base_url = \"...\", prompt_price = 0.0000005, completion_price = 0.0000015 }, or say it reports `usage.cost` like OpenRouter (reports_cost = true), or budget tokens instead: budget = { tokens = 2000000 }",
+                ));
+            }
+        }
+    }
     Ok(Spec {
         name: raw.pipeline.name.into_inner(),
         deadline_ms,
@@ -610,6 +637,35 @@ mod tests {
         .to_string();
         assert!(err.contains("stage[1].params.app_from"), "{err}");
         assert!(err.contains("after"), "{err}");
+    }
+
+    #[test]
+    fn a_usd_budget_needs_providers_that_report_or_are_given_prices() {
+        let spec = |provider: &str, budget: &str| {
+            format!("[pipeline]\nname = \"p\"\nbudget = {budget}\n[[stage]]\nname = \"g\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\ntemplate = \"todo-api\"\nprovider = {provider}\n")
+        };
+        let local = "{ base_url = \"http://127.0.0.1:11434/v1\" }";
+        let err = parse("b.toml", &spec(local, "{ usd = 1.0 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not report costs") && err.contains("prompt_price"),
+            "{err}"
+        );
+        parse("b.toml", &spec(local, "{ tokens = 1000 }")).unwrap();
+        parse(
+            "b.toml",
+            &spec(
+                "{ base_url = \"http://127.0.0.1:11434/v1\", prompt_price = 0.000001, completion_price = 0.000002 }",
+                "{ usd = 1.0 }",
+            ),
+        )
+        .unwrap();
+        parse(
+            "b.toml",
+            &spec("{ name = \"openrouter\" }", "{ usd = 1.0 }"),
+        )
+        .unwrap();
     }
 
     #[test]

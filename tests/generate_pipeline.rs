@@ -150,7 +150,7 @@ model = "{{{{ model }}}}"
 template = "{{{{ template }}}}"
 seed = 7
 temperature = 0.2
-provider = {{ name = "fake", base_url = "{url}", api_key_env = "ASSAY_E2E_KEY", timeout = "3s" }}
+provider = {{ name = "fake", base_url = "{url}", api_key_env = "ASSAY_E2E_KEY", timeout = "3s", reports_cost = true }}
 "#,
         matrix = matrix(models, templates),
         url = llm.base_url,

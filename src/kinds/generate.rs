@@ -49,6 +49,10 @@ struct ProviderParams {
     prompt_price: Option<f64>,
     #[serde(default)]
     completion_price: Option<f64>,
+    /// The provider reports each call's cost in `usage.cost` (OpenRouter does).
+    #[serde(default)]
+    #[allow(dead_code)]
+    reports_cost: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
