@@ -84,12 +84,21 @@ function usageText(total) {
   return s;
 }
 
+// Every kind of durable event the server emits (they carry ids).
+const DURABLE_KINDS = ["pipeline_created", "pipeline_finished", "pipeline_cancel_requested", "pipeline_reopened",
+  "job_state", "job_progress", "breaker_opened", "breaker_closed"];
+
 function openStream(query, handlers) {
   if (pageStream) pageStream.close();
   const live = document.getElementById("live");
   const es = new EventSource(API + "/stream" + query);
   es.onopen = () => live.classList.add("on");
   es.onerror = () => live.classList.remove("on");
+  // The ids this page has received, in order: a reconnect must neither skip nor repeat.
+  window.assaySeen = [];
+  for (const kind of DURABLE_KINDS) {
+    es.addEventListener(kind, e => window.assaySeen.push(Number(e.lastEventId)));
+  }
   for (const [kind, fn] of Object.entries(handlers)) {
     es.addEventListener(kind, e => fn(JSON.parse(e.data), e));
   }
@@ -299,6 +308,10 @@ async function pipelinePage(id) {
       refreshUsage();
     },
     pipeline_created: ev => logLine(ev, `pipeline created with ${ev.data.jobs} jobs`),
+    pipeline_cancel_requested: ev => logLine(ev, "cancellation requested"),
+    pipeline_reopened: ev => { logLine(ev, "pipeline reopened"); refreshDetail(); },
+    breaker_opened: ev => { logLine(ev, `breaker of stage ${ev.data.stage} opened after ${ev.data.consecutive_failures} failures`); refreshDetail(); },
+    breaker_closed: ev => { logLine(ev, `breaker of stage ${ev.data.stage} closed`); refreshDetail(); },
     pipeline_finished: ev => { logLine(ev, `pipeline ${ev.data.state}`); refreshDetail(); refreshUsage(); },
     progress: snap => {
       running.replaceChildren(snap.running.length ? h("table", {}, h("tbody", {}, snap.running.map(r => h("tr", {},

@@ -1,0 +1,301 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! which `.ci/run` installs), driven over WebDriver: submit a pipeline from the page,
+//! watch its cells change state without a reload, kill -9 the server mid-run and see the
+//! page's event stream resume with nothing lost or shown twice. Screenshots of the pages
+//! are kept in `target/test-artifacts/dashboard/`.
+
+mod common;
+
+use common::{free_port, wait_for, Cluster, Proc};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SPEC: &str = r#"[pipeline]
+name = "from-the-browser"
+
+[[stage]]
+name = "generate"
+kind = "sleep"
+matrix = { model = ["model-a", "model-b"], template = ["todo-api", "blog"] }
+[stage.params]
+ms = 1200
+steps = 3
+
+[[stage]]
+name = "analyze"
+kind = "sleep"
+after = ["generate"]
+matrix = { model = ["model-a", "model-b"], template = ["todo-api", "blog"] }
+[stage.params]
+ms = 800
+"#;
+
+struct Browser {
+    client: Client,
+    _driver: Proc,
+}
+
+fn executable(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default));
+    assert!(
+        path.exists(),
+        "{} is missing: install Debian's chromium and chromium-driver \
+         (apt-get install chromium chromium-driver; .ci/run does), or set {env}",
+        path.display()
+    );
+    path
+}
+
+async fn browser() -> Browser {
+    let chromium = executable("ASSAY_CHROMIUM", "/usr/bin/chromium");
+    let chromedriver = executable("ASSAY_CHROMEDRIVER", "/usr/bin/chromedriver");
+    let port = free_port();
+    let driver = Proc {
+        child: Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        name: "chromedriver".into(),
+    };
+    wait_for("chromedriver", Duration::from_secs(20), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000"],
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("chromedriver starts a headless Chromium");
+    Browser {
+        client,
+        _driver: driver,
+    }
+}
+
+async fn js(b: &Browser, script: &str) -> Value {
+    b.client.execute(script, vec![]).await.unwrap()
+}
+
+async fn screenshot(b: &Browser, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = b.client.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// The states of the grid's chips, by job id.
+async fn chip_states(b: &Browser) -> Vec<(i64, String)> {
+    let v = js(
+        b,
+        "return [...document.querySelectorAll('#grid [data-job]')].map(e => [Number(e.dataset.job), e.dataset.state]);",
+    )
+    .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_i64().unwrap(), p[1].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill() {
+    let cluster = Cluster::new();
+    let mut server = cluster.server("500ms").await;
+    let _worker = cluster.worker("w1", 2, &[]);
+    let b = browser().await;
+
+    // The pipelines page: submit a spec from the page.
+    b.client.goto(&format!("{}/", cluster.url)).await.unwrap();
+    b.client
+        .wait()
+        .for_element(Locator::Id("new-pipeline"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // A bad spec gets the CLI's error, on the page.
+    b.client
+        .execute(
+            "document.getElementById('spec-text').value = arguments[0];",
+            vec![json!(
+                "[pipeline]\nname = \"bad\"\n[[stage]]\nname = \"x\"\nkind = \"nope\"\n"
+            )],
+        )
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Id("submit-spec"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let error = b
+        .client
+        .wait()
+        .for_element(Locator::Css("#submit-result .error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        error.contains("pasted.toml:5: stage[0].kind: unknown job kind `nope`")
+            && error.contains("fix: use one of"),
+        "{error}"
+    );
+    b.client
+        .execute(
+            "document.getElementById('spec-text').value = arguments[0];",
+            vec![json!(SPEC)],
+        )
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Id("submit-spec"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // The pipeline page: a 2 × 2 grid whose chips change state live.
+    b.client
+        .wait()
+        .for_element(Locator::Css("#grid [data-job]"))
+        .await
+        .unwrap();
+    let hash = js(&b, "return location.hash;").await;
+    let pipeline: i64 = hash
+        .as_str()
+        .unwrap()
+        .trim_start_matches("#/pipelines/")
+        .parse()
+        .unwrap();
+    // Set on this very page: a reload would lose it.
+    js(&b, "window.__sameDocument = true; return true;").await;
+    let first = chip_states(&b).await;
+    assert_eq!(first.len(), 8, "one chip per job: {first:?}");
+    wait_for(
+        "a chip to turn completed",
+        Duration::from_secs(30),
+        || async { chip_states(&b).await.iter().any(|(_, s)| s == "completed") },
+    )
+    .await;
+    screenshot(&b, "pipeline-running").await;
+
+    // Kill the server mid-run; the page's stream reconnects to the new one by itself.
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _server = cluster.server("500ms").await;
+    let detail = cluster
+        .wait_finished(pipeline, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        detail.pipeline.state,
+        assay::domain::PipelineState::Completed
+    );
+    wait_for(
+        "every chip to show completed",
+        Duration::from_secs(30),
+        || async { chip_states(&b).await.iter().all(|(_, s)| s == "completed") },
+    )
+    .await;
+    assert_eq!(
+        js(&b, "return window.__sameDocument === true;").await,
+        json!(true),
+        "the page was never reloaded"
+    );
+    // The page received every event of the pipeline exactly once, in order, across the
+    // kill; its log shows the state changes among them.
+    let stored = cluster
+        .client
+        .events(pipeline, 0, 10_000)
+        .await
+        .unwrap()
+        .events;
+    let ids = |v: Value| -> Vec<i64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
+    };
+    let all: Vec<i64> = stored.iter().map(|e| e.id).collect();
+    let logged: Vec<i64> = stored
+        .iter()
+        .filter(|e| e.kind != "job_progress")
+        .map(|e| e.id)
+        .collect();
+    wait_for("the page to catch up", Duration::from_secs(30), || async {
+        ids(js(&b, "return window.assaySeen;").await) == all
+    })
+    .await;
+    let shown = ids(js(
+        &b,
+        "return [...document.querySelectorAll('#event-log [data-event]')].map(e => Number(e.dataset.event));",
+    )
+    .await);
+    assert_eq!(shown, logged);
+    screenshot(&b, "pipeline-finished").await;
+
+    // A job's page: attempts, explanation, artifacts.
+    let job = first[0].0;
+    b.client
+        .goto(&format!("{}/#/jobs/{job}", cluster.url))
+        .await
+        .unwrap();
+    let why = b
+        .client
+        .wait()
+        .for_element(Locator::Id("why"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(why.contains("completed"), "{why}");
+    b.client
+        .wait()
+        .for_element(Locator::Css("#attempts tbody tr"))
+        .await
+        .unwrap();
+    screenshot(&b, "job").await;
+
+    // Back to the list: the pipeline is there, completed, once.
+    b.client.goto(&format!("{}/", cluster.url)).await.unwrap();
+    b.client
+        .wait()
+        .for_element(Locator::Css(&format!(
+            "#pipelines tr[data-pipeline='{pipeline}']"
+        )))
+        .await
+        .unwrap();
+    let rows = js(
+        &b,
+        "return document.querySelectorAll('#pipelines tbody tr').length;",
+    )
+    .await;
+    assert_eq!(rows, json!(1));
+    screenshot(&b, "pipelines").await;
+    b.client.close().await.unwrap();
+}
