@@ -20,7 +20,7 @@ function h(tag, attrs, ...children) {
     else if (k === "class") el.className = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -233,6 +233,7 @@ async function pipelinePage(id) {
     const p = detail.pipeline;
     head.replaceChildren(h("div", { class: "toolbar" },
       h("h1", { style: "flex:1;margin:0" }, `#${p.id} ${p.name} `, stateBadge(p.state)),
+      h("a", { href: `#/pipelines/${id}/results`, id: "results-link" }, h("button", {}, "Results")),
       p.counts.dead ? h("button", { id: "retry-dead", onclick: async () => { await post(`/pipelines/${id}/retry`); } }, `Retry ${p.counts.dead} dead`) : "",
       p.state === "running" ? h("button", { class: "danger", id: "cancel-pipeline", onclick: async () => { await post(`/pipelines/${id}/cancel`); } }, "Cancel") : ""),
       h("p", { class: "muted" }, `created ${fmtTime(p.created_at)} · ${fmtDuration((p.finished_at || Date.now() * 1000) - p.created_at)} · ${countsText(p.counts)}`));
@@ -381,6 +382,128 @@ async function jobPage(id) {
   });
 }
 
+// ---------------------------------------------------------------- results
+
+const SEVERITIES = ["critical", "high", "medium", "low", "info"];
+
+function severityCounts(summary) {
+  const by = (summary && summary.by_severity) || {};
+  return SEVERITIES.map(s => h("td", { class: "num" }, by[s] ? h("span", { class: "sev " + s }, by[s]) : h("span", { class: "muted" }, "0")));
+}
+
+async function resultsPage(id) {
+  let apps;
+  try { apps = await api(`/pipelines/${id}/results`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  main.replaceChildren(
+    h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id}`)),
+    h("h1", {}, `Results of pipeline #${id}`),
+    apps.length ? h("table", { id: "apps" },
+      h("thead", {}, h("tr", {}, h("th", {}, "app"), h("th", {}, "template"), h("th", {}, "analyzers"),
+        ...SEVERITIES.map(s => h("th", { class: "num" }, s)), h("th", { class: "num" }, "total"))),
+      h("tbody", {}, apps.map(a => h("tr", { "data-app": a.app },
+        h("td", {}, h("a", { href: `#/pipelines/${id}/results/app?name=${encodeURIComponent(a.app)}` }, a.app)),
+        h("td", {}, a.template || "—"),
+        h("td", {}, a.analyzers.map(z => h("a", { class: "chip " + (z.status === "completed" || z.status === "success" ? "completed" : z.status.startsWith("skipped") ? "skipped" : "dead"), href: "#/jobs/" + z.job_id, title: z.status }, z.analyzer))),
+        ...severityCounts(a.summary), h("td", { class: "num" }, a.summary.total)))))
+      : h("p", { class: "muted" }, "No analysis results in this pipeline (yet)."));
+}
+
+function latencyChart(endpoints) {
+  // One row per endpoint: p50, p95 and p99 as bars on a shared scale.
+  const rows = endpoints.filter(e => e.stats && e.stats.latency_ms);
+  if (!rows.length) return null;
+  const max = Math.max(...rows.map(e => e.stats.latency_ms.p99), 1);
+  const W = 560, label = 260, rowH = 26;
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("width", label + W + 80);
+  svg.setAttribute("height", rows.length * rowH + 24);
+  svg.setAttribute("id", "latency-chart");
+  const add = (tag, attrs, text) => {
+    const el = document.createElementNS(svgNS, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.append(el);
+  };
+  const colors = { p50: "#3b82f6", p95: "#f59e0b", p99: "#dc2626" };
+  rows.forEach((e, i) => {
+    const y = i * rowH + 4;
+    add("text", { x: 0, y: y + 14, "font-size": 12, fill: "#374151" }, `${e.method} ${e.path}`.slice(0, 40));
+    ["p99", "p95", "p50"].forEach((k, j) => {
+      const v = e.stats.latency_ms[k];
+      add("rect", { x: label, y: y + j * 5, width: Math.max(1, (W * v) / max), height: 14 - j * 5, fill: colors[k] });
+    });
+    add("text", { x: label + (W * e.stats.latency_ms.p99) / max + 6, y: y + 12, "font-size": 11, fill: "#6b7280" }, `p99 ${e.stats.latency_ms.p99.toFixed(1)} ms`);
+  });
+  add("text", { x: label, y: rows.length * rowH + 18, "font-size": 11, fill: "#6b7280" }, "latency: p50 (blue) · p95 (amber) · p99 (red)");
+  return svg;
+}
+
+async function appResultsPage(id, name) {
+  let app;
+  try { app = await api(`/pipelines/${id}/results?app=${encodeURIComponent(name)}`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  const findings = app.findings;
+  const state = { severity: "", tool: "", text: "", sort: "severity", desc: false };
+  const sevRank = s => SEVERITIES.indexOf(s);
+  const select = (id, label, values) => h("select", { id, onchange: e => { state[id.replace("filter-", "")] = e.target.value; draw(); } },
+    h("option", { value: "" }, label), values.map(v => h("option", { value: v }, v)));
+  const tableBox = h("div", {});
+  const columns = [["severity", "severity"], ["tool", "tool"], ["rule", "rule"], ["cwe", "CWE"], ["file", "file"], ["message", "message"]];
+  const key = (f, col) => col === "severity" ? sevRank(f.severity) : col === "cwe" ? (f.cwe || 0) : col === "file" ? `${f.location.path}:${String(f.location.line || 0).padStart(6, "0")}` : String(f[col] || "");
+  const draw = () => {
+    const text = state.text.toLowerCase();
+    let rows = findings.filter(f => (!state.severity || f.severity === state.severity)
+      && (!state.tool || f.sources.some(s => s.tool === state.tool))
+      && (!text || [f.rule, f.message, f.location.path, f.cwe ? "cwe-" + f.cwe : ""].join(" ").toLowerCase().includes(text)));
+    rows.sort((a, b) => { const x = key(a, state.sort), y = key(b, state.sort); return (x < y ? -1 : x > y ? 1 : 0) * (state.desc ? -1 : 1); });
+    tableBox.replaceChildren(h("p", { class: "muted", id: "finding-count" }, `${rows.length} of ${findings.length} findings`),
+      h("table", { id: "findings" },
+        h("thead", {}, h("tr", {}, columns.map(([col, label]) => h("th", { class: "sortable", onclick: () => {
+          state.desc = state.sort === col ? !state.desc : false; state.sort = col; draw();
+        } }, label + (state.sort === col ? (state.desc ? " ▼" : " ▲") : ""))))),
+        h("tbody", {}, rows.map(f => {
+          const detail = h("tr", { class: "detail", hidden: true }, h("td", { colspan: 6 },
+            h("p", {}, f.message),
+            f.snippet ? h("pre", { class: "snippet" }, f.snippet) : h("p", { class: "muted" }, "No code snippet."),
+            h("p", {}, h("strong", {}, "Reported by: ")),
+            h("ul", { class: "sources" }, f.sources.map(s => h("li", {}, `${s.tool} ${s.rule} (${s.tool_severity}): ${s.message}`)))));
+          const row = h("tr", { class: "finding", "data-fingerprint": f.fingerprint, onclick: () => { detail.hidden = !detail.hidden; } },
+            h("td", {}, h("span", { class: "sev " + f.severity }, f.severity)),
+            h("td", {}, f.sources.map(s => s.tool).filter((t, i, a) => a.indexOf(t) === i).join(", ")),
+            h("td", {}, f.rule), h("td", {}, f.cwe ? "CWE-" + f.cwe : ""),
+            h("td", {}, f.location.path + (f.location.line ? ":" + f.location.line : "")),
+            h("td", {}, f.message.length > 90 ? f.message.slice(0, 90) + "…" : f.message));
+          return [row, detail];
+        }))));
+  };
+  const perf = app.performance;
+  const judge = app.judge;
+  main.replaceChildren(
+    h("p", {}, h("a", { href: `#/pipelines/${id}/results` }, `← results of pipeline #${id}`)),
+    h("h1", {}, app.app),
+    h("p", { class: "muted" }, `template ${app.template || "—"} · ${app.summary.total} findings`),
+    h("h2", {}, "Tools"),
+    h("table", { id: "tools" }, h("thead", {}, h("tr", {}, ...["tool", "status", "version", "duration", "findings", "detail"].map(t => h("th", {}, t)))),
+      h("tbody", {}, app.tools.map(t => h("tr", {},
+        h("td", {}, t.tool), h("td", {}, h("span", { class: "state " + (t.status === "success" || t.status === "no_issues" ? "completed" : t.status === "skipped" || t.status === "not_available" ? "skipped" : "dead") }, t.status)),
+        h("td", {}, t.version || ""), h("td", {}, `${(t.duration_ms / 1000).toFixed(2)} s`), h("td", { class: "num" }, t.findings), h("td", { class: "muted" }, t.detail || ""))))),
+    h("h2", {}, "Findings"),
+    h("div", { class: "toolbar" }, select("filter-severity", "all severities", SEVERITIES), select("filter-tool", "all tools", [...new Set(findings.flatMap(f => f.sources.map(s => s.tool)))].sort()),
+      h("input", { id: "filter-text", placeholder: "rule, CWE, file, message", oninput: e => { state.text = e.target.value; draw(); } })),
+    tableBox,
+    perf ? [h("h2", {}, "Performance"),
+      h("p", {}, `${perf.mode} · ${perf.overall.requests_per_sec.toFixed(0)} req/s · p50 ${perf.overall.latency_ms.p50.toFixed(1)} ms · p99 ${perf.overall.latency_ms.p99.toFixed(1)} ms · errors ${(100 * (perf.overall.error_rate || 0)).toFixed(1)}%`),
+      h("div", { class: "card" }, latencyChart(perf.endpoints || []) || h("p", { class: "muted" }, "No endpoint figures."))] : [],
+    judge ? [h("h2", {}, "Requirements (LLM judge)"),
+      judge.requirements && judge.requirements.length ? [
+        h("p", {}, judge.pass_rate != null ? `pass rate ${(100 * judge.pass_rate).toFixed(0)}%` : "", judge.summary ? " — " + judge.summary : ""),
+        h("table", { id: "requirements" }, h("tbody", {}, judge.requirements.map(r => h("tr", {},
+          h("td", {}, r.id), h("td", {}, h("span", { class: "state " + (r.verdict === "met" ? "completed" : r.verdict === "partial" ? "retrying" : "dead") }, r.verdict)),
+          h("td", {}, r.requirement, r.evidence.map(e => h("blockquote", {}, h("code", {}, `${e.file}: `), e.quote, e.explanation ? h("div", { class: "muted" }, e.explanation) : "")))))))]
+        : h("p", { class: "muted" }, judge.detail ? "skipped: " + judge.detail : "No verdicts.")] : []);
+  draw();
+}
+
 // ---------------------------------------------------------------- workers
 
 async function workersPage() {
@@ -412,6 +535,8 @@ function route() {
   }
   let m;
   if ((m = path.match(/^\/pipelines\/(\d+)$/))) return pipelinePage(Number(m[1]));
+  if ((m = path.match(/^\/pipelines\/(\d+)\/results$/))) return resultsPage(Number(m[1]));
+  if ((m = path.match(/^\/pipelines\/(\d+)\/results\/app$/))) return appResultsPage(Number(m[1]), params.get("name"));
   if ((m = path.match(/^\/jobs\/(\d+)$/))) return jobPage(Number(m[1]));
   if (path === "/workers") return workersPage();
   return pipelinesPage(params);

@@ -264,16 +264,17 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
         .goto(&format!("{}/#/jobs/{job}", cluster.url))
         .await
         .unwrap();
-    let why = b
-        .client
-        .wait()
-        .for_element(Locator::Id("why"))
+    // Read through the page, not an element handle: the page re-renders as events arrive.
+    wait_for("the job's explanation", Duration::from_secs(20), || async {
+        js(
+            &b,
+            "const e = document.getElementById('why'); return e ? e.textContent : '';",
+        )
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(why.contains("completed"), "{why}");
+        .as_str()
+        .is_some_and(|why| why.contains("completed"))
+    })
+    .await;
     b.client
         .wait()
         .for_element(Locator::Css("#attempts tbody tr"))
@@ -297,5 +298,151 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
     .await;
     assert_eq!(rows, json!(1));
     screenshot(&b, "pipelines").await;
+    b.client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_results_page_filters_sorts_and_opens_findings() {
+    let app = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/apps/todo-api-sqli");
+    let spec = format!(
+        r#"[pipeline]
+name = "results"
+[[stage]]
+name = "static"
+kind = "static"
+[stage.params]
+app = "{app}"
+tools = ["ruff", "bandit"]
+cache = false
+[[stage]]
+name = "performance"
+kind = "performance"
+[stage.params]
+app = "{app}"
+users = 2
+duration = "1s"
+warmup = "200ms"
+cache = false
+"#,
+        app = app.display()
+    );
+    let cluster = Cluster::new();
+    let _server = cluster.server("500ms").await;
+    let _worker = cluster.worker("w1", 2, &[]);
+    let pipeline = cluster.submit(&spec).await;
+    let detail = cluster
+        .wait_finished(pipeline, Duration::from_secs(180))
+        .await;
+    assert_eq!(
+        detail.pipeline.state,
+        assay::domain::PipelineState::Completed,
+        "{}",
+        cluster.logs()
+    );
+    let b = browser().await;
+    b.client
+        .goto(&format!("{}/#/pipelines/{pipeline}/results", cluster.url))
+        .await
+        .unwrap();
+    b.client
+        .wait()
+        .for_element(Locator::Css("#apps tbody tr a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client
+        .wait()
+        .for_element(Locator::Css("#findings tr.finding"))
+        .await
+        .unwrap();
+    let count = |b: &Browser| {
+        let c = b.client.clone();
+        async move {
+            c.find(Locator::Id("finding-count"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let all = count(&b).await;
+    let total: usize = all
+        .split(" of ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total >= 2, "the planted SQL injection and more: {all}");
+    // Every tool that ran is listed with its status and version.
+    let tools = js(&b, "return [...document.querySelectorAll('#tools tbody tr td:first-child')].map(e => e.textContent);").await;
+    for tool in ["ruff", "bandit", "assay-load"] {
+        assert!(
+            tools.as_array().unwrap().iter().any(|t| t == tool),
+            "{tool}: {tools}"
+        );
+    }
+    // Filter by severity: only those rows remain.
+    b.client
+        .execute(
+            "const s = document.getElementById('filter-severity'); s.value = 'high'; s.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let severities = js(&b, "return [...document.querySelectorAll('#findings tr.finding .sev')].map(e => e.textContent);").await;
+    let severities = severities.as_array().unwrap();
+    assert!(
+        !severities.is_empty() && severities.iter().all(|s| s == "high"),
+        "{severities:?}"
+    );
+    assert_ne!(count(&b).await, all);
+    // Open a finding: its snippet and every tool that reported it.
+    b.client
+        .find(Locator::Css("#findings tr.finding"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let opened = b
+        .client
+        .find(Locator::Css("#findings tr.detail:not([hidden])"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(opened.contains("Reported by"), "{opened}");
+    // Sorting by file orders the rows by path.
+    b.client
+        .execute(
+            "const s = document.getElementById('filter-severity'); s.value = ''; s.dispatchEvent(new Event('change'));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    js(&b, "[...document.querySelectorAll('#findings th')].find(e => e.textContent.startsWith('file')).click(); return true;").await;
+    let files = js(&b, "return [...document.querySelectorAll('#findings tr.finding td:nth-child(5)')].map(e => e.textContent.split(':')[0]);").await;
+    let files: Vec<String> = files
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let mut sorted = files.clone();
+    sorted.sort();
+    assert_eq!(files, sorted);
+    // Performance figures with a latency chart.
+    b.client
+        .find(Locator::Css("#latency-chart rect"))
+        .await
+        .expect("a latency chart with bars");
+    screenshot(&b, "app-results").await;
     b.client.close().await.unwrap();
 }

@@ -41,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/workers/heartbeat", post(heartbeat))
         .route("/workers/report", post(report))
         .route("/pipelines/{id}/usage", get(pipeline_usage))
+        .route("/pipelines/{id}/results", get(pipeline_results))
         .route("/llm/acquire", post(llm_acquire))
         .route("/llm/calls", post(llm_call))
         .route("/llm/limits", get(llm_limits))
@@ -810,4 +811,67 @@ async fn put_answer(
         .cache_answer(&key, &body.answer, now_micros())
         .await?;
     Ok(Json(serde_json::json!({"stored": true})))
+}
+
+#[derive(Deserialize)]
+struct ResultsQuery {
+    /// One app's whole record (findings and tool runs); without it, every app's summary.
+    #[serde(default)]
+    app: Option<String>,
+}
+
+/// The per-app results of a pipeline (what `assay results` prints).
+async fn pipeline_results(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+    AppQuery(q): AppQuery<ResultsQuery>,
+) -> ApiResult<serde_json::Value> {
+    if s.store.pipeline(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("pipeline {id}")));
+    }
+    let mut jobs = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s
+            .store
+            .jobs(&JobFilter {
+                pipeline_id: Some(id),
+                after_id: Some(after),
+                limit: Some(5_000),
+                ..Default::default()
+            })
+            .await?;
+        let done = page.len() < 5_000;
+        after = page.last().map(|j| j.id).unwrap_or(after);
+        jobs.extend(
+            page.into_iter()
+                .filter(|j| crate::results::ANALYSIS_KINDS.contains(&j.kind.as_str())),
+        );
+        if done {
+            break;
+        }
+    }
+    let apps = crate::results::build(&jobs);
+    match q.app {
+        Some(name) => {
+            let app = apps
+                .into_iter()
+                .find(|a| a.app == name)
+                .ok_or_else(|| ApiError::not_found(format!("app `{name}` in pipeline {id}")))?;
+            Ok(Json(serde_json::to_value(app).expect("results serialize")))
+        }
+        None => {
+            let summaries: Vec<serde_json::Value> = apps
+                .iter()
+                .map(|a| {
+                    let mut v = serde_json::to_value(a).expect("results serialize");
+                    let obj = v.as_object_mut().expect("an object");
+                    obj.remove("findings");
+                    obj.remove("tools");
+                    v
+                })
+                .collect();
+            Ok(Json(serde_json::Value::Array(summaries)))
+        }
+    }
 }
