@@ -90,6 +90,27 @@ async fn browser() -> Browser {
     }
 }
 
+/// Click the element `css` names, once it is there.
+async fn click(b: &Browser, css: &str) {
+    b.client
+        .wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Wait until the element `css` names is there.
+async fn present(b: &Browser, css: &str) {
+    b.client
+        .wait()
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+}
+
 async fn js(b: &Browser, script: &str) -> Value {
     b.client.execute(script, vec![]).await.unwrap()
 }
@@ -124,14 +145,7 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
 
     // The pipelines page: submit a spec from the page.
     b.client.goto(&format!("{}/", cluster.url)).await.unwrap();
-    b.client
-        .wait()
-        .for_element(Locator::Id("new-pipeline"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#new-pipeline").await;
     // A bad spec gets the CLI's error, on the page.
     b.client
         .execute(
@@ -142,13 +156,7 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
         )
         .await
         .unwrap();
-    b.client
-        .find(Locator::Id("submit-spec"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#submit-spec").await;
     let error = b
         .client
         .wait()
@@ -170,20 +178,10 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
         )
         .await
         .unwrap();
-    b.client
-        .find(Locator::Id("submit-spec"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#submit-spec").await;
 
     // The pipeline page: a 2 × 2 grid whose chips change state live.
-    b.client
-        .wait()
-        .for_element(Locator::Css("#grid [data-job]"))
-        .await
-        .unwrap();
+    present(&b, "#grid [data-job]").await;
     let hash = js(&b, "return location.hash;").await;
     let pipeline: i64 = hash
         .as_str()
@@ -275,11 +273,7 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
         .is_some_and(|why| why.contains("completed"))
     })
     .await;
-    b.client
-        .wait()
-        .for_element(Locator::Css("#attempts tbody tr"))
-        .await
-        .unwrap();
+    present(&b, "#attempts tbody tr").await;
     screenshot(&b, "job").await;
 
     // Back to the list: the pipeline is there, completed, once.
@@ -344,19 +338,8 @@ cache = false
         .goto(&format!("{}/#/pipelines/{pipeline}/results", cluster.url))
         .await
         .unwrap();
-    b.client
-        .wait()
-        .for_element(Locator::Css("#apps tbody tr a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.client
-        .wait()
-        .for_element(Locator::Css("#findings tr.finding"))
-        .await
-        .unwrap();
+    click(&b, "#apps tbody tr a").await;
+    present(&b, "#findings tr.finding").await;
     let count = |b: &Browser| {
         let c = b.client.clone();
         async move {
@@ -403,13 +386,7 @@ cache = false
     );
     assert_ne!(count(&b).await, all);
     // Open a finding: its snippet and every tool that reported it.
-    b.client
-        .find(Locator::Css("#findings tr.finding"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "#findings tr.finding").await;
     let opened = b
         .client
         .find(Locator::Css("#findings tr.detail:not([hidden])"))

@@ -149,6 +149,25 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
+/// A `?state=` filter: absent or empty means any state.
+fn parse_state<T>(state: Option<&str>) -> Result<Option<T>, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    state
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<T>())
+        .transpose()
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequest,
+                e.to_string(),
+            )
+        })
+}
+
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
@@ -211,18 +230,7 @@ async fn list_pipelines(
     State(s): State<AppState>,
     AppQuery(q): AppQuery<ListQuery>,
 ) -> ApiResult<Vec<crate::store::Pipeline>> {
-    let state = q
-        .state
-        .filter(|st| !st.is_empty())
-        .map(|st| st.parse::<crate::domain::PipelineState>())
-        .transpose()
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidRequest,
-                e.to_string(),
-            )
-        })?;
+    let state = parse_state::<crate::domain::PipelineState>(q.state.as_deref())?;
     let filter = crate::store::PipelineFilter {
         state,
         before_id: q.before,
@@ -320,18 +328,7 @@ async fn list_jobs(
     State(s): State<AppState>,
     AppQuery(q): AppQuery<JobsQuery>,
 ) -> ApiResult<Vec<crate::store::Job>> {
-    let state = q
-        .state
-        .as_deref()
-        .map(|t| t.parse::<JobState>())
-        .transpose()
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidRequest,
-                e.to_string(),
-            )
-        })?;
+    let state = parse_state::<JobState>(q.state.as_deref())?;
     let filter = JobFilter {
         pipeline_id: q.pipeline,
         stage: q.stage,

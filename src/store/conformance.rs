@@ -98,6 +98,33 @@ fn failed(c: &ClaimedJob, worker: &str, failure: Failure) -> Report {
     }
 }
 
+/// One heartbeat from `worker` for the attempt `c`, having waited `waited_ms` for providers.
+async fn beat(
+    store: &dyn Store,
+    worker: &str,
+    c: &ClaimedJob,
+    now: Micros,
+    waited_ms: i64,
+) -> HeartbeatReply {
+    store
+        .heartbeat(
+            &Heartbeat {
+                worker_id: worker.into(),
+                leases: vec![HeldLease {
+                    job_id: c.job_id,
+                    token: c.token.clone(),
+                    progress: None,
+                    finished: false,
+                    waited_ms,
+                }],
+            },
+            &policy(),
+            now,
+        )
+        .await
+        .unwrap()
+}
+
 async fn report(store: &dyn Store, reports: Vec<Report>, now: Micros) -> Vec<ReportAck> {
     store.report(&reports, &policy(), now).await.unwrap()
 }
@@ -569,29 +596,7 @@ pub async fn waiting_for_a_provider_extends_the_attempt_deadline(store: Arc<dyn 
         .unwrap();
     worker(&*store, "w").await;
     let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
-    let hb = |now, waited_ms| {
-        let store = store.clone();
-        let c = c.clone();
-        async move {
-            store
-                .heartbeat(
-                    &Heartbeat {
-                        worker_id: "w".into(),
-                        leases: vec![HeldLease {
-                            job_id: c.job_id,
-                            token: c.token,
-                            progress: None,
-                            finished: false,
-                            waited_ms,
-                        }],
-                    },
-                    &policy(),
-                    now,
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let hb = |now, waited_ms| beat(&*store, "w", &c, now, waited_ms);
     // Waited 4 s by 3 s, 6 s by 7 s (reported again: counted once).
     hb(T0 + 3 * MICROS_PER_SEC, 4_000).await;
     hb(T0 + 7 * MICROS_PER_SEC, 6_000).await;
@@ -623,29 +628,7 @@ pub async fn deadlines_are_enforced(store: Arc<dyn Store>) {
     let c = claim(&*store, "w", 1, T0).await.pop().unwrap();
     assert_eq!(c.timeout_ms, 5_000);
     // The worker keeps heartbeating but never finishes: the server takes the attempt back.
-    let hb = |now| {
-        let store = store.clone();
-        let c = c.clone();
-        async move {
-            store
-                .heartbeat(
-                    &Heartbeat {
-                        worker_id: "w".into(),
-                        leases: vec![HeldLease {
-                            job_id: c.job_id,
-                            token: c.token,
-                            progress: None,
-                            finished: false,
-                            waited_ms: 0,
-                        }],
-                    },
-                    &policy(),
-                    now,
-                )
-                .await
-                .unwrap()
-        }
-    };
+    let hb = |now| beat(&*store, "w", &c, now, 0);
     assert!(hb(T0 + 2 * MICROS_PER_SEC).await.stop.is_empty());
     hb(T0 + 7 * MICROS_PER_SEC).await;
     // Past the 5 s timeout plus the grace of one lease (3 s), with the lease still fresh.
