@@ -443,13 +443,19 @@ async fn a_restarted_worker_delivers_its_spooled_results_before_anything_else() 
     // The server goes away; the jobs finish and their results can only be spooled.
     server.kill9();
     let batches = c.path("spool-steady").join("batches");
-    wait_for("the results to be spooled", MIN, || async {
-        std::fs::read_dir(&batches)
+    // Both results, which may land in one batch file or in two.
+    wait_for("both results to be spooled", MIN, || async {
+        let spooled: usize = std::fs::read_dir(&batches)
             .map(|d| {
                 d.flatten()
-                    .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice::<Vec<serde_json::Value>>(&b).ok())
+                    .map(|entries| entries.len())
+                    .sum()
             })
-            .unwrap_or(false)
+            .unwrap_or(0);
+        spooled == 2
     })
     .await;
     // Then the worker dies too, before it could deliver anything.
