@@ -234,6 +234,7 @@ async function pipelinePage(id) {
     head.replaceChildren(h("div", { class: "toolbar" },
       h("h1", { style: "flex:1;margin:0" }, `#${p.id} ${p.name} `, stateBadge(p.state)),
       h("a", { href: `#/pipelines/${id}/results`, id: "results-link" }, h("button", {}, "Results")),
+      h("a", { href: `#/pipelines/${id}/compare`, id: "compare-link" }, h("button", {}, "Compare models")),
       p.counts.dead ? h("button", { id: "retry-dead", onclick: async () => { await post(`/pipelines/${id}/retry`); } }, `Retry ${p.counts.dead} dead`) : "",
       p.state === "running" ? h("button", { class: "danger", id: "cancel-pipeline", onclick: async () => { await post(`/pipelines/${id}/cancel`); } }, "Cancel") : ""),
       h("p", { class: "muted" }, `created ${fmtTime(p.created_at)} · ${fmtDuration((p.finished_at || Date.now() * 1000) - p.created_at)} · ${countsText(p.counts)}`));
@@ -504,6 +505,82 @@ async function appResultsPage(id, name) {
   draw();
 }
 
+// ---------------------------------------------------------------- compare
+
+function heatColor(score, max) {
+  // Green (no weighted findings) to red (the worst app of the run).
+  const t = max > 0 ? Math.min(1, score / max) : 0;
+  const hue = Math.round(130 * (1 - t));
+  return `hsl(${hue}, 70%, ${88 - 30 * t}%)`;
+}
+
+function severityChart(models) {
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  const rowH = 26, label = 240, W = 520;
+  const totals = models.map(m => SEVERITIES.reduce((n, s) => n + (m.by_severity[s] || 0), 0));
+  const max = Math.max(1, ...totals);
+  svg.setAttribute("width", label + W + 60);
+  svg.setAttribute("height", models.length * rowH + 26);
+  svg.setAttribute("id", "severity-chart");
+  const colors = { critical: "#7f1d1d", high: "#dc2626", medium: "#f59e0b", low: "#3b82f6", info: "#9ca3af" };
+  const add = (tag, attrs, text) => {
+    const el = document.createElementNS(svgNS, tag);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.append(el);
+  };
+  models.forEach((m, i) => {
+    const y = i * rowH + 4;
+    add("text", { x: 0, y: y + 14, "font-size": 12, fill: "#374151" }, m.model.slice(0, 36));
+    let x = label;
+    for (const s of SEVERITIES) {
+      const n = m.by_severity[s] || 0;
+      if (!n) continue;
+      const w = (W * n) / max;
+      add("rect", { x, y, width: w, height: 16, fill: colors[s] }, undefined);
+      x += w;
+    }
+    add("text", { x: x + 6, y: y + 13, "font-size": 11, fill: "#6b7280" }, String(totals[i]));
+  });
+  add("text", { x: label, y: models.length * rowH + 20, "font-size": 11, fill: "#6b7280" }, "findings by severity: critical · high · medium · low · info");
+  return svg;
+}
+
+async function comparePage(id) {
+  let c;
+  try { c = await api(`/pipelines/${id}/compare`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  const cost = m => { const u = c.usage.find(u => u.model === m); return u ? u.totals : null; };
+  const max = Math.max(0, ...c.models.flatMap(m => Object.values(m.by_template)));
+  main.replaceChildren(
+    h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id}`)),
+    h("h1", {}, `Models compared in pipeline #${id}`),
+    c.models.length ? [
+      h("p", { class: "muted" }, "Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then by requirement pass rate."),
+      h("table", { id: "ranking" },
+        h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "model"), h("th", { class: "num" }, "apps"),
+          ...SEVERITIES.map(s => h("th", { class: "num" }, s)), h("th", { class: "num" }, "score/app"),
+          h("th", { class: "num" }, "pass rate"), h("th", { class: "num" }, "p50"), h("th", { class: "num" }, "req/s"), h("th", {}, "cost"))),
+        h("tbody", {}, c.models.map((m, i) => h("tr", { "data-model": m.model },
+          h("td", {}, i + 1), h("td", {}, m.model), h("td", { class: "num" }, m.apps),
+          ...severityCounts({ by_severity: m.by_severity }),
+          h("td", { class: "num" }, m.security_score.toFixed(1)),
+          h("td", { class: "num" }, m.pass_rate != null ? (100 * m.pass_rate).toFixed(0) + "%" : "—"),
+          h("td", { class: "num" }, m.p50_ms != null ? m.p50_ms.toFixed(1) + " ms" : "—"),
+          h("td", { class: "num" }, m.requests_per_sec != null ? m.requests_per_sec.toFixed(0) : "—"),
+          h("td", {}, usageText(cost(m.model))))))),
+      h("h2", {}, "Findings by severity"), h("div", { class: "card" }, severityChart(c.models)),
+      h("h2", {}, "Heatmap: weighted findings, model × template"),
+      h("table", { class: "grid", id: "heatmap" },
+        h("thead", {}, h("tr", {}, h("th", {}, ""), c.templates.map(t => h("th", {}, t)))),
+        h("tbody", {}, c.models.map(m => h("tr", {}, h("th", {}, m.model), c.templates.map(t => {
+          const v = m.by_template[t];
+          return v === undefined ? h("td", { class: "cell muted" }, "—")
+            : h("td", { class: "cell num", style: `background:${heatColor(v, max)}`, "data-score": v }, v.toFixed(0));
+        })))))]
+      : h("p", { class: "muted" }, "No analyzed apps with a model in this pipeline: compare needs analysis stages whose items name a `model`."));
+}
+
 // ---------------------------------------------------------------- workers
 
 async function workersPage() {
@@ -536,6 +613,7 @@ function route() {
   let m;
   if ((m = path.match(/^\/pipelines\/(\d+)$/))) return pipelinePage(Number(m[1]));
   if ((m = path.match(/^\/pipelines\/(\d+)\/results$/))) return resultsPage(Number(m[1]));
+  if ((m = path.match(/^\/pipelines\/(\d+)\/compare$/))) return comparePage(Number(m[1]));
   if ((m = path.match(/^\/pipelines\/(\d+)\/results\/app$/))) return appResultsPage(Number(m[1]), params.get("name"));
   if ((m = path.match(/^\/jobs\/(\d+)$/))) return jobPage(Number(m[1]));
   if (path === "/workers") return workersPage();

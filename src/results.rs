@@ -23,6 +23,9 @@ pub struct AnalyzerStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AppResults {
     pub app: String,
+    /// The model that generated the app, when its jobs' items name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
     pub analyzers: Vec<AnalyzerStatus>,
@@ -80,7 +83,8 @@ pub fn build(jobs: &[Job]) -> Vec<AppResults> {
         let Some(app) = app_of(job) else { continue };
         let entry = apps.entry(app.clone()).or_insert_with(|| AppResults {
             app: app.clone(),
-            template: None,
+            model: job.item["model"].as_str().map(str::to_string),
+            template: job.item["template"].as_str().map(str::to_string),
             analyzers: Vec::new(),
             summary: Summary::default(),
             tools: Vec::new(),
@@ -243,6 +247,109 @@ fn performance_line(p: &Value) -> String {
     )
 }
 
+/// One model's standing across the apps it generated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelStanding {
+    pub model: String,
+    pub apps: usize,
+    /// Findings per severity, summed over its apps.
+    pub by_severity: BTreeMap<String, usize>,
+    /// critical × 10 + high × 5 + medium × 2 + low × 1 per app: lower is better.
+    pub security_score: f64,
+    /// Mean of the judge's pass rates over the apps that were judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_rate: Option<f64>,
+    /// Median over its apps of the load test's p50 latency and throughput.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_sec: Option<f64>,
+    /// Per template: its app's security score (the heatmap's row).
+    pub by_template: BTreeMap<String, f64>,
+}
+
+/// Weighted findings of one app: what the security ranking and the heatmap use.
+pub fn security_score(summary: &Summary) -> f64 {
+    let n = |s: &str| *summary.by_severity.get(s).unwrap_or(&0) as f64;
+    n("critical") * 10.0 + n("high") * 5.0 + n("medium") * 2.0 + n("low")
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let mid = xs.len() / 2;
+    Some(if xs.len() % 2 == 0 {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    })
+}
+
+/// The models ranked by security (fewest weighted findings per app first), with their
+/// requirement pass rate and performance. Apps without a model are left out.
+pub fn compare(apps: &[AppResults]) -> Vec<ModelStanding> {
+    let mut by_model: BTreeMap<&str, Vec<&AppResults>> = BTreeMap::new();
+    for a in apps {
+        if let Some(m) = &a.model {
+            by_model.entry(m).or_default().push(a);
+        }
+    }
+    let mut out: Vec<ModelStanding> = by_model
+        .into_iter()
+        .map(|(model, apps)| {
+            let mut by_severity = BTreeMap::new();
+            for a in &apps {
+                for (s, n) in &a.summary.by_severity {
+                    *by_severity.entry(s.clone()).or_insert(0) += n;
+                }
+            }
+            let scores: Vec<f64> = apps.iter().map(|a| security_score(&a.summary)).collect();
+            let rates: Vec<f64> = apps
+                .iter()
+                .filter_map(|a| a.judge.as_ref()?.get("pass_rate")?.as_f64())
+                .collect();
+            let perf = |k: &str| -> Vec<f64> {
+                apps.iter()
+                    .filter_map(|a| {
+                        let o = &a.performance.as_ref()?["overall"];
+                        match k {
+                            "p50" => o["latency_ms"]["p50"].as_f64(),
+                            _ => o["requests_per_sec"].as_f64(),
+                        }
+                    })
+                    .collect()
+            };
+            ModelStanding {
+                model: model.to_string(),
+                apps: apps.len(),
+                by_severity,
+                security_score: scores.iter().sum::<f64>() / apps.len() as f64,
+                pass_rate: (!rates.is_empty())
+                    .then(|| rates.iter().sum::<f64>() / rates.len() as f64),
+                p50_ms: median(perf("p50")),
+                requests_per_sec: median(perf("rps")),
+                by_template: apps
+                    .iter()
+                    .filter_map(|a| Some((a.template.clone()?, security_score(&a.summary))))
+                    .collect(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.security_score
+            .total_cmp(&b.security_score)
+            .then_with(|| {
+                b.pass_rate
+                    .unwrap_or(0.0)
+                    .total_cmp(&a.pass_rate.unwrap_or(0.0))
+            })
+            .then_with(|| a.model.cmp(&b.model))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +380,43 @@ mod tests {
             started_at: None,
             finished_at: None,
         }
+    }
+
+    #[test]
+    fn models_are_ranked_by_weighted_findings_then_pass_rate() {
+        let app = |model: &str, template: &str, high: usize, low: usize, pass: f64| AppResults {
+            app: format!("model={model} template={template}"),
+            model: Some(model.into()),
+            template: Some(template.into()),
+            analyzers: vec![],
+            summary: Summary {
+                total: high + low,
+                by_severity: [("high".to_string(), high), ("low".to_string(), low)].into(),
+                ..Default::default()
+            },
+            tools: vec![],
+            findings: vec![],
+            performance: Some(
+                json!({"overall": {"requests_per_sec": 100.0 * pass, "latency_ms": {"p50": 2.0}}}),
+            ),
+            judge: Some(json!({"pass_rate": pass})),
+        };
+        let standings = compare(&[
+            app("a", "todo", 2, 0, 0.5),
+            app("a", "blog", 0, 1, 0.7),
+            app("b", "todo", 0, 2, 0.9),
+            app("b", "blog", 0, 0, 0.9),
+        ]);
+        assert_eq!(
+            standings[0].model, "b",
+            "1 weighted finding per app beats 5.5"
+        );
+        assert_eq!(standings[0].security_score, 1.0);
+        assert_eq!(standings[1].security_score, 5.5);
+        assert_eq!(standings[1].by_severity["high"], 2);
+        assert!((standings[1].pass_rate.unwrap() - 0.6).abs() < 1e-9);
+        assert_eq!(standings[1].by_template["todo"], 10.0);
+        assert_eq!(standings[1].requests_per_sec, Some(60.0));
     }
 
     #[test]

@@ -794,3 +794,58 @@ async fn pipelines_are_listed_newest_first_by_state_and_page() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(err["error"]["code"], "invalid_request");
 }
+
+#[tokio::test]
+async fn models_are_compared_from_their_apps_results() {
+    let (_dir, app) = setup().await;
+    let id = submit(
+        &app,
+        "[pipeline]\nname = \"cmp\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\nmatrix = { model = [\"m1\", \"m2\"], template = [\"todo-api\", \"blog\"] }\n[stage.params]\napp = \"apps/{{ model }}/{{ template }}\"\n",
+    )
+    .await;
+    register(&app, "w1", &["static"]).await;
+    let claimed = claim(&app, "w1", &["static"], 10).await;
+    assert_eq!(claimed.jobs.len(), 4);
+    let finding = |severity: &str, n: usize| {
+        json!({"analyzer": "static", "tool": "bandit", "rule": format!("B{n}"), "severity": severity,
+               "message": "m", "location": {"path": "backend/app.py", "line": n},
+               "fingerprint": format!("f{n}{severity}"),
+               "sources": [{"tool": "bandit", "rule": format!("B{n}"), "tool_severity": "HIGH", "message": "m"}]})
+    };
+    let reports: Vec<Value> = claimed
+        .jobs
+        .iter()
+        .map(|j| {
+            // m1 wrote two high findings per app, m2 one low finding per app.
+            let findings = if j.item["model"] == "m1" {
+                vec![finding("high", 1), finding("high", 2)]
+            } else {
+                vec![finding("low", 3)]
+            };
+            json!({"job_id": j.job_id, "attempt": j.attempt, "token": j.token, "worker_id": "w1",
+                   "outcome": "completed",
+                   "result": {"app": format!("apps/{}", j.key), "analyzer": "static", "findings": findings, "tools": []}})
+        })
+        .collect();
+    let (status, body) = post(&app, "/api/v1/workers/report", &json!({"reports": reports})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, c) = get(&app, &format!("/api/v1/pipelines/{id}/compare")).await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    let models: Vec<&str> = c["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        models,
+        vec!["m2", "m1"],
+        "fewer weighted findings ranks first: {c}"
+    );
+    assert_eq!(c["models"][1]["by_severity"]["high"], 4);
+    assert_eq!(c["models"][1]["security_score"], 10.0);
+    assert_eq!(c["models"][0]["by_template"]["blog"], 1.0);
+    assert_eq!(c["templates"], json!(["blog", "todo-api"]));
+    let (status, _) = get(&app, "/api/v1/pipelines/999/compare").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -42,6 +42,7 @@ pub fn app(state: AppState) -> Router {
         .route("/workers/report", post(report))
         .route("/pipelines/{id}/usage", get(pipeline_usage))
         .route("/pipelines/{id}/results", get(pipeline_results))
+        .route("/pipelines/{id}/compare", get(pipeline_compare))
         .route("/llm/acquire", post(llm_acquire))
         .route("/llm/calls", post(llm_call))
         .route("/llm/limits", get(llm_limits))
@@ -817,12 +818,8 @@ struct ResultsQuery {
     app: Option<String>,
 }
 
-/// The per-app results of a pipeline (what `assay results` prints).
-async fn pipeline_results(
-    State(s): State<AppState>,
-    AppPath(id): AppPath<i64>,
-    AppQuery(q): AppQuery<ResultsQuery>,
-) -> ApiResult<serde_json::Value> {
+/// A pipeline's analysis jobs, all pages of them.
+async fn analysis_jobs(s: &AppState, id: i64) -> Result<Vec<crate::store::Job>, ApiError> {
     if s.store.pipeline(id).await?.is_none() {
         return Err(ApiError::not_found(format!("pipeline {id}")));
     }
@@ -845,10 +842,18 @@ async fn pipeline_results(
                 .filter(|j| crate::results::ANALYSIS_KINDS.contains(&j.kind.as_str())),
         );
         if done {
-            break;
+            return Ok(jobs);
         }
     }
-    let apps = crate::results::build(&jobs);
+}
+
+/// The per-app results of a pipeline (what `assay results` prints).
+async fn pipeline_results(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+    AppQuery(q): AppQuery<ResultsQuery>,
+) -> ApiResult<serde_json::Value> {
+    let apps = crate::results::build(&analysis_jobs(&s, id).await?);
     match q.app {
         Some(name) => {
             let app = apps
@@ -871,4 +876,22 @@ async fn pipeline_results(
             Ok(Json(serde_json::Value::Array(summaries)))
         }
     }
+}
+
+/// The models of a pipeline ranked on security, requirements, performance and cost.
+async fn pipeline_compare(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<serde_json::Value> {
+    let apps = crate::results::build(&analysis_jobs(&s, id).await?);
+    let models = crate::results::compare(&apps);
+    let templates: std::collections::BTreeSet<&str> =
+        apps.iter().filter_map(|a| a.template.as_deref()).collect();
+    let usage = s.store.pipeline_usage(id).await?;
+    Ok(Json(serde_json::json!({
+        "pipeline_id": id,
+        "models": models,
+        "templates": templates,
+        "usage": usage.by_model,
+    })))
 }
