@@ -547,14 +547,47 @@ function severityChart(models) {
   return svg;
 }
 
-async function comparePage(id) {
-  let c;
-  try { c = await api(`/pipelines/${id}/compare`); } catch (err) { main.replaceChildren(showError(err)); return; }
+function arrow(before, after) {
+  if (before == null || after == null) return "";
+  return after < before ? " ▼" : after > before ? " ▲" : "";
+}
+
+async function comparePage(id, params) {
+  const withId = params.get("with");
+  let c, earlier = [];
+  try {
+    c = await api(`/pipelines/${id}/compare` + (withId ? `?with=${withId}` : ""));
+    const me = await api(`/pipelines/${id}`);
+    earlier = (await api("/pipelines?limit=100")).filter(p => p.id !== id && p.name === me.pipeline.name);
+  } catch (err) { main.replaceChildren(showError(err)); return; }
+  const picker = h("select", { id: "compare-with", onchange: e => {
+    location.hash = `#/pipelines/${id}/compare` + (e.target.value ? `?with=${e.target.value}` : "");
+  } }, h("option", { value: "" }, "compare with another run…"),
+    earlier.map(p => h("option", { value: p.id, selected: String(p.id) === withId }, `#${p.id} ${p.name} (${fmtTime(p.created_at)})`)));
+  const base = c.baseline;
+  const since = base ? [
+    h("h2", {}, `Since run #${base.pipeline_id}`, base.same_spec ? "" : " (a different spec)"),
+    h("table", { id: "model-changes" }, h("thead", {}, h("tr", {}, ...["model", "score/app before", "after", "pass rate before", "after"].map(t => h("th", {}, t)))),
+      h("tbody", {}, c.models.map(m => {
+        const b = base.models.find(x => x.model === m.model);
+        const pr = v => v != null ? (100 * v).toFixed(0) + "%" : "—";
+        return h("tr", {}, h("td", {}, m.model),
+          h("td", {}, b ? b.security_score.toFixed(1) : "—"),
+          h("td", { class: b && m.security_score < b.security_score ? "better" : b && m.security_score > b.security_score ? "worse" : "" }, m.security_score.toFixed(1) + arrow(b && b.security_score, m.security_score)),
+          h("td", {}, pr(b && b.pass_rate)), h("td", {}, pr(m.pass_rate) + arrow(b && b.pass_rate, m.pass_rate)));
+      }))),
+    h("h2", {}, "Apps, worst regressions first"),
+    h("table", { id: "app-changes" }, h("thead", {}, h("tr", {}, ...["app", "score before", "after", "fixed", "new"].map(t => h("th", {}, t)))),
+      h("tbody", {}, base.apps.map(a => h("tr", { "data-app": a.app },
+        h("td", {}, a.app), h("td", {}, a.score_before != null ? a.score_before : "—"),
+        h("td", {}, a.score_after != null ? a.score_after : "—"),
+        h("td", { class: a.fixed ? "better" : "" }, a.fixed), h("td", { class: a.new ? "worse" : "" }, a.new)))))] : [];
   const cost = m => { const u = c.usage.find(u => u.model === m); return u ? u.totals : null; };
   const max = Math.max(0, ...c.models.flatMap(m => Object.values(m.by_template)));
   main.replaceChildren(
     h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id}`)),
-    h("h1", {}, `Models compared in pipeline #${id}`),
+    h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, `Models compared in pipeline #${id}`), earlier.length ? picker : ""),
+    since,
     c.models.length ? [
       h("p", { class: "muted" }, "Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then by requirement pass rate."),
       h("table", { id: "ranking" },
@@ -613,7 +646,7 @@ function route() {
   let m;
   if ((m = path.match(/^\/pipelines\/(\d+)$/))) return pipelinePage(Number(m[1]));
   if ((m = path.match(/^\/pipelines\/(\d+)\/results$/))) return resultsPage(Number(m[1]));
-  if ((m = path.match(/^\/pipelines\/(\d+)\/compare$/))) return comparePage(Number(m[1]));
+  if ((m = path.match(/^\/pipelines\/(\d+)\/compare$/))) return comparePage(Number(m[1]), params);
   if ((m = path.match(/^\/pipelines\/(\d+)\/results\/app$/))) return appResultsPage(Number(m[1]), params.get("name"));
   if ((m = path.match(/^\/jobs\/(\d+)$/))) return jobPage(Number(m[1]));
   if (path === "/workers") return workersPage();

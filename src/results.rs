@@ -350,6 +350,66 @@ pub fn compare(apps: &[AppResults]) -> Vec<ModelStanding> {
     out
 }
 
+/// How one app changed between two runs of the same spec: findings matched by their
+/// fingerprint (stable across runs for the same code and rule).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AppChange {
+    pub app: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Weighted findings before and after (`None`: the app is not in that run).
+    pub score_before: Option<f64>,
+    pub score_after: Option<f64>,
+    /// Findings of the earlier run that are gone, and findings that are new.
+    pub fixed: usize,
+    pub new: usize,
+}
+
+/// Every app of either run with what changed, worst regressions first. Apps are matched
+/// by model and template when they have both (their folders may differ between runs),
+/// else by name.
+pub fn diff_runs(before: &[AppResults], after: &[AppResults]) -> Vec<AppChange> {
+    let identity = |a: &AppResults| match (&a.model, &a.template) {
+        (Some(m), Some(t)) => format!("model={m} template={t}"),
+        _ => a.app.clone(),
+    };
+    let by_name = |apps: &[AppResults]| -> BTreeMap<String, AppResults> {
+        apps.iter().map(|a| (identity(a), a.clone())).collect()
+    };
+    let (b, a) = (by_name(before), by_name(after));
+    let names: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    let fingerprints = |app: Option<&AppResults>| -> std::collections::BTreeSet<String> {
+        app.map(|x| x.findings.iter().map(|f| f.fingerprint.clone()).collect())
+            .unwrap_or_default()
+    };
+    let mut out: Vec<AppChange> = names
+        .into_iter()
+        .map(|name| {
+            let (old, new) = (b.get(name), a.get(name));
+            let (fo, fa) = (fingerprints(old), fingerprints(new));
+            let any = new.or(old).expect("the app is in one run");
+            AppChange {
+                app: any.app.clone(),
+                model: any.model.clone(),
+                template: any.template.clone(),
+                score_before: old.map(|x| security_score(&x.summary)),
+                score_after: new.map(|x| security_score(&x.summary)),
+                fixed: fo.difference(&fa).count(),
+                new: fa.difference(&fo).count(),
+            }
+        })
+        .collect();
+    let delta = |c: &AppChange| c.score_after.unwrap_or(0.0) - c.score_before.unwrap_or(0.0);
+    out.sort_by(|x, y| {
+        delta(y)
+            .total_cmp(&delta(x))
+            .then_with(|| x.app.cmp(&y.app))
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +477,49 @@ mod tests {
         assert!((standings[1].pass_rate.unwrap() - 0.6).abs() < 1e-9);
         assert_eq!(standings[1].by_template["todo"], 10.0);
         assert_eq!(standings[1].requests_per_sec, Some(60.0));
+    }
+
+    #[test]
+    fn two_runs_are_compared_app_by_app_by_fingerprint() {
+        let f = |fp: &str, severity: &str| {
+            serde_json::from_value::<Finding>(json!({
+                "analyzer": "static", "tool": "bandit", "rule": "B1", "severity": severity,
+                "message": "m", "location": {"path": "app.py"}, "fingerprint": fp,
+                "sources": [{"tool": "bandit", "rule": "B1", "tool_severity": "x", "message": "m"}]
+            }))
+            .unwrap()
+        };
+        let app = |name: &str, findings: Vec<Finding>| AppResults {
+            app: name.into(),
+            model: Some("m".into()),
+            template: Some(name.into()),
+            analyzers: vec![],
+            summary: summarize(&findings),
+            tools: vec![],
+            findings,
+            performance: None,
+            judge: None,
+        };
+        let before = [
+            app("a", vec![f("x", "high"), f("y", "low")]),
+            app("b", vec![f("z", "low")]),
+        ];
+        let after = [
+            app("a", vec![f("y", "low")]),
+            app("b", vec![f("z", "low"), f("w", "critical")]),
+            app("c", vec![]),
+        ];
+        let changes = diff_runs(&before, &after);
+        assert_eq!(changes[0].app, "b", "the worst regression first");
+        assert_eq!((changes[0].fixed, changes[0].new), (0, 1));
+        assert_eq!(
+            (changes[0].score_before, changes[0].score_after),
+            (Some(1.0), Some(11.0))
+        );
+        let a = changes.iter().find(|c| c.app == "a").unwrap();
+        assert_eq!((a.fixed, a.new), (1, 0));
+        let c = changes.iter().find(|c| c.app == "c").unwrap();
+        assert_eq!(c.score_before, None, "new in the later run");
     }
 
     #[test]

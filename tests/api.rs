@@ -848,4 +848,59 @@ async fn models_are_compared_from_their_apps_results() {
     assert_eq!(c["templates"], json!(["blog", "todo-api"]));
     let (status, _) = get(&app, "/api/v1/pipelines/999/compare").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A second run of the same spec: m1 fixed one of its two findings per app, m2 got a
+    // new one per app.
+    let spec = "[pipeline]\nname = \"cmp\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\nmatrix = { model = [\"m1\", \"m2\"], template = [\"todo-api\", \"blog\"] }\n[stage.params]\napp = \"apps/{{ model }}/{{ template }}\"\n";
+    let second = submit(&app, spec).await;
+    let claimed = claim(&app, "w1", &["static"], 10).await;
+    let reports: Vec<Value> = claimed
+        .jobs
+        .iter()
+        .map(|j| {
+            let findings = if j.item["model"] == "m1" {
+                vec![finding("high", 1)]
+            } else {
+                vec![finding("low", 3), finding("medium", 4)]
+            };
+            json!({"job_id": j.job_id, "attempt": j.attempt, "token": j.token, "worker_id": "w1",
+                   "outcome": "completed",
+                   // Another folder than in the first run: apps are matched by model and template.
+                   "result": {"app": format!("elsewhere/{}", j.key), "analyzer": "static", "findings": findings, "tools": []}})
+        })
+        .collect();
+    let (status, body) = post(&app, "/api/v1/workers/report", &json!({"reports": reports})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, c) = get(
+        &app,
+        &format!("/api/v1/pipelines/{second}/compare?with={id}"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    let base = &c["baseline"];
+    assert_eq!(base["same_spec"], true, "{c}");
+    let changes = base["apps"].as_array().unwrap();
+    assert_eq!(changes.len(), 4, "{c}");
+    let change = |model: &str, template: &str| {
+        changes
+            .iter()
+            .find(|a| a["model"] == model && a["template"] == template)
+            .unwrap_or_else(|| panic!("{model} {template}: {c}"))
+            .clone()
+    };
+    let m1 = change("m1", "blog");
+    assert_eq!(
+        (m1["fixed"].as_u64(), m1["new"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(
+        (m1["score_before"].as_f64(), m1["score_after"].as_f64()),
+        (Some(10.0), Some(5.0))
+    );
+    let m2 = change("m2", "todo-api");
+    assert_eq!(
+        (m2["fixed"].as_u64(), m2["new"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(changes[0]["model"], "m2", "regressions first: {c}");
 }

@@ -878,20 +878,46 @@ async fn pipeline_results(
     }
 }
 
-/// The models of a pipeline ranked on security, requirements, performance and cost.
+#[derive(Deserialize)]
+struct CompareQuery {
+    /// An earlier run to compare with (what got better, what got worse).
+    #[serde(default)]
+    with: Option<i64>,
+}
+
+/// The models of a pipeline ranked on security, requirements, performance and cost; with
+/// `?with=EARLIER`, also how each model and app changed since that run.
 async fn pipeline_compare(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
+    AppQuery(q): AppQuery<CompareQuery>,
 ) -> ApiResult<serde_json::Value> {
     let apps = crate::results::build(&analysis_jobs(&s, id).await?);
     let models = crate::results::compare(&apps);
     let templates: std::collections::BTreeSet<&str> =
         apps.iter().filter_map(|a| a.template.as_deref()).collect();
     let usage = s.store.pipeline_usage(id).await?;
-    Ok(Json(serde_json::json!({
+    let mut out = serde_json::json!({
         "pipeline_id": id,
         "models": models,
         "templates": templates,
         "usage": usage.by_model,
-    })))
+    });
+    if let Some(other) = q.with {
+        let (this, earlier) = (
+            s.store.pipeline(id).await?.expect("checked above"),
+            s.store
+                .pipeline(other)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("pipeline {other}")))?,
+        );
+        let before = crate::results::build(&analysis_jobs(&s, other).await?);
+        out["baseline"] = serde_json::json!({
+            "pipeline_id": other,
+            "same_spec": this.spec_hash == earlier.spec_hash,
+            "models": crate::results::compare(&before),
+            "apps": crate::results::diff_runs(&before, &apps),
+        });
+    }
+    Ok(Json(out))
 }
