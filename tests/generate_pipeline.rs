@@ -80,6 +80,15 @@ fn template_of(request: &Value, titles: &HashMap<String, String>) -> String {
 /// Scripted answers by (model, template, step), served before the normal ones.
 type Faults = Arc<Mutex<HashMap<(String, String, String), VecDeque<Scripted>>>>;
 
+/// Faults for one model, template and step.
+fn faults(model: &str, template: &str, step: &str, entries: Vec<Scripted>) -> Faults {
+    let f: Faults = Arc::default();
+    f.lock()
+        .unwrap()
+        .insert((model.into(), template.into(), step.into()), entries.into());
+    f
+}
+
 /// A fake that answers every model and template with a runnable app, after the faults
 /// scripted for that model and template.
 fn responder(faults: Faults) -> Responder {
@@ -675,12 +684,13 @@ max_concurrency = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_model_shows_its_back_off_in_progress_and_explain() {
-    let faults: Faults = Arc::default();
-    faults.lock().unwrap().insert(
-        (MODELS[0].into(), "todo-api".into(), "backend".into()),
-        vec![Scripted::Status(429, Some(600))].into(),
-    );
-    let llm = FakeLlm::start_with(responder(faults)).await;
+    let llm = FakeLlm::start_with(responder(faults(
+        MODELS[0],
+        "todo-api",
+        "backend",
+        vec![Scripted::Status(429, Some(600))],
+    )))
+    .await;
     let cluster = Cluster::new();
     let _server = cluster.server("500ms").await;
     // One slot for other work, one for generation: a model backing off must not hold
@@ -846,12 +856,13 @@ async fn bench_generation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_provider_does_not_count_against_the_attempt_timeout() {
-    let faults: Faults = Arc::default();
-    faults.lock().unwrap().insert(
-        (MODELS[0].into(), "todo-api".into(), "backend".into()),
-        vec![Scripted::Status(429, Some(5))].into(),
-    );
-    let llm = FakeLlm::start_with(responder(faults)).await;
+    let llm = FakeLlm::start_with(responder(faults(
+        MODELS[0],
+        "todo-api",
+        "backend",
+        vec![Scripted::Status(429, Some(5))],
+    )))
+    .await;
     let cluster = Cluster::new();
     let _server = cluster.server("500ms").await;
     let _worker = cluster.worker("w1", 1, &[]);

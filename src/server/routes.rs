@@ -368,14 +368,18 @@ async fn explain_job(
             .collect(),
         _ => Vec::new(),
     };
-    let llm_usage = s
-        .store
-        .pipeline_usage(job.pipeline_id)
-        .await?
-        .by_job
-        .into_iter()
-        .find(|u| u.job_id == job.id)
-        .map(|u| u.totals);
+    // Only jobs that call models have usage; others skip the aggregate.
+    let llm_usage = if job.kind == "generate" {
+        s.store
+            .pipeline_usage(job.pipeline_id)
+            .await?
+            .by_job
+            .into_iter()
+            .find(|u| u.job_id == job.id)
+            .map(|u| u.totals)
+    } else {
+        None
+    };
     Ok(Json(Explanation {
         job,
         summary,
