@@ -192,42 +192,61 @@ async function pipelinesPage(params) {
 
 // ---------------------------------------------------------------- pipeline
 
-async function allJobs(pipeline) {
-  const jobs = [];
-  let after = 0;
-  for (;;) {
-    const page = await api(`/jobs?pipeline=${pipeline}&after=${after}&limit=5000`);
-    jobs.push(...page);
-    if (page.length < 5000) return jobs;
-    after = page[page.length - 1].id;
-  }
-}
-
 function itemLabel(item) {
   if (!item || typeof item !== "object") return String(item);
   return Object.entries(item).map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join(" ");
 }
 
-function chip(job) {
-  // In a model × template cell, the stage and whatever else tells the job apart (the tool).
-  const extra = Object.entries(job.item || {}).filter(([k]) => k !== "model" && k !== "template").map(([, v]) => v);
-  return h("a", {
-    class: "chip " + job.state, href: "#/jobs/" + job.id, "data-job": job.id, "data-state": job.state,
-    title: `${job.key}: ${job.state}`,
-  }, [job.stage, ...extra].join(" "));
+// A chip of the grid: one job (it links to the job and follows its events), or several
+// jobs of one stage (it shows how many are done and links to their list).
+function gridChip(pipeline, c) {
+  const name = [c.stage, c.label].filter(Boolean).join(" ");
+  if (c.count === 1) {
+    return h("a", { class: "chip " + c.state, href: "#/jobs/" + c.job_id, "data-job": c.job_id, "data-state": c.state,
+      title: `${name}: ${c.state}` }, name);
+  }
+  return h("a", { class: "chip " + c.state, href: `#/pipelines/${pipeline}/jobs?stage=${encodeURIComponent(c.stage)}`,
+    "data-stage": c.stage, "data-state": c.state, title: `${c.count} jobs: ${countsText(c.counts)}` },
+    `${name} ${c.counts.completed}/${c.count}`);
+}
+
+function gridTable(pipeline, g) {
+  const parts = [];
+  if (g.cells.length) {
+    const cells = new Map(g.cells.map(c => [`${c.model}\u0000${c.template}`, c]));
+    parts.push(h("table", { class: "grid" },
+      h("thead", {}, h("tr", {}, h("th", {}, "model \\ template"), g.templates.map(t => h("th", {}, t)))),
+      h("tbody", {}, g.models.map(m => h("tr", {}, h("th", {}, m), g.templates.map(t => {
+        const cell = cells.get(`${m}\u0000${t}`);
+        return h("td", { class: "cell", "data-model": m, "data-template": t }, cell ? cell.chips.map(c => gridChip(pipeline, c)) : "");
+      }))))));
+  }
+  if (g.other.length) {
+    if (g.cells.length) parts.push(h("h2", {}, "Other jobs"));
+    parts.push(h("table", { class: "grid" }, h("tbody", {}, g.other.map(c => h("tr", {}, h("th", {}, c.stage),
+      h("td", { class: "cell" }, c.count === 1 ? gridChip(pipeline, c) : [countsBar(c.counts), gridChip(pipeline, c)]))))));
+  }
+  return parts.length ? parts : h("p", { class: "muted" }, "No jobs.");
+}
+
+function waitingTable(rows) {
+  return h("table", { class: "waiting" }, h("tbody", {}, rows.map(w => h("tr", { "data-job": w.job_id },
+    h("td", {}, h("a", { href: "#/jobs/" + w.job_id }, w.key)), h("td", {}, stateBadge(w.state)),
+    h("td", { class: "muted why" }, w.why)))));
 }
 
 async function pipelinePage(id) {
-  let detail, jobs;
+  let detail, grid;
   try {
-    [detail, jobs] = await Promise.all([api(`/pipelines/${id}`), allJobs(id)]);
+    [detail, grid] = await Promise.all([api(`/pipelines/${id}`), api(`/pipelines/${id}/grid`)]);
   } catch (err) { main.replaceChildren(showError(err)); return; }
   const head = h("div", {});
   const stagesBox = h("div", { class: "card" });
   const usageBox = h("div", { class: "card" });
   const log = h("div", { class: "log", id: "event-log" });
   const running = h("div", { id: "running" });
-  const byId = new Map(jobs.map(j => [j.id, j]));
+  const gridBox = h("div", { class: "card", style: "overflow:auto", id: "grid" }, gridTable(id, grid));
+  const waitingBox = h("div", { id: "waiting" });
 
   const renderHead = () => {
     const p = detail.pipeline;
@@ -235,6 +254,7 @@ async function pipelinePage(id) {
       h("h1", { style: "flex:1;margin:0" }, `#${p.id} ${p.name} `, stateBadge(p.state)),
       h("a", { href: `#/pipelines/${id}/results`, id: "results-link" }, h("button", {}, "Results")),
       h("a", { href: `#/pipelines/${id}/compare`, id: "compare-link" }, h("button", {}, "Compare models")),
+      h("a", { href: `#/pipelines/${id}/jobs` }, h("button", {}, "All jobs")),
       p.counts.dead ? h("button", { id: "retry-dead", onclick: async () => { await post(`/pipelines/${id}/retry`); } }, `Retry ${p.counts.dead} dead`) : "",
       p.state === "running" ? h("button", { class: "danger", id: "cancel-pipeline", onclick: async () => { await post(`/pipelines/${id}/cancel`); } }, "Cancel") : ""),
       h("p", { class: "muted" }, `created ${fmtTime(p.created_at)} · ${fmtDuration((p.finished_at || Date.now() * 1000) - p.created_at)} · ${countsText(p.counts)}`));
@@ -252,44 +272,33 @@ async function pipelinePage(id) {
         h("table", {}, h("tbody", {}, u.by_model.map(m => h("tr", {}, h("td", {}, m.model), h("td", {}, usageText(m.totals)))))));
     } catch (_) { usageBox.hidden = true; }
   };
-
-  // The grid: models × templates when the items have both, else one row per stage.
-  const models = [...new Set(jobs.map(j => j.item && j.item.model).filter(Boolean))];
-  const templates = [...new Set(jobs.map(j => j.item && j.item.template).filter(Boolean))];
-  let grid;
-  if (models.length && templates.length) {
-    const cells = new Map();
-    for (const j of jobs) {
-      const k = `${j.item.model}\u0000${j.item.template}`;
-      if (!cells.has(k)) cells.set(k, []);
-      cells.get(k).push(j);
-    }
-    grid = h("table", { class: "grid", id: "grid" },
-      h("thead", {}, h("tr", {}, h("th", {}, "model \\ template"), templates.map(t => h("th", {}, t)))),
-      h("tbody", {}, models.map(m => h("tr", {}, h("th", {}, m), templates.map(t =>
-        h("td", { class: "cell", "data-model": m, "data-template": t }, (cells.get(`${m}\u0000${t}`) || []).map(chip)))))));
-    const other = jobs.filter(j => !(j.item && j.item.model && j.item.template));
-    if (other.length) grid = h("div", {}, grid, h("h2", {}, "Other jobs"), h("div", {}, other.map(chip)));
-  } else {
-    const stages = [...new Set(jobs.map(j => j.stage))];
-    grid = h("table", { class: "grid", id: "grid" }, h("tbody", {}, stages.map(s => h("tr", {}, h("th", {}, s),
-      h("td", { class: "cell" }, jobs.filter(j => j.stage === s).map(j => {
-        const c = chip(j); c.textContent = itemLabel(j.item) || j.stage; return c;
-      }))))));
-  }
+  // Why the first jobs that have not started wait; the whole list is a page away.
+  const loadWaiting = async () => {
+    let rows;
+    try { rows = await api(`/pipelines/${id}/waiting?limit=20`); } catch (_) { return; }
+    waitingBox.replaceChildren(h("h2", {}, "Waiting"), rows.length
+      ? [waitingTable(rows), rows.length === 20 ? h("p", {}, h("a", { href: `#/pipelines/${id}/jobs?pending=1` }, "every waiting job »")) : ""]
+      : h("p", { class: "muted" }, "No job is waiting."));
+  };
 
   renderHead();
   loadUsage();
+  loadWaiting();
   main.replaceChildren(head, h("div", { class: "cols" }, stagesBox, usageBox),
-    h("h2", {}, "Apps"), h("div", { class: "card", style: "overflow:auto" }, grid),
+    h("h2", {}, "Apps"), gridBox,
     h("div", { class: "cols" },
-      h("div", {}, h("h2", {}, "Running"), running),
+      h("div", {}, h("h2", {}, "Running"), running, waitingBox),
       h("div", {}, h("h2", {}, "Events"), log)));
 
   const refreshDetail = throttled(async () => {
     try { detail = await api(`/pipelines/${id}`); renderHead(); } catch (_) { /* next event retries */ }
   }, 500);
   const refreshUsage = throttled(loadUsage, 2000);
+  const refreshWaiting = throttled(loadWaiting, 2000);
+  // Chips of one job follow its events directly; chips of several jobs are recounted.
+  const refreshGrid = throttled(async () => {
+    try { grid = await api(`/pipelines/${id}/grid`); gridBox.replaceChildren(...[gridTable(id, grid)].flat()); } catch (_) { /* next event retries */ }
+  }, 1000);
   const logLine = (ev, text) => {
     log.append(h("div", { "data-event": ev.id }, `${new Date(ev.at / 1000).toLocaleTimeString()}  ${text}`));
     while (log.childElementCount > 500) log.firstElementChild.remove();
@@ -297,13 +306,14 @@ async function pipelinePage(id) {
   };
   openStream(`?pipeline=${id}`, {
     job_state: ev => {
-      const j = byId.get(ev.job_id);
-      if (j) j.state = ev.data.state;
-      for (const el of document.querySelectorAll(`[data-job="${ev.job_id}"]`)) {
+      const chips = gridBox.querySelectorAll(`[data-job="${ev.job_id}"]`);
+      for (const el of chips) {
         el.className = "chip " + ev.data.state;
         el.dataset.state = ev.data.state;
         el.title = `${ev.data.key}: ${ev.data.state}`;
       }
+      if (!chips.length) refreshGrid();
+      refreshWaiting();
       const err = ev.data.error ? ` — ${ev.data.error.code}: ${ev.data.error.message}` : "";
       logLine(ev, `${ev.data.key} → ${ev.data.state}${err}`);
       refreshDetail();
@@ -322,6 +332,59 @@ async function pipelinePage(id) {
         h("td", { class: "muted" }, r.progress && r.progress.message ? r.progress.message : ""))))) : h("p", { class: "muted" }, "Nothing running."));
     },
   });
+}
+
+// ---------------------------------------------------------------- jobs of a pipeline
+
+// One page of a pipeline's jobs (keyset-paged on the server), filtered by stage and state;
+// `pending=1` lists the jobs that have not started with why each waits.
+async function jobsPage(id, params) {
+  const stage = params.get("stage") || "", state = params.get("state") || "", pending = params.has("pending");
+  const after = params.get("after");
+  const limit = 100;
+  let detail, rows;
+  try {
+    detail = await api(`/pipelines/${id}`);
+    if (pending) {
+      rows = await api(`/pipelines/${id}/waiting?limit=${limit}` + (after ? `&after=${after}` : ""));
+    } else {
+      const q = new URLSearchParams({ pipeline: id, limit });
+      if (stage) q.set("stage", stage);
+      if (state) q.set("state", state);
+      if (after) q.set("after", after);
+      rows = await api("/jobs?" + q);
+    }
+  } catch (err) { main.replaceChildren(showError(err)); return; }
+  const go = changes => {
+    const q = new URLSearchParams(params);
+    q.delete("after");
+    for (const [k, v] of Object.entries(changes)) { if (v) q.set(k, v); else q.delete(k); }
+    location.hash = `#/pipelines/${id}/jobs?` + q;
+  };
+  const stageSelect = h("select", { id: "jobs-stage", onchange: e => go({ stage: e.target.value }) },
+    h("option", { value: "" }, "all stages"), detail.stages.map(st => h("option", { value: st.name, selected: st.name === stage }, st.name)));
+  const stateSelect = h("select", { id: "jobs-state", onchange: e => go({ state: e.target.value, pending: "" }) },
+    h("option", { value: "" }, "all states"), STATES.map(st => h("option", { value: st, selected: st === state }, st)));
+  const table = pending ? waitingTable(rows) : h("table", { id: "jobs" },
+    h("thead", {}, h("tr", {}, ...["id", "key", "stage", "state", "attempts", "worker", "error"].map(t => h("th", {}, t)))),
+    h("tbody", {}, rows.map(j => h("tr", { "data-job": j.id },
+      h("td", {}, h("a", { href: "#/jobs/" + j.id }, "#" + j.id)), h("td", {}, h("a", { href: "#/jobs/" + j.id }, j.key)),
+      h("td", {}, j.stage), h("td", {}, stateBadge(j.state)), h("td", { class: "num" }, j.attempts),
+      h("td", { class: "muted" }, j.worker_id || ""),
+      h("td", { class: "error" }, j.last_error ? `${j.last_error.code}: ${j.last_error.message}`.slice(0, 160) : "")))));
+  const pager = h("div", { class: "pager" });
+  if (after) pager.append(h("a", { href: "#", onclick: e => { e.preventDefault(); go({}); } }, "« first"));
+  if (rows.length === limit) {
+    const last = pending ? rows[rows.length - 1].job_id : rows[rows.length - 1].id;
+    const q = new URLSearchParams(params); q.set("after", last);
+    pager.append(h("a", { href: `#/pipelines/${id}/jobs?` + q }, "next »"));
+  }
+  main.replaceChildren(
+    h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id} ${detail.pipeline.name}`)),
+    h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, pending ? "Jobs waiting, and why" : "Jobs"),
+      pending ? "" : [stageSelect, stateSelect],
+      h("a", { href: `#/pipelines/${id}/jobs` + (pending ? "" : "?pending=1") }, h("button", {}, pending ? "All jobs" : "Waiting jobs"))),
+    rows.length ? table : h("p", { class: "muted" }, "No job here."), pager);
 }
 
 // ---------------------------------------------------------------- job
@@ -617,18 +680,43 @@ async function comparePage(id, params) {
 // ---------------------------------------------------------------- workers
 
 async function workersPage() {
-  let workers;
-  try { workers = await api("/workers"); } catch (err) { main.replaceChildren(showError(err)); return; }
-  const now = Date.now() * 1000;
-  main.replaceChildren(h("h1", {}, "Workers"),
-    workers.length ? h("table", { id: "workers" }, h("thead", {}, h("tr", {}, ...["name", "id", "kinds", "last seen", "state"].map(t => h("th", {}, t)))),
-      h("tbody", {}, workers.map(w => h("tr", {},
+  const workersBox = h("div", {}), breakersBox = h("div", {});
+  main.replaceChildren(h("h1", {}, "Workers"), workersBox, h("h2", {}, "Circuit breakers of running pipelines"), breakersBox);
+  let workers = [];
+  const drawWorkers = () => {
+    const now = Date.now() * 1000;
+    workersBox.replaceChildren(workers.length ? h("table", { id: "workers" },
+      h("thead", {}, h("tr", {}, ...["name", "id", "kinds", "running", "last heartbeat", "failures in a row", "state"].map(t => h("th", {}, t)))),
+      h("tbody", {}, workers.map(w => h("tr", { "data-worker": w.id },
         h("td", {}, w.name), h("td", { class: "muted" }, w.id), h("td", {}, w.kinds.join(", ")),
-        h("td", {}, `${((now - w.last_seen) / 1e6).toFixed(1)} s ago`),
+        h("td", { class: "num" }, w.running),
+        h("td", {}, `${Math.max(0, (now - w.last_seen) / 1e6).toFixed(0)} s ago`),
+        h("td", { class: "num" }, w.consecutive_failures),
         h("td", {}, w.stopped ? stateBadge("cancelled") : w.quarantined_until && w.quarantined_until > now
           ? h("span", { class: "state retrying" }, "quarantined until " + fmtTime(w.quarantined_until)) : stateBadge("running"))))))
       : h("p", { class: "muted" }, "No worker has registered yet."));
-  pageTimers.push(setTimeout(workersPage, 5000));
+  };
+  const load = async () => {
+    let breakers;
+    try { [workers, breakers] = await Promise.all([api("/workers"), api("/breakers")]); } catch (err) { workersBox.replaceChildren(showError(err)); return; }
+    drawWorkers();
+    breakersBox.replaceChildren(breakers.length ? h("table", { id: "breakers" },
+      h("thead", {}, h("tr", {}, ...["pipeline", "stage", "kind", "failures in a row", "opens at", "state"].map(t => h("th", {}, t)))),
+      h("tbody", {}, breakers.map(b => h("tr", { "data-breaker": `${b.pipeline_id}/${b.stage}` },
+        h("td", {}, h("a", { href: "#/pipelines/" + b.pipeline_id }, `#${b.pipeline_id} ${b.pipeline_name}`)),
+        h("td", {}, b.stage), h("td", { class: "muted" }, b.kind),
+        h("td", { class: "num" }, b.consecutive_failures), h("td", { class: "num" }, b.threshold),
+        h("td", {}, b.open ? h("span", { class: "state dead" }, "open") : h("span", { class: "state completed" }, "closed"))))))
+      : h("p", { class: "muted" }, "No running pipeline has a stage with a breaker."));
+  };
+  await load();
+  // Job and breaker events say when workers took or finished work; heartbeats are not
+  // events, so their ages tick here and are re-read now and then.
+  const refresh = throttled(load, 2000);
+  openStream("", { job_state: refresh, breaker_opened: load, breaker_closed: load, pipeline_finished: refresh });
+  const tick = () => { drawWorkers(); pageTimers.push(setTimeout(tick, 1000)); };
+  const reread = () => { refresh(); pageTimers.push(setTimeout(reread, 15000)); };
+  pageTimers.push(setTimeout(tick, 1000), setTimeout(reread, 15000));
 }
 
 // ---------------------------------------------------------------- router
@@ -648,6 +736,7 @@ function route() {
   if ((m = path.match(/^\/pipelines\/(\d+)\/results$/))) return resultsPage(Number(m[1]));
   if ((m = path.match(/^\/pipelines\/(\d+)\/compare$/))) return comparePage(Number(m[1]), params);
   if ((m = path.match(/^\/pipelines\/(\d+)\/results\/app$/))) return appResultsPage(Number(m[1]), params.get("name"));
+  if ((m = path.match(/^\/pipelines\/(\d+)\/jobs$/))) return jobsPage(Number(m[1]), params);
   if ((m = path.match(/^\/jobs\/(\d+)$/))) return jobPage(Number(m[1]));
   if (path === "/workers") return workersPage();
   return pipelinesPage(params);

@@ -75,6 +75,20 @@ pub struct PipelineDetail {
     pub stages: Vec<StageSummary>,
 }
 
+/// A job of a pipeline that has not started, and why (`GET /pipelines/{id}/waiting`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitingJob {
+    pub job_id: i64,
+    pub key: String,
+    pub stage: String,
+    pub kind: String,
+    pub state: crate::domain::JobState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<crate::domain::WaitReason>,
+    /// The reason in words, as `assay explain` says it.
+    pub why: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClaimBody {
     pub worker_id: String,

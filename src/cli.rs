@@ -156,6 +156,9 @@ enum Command {
         stage: Option<String>,
         #[arg(long)]
         state: Option<JobState>,
+        /// Only jobs that have not started (waiting, available, retrying).
+        #[arg(long, conflicts_with = "state")]
+        pending: bool,
         #[arg(long, default_value_t = 100)]
         limit: i64,
         #[command(flatten)]
@@ -508,6 +511,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             pipeline,
             stage,
             state,
+            pending,
             limit,
             server,
             json,
@@ -520,6 +524,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     state,
                     after_id: None,
                     limit: Some(limit),
+                    pending,
                 })
                 .await?;
             if json {

@@ -174,6 +174,9 @@ impl Client {
         if let Some(l) = filter.limit {
             q.push(format!("limit={l}"));
         }
+        if filter.pending {
+            q.push("pending=true".into());
+        }
         self.get(&format!("/jobs?{}", q.join("&"))).await
     }
 

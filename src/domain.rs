@@ -245,7 +245,24 @@ pub struct StateCounts {
 
 impl StateCounts {
     pub fn add(&mut self, state: JobState, n: i64) {
-        let slot = match state {
+        *self.slot(state) += n;
+    }
+
+    pub fn get(&self, state: JobState) -> i64 {
+        match state {
+            JobState::Waiting => self.waiting,
+            JobState::Available => self.available,
+            JobState::Running => self.running,
+            JobState::Retrying => self.retrying,
+            JobState::Completed => self.completed,
+            JobState::Dead => self.dead,
+            JobState::Cancelled => self.cancelled,
+            JobState::Skipped => self.skipped,
+        }
+    }
+
+    fn slot(&mut self, state: JobState) -> &mut i64 {
+        match state {
             JobState::Waiting => &mut self.waiting,
             JobState::Available => &mut self.available,
             JobState::Running => &mut self.running,
@@ -254,8 +271,7 @@ impl StateCounts {
             JobState::Dead => &mut self.dead,
             JobState::Cancelled => &mut self.cancelled,
             JobState::Skipped => &mut self.skipped,
-        };
-        *slot += n;
+        }
     }
 
     pub fn total(&self) -> i64 {

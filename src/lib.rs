@@ -9,6 +9,7 @@ pub mod client;
 pub mod domain;
 pub mod explain;
 pub mod generation;
+pub mod grid;
 pub mod kinds;
 pub mod progress;
 pub mod results;

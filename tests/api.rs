@@ -904,3 +904,110 @@ async fn models_are_compared_from_their_apps_results() {
     );
     assert_eq!(changes[0]["model"], "m2", "regressions first: {c}");
 }
+
+#[tokio::test]
+async fn grid_waiting_and_breakers_summarize_a_pipeline_for_the_dashboard() {
+    let (_dir, app) = setup().await;
+    let spec = r#"
+[pipeline]
+name = "grid"
+[[stage]]
+name = "gen"
+kind = "noop"
+breaker = 4
+matrix = { model = ["m1", "m2"], template = ["todo", "blog"] }
+[[stage]]
+name = "check"
+kind = "noop"
+after = ["gen"]
+matrix = { model = ["m1", "m2"], template = ["todo", "blog"], tool = ["x", "y"] }
+[[stage]]
+name = "loose"
+kind = "sleep"
+items = [1, 2, 3]
+params = { ms = 1 }
+"#;
+    let id = submit(&app, spec).await;
+    let (status, grid) = get(&app, &format!("/api/v1/pipelines/{id}/grid")).await;
+    assert_eq!(status, StatusCode::OK, "{grid}");
+    assert_eq!(grid["models"], json!(["m1", "m2"]), "{grid}");
+    assert_eq!(grid["templates"], json!(["todo", "blog"]), "{grid}");
+    let cells = grid["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 4);
+    let labels: Vec<String> = cells[0]["chips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c["stage"].as_str().unwrap(),
+                c["label"].as_str().unwrap(),
+                c["state"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        labels,
+        vec!["gen  available", "check x waiting", "check y waiting"]
+    );
+    let other = grid["other"].as_array().unwrap();
+    assert_eq!(other.len(), 1, "{grid}");
+    assert_eq!(
+        (other[0]["stage"].as_str(), other[0]["count"].as_i64()),
+        (Some("loose"), Some(3))
+    );
+
+    // Nothing is claimed: 15 pending jobs; the page of 10 and the next page hold them all once.
+    let (status, first) = get(&app, &format!("/api/v1/pipelines/{id}/waiting?limit=10")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let first = first.as_array().unwrap().clone();
+    assert_eq!(first.len(), 10);
+    let last = first.last().unwrap()["job_id"].as_i64().unwrap();
+    let (_, rest) = get(
+        &app,
+        &format!("/api/v1/pipelines/{id}/waiting?limit=10&after={last}"),
+    )
+    .await;
+    let rest = rest.as_array().unwrap().clone();
+    assert_eq!(rest.len(), 5);
+    let all: Vec<&Value> = first.iter().chain(rest.iter()).collect();
+    let ids: std::collections::BTreeSet<i64> =
+        all.iter().map(|w| w["job_id"].as_i64().unwrap()).collect();
+    assert_eq!(ids.len(), 15, "no job twice");
+    let check = all.iter().find(|w| w["stage"] == json!("check")).unwrap();
+    assert_eq!(check["wait"]["reason"], json!("upstream"), "{check}");
+    assert!(check["why"].as_str().unwrap().contains("gen["), "{check}");
+    let gen = all.iter().find(|w| w["stage"] == json!("gen")).unwrap();
+    assert_eq!(gen["wait"]["reason"], json!("no_worker_for_kind"), "{gen}");
+
+    register(&app, "w1", &["noop"]).await;
+    let claimed = claim(&app, "w1", &["noop"], 1).await;
+    assert_eq!(claimed.jobs.len(), 1);
+    let (_, page) = get(&app, &format!("/api/v1/pipelines/{id}/waiting?limit=100")).await;
+    let page = page.as_array().unwrap();
+    assert_eq!(page.len(), 14, "the running job is no longer waiting");
+    let gen = page.iter().find(|w| w["stage"] == json!("gen")).unwrap();
+    assert_eq!(gen["wait"]["reason"], json!("ready_to_claim"), "{gen}");
+    let loose = page.iter().find(|w| w["stage"] == json!("loose")).unwrap();
+    assert!(
+        loose["why"].as_str().unwrap().contains("`sleep`"),
+        "{loose}"
+    );
+
+    let (status, breakers) = get(&app, "/api/v1/breakers").await;
+    assert_eq!(status, StatusCode::OK, "{breakers}");
+    let gen_breaker = breakers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["pipeline_id"] == json!(id) && b["stage"] == json!("gen"))
+        .unwrap();
+    assert_eq!(gen_breaker["threshold"], json!(4));
+    assert_eq!(gen_breaker["open"], json!(false));
+
+    let (status, body) = get(&app, "/api/v1/pipelines/999/grid").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = get(&app, &format!("/api/v1/pipelines/{id}/waiting?limit=lots")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

@@ -41,6 +41,9 @@ pub fn app(state: AppState) -> Router {
         .route("/workers/heartbeat", post(heartbeat))
         .route("/workers/report", post(report))
         .route("/pipelines/{id}/usage", get(pipeline_usage))
+        .route("/pipelines/{id}/grid", get(pipeline_grid))
+        .route("/pipelines/{id}/waiting", get(pipeline_waiting))
+        .route("/breakers", get(list_breakers))
         .route("/pipelines/{id}/results", get(pipeline_results))
         .route("/pipelines/{id}/compare", get(pipeline_compare))
         .route("/llm/acquire", post(llm_acquire))
@@ -253,6 +256,80 @@ async fn get_pipeline(
     Ok(Json(PipelineDetail { pipeline, stages }))
 }
 
+/// The pipeline as the dashboard's grid draws it (see `crate::grid`).
+async fn pipeline_grid(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<crate::grid::Grid> {
+    if s.store.pipeline(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("pipeline {id}")));
+    }
+    let stages: Vec<String> = s
+        .store
+        .stages(id)
+        .await?
+        .into_iter()
+        .map(|st| st.name)
+        .collect();
+    let jobs = s.store.job_cells(id).await?;
+    Ok(Json(crate::grid::build(&jobs, &stages)))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    after: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// A page of the pipeline's jobs that have not started, each with why it waits.
+async fn pipeline_waiting(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+    AppQuery(q): AppQuery<PageQuery>,
+) -> ApiResult<Vec<WaitingJob>> {
+    if s.store.pipeline(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("pipeline {id}")));
+    }
+    let jobs = s
+        .store
+        .jobs(&JobFilter {
+            pipeline_id: Some(id),
+            pending: true,
+            after_id: q.after,
+            limit: Some(q.limit.unwrap_or(50).clamp(1, 500)),
+            ..Default::default()
+        })
+        .await?;
+    let stages = s.store.stages(id).await?;
+    let workers = s.store.workers().await?;
+    let now = now_micros();
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        // Only a waiting job's reason names its upstream jobs.
+        let dependencies = if job.state == JobState::Waiting {
+            s.store.dependencies(job.id).await?
+        } else {
+            Vec::new()
+        };
+        let stage = stages.iter().find(|st| st.name == job.stage);
+        let wait =
+            explain::wait_reason(&job, stage, &dependencies, &workers, s.lease.lease_ms, now);
+        let why = explain::summarize(&job, wait.as_ref(), &[], now);
+        out.push(WaitingJob {
+            job_id: job.id,
+            key: job.key,
+            stage: job.stage,
+            kind: job.kind,
+            state: job.state,
+            wait,
+            why,
+        });
+    }
+    Ok(Json(out))
+}
+
 async fn cancel_pipeline(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
@@ -323,6 +400,9 @@ struct JobsQuery {
     after: Option<i64>,
     #[serde(default)]
     limit: Option<i64>,
+    /// Only jobs that have not started (waiting, available, retrying).
+    #[serde(default)]
+    pending: bool,
 }
 
 async fn list_jobs(
@@ -336,6 +416,7 @@ async fn list_jobs(
         state,
         after_id: q.after,
         limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
+        pending: q.pending,
     };
     Ok(Json(s.store.jobs(&filter).await?))
 }
@@ -518,6 +599,11 @@ async fn put_blob(
 
 async fn list_workers(State(s): State<AppState>) -> ApiResult<Vec<crate::store::WorkerRow>> {
     Ok(Json(s.store.workers().await?))
+}
+
+/// The circuit breakers of running pipelines' stages (open ones first).
+async fn list_breakers(State(s): State<AppState>) -> ApiResult<Vec<crate::store::BreakerRow>> {
+    Ok(Json(s.store.breakers(200).await?))
 }
 
 async fn register_worker(

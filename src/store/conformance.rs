@@ -1294,6 +1294,117 @@ pub async fn llm_answers_are_cached_first_one_wins(store: Arc<dyn Store>) {
     );
 }
 
+/// What the dashboard reads: every job narrowly for the grid, the jobs that have not
+/// started, and the breakers of running pipelines.
+pub async fn dashboard_views_see_every_job_and_breaker(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[
+        stage_toml(
+            "gen",
+            "breaker = 3\nmax_attempts = 9\nmatrix = { model = [\"m1\", \"m2\"], template = [\"t\"] }",
+        ),
+        stage_toml("check", "after = [\"gen\"]\nmatrix = { model = [\"m1\", \"m2\"], template = [\"t\"], tool = [\"x\"] }"),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let gens = claim(&*store, "w", 1, T0).await;
+    assert_eq!(gens.len(), 1);
+    report(
+        &*store,
+        vec![failed(
+            &gens[0],
+            "w",
+            Failure::retryable("down", "service down"),
+        )],
+        T0 + 1,
+    )
+    .await;
+
+    let cells = store.job_cells(pid).await.unwrap();
+    assert_eq!(cells.len(), 4);
+    assert!(cells.windows(2).all(|w| w[0].id < w[1].id), "in id order");
+    let failed_cell = cells.iter().find(|c| c.id == gens[0].job_id).unwrap();
+    assert_eq!(failed_cell.state, JobState::Retrying);
+    assert_eq!(failed_cell.stage, "gen");
+    assert!(failed_cell.item.get("model").is_some(), "{failed_cell:?}");
+    assert_eq!(
+        cells.iter().filter(|c| c.stage == "check").count(),
+        2,
+        "{cells:?}"
+    );
+
+    let pending = store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pid),
+            pending: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let states: HashSet<JobState> = pending.iter().map(|j| j.state).collect();
+    assert_eq!(pending.len(), 4, "nothing has started for good yet");
+    assert_eq!(
+        states,
+        HashSet::from([JobState::Retrying, JobState::Available, JobState::Waiting])
+    );
+    let next = claim(&*store, "w", 1, T0 + 2).await;
+    assert_eq!(next.len(), 1);
+    let pending = store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pid),
+            pending: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        pending.iter().all(|j| j.id != next[0].job_id),
+        "a running job is not pending"
+    );
+
+    let breakers = store.breakers(100).await.unwrap();
+    let gen = breakers
+        .iter()
+        .find(|b| b.pipeline_id == pid && b.stage == "gen")
+        .expect("the gen stage's breaker is listed");
+    assert_eq!(
+        (gen.threshold, gen.consecutive_failures, gen.open),
+        (3, 1, false)
+    );
+    assert_eq!(gen.pipeline_name, "t");
+    assert!(
+        breakers.iter().all(|b| b.threshold > 0),
+        "stages without a breaker are left out"
+    );
+    store.cancel_pipeline(pid, T0 + 3).await.unwrap();
+    report(
+        &*store,
+        vec![failed(
+            &next[0],
+            "w",
+            Failure::retryable("down", "service down"),
+        )],
+        T0 + 4,
+    )
+    .await;
+    store.reconcile(&policy(), T0 + 5).await.unwrap();
+    assert_ne!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Running
+    );
+    assert!(
+        store
+            .breakers(100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.pipeline_id != pid),
+        "a finished pipeline's breakers are not shown"
+    );
+}
+
 /// Instantiate the whole suite for a backend. `$make` is an async expression producing
 /// `(Arc<dyn Store>, guard)`, where the guard keeps the backend's resources alive.
 #[macro_export]
@@ -1311,7 +1422,8 @@ macro_rules! store_conformance_tests {
             lost_workers_do_not_open_the_breaker, llm_usage_adds_up_per_model_and_per_job,
             llm_budget_is_kept_with_the_pipeline, llm_answers_are_cached_first_one_wins,
             external_failures_open_no_breaker_and_quarantine_no_worker,
-            waiting_for_a_provider_extends_the_attempt_deadline);
+            waiting_for_a_provider_extends_the_attempt_deadline,
+            dashboard_views_see_every_job_and_breaker);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

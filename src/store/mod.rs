@@ -337,6 +337,31 @@ pub struct JobFilter {
     /// Return jobs with id greater than this (keyset pagination).
     pub after_id: Option<i64>,
     pub limit: Option<i64>,
+    /// Only jobs that have not started: waiting, available or retrying.
+    #[serde(default)]
+    pub pending: bool,
+}
+
+/// A job as the dashboard's grid sees it: where it goes and what colour it has.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobCell {
+    pub id: i64,
+    pub stage: String,
+    pub state: JobState,
+    pub item: Value,
+}
+
+/// The circuit breaker of one stage of a running pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BreakerRow {
+    pub pipeline_id: i64,
+    pub pipeline_name: String,
+    pub stage: String,
+    pub kind: String,
+    /// Consecutive failures that open it (0: the stage has no breaker).
+    pub threshold: i64,
+    pub consecutive_failures: i64,
+    pub open: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -478,6 +503,12 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> StoreResult<Vec<Event>>;
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>>;
+    /// Every job of a pipeline in id order, narrowly (no payloads or results): cheap enough
+    /// for a 10,000-job pipeline's grid.
+    async fn job_cells(&self, pipeline_id: i64) -> StoreResult<Vec<JobCell>>;
+    /// The breakers of the stages of running pipelines, open ones and those with failures
+    /// first; at most `limit`.
+    async fn breakers(&self, limit: i64) -> StoreResult<Vec<BreakerRow>>;
     /// The earliest time a backing-off job becomes claimable, so a long-poll can sleep
     /// exactly until then.
     async fn next_retry_at(&self) -> StoreResult<Option<Micros>>;

@@ -1730,6 +1730,7 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR pipeline_id = ?1) \
              AND (?2 IS NULL OR stage = ?2) AND (?3 IS NULL OR state = ?3) AND id > ?4 \
+             AND (?6 = 0 OR state IN ('waiting', 'available', 'retrying')) \
              ORDER BY id LIMIT ?5"
         );
         sqlx::query(&sql)
@@ -1738,11 +1739,56 @@ impl Store for SqliteStore {
             .bind(filter.state.map(|s| s.as_str()))
             .bind(filter.after_id.unwrap_or(0))
             .bind(filter.limit.unwrap_or(1_000))
+            .bind(filter.pending)
             .fetch_all(&self.reader)
             .await?
             .iter()
             .map(job_from_row)
             .collect()
+    }
+
+    async fn job_cells(&self, pipeline_id: i64) -> StoreResult<Vec<JobCell>> {
+        sqlx::query("SELECT id, stage, state, item FROM jobs WHERE pipeline_id = ?1 ORDER BY id")
+            .bind(pipeline_id)
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(JobCell {
+                    id: row.try_get("id")?,
+                    stage: row.try_get("stage")?,
+                    state: parse_enum(row.try_get::<&str, _>("state")?)?,
+                    item: parse_json(Some(row.try_get("item")?))?.unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn breakers(&self, limit: i64) -> StoreResult<Vec<BreakerRow>> {
+        sqlx::query(
+            "SELECT s.pipeline_id, p.name AS pipeline_name, s.name, s.kind, s.breaker_threshold, \
+             s.consecutive_failures, s.breaker_open FROM stages s \
+             JOIN pipelines p ON p.id = s.pipeline_id \
+             WHERE p.state = 'running' AND s.breaker_threshold > 0 \
+             ORDER BY s.breaker_open DESC, s.consecutive_failures DESC, s.pipeline_id DESC, s.position \
+             LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(BreakerRow {
+                pipeline_id: row.try_get("pipeline_id")?,
+                pipeline_name: row.try_get("pipeline_name")?,
+                stage: row.try_get("name")?,
+                kind: row.try_get("kind")?,
+                threshold: row.try_get("breaker_threshold")?,
+                consecutive_failures: row.try_get("consecutive_failures")?,
+                open: row.try_get::<i64, _>("breaker_open")? != 0,
+            })
+        })
+        .collect()
     }
 
     async fn job(&self, id: i64) -> StoreResult<Option<Job>> {

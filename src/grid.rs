@@ -1,0 +1,305 @@
+//! A pipeline as the dashboard draws it: models × templates, a cell per app holding one
+//! chip per stage (and per tool, when a stage fans out over tools), and the jobs that name
+//! no model and template folded into one chip per stage. Pure: built from the narrow
+//! `JobCell` rows the store returns, so its size follows the apps and stages, and a
+//! 10,000-job pipeline costs the browser no more than it must draw.
+
+use crate::domain::{JobState, StateCounts};
+use crate::store::JobCell;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grid {
+    /// Rows and columns, in the order their first job was created (the spec's order).
+    pub models: Vec<String>,
+    pub templates: Vec<String>,
+    pub cells: Vec<Cell>,
+    /// Jobs whose items name no model and template: one chip per stage.
+    pub other: Vec<Chip>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cell {
+    pub model: String,
+    pub template: String,
+    pub chips: Vec<Chip>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Chip {
+    pub stage: String,
+    /// What tells the chip's jobs apart inside their cell (the item's other values, such
+    /// as the tool); for a single job outside the grid, its whole item.
+    pub label: String,
+    /// The state the chip is drawn in: its job's, or for several jobs the least settled
+    /// one (running before retrying before … before completed), so work still to do shows.
+    pub state: JobState,
+    /// The chip's first job: the job itself when `count` is 1.
+    pub job_id: i64,
+    pub count: i64,
+    pub counts: StateCounts,
+}
+
+/// Which state a chip of several jobs shows: the first of these any job is in.
+const SHOWN_FIRST: [JobState; 8] = [
+    JobState::Running,
+    JobState::Retrying,
+    JobState::Available,
+    JobState::Waiting,
+    JobState::Dead,
+    JobState::Cancelled,
+    JobState::Skipped,
+    JobState::Completed,
+];
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn model_and_template(item: &Value) -> Option<(&str, &str)> {
+    Some((
+        item.get("model")?.as_str()?,
+        item.get("template")?.as_str()?,
+    ))
+}
+
+/// The values of an item other than its model and template, space-separated.
+fn label_in_cell(item: &Value) -> String {
+    item.as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| *k != "model" && *k != "template")
+                .map(|(_, v)| text(v))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn item_label(item: &Value) -> String {
+    match item.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        None if item.is_null() => String::new(),
+        None => text(item),
+    }
+}
+
+impl Chip {
+    fn new(job: &JobCell, label: String) -> Chip {
+        Chip {
+            stage: job.stage.clone(),
+            label,
+            state: job.state,
+            job_id: job.id,
+            count: 0,
+            counts: StateCounts::default(),
+        }
+    }
+
+    fn add(&mut self, state: JobState) {
+        self.count += 1;
+        self.counts.add(state, 1);
+        self.state = SHOWN_FIRST
+            .into_iter()
+            .find(|s| self.counts.get(*s) > 0)
+            .unwrap_or(state);
+    }
+}
+
+/// Place every job; `stage_order` (the stages by position) orders the chips in a cell.
+pub fn build(jobs: &[JobCell], stage_order: &[String]) -> Grid {
+    let position = |stage: &str| {
+        stage_order
+            .iter()
+            .position(|s| s == stage)
+            .unwrap_or(usize::MAX)
+    };
+    let mut models: Vec<String> = Vec::new();
+    let mut templates: Vec<String> = Vec::new();
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut cell_index: HashMap<(String, String), usize> = HashMap::new();
+    // (cell, stage, label) -> chip index in that cell
+    let mut chip_index: HashMap<(usize, String, String), usize> = HashMap::new();
+    let mut other: Vec<Chip> = Vec::new();
+    let mut other_index: HashMap<String, usize> = HashMap::new();
+
+    for job in jobs {
+        match model_and_template(&job.item) {
+            Some((model, template)) => {
+                let key = (model.to_string(), template.to_string());
+                let cell = *cell_index.entry(key).or_insert_with(|| {
+                    if !models.iter().any(|m| m == model) {
+                        models.push(model.to_string());
+                    }
+                    if !templates.iter().any(|t| t == template) {
+                        templates.push(template.to_string());
+                    }
+                    cells.push(Cell {
+                        model: model.to_string(),
+                        template: template.to_string(),
+                        chips: Vec::new(),
+                    });
+                    cells.len() - 1
+                });
+                let label = label_in_cell(&job.item);
+                let chips = &mut cells[cell].chips;
+                let at = *chip_index
+                    .entry((cell, job.stage.clone(), label.clone()))
+                    .or_insert_with(|| {
+                        chips.push(Chip::new(job, label));
+                        chips.len() - 1
+                    });
+                chips[at].add(job.state);
+            }
+            None => {
+                let at = *other_index.entry(job.stage.clone()).or_insert_with(|| {
+                    other.push(Chip::new(job, item_label(&job.item)));
+                    other.len() - 1
+                });
+                other[at].add(job.state);
+            }
+        }
+    }
+    for cell in &mut cells {
+        cell.chips.sort_by_key(|c| position(&c.stage));
+    }
+    for chip in &mut other {
+        if chip.count > 1 {
+            chip.label = String::new();
+        }
+    }
+    other.sort_by_key(|c| position(&c.stage));
+    Grid {
+        models,
+        templates,
+        cells,
+        other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(id: i64, stage: &str, state: JobState, item: Value) -> JobCell {
+        JobCell {
+            id,
+            stage: stage.into(),
+            state,
+            item,
+        }
+    }
+
+    #[test]
+    fn places_apps_in_cells_with_a_chip_per_stage_and_tool() {
+        let stages = vec!["generate".to_string(), "static".to_string()];
+        let jobs = vec![
+            job(
+                1,
+                "generate",
+                JobState::Completed,
+                json!({"model": "m1", "template": "todo"}),
+            ),
+            job(
+                2,
+                "generate",
+                JobState::Running,
+                json!({"model": "m2", "template": "todo"}),
+            ),
+            job(
+                3,
+                "static",
+                JobState::Completed,
+                json!({"model": "m1", "template": "todo", "tool": "ruff"}),
+            ),
+            job(
+                4,
+                "static",
+                JobState::Dead,
+                json!({"model": "m1", "template": "todo", "tool": "bandit"}),
+            ),
+            job(
+                5,
+                "generate",
+                JobState::Waiting,
+                json!({"model": "m1", "template": "blog"}),
+            ),
+        ];
+        let g = build(&jobs, &stages);
+        assert_eq!(g.models, vec!["m1", "m2"]);
+        assert_eq!(g.templates, vec!["todo", "blog"]);
+        assert_eq!(g.cells.len(), 3);
+        let cell = &g.cells[0];
+        assert_eq!(
+            (cell.model.as_str(), cell.template.as_str()),
+            ("m1", "todo")
+        );
+        let chips: Vec<(&str, &str, JobState, i64)> = cell
+            .chips
+            .iter()
+            .map(|c| (c.stage.as_str(), c.label.as_str(), c.state, c.job_id))
+            .collect();
+        assert_eq!(
+            chips,
+            vec![
+                ("generate", "", JobState::Completed, 1),
+                ("static", "ruff", JobState::Completed, 3),
+                ("static", "bandit", JobState::Dead, 4),
+            ]
+        );
+        assert!(g.other.is_empty());
+    }
+
+    #[test]
+    fn other_jobs_fold_into_one_chip_per_stage_showing_the_least_settled_state() {
+        let stages = vec!["a".to_string(), "b".to_string()];
+        let mut jobs: Vec<JobCell> = (1..=10_000)
+            .map(|i| job(i, "b", JobState::Completed, json!({"n": i})))
+            .collect();
+        jobs[7].state = JobState::Dead;
+        jobs.push(job(10_001, "a", JobState::Running, json!({"n": 0})));
+        let g = build(&jobs, &stages);
+        assert_eq!(g.other.len(), 2);
+        let a = &g.other[0];
+        assert_eq!(
+            (a.stage.as_str(), a.count, a.state),
+            ("a", 1, JobState::Running)
+        );
+        assert_eq!(a.label, "n=0", "a lone job keeps its item as label");
+        let b = &g.other[1];
+        assert_eq!(
+            (b.count, b.counts.completed, b.counts.dead),
+            (10_000, 9_999, 1)
+        );
+        assert_eq!(
+            b.state,
+            JobState::Dead,
+            "one dead job among completed shows"
+        );
+        assert_eq!(b.label, "");
+        assert_eq!(b.job_id, 1);
+    }
+
+    #[test]
+    fn pending_work_shows_before_finished_work() {
+        let stages = vec!["s".to_string()];
+        let item = json!({"model": "m", "template": "t", "tool": "x"});
+        let jobs = vec![
+            job(1, "s", JobState::Dead, item.clone()),
+            job(2, "s", JobState::Waiting, item.clone()),
+            job(3, "s", JobState::Completed, item),
+        ];
+        let chip = &build(&jobs, &stages).cells[0].chips[0];
+        assert_eq!((chip.count, chip.state), (3, JobState::Waiting));
+    }
+}
