@@ -12,6 +12,7 @@ pub mod generation;
 pub mod grid;
 pub mod kinds;
 pub mod progress;
+pub mod report;
 pub mod results;
 pub mod server;
 pub mod spec;
