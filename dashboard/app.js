@@ -276,9 +276,9 @@ async function pipelinePage(id) {
   const loadWaiting = async () => {
     let rows;
     try { rows = await api(`/pipelines/${id}/waiting?limit=20`); } catch (_) { return; }
-    waitingBox.replaceChildren(h("h2", {}, "Waiting"), rows.length
-      ? [waitingTable(rows), rows.length === 20 ? h("p", {}, h("a", { href: `#/pipelines/${id}/jobs?pending=1` }, "every waiting job »")) : ""]
-      : h("p", { class: "muted" }, "No job is waiting."));
+    waitingBox.replaceChildren(h("h2", {}, "Waiting"), ...(rows.length
+      ? [waitingTable(rows), h("p", {}, h("a", { href: `#/pipelines/${id}/jobs?pending=1` }, rows.length === 20 ? "every waiting job »" : "as a list »"))]
+      : [h("p", { class: "muted" }, "No job is waiting.")]));
   };
 
   renderHead();
@@ -455,12 +455,21 @@ function severityCounts(summary) {
   return SEVERITIES.map(s => h("td", { class: "num" }, by[s] ? h("span", { class: "sev " + s }, by[s]) : h("span", { class: "muted" }, "0")));
 }
 
+// Downloads of the pipeline's exports (the same files `assay export` writes).
+function exportLinks(id) {
+  const files = [["report.html", "HTML report"], ["findings.csv", "Findings CSV"], ["models.csv", "Models CSV"],
+    ["results.json", "JSON"], ["sarif.zip", "SARIF zip"]];
+  return h("div", { class: "toolbar exports" }, h("span", { class: "muted" }, "Export:"),
+    files.map(([file, label]) => h("a", { class: "button", href: `${API}/pipelines/${id}/export/${file}`,
+      download: `assay-pipeline-${id}-${file}`, "data-export": file }, label)));
+}
+
 async function resultsPage(id) {
   let apps;
   try { apps = await api(`/pipelines/${id}/results`); } catch (err) { main.replaceChildren(showError(err)); return; }
   main.replaceChildren(
     h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id}`)),
-    h("h1", {}, `Results of pipeline #${id}`),
+    h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, `Results of pipeline #${id}`), exportLinks(id)),
     apps.length ? h("table", { id: "apps" },
       h("thead", {}, h("tr", {}, h("th", {}, "app"), h("th", {}, "template"), h("th", {}, "analyzers"),
         ...SEVERITIES.map(s => h("th", { class: "num" }, s)), h("th", { class: "num" }, "total"))),
@@ -650,6 +659,7 @@ async function comparePage(id, params) {
   main.replaceChildren(
     h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id}`)),
     h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, `Models compared in pipeline #${id}`), earlier.length ? picker : ""),
+    exportLinks(id),
     since,
     c.models.length ? [
       h("p", { class: "muted" }, "Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then by requirement pass rate."),
@@ -701,7 +711,7 @@ async function workersPage() {
     try { [workers, breakers] = await Promise.all([api("/workers"), api("/breakers")]); } catch (err) { workersBox.replaceChildren(showError(err)); return; }
     drawWorkers();
     breakersBox.replaceChildren(breakers.length ? h("table", { id: "breakers" },
-      h("thead", {}, h("tr", {}, ...["pipeline", "stage", "kind", "failures in a row", "opens at", "state"].map(t => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ...["pipeline", "stage", "kind", "failures in a row", "opens after", "state"].map(t => h("th", {}, t)))),
       h("tbody", {}, breakers.map(b => h("tr", { "data-breaker": `${b.pipeline_id}/${b.stage}` },
         h("td", {}, h("a", { href: "#/pipelines/" + b.pipeline_id }, `#${b.pipeline_id} ${b.pipeline_name}`)),
         h("td", {}, b.stage), h("td", { class: "muted" }, b.kind),

@@ -210,6 +210,23 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Export a pipeline's results: a self-contained HTML report (opens offline), the
+    /// findings or the model ranking as CSV, everything as JSON, or a zip of every app's
+    /// merged SARIF file. Reads a server, or a data directory when no server runs.
+    Export {
+        pipeline: i64,
+        #[arg(long, value_enum, default_value = "html")]
+        format: crate::report::ExportFormat,
+        /// Where to write it (default: `assay-pipeline-ID-report.html` and so on in the
+        /// current folder; `-` writes to standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Read the results from this data directory (of `assay run`) instead of a server.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// List a provider's models with context window and prices (cached for a day).
     Models {
         /// OpenAI-compatible base URL (default: OpenRouter).
@@ -670,30 +687,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => {
             let jobs = match data_dir {
                 Some(dir) => {
-                    let db = dir.join("server").join("assay.db");
-                    if !db.is_file() {
-                        bail!(
-                            "no Assay database at {} (is {} the --data-dir of `assay run`?)",
-                            db.display(),
-                            dir.display()
-                        );
-                    }
-                    let store = crate::store::sqlite::SqliteStore::open(&db).await?;
-                    all_jobs(|after| {
-                        let store = store.clone();
-                        async move {
-                            use crate::store::Store;
-                            Ok(store
-                                .jobs(&JobFilter {
-                                    pipeline_id: Some(pipeline),
-                                    after_id: Some(after),
-                                    limit: Some(5_000),
-                                    ..Default::default()
-                                })
-                                .await?)
-                        }
-                    })
-                    .await?
+                    let store = open_data_dir(&dir).await?;
+                    crate::exports::analysis_jobs(&store, pipeline).await?
                 }
                 None => {
                     let client = Client::new(&server.server);
@@ -733,6 +728,43 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else if sarif.is_none() {
                 print!("{}", crate::results::render(&apps, top));
+            }
+            Ok(0)
+        }
+        Command::Export {
+            pipeline,
+            format,
+            output,
+            server,
+            data_dir,
+        } => {
+            let bytes = match data_dir {
+                Some(dir) => {
+                    let store = open_data_dir(&dir).await?;
+                    let gathered = crate::exports::gather(&store, pipeline)
+                        .await?
+                        .with_context(|| format!("no pipeline {pipeline} in {}", dir.display()))?;
+                    gathered.export(format, crate::domain::now_micros())?
+                }
+                None => Client::new(&server.server).export(pipeline, format).await?,
+            };
+            let to = output.unwrap_or_else(|| PathBuf::from(format.download_name(pipeline)));
+            if to.as_os_str() == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes)?;
+            } else {
+                // Through a temporary file in the same folder: a failed write leaves no
+                // half file behind under the real name.
+                let folder = match to.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let mut tmp = tempfile::NamedTempFile::new_in(&folder)
+                    .with_context(|| format!("writing into {}", folder.display()))?;
+                std::io::Write::write_all(&mut tmp, &bytes)?;
+                tmp.persist(&to)
+                    .with_context(|| format!("writing {}", to.display()))?;
+                eprintln!("wrote {} ({} bytes)", to.display(), bytes.len());
             }
             Ok(0)
         }
@@ -925,4 +957,17 @@ async fn run_embedded(
         return Ok(130);
     }
     Ok(progress::exit_code(detail.pipeline.state))
+}
+
+/// The store of a data directory of `assay run`, read without a server.
+async fn open_data_dir(dir: &Path) -> Result<crate::store::sqlite::SqliteStore> {
+    let db = dir.join("server").join("assay.db");
+    if !db.is_file() {
+        bail!(
+            "no Assay database at {} (is {} the --data-dir of `assay run`?)",
+            db.display(),
+            dir.display()
+        );
+    }
+    Ok(crate::store::sqlite::SqliteStore::open(&db).await?)
 }

@@ -341,6 +341,27 @@ impl Client {
         Ok(())
     }
 
+    /// One export of a pipeline (`crate::report::ExportFormat`), whole.
+    pub async fn export(
+        &self,
+        pipeline_id: i64,
+        format: crate::report::ExportFormat,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&format!(
+            "/pipelines/{pipeline_id}/export/{}",
+            format.file_name()
+        ));
+        let unreachable = |source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let resp = self.http.get(&url).send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            return Err(error_from(resp, &url).await);
+        }
+        Ok(resp.bytes().await.map_err(unreachable)?.to_vec())
+    }
+
     /// Download a job's artifact to `to`, streaming.
     pub async fn download_artifact(
         &self,

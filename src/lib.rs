@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod explain;
+pub mod exports;
 pub mod generation;
 pub mod grid;
 pub mod kinds;

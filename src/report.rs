@@ -39,6 +39,77 @@ pub enum ExportError {
     Utf8(#[from] std::string::FromUtf8Error),
 }
 
+/// What a pipeline exports to, by the file name it is served and saved under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// The self-contained HTML report.
+    Html,
+    /// Every finding of every app.
+    FindingsCsv,
+    /// The model ranking.
+    ModelsCsv,
+    /// The pipeline, every app's full results, the ranking and the usage.
+    Json,
+    /// One merged SARIF file per app, zipped.
+    SarifZip,
+}
+
+impl ExportFormat {
+    pub const ALL: [ExportFormat; 5] = [
+        ExportFormat::Html,
+        ExportFormat::FindingsCsv,
+        ExportFormat::ModelsCsv,
+        ExportFormat::Json,
+        ExportFormat::SarifZip,
+    ];
+
+    /// The name in the export's URL, and the end of its saved file's name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            ExportFormat::Html => "report.html",
+            ExportFormat::FindingsCsv => "findings.csv",
+            ExportFormat::ModelsCsv => "models.csv",
+            ExportFormat::Json => "results.json",
+            ExportFormat::SarifZip => "sarif.zip",
+        }
+    }
+
+    pub fn from_file_name(name: &str) -> Option<ExportFormat> {
+        Self::ALL.into_iter().find(|f| f.file_name() == name)
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Html => "text/html; charset=utf-8",
+            ExportFormat::FindingsCsv | ExportFormat::ModelsCsv => "text/csv; charset=utf-8",
+            ExportFormat::Json => "application/json",
+            ExportFormat::SarifZip => "application/zip",
+        }
+    }
+
+    /// The name a download is saved under: `assay-pipeline-7-report.html`.
+    pub fn download_name(self, pipeline_id: i64) -> String {
+        format!("assay-pipeline-{pipeline_id}-{}", self.file_name())
+    }
+}
+
+/// The bytes of one export.
+pub fn export(format: ExportFormat, input: &ReportInput) -> Result<Vec<u8>, ExportError> {
+    Ok(match format {
+        ExportFormat::Html => html(input).into_bytes(),
+        ExportFormat::FindingsCsv => findings_csv(input.apps)?.into_bytes(),
+        ExportFormat::ModelsCsv => models_csv(input.models, &input.usage.by_model)?.into_bytes(),
+        ExportFormat::Json => serde_json::to_vec_pretty(&serde_json::json!({
+            "pipeline": input.pipeline,
+            "generated_at": input.generated_at,
+            "apps": input.apps,
+            "models": input.models,
+            "usage": input.usage,
+        }))?,
+        ExportFormat::SarifZip => sarif_zip(input.apps)?,
+    })
+}
+
 const SEVERITY_COLORS: [(&str, &str); 5] = [
     ("critical", "#7f1d1d"),
     ("high", "#dc2626"),

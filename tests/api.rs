@@ -795,40 +795,50 @@ async fn pipelines_are_listed_newest_first_by_state_and_page() {
     assert_eq!(err["error"]["code"], "invalid_request");
 }
 
-#[tokio::test]
-async fn models_are_compared_from_their_apps_results() {
-    let (_dir, app) = setup().await;
-    let id = submit(
-        &app,
-        "[pipeline]\nname = \"cmp\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\nmatrix = { model = [\"m1\", \"m2\"], template = [\"todo-api\", \"blog\"] }\n[stage.params]\napp = \"apps/{{ model }}/{{ template }}\"\n",
-    )
-    .await;
-    register(&app, "w1", &["static"]).await;
-    let claimed = claim(&app, "w1", &["static"], 10).await;
+const CMP_SPEC: &str = "[pipeline]\nname = \"cmp\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\nmatrix = { model = [\"m1\", \"m2\"], template = [\"todo-api\", \"blog\"] }\n[stage.params]\napp = \"apps/{{ model }}/{{ template }}\"\n";
+
+/// A static finding as an analyzer reports it.
+fn finding(severity: &str, n: usize) -> Value {
+    json!({"analyzer": "static", "tool": "bandit", "rule": format!("B{n}"), "severity": severity,
+           "message": format!("m{n}, with \"quotes\""), "location": {"path": "backend/app.py", "line": n},
+           "fingerprint": format!("f{n}{severity}"),
+           "sources": [{"tool": "bandit", "rule": format!("B{n}"), "tool_severity": "HIGH", "message": "m"}]})
+}
+
+/// Run `CMP_SPEC` (2 models × 2 templates) with worker `w1` reporting `findings(model)`
+/// for each app, its apps in folder `folder`.
+async fn analyzed_run(app: &Router, folder: &str, findings: impl Fn(&str) -> Vec<Value>) -> i64 {
+    let id = submit(app, CMP_SPEC).await;
+    let claimed = claim(app, "w1", &["static"], 10).await;
     assert_eq!(claimed.jobs.len(), 4);
-    let finding = |severity: &str, n: usize| {
-        json!({"analyzer": "static", "tool": "bandit", "rule": format!("B{n}"), "severity": severity,
-               "message": "m", "location": {"path": "backend/app.py", "line": n},
-               "fingerprint": format!("f{n}{severity}"),
-               "sources": [{"tool": "bandit", "rule": format!("B{n}"), "tool_severity": "HIGH", "message": "m"}]})
-    };
     let reports: Vec<Value> = claimed
         .jobs
         .iter()
         .map(|j| {
-            // m1 wrote two high findings per app, m2 one low finding per app.
-            let findings = if j.item["model"] == "m1" {
-                vec![finding("high", 1), finding("high", 2)]
-            } else {
-                vec![finding("low", 3)]
-            };
             json!({"job_id": j.job_id, "attempt": j.attempt, "token": j.token, "worker_id": "w1",
                    "outcome": "completed",
-                   "result": {"app": format!("apps/{}", j.key), "analyzer": "static", "findings": findings, "tools": []}})
+                   "result": {"app": format!("{folder}/{}", j.key), "analyzer": "static",
+                              "findings": findings(j.item["model"].as_str().unwrap()), "tools": []}})
         })
         .collect();
-    let (status, body) = post(&app, "/api/v1/workers/report", &json!({"reports": reports})).await;
+    let (status, body) = post(app, "/api/v1/workers/report", &json!({"reports": reports})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    id
+}
+
+#[tokio::test]
+async fn models_are_compared_from_their_apps_results() {
+    let (_dir, app) = setup().await;
+    register(&app, "w1", &["static"]).await;
+    // m1 wrote two high findings per app, m2 one low finding per app.
+    let id = analyzed_run(&app, "apps", |model| {
+        if model == "m1" {
+            vec![finding("high", 1), finding("high", 2)]
+        } else {
+            vec![finding("low", 3)]
+        }
+    })
+    .await;
     let (status, c) = get(&app, &format!("/api/v1/pipelines/{id}/compare")).await;
     assert_eq!(status, StatusCode::OK, "{c}");
     let models: Vec<&str> = c["models"]
@@ -850,27 +860,15 @@ async fn models_are_compared_from_their_apps_results() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A second run of the same spec: m1 fixed one of its two findings per app, m2 got a
-    // new one per app.
-    let spec = "[pipeline]\nname = \"cmp\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\nmatrix = { model = [\"m1\", \"m2\"], template = [\"todo-api\", \"blog\"] }\n[stage.params]\napp = \"apps/{{ model }}/{{ template }}\"\n";
-    let second = submit(&app, spec).await;
-    let claimed = claim(&app, "w1", &["static"], 10).await;
-    let reports: Vec<Value> = claimed
-        .jobs
-        .iter()
-        .map(|j| {
-            let findings = if j.item["model"] == "m1" {
-                vec![finding("high", 1)]
-            } else {
-                vec![finding("low", 3), finding("medium", 4)]
-            };
-            json!({"job_id": j.job_id, "attempt": j.attempt, "token": j.token, "worker_id": "w1",
-                   "outcome": "completed",
-                   // Another folder than in the first run: apps are matched by model and template.
-                   "result": {"app": format!("elsewhere/{}", j.key), "analyzer": "static", "findings": findings, "tools": []}})
-        })
-        .collect();
-    let (status, body) = post(&app, "/api/v1/workers/report", &json!({"reports": reports})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    // new one per app. Its apps are in another folder: they are matched by model and template.
+    let second = analyzed_run(&app, "elsewhere", |model| {
+        if model == "m1" {
+            vec![finding("high", 1)]
+        } else {
+            vec![finding("low", 3), finding("medium", 4)]
+        }
+    })
+    .await;
     let (status, c) = get(
         &app,
         &format!("/api/v1/pipelines/{second}/compare?with={id}"),
@@ -1010,4 +1008,124 @@ params = { ms = 1 }
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     let (status, body) = get(&app, &format!("/api/v1/pipelines/{id}/waiting?limit=lots")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn every_export_downloads_with_its_name_and_parses() {
+    let (_dir, app) = setup().await;
+    register(&app, "w1", &["static"]).await;
+    let id = analyzed_run(&app, "apps", |model| {
+        if model == "m1" {
+            vec![finding("high", 1), finding("critical", 2)]
+        } else {
+            vec![finding("low", 3)]
+        }
+    })
+    .await;
+    let download = |file: &str| {
+        let app = app.clone();
+        let uri = format!("/api/v1/pipelines/{id}/export/{file}");
+        async move {
+            let resp = app
+                .oneshot(Request::get(&uri).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{uri}");
+            let headers = resp.headers().clone();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec();
+            (headers, bytes)
+        }
+    };
+
+    let (headers, html) = download("report.html").await;
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    assert_eq!(
+        headers[header::CONTENT_DISPOSITION],
+        format!("attachment; filename=\"assay-pipeline-{id}-report.html\"")
+    );
+    let html = String::from_utf8(html).unwrap();
+    for needle in [
+        "id=\"ranking\"",
+        "id=\"heatmap\"",
+        "m1",
+        "todo-api",
+        "m2, with &quot;quotes&quot;",
+    ] {
+        assert!(html.contains(needle), "the report lacks {needle}");
+    }
+    assert!(
+        !html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http")
+    );
+
+    let (_, csv_bytes) = download("findings.csv").await;
+    let mut rows = csv::Reader::from_reader(csv_bytes.as_slice());
+    let header_row = rows.headers().unwrap().clone();
+    let records: Vec<csv::StringRecord> = rows.records().map(Result::unwrap).collect();
+    assert_eq!(
+        records.len(),
+        2 * 2 + 2,
+        "one row per finding of the 4 apps"
+    );
+    let message = header_row.iter().position(|h| h == "message").unwrap();
+    assert!(records.iter().any(|r| &r[message] == "m2, with \"quotes\""));
+
+    let (_, models_csv) = download("models.csv").await;
+    let models: Vec<csv::StringRecord> = csv::Reader::from_reader(models_csv.as_slice())
+        .records()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!((&models[0][1], &models[1][1]), ("m2", "m1"), "ranked");
+
+    let (headers, json) = download("results.json").await;
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let json: Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["pipeline"]["id"], json!(id));
+    assert_eq!(json["apps"].as_array().unwrap().len(), 4);
+    assert_eq!(json["models"][0]["model"], "m2");
+    for app in json["apps"].as_array().unwrap() {
+        for f in app["findings"].as_array().unwrap() {
+            let fp = format!(
+                "data-fingerprint=\"{}\"",
+                f["fingerprint"].as_str().unwrap()
+            );
+            assert!(html.contains(&fp), "the report lacks finding {fp}");
+        }
+    }
+
+    let (headers, zip_bytes) = download("sarif.zip").await;
+    assert_eq!(headers[header::CONTENT_TYPE], "application/zip");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    assert_eq!(zip.len(), 4, "one merged SARIF file per app");
+    let mut results = 0;
+    for i in 0..zip.len() {
+        let entry = zip.by_index(i).unwrap();
+        assert!(entry.name().ends_with(".sarif"), "{}", entry.name());
+        let sarif: Value = serde_json::from_reader(entry).unwrap();
+        assert_eq!(sarif["version"], "2.1.0");
+        results += sarif["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["results"].as_array().unwrap().len())
+            .sum::<usize>();
+    }
+    assert_eq!(results, 6, "every finding is in the zip once");
+
+    let (status, body) = get(&app, &format!("/api/v1/pipelines/{id}/export/report.pdf")).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sarif.zip"),
+        "{body}"
+    );
+    let (status, _) = get(&app, "/api/v1/pipelines/999/export/report.html").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, wait_for, Cluster, Proc};
+use common::{free_port, wait_for, Cluster, Proc, BIN};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -35,6 +35,8 @@ ms = 800
 
 struct Browser {
     client: Client,
+    /// Where the browser saves downloads, without asking.
+    downloads: tempfile::TempDir,
     _driver: Proc,
 }
 
@@ -70,6 +72,7 @@ async fn browser() -> Browser {
             .is_ok()
     })
     .await;
+    let downloads = tempfile::tempdir().unwrap();
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -77,6 +80,10 @@ async fn browser() -> Browser {
             "binary": chromium,
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1400,1000"],
+            "prefs": {
+                "download.default_directory": downloads.path(),
+                "download.prompt_for_download": false,
+            },
         }),
     );
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
@@ -86,6 +93,7 @@ async fn browser() -> Browser {
         .expect("chromedriver starts a headless Chromium");
     Browser {
         client,
+        downloads,
         _driver: driver,
     }
 }
@@ -193,6 +201,22 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
     js(&b, "window.__sameDocument = true; return true;").await;
     let first = chip_states(&b).await;
     assert_eq!(first.len(), 8, "one chip per job: {first:?}");
+    // Jobs that have not started say why they wait, as `assay explain` does.
+    present(&b, "#waiting td.why").await;
+    let why = js(
+        &b,
+        "return [...document.querySelectorAll('#waiting td.why')].map(e => e.textContent);",
+    )
+    .await;
+    let why = why.as_array().unwrap();
+    assert!(
+        why.iter().all(|w| {
+            let w = w.as_str().unwrap();
+            w.contains("waiting for upstream job(s) generate[")
+                || w.contains("waiting for a free worker slot")
+        }),
+        "{why:?}"
+    );
     wait_for(
         "a chip to turn completed",
         Duration::from_secs(30),
@@ -421,5 +445,216 @@ cache = false
         .await
         .expect("a latency chart with bars");
     screenshot(&b, "app-results").await;
+    b.client.close().await.unwrap();
+}
+
+/// Two "models" that are two real example apps, analyzed by real tools: enough for a
+/// ranking, a chart and a heatmap.
+fn compare_spec() -> String {
+    let apps = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/apps");
+    format!(
+        r#"[pipeline]
+name = "compare"
+[[stage]]
+name = "static"
+kind = "static"
+matrix = {{ model = ["todo-api-sqli", "notes-auth-leaky"], template = ["example"] }}
+[stage.params]
+app = "{apps}/{{{{ model }}}}"
+tools = ["ruff", "bandit"]
+cache = false
+"#,
+        apps = apps.display()
+    )
+}
+
+/// `assay export` into `to`; its exit status must be 0.
+fn cli_export(args: &[&str], to: &std::path::Path) {
+    let out = Command::new(BIN)
+        .arg("export")
+        .args(args)
+        .arg("-o")
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "assay export {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
+    let cluster = Cluster::new();
+    let mut server = cluster.server("500ms").await;
+    let _worker = cluster.worker("w1", 2, &[]);
+    // A run that holds a worker slot: the workers page shows it running, and its stage's
+    // breaker.
+    let hold = cluster
+        .submit("[pipeline]\nname = \"hold\"\n[[stage]]\nname = \"hold\"\nkind = \"sleep\"\nbreaker = 3\n[stage.params]\nms = 120000\n")
+        .await;
+    let b = browser().await;
+    b.client
+        .goto(&format!("{}/#/workers", cluster.url))
+        .await
+        .unwrap();
+    present(&b, &format!("#breakers tr[data-breaker='{hold}/hold']")).await;
+    wait_for("the worker to run the held job", Duration::from_secs(30), || async {
+        js(&b, "const r = document.querySelector(\"#workers tr[data-worker='w1']\"); return r ? r.cells[3].textContent : '';")
+            .await
+            == json!("1")
+    })
+    .await;
+    let breaker = js(&b, &format!("return [...document.querySelector(\"#breakers tr[data-breaker='{hold}/hold']\").cells].map(c => c.textContent);")).await;
+    assert_eq!(
+        breaker,
+        json!([format!("#{hold} hold"), "hold", "sleep", "0", "3", "closed"])
+    );
+    screenshot(&b, "workers").await;
+
+    let spec = compare_spec();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let id = cluster.submit(&spec).await;
+        let detail = cluster.wait_finished(id, Duration::from_secs(180)).await;
+        assert_eq!(
+            detail.pipeline.state,
+            assay::domain::PipelineState::Completed,
+            "{}",
+            cluster.logs()
+        );
+        runs.push(id);
+    }
+    let (first, second) = (runs[0], runs[1]);
+    cluster.client.cancel_pipeline(hold).await.unwrap();
+
+    b.client
+        .goto(&format!("{}/#/pipelines/{second}/compare", cluster.url))
+        .await
+        .unwrap();
+    present(&b, "#ranking tbody tr").await;
+    let ranked = js(
+        &b,
+        "return [...document.querySelectorAll('#ranking tbody tr')].map(r => r.dataset.model);",
+    )
+    .await;
+    let ranked = ranked.as_array().unwrap();
+    assert_eq!(ranked.len(), 2, "{ranked:?}");
+    present(&b, "#severity-chart rect").await;
+    let heat = js(
+        &b,
+        "return document.querySelectorAll('#heatmap td[data-score]').length;",
+    )
+    .await;
+    assert_eq!(heat, json!(2), "one heatmap cell per model and template");
+    // The same spec's earlier run is offered; picking it shows what changed.
+    b.client
+        .execute(
+            "const s = document.getElementById('compare-with'); s.value = arguments[0]; s.dispatchEvent(new Event('change'));",
+            vec![json!(first.to_string())],
+        )
+        .await
+        .unwrap();
+    present(&b, "#app-changes tbody tr").await;
+    let changes = js(&b, "return [...document.querySelectorAll('#app-changes tbody tr')].map(r => [...r.cells].map(c => c.textContent));").await;
+    let changes = changes.as_array().unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    for row in changes {
+        // The same code analyzed twice: nothing fixed, nothing new.
+        assert_eq!((&row[3], &row[4]), (&json!("0"), &json!("0")), "{row:?}");
+    }
+    let model_rows = js(
+        &b,
+        "return document.querySelectorAll('#model-changes tbody tr').length;",
+    )
+    .await;
+    assert_eq!(model_rows, json!(2));
+    screenshot(&b, "compare").await;
+
+    // Download the HTML report from the page.
+    click(&b, "[data-export='report.html']").await;
+    let report = b
+        .downloads
+        .path()
+        .join(format!("assay-pipeline-{second}-report.html"));
+    wait_for(
+        "the report to download",
+        Duration::from_secs(30),
+        || async {
+            report.is_file()
+                && std::fs::read_dir(b.downloads.path())
+                    .unwrap()
+                    .flatten()
+                    .all(|e| !e.file_name().to_string_lossy().ends_with(".crdownload"))
+        },
+    )
+    .await;
+    // And the same exports from the command line, from the server and from its data.
+    let cli_dir = tempfile::tempdir().unwrap();
+    let from_server = cli_dir.path().join("server.html");
+    cli_export(
+        &[&second.to_string(), "--server", &cluster.url],
+        &from_server,
+    );
+    let zip_path = cli_dir.path().join("sarif.zip");
+    cli_export(
+        &[
+            &second.to_string(),
+            "--server",
+            &cluster.url,
+            "--format",
+            "sarif-zip",
+        ],
+        &zip_path,
+    );
+    let zip = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+    assert_eq!(zip.len(), 2, "one SARIF file per app");
+
+    // Offline: the server is gone and the report still opens, whole.
+    server.kill9();
+    let from_data = cli_dir.path().join("data.html");
+    cli_export(
+        &[
+            &second.to_string(),
+            "--data-dir",
+            cluster.dir.path().to_str().unwrap(),
+        ],
+        &from_data,
+    );
+    let count_findings = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .matches("<details class=\"finding\"")
+            .count()
+    };
+    let in_report = count_findings(&report);
+    assert!(in_report >= 2, "the report holds the findings");
+    assert_eq!(count_findings(&from_server), in_report);
+    assert_eq!(count_findings(&from_data), in_report);
+
+    b.client
+        .goto(&format!("file://{}", report.display()))
+        .await
+        .unwrap();
+    present(&b, "#ranking").await;
+    present(&b, "#severity-chart rect").await;
+    let fetched = js(
+        &b,
+        "return performance.getEntriesByType('resource').map(e => e.name);",
+    )
+    .await;
+    assert_eq!(fetched, json!([]), "the report loads nothing from anywhere");
+    // Open a finding: its body shows the code and the tools that reported it.
+    let shown = js(
+        &b,
+        "const d = document.querySelector('details.finding'); d.querySelector('summary').click(); \
+         return [d.open, d.innerText];",
+    )
+    .await;
+    assert_eq!(shown[0], json!(true));
+    let text = shown[1].as_str().unwrap();
+    assert!(text.contains("bandit") || text.contains("ruff"), "{text}");
+    screenshot(&b, "report").await;
     b.client.close().await.unwrap();
 }

@@ -46,6 +46,7 @@ pub fn app(state: AppState) -> Router {
         .route("/breakers", get(list_breakers))
         .route("/pipelines/{id}/results", get(pipeline_results))
         .route("/pipelines/{id}/compare", get(pipeline_compare))
+        .route("/pipelines/{id}/export/{file}", get(pipeline_export))
         .route("/llm/acquire", post(llm_acquire))
         .route("/llm/calls", post(llm_call))
         .route("/llm/limits", get(llm_limits))
@@ -913,28 +914,45 @@ async fn analysis_jobs(s: &AppState, id: i64) -> Result<Vec<crate::store::Job>, 
     if s.store.pipeline(id).await?.is_none() {
         return Err(ApiError::not_found(format!("pipeline {id}")));
     }
-    let mut jobs = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = s
-            .store
-            .jobs(&JobFilter {
-                pipeline_id: Some(id),
-                after_id: Some(after),
-                limit: Some(5_000),
-                ..Default::default()
-            })
-            .await?;
-        let done = page.len() < 5_000;
-        after = page.last().map(|j| j.id).unwrap_or(after);
-        jobs.extend(
-            page.into_iter()
-                .filter(|j| crate::results::ANALYSIS_KINDS.contains(&j.kind.as_str())),
-        );
-        if done {
-            return Ok(jobs);
-        }
-    }
+    Ok(crate::exports::analysis_jobs(&*s.store, id).await?)
+}
+
+/// One export of a pipeline as a download: `report.html`, `findings.csv`, `models.csv`,
+/// `results.json` or `sarif.zip`.
+async fn pipeline_export(
+    State(s): State<AppState>,
+    AppPath((id, file)): AppPath<(i64, String)>,
+) -> Result<Response, ApiError> {
+    use crate::report::ExportFormat;
+    let format = ExportFormat::from_file_name(&file).ok_or_else(|| {
+        let known: Vec<&str> = ExportFormat::ALL.iter().map(|f| f.file_name()).collect();
+        ApiError::not_found(format!(
+            "export `{file}`; the exports are: {}",
+            known.join(", ")
+        ))
+    })?;
+    let gathered = crate::exports::gather(&*s.store, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
+    let bytes = gathered.export(format, now_micros()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("exporting {file} of pipeline {id}: {e}"),
+        )
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}\"", format.download_name(id)),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// The per-app results of a pipeline (what `assay results` prints).
