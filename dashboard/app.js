@@ -205,13 +205,15 @@ function gridChip(pipeline, c) {
     return h("a", { class: "chip " + c.state, href: "#/jobs/" + c.job_id, "data-job": c.job_id, "data-state": c.state,
       title: `${name}: ${c.state}` }, name);
   }
-  return h("a", { class: "chip " + c.state, href: `#/pipelines/${pipeline}/jobs?stage=${encodeURIComponent(c.stage)}`,
+  // A cell's jobs of one stage were created together: the list from its first job shows them.
+  return h("a", { class: "chip " + c.state, href: `#/pipelines/${pipeline}/jobs?stage=${encodeURIComponent(c.stage)}&after=${c.job_id - 1}`,
     "data-stage": c.stage, "data-state": c.state, title: `${c.count} jobs: ${countsText(c.counts)}` },
     `${name} ${c.counts.completed}/${c.count}`);
 }
 
 function gridTable(pipeline, g) {
   const parts = [];
+  if (g.folded) parts.push(h("p", { class: "muted", id: "grid-folded" }, `${g.cells.length} apps: each stage's tools share one chip here; a chip opens their jobs.`));
   if (g.cells.length) {
     const cells = new Map(g.cells.map(c => [`${c.model}\u0000${c.template}`, c]));
     parts.push(h("table", { class: "grid" },

@@ -40,6 +40,56 @@ fn noop_spec(name: &str, n: usize) -> String {
     )
 }
 
+/// `models × templates × tools` no-op jobs: the shape of an analysis run, for the grid.
+fn grid_spec(name: &str, models: usize, templates: usize, tools: usize) -> String {
+    let list = |prefix: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("\"{prefix}{i}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "[pipeline]\nname = \"{name}\"\n\n[[stage]]\nname = \"analyze\"\nkind = \"noop\"\n\
+         matrix = {{ model = [{}], template = [{}], tool = [{}] }}\n",
+        list("model-", models),
+        list("template-", templates),
+        list("tool-", tools)
+    )
+}
+
+/// What the dashboard's pipeline page fetches when it opens, timed: each request
+/// `rounds` times. Returns, per request, its path, p50 in µs and size in bytes.
+async fn time_page_open(url: &str, id: i64, rounds: usize) -> Result<Vec<(String, f64, usize)>> {
+    let http = reqwest::Client::new();
+    let paths = [
+        format!("/pipelines/{id}"),
+        format!("/pipelines/{id}/grid"),
+        format!("/pipelines/{id}/waiting?limit=20"),
+        format!("/pipelines/{id}/usage"),
+    ];
+    let mut out = Vec::new();
+    for p in paths {
+        let mut times = Vec::with_capacity(rounds);
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let resp = http.get(format!("{url}/api/v1{p}")).send().await?;
+            if !resp.status().is_success() {
+                bail!("{p} answered {}", resp.status());
+            }
+            bytes = resp.bytes().await?.len();
+            times.push(t.elapsed().as_micros() as f64);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        out.push((
+            p.replace(&id.to_string(), "ID"),
+            percentile(&times, 50.0),
+            bytes,
+        ));
+    }
+    Ok(out)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -199,6 +249,27 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             start_latencies(&client, id).await?
         )
     );
+
+    // Opening a pipeline in the dashboard: a 10-job grid and a 10,000-job grid.
+    for (models, templates, tools) in [(1, 1, 10), (10, 100, 10)] {
+        let jobs = models * templates * tools;
+        let id = submit(&client, grid_spec("grid", models, templates, tools)).await?;
+        wait_finished(&client, id, Duration::from_millis(5)).await?;
+        let requests = time_page_open(&url, id, 50).await?;
+        let total: f64 = requests.iter().map(|r| r.1).sum();
+        let bytes: usize = requests.iter().map(|r| r.2).sum();
+        let each: Vec<String> = requests
+            .iter()
+            .map(|(p, t, b)| format!("{p} {:.1} ms {:.1} KiB", t / 1_000.0, *b as f64 / 1024.0))
+            .collect();
+        println!(
+            "dashboard pipeline page, {jobs} jobs ({models} models × {templates} templates × {tools} tools): \
+             {:.1} ms and {:.1} KiB for its 4 requests (p50 each: {})",
+            total / 1_000.0,
+            bytes as f64 / 1024.0,
+            each.join(", ")
+        );
+    }
 
     let mut idle = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {

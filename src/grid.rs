@@ -18,7 +18,13 @@ pub struct Grid {
     pub cells: Vec<Cell>,
     /// Jobs whose items name no model and template: one chip per stage.
     pub other: Vec<Chip>,
+    /// The cells hold one chip per stage, not per tool: the grid had more than
+    /// [`MAX_CHIPS`] chips, more than a page can show at a glance.
+    pub folded: bool,
 }
+
+/// Beyond this many chips, a cell's jobs of one stage share a chip.
+pub const MAX_CHIPS: usize = 2_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Cell {
@@ -39,7 +45,9 @@ pub struct Chip {
     /// The chip's first job: the job itself when `count` is 1.
     pub job_id: i64,
     pub count: i64,
-    pub counts: StateCounts,
+    /// Per state, for a chip of several jobs (a single job's is its `state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<StateCounts>,
 }
 
 /// Which state a chip of several jobs shows: the first of these any job is in.
@@ -101,22 +109,76 @@ impl Chip {
             state: job.state,
             job_id: job.id,
             count: 0,
-            counts: StateCounts::default(),
+            counts: None,
         }
     }
 
     fn add(&mut self, state: JobState) {
         self.count += 1;
-        self.counts.add(state, 1);
+        let counts = self.counts.get_or_insert_with(StateCounts::default);
+        counts.add(state, 1);
         self.state = SHOWN_FIRST
             .into_iter()
-            .find(|s| self.counts.get(*s) > 0)
+            .find(|s| counts.get(*s) > 0)
             .unwrap_or(state);
+    }
+
+    fn finish(&mut self) {
+        if self.count == 1 {
+            self.counts = None;
+        }
     }
 }
 
 /// Place every job; `stage_order` (the stages by position) orders the chips in a cell.
 pub fn build(jobs: &[JobCell], stage_order: &[String]) -> Grid {
+    let mut grid = place(jobs, stage_order);
+    let chips: usize = grid.cells.iter().map(|c| c.chips.len()).sum();
+    if chips > MAX_CHIPS {
+        for cell in &mut grid.cells {
+            cell.chips = fold(std::mem::take(&mut cell.chips));
+        }
+        grid.folded = true;
+    }
+    grid
+}
+
+/// One chip per stage out of a cell's chips (which are in stage order).
+fn fold(chips: Vec<Chip>) -> Vec<Chip> {
+    let mut out: Vec<Chip> = Vec::new();
+    for chip in chips {
+        let counts = chip.counts.clone().unwrap_or_else(|| {
+            let mut c = StateCounts::default();
+            c.add(chip.state, 1);
+            c
+        });
+        match out.last_mut() {
+            Some(last) if last.stage == chip.stage => {
+                let merged = last.counts.get_or_insert_with(StateCounts::default);
+                for state in SHOWN_FIRST {
+                    merged.add(state, counts.get(state));
+                }
+                last.count += chip.count;
+                last.job_id = last.job_id.min(chip.job_id);
+                last.state = SHOWN_FIRST
+                    .into_iter()
+                    .find(|s| merged.get(*s) > 0)
+                    .unwrap_or(last.state);
+            }
+            _ => out.push(Chip {
+                label: String::new(),
+                counts: Some(counts),
+                ..chip
+            }),
+        }
+    }
+    for chip in &mut out {
+        chip.finish();
+    }
+    out
+}
+
+fn place(jobs: &[JobCell], stage_order: &[String]) -> Grid {
     let position = |stage: &str| {
         stage_order
             .iter()
@@ -171,11 +233,13 @@ pub fn build(jobs: &[JobCell], stage_order: &[String]) -> Grid {
     }
     for cell in &mut cells {
         cell.chips.sort_by_key(|c| position(&c.stage));
+        cell.chips.iter_mut().for_each(Chip::finish);
     }
     for chip in &mut other {
         if chip.count > 1 {
             chip.label = String::new();
         }
+        chip.finish();
     }
     other.sort_by_key(|c| position(&c.stage));
     Grid {
@@ -183,6 +247,7 @@ pub fn build(jobs: &[JobCell], stage_order: &[String]) -> Grid {
         templates,
         cells,
         other,
+        folded: false,
     }
 }
 
@@ -276,11 +341,10 @@ mod tests {
             ("a", 1, JobState::Running)
         );
         assert_eq!(a.label, "n=0", "a lone job keeps its item as label");
+        assert_eq!(a.counts, None, "a lone job's state says it all");
         let b = &g.other[1];
-        assert_eq!(
-            (b.count, b.counts.completed, b.counts.dead),
-            (10_000, 9_999, 1)
-        );
+        let counts = b.counts.as_ref().unwrap();
+        assert_eq!((b.count, counts.completed, counts.dead), (10_000, 9_999, 1));
         assert_eq!(
             b.state,
             JobState::Dead,
@@ -288,6 +352,48 @@ mod tests {
         );
         assert_eq!(b.label, "");
         assert_eq!(b.job_id, 1);
+    }
+
+    #[test]
+    fn a_grid_too_big_to_read_folds_tools_into_one_chip_per_stage() {
+        let stages = vec!["gen".to_string(), "static".to_string()];
+        let mut jobs = Vec::new();
+        let mut id = 0;
+        for m in 0..10 {
+            for t in 0..30 {
+                id += 1;
+                jobs.push(job(
+                    id,
+                    "gen",
+                    JobState::Completed,
+                    json!({"model": format!("m{m}"), "template": format!("t{t}")}),
+                ));
+                for tool in 0..10 {
+                    id += 1;
+                    let state = if tool == 3 {
+                        JobState::Running
+                    } else {
+                        JobState::Completed
+                    };
+                    jobs.push(job(id, "static", state, json!({"model": format!("m{m}"), "template": format!("t{t}"), "tool": format!("x{tool}")})));
+                }
+            }
+        }
+        let g = build(&jobs, &stages);
+        assert!(g.folded, "3,300 chips are more than a glance");
+        assert_eq!(g.cells.len(), 300);
+        let cell = &g.cells[0];
+        assert_eq!(cell.chips.len(), 2);
+        let st = &cell.chips[1];
+        assert_eq!(
+            (st.stage.as_str(), st.label.as_str(), st.count, st.state),
+            ("static", "", 10, JobState::Running)
+        );
+        assert_eq!(st.counts.as_ref().unwrap().completed, 9);
+
+        let small = build(&jobs[..11], &stages);
+        assert!(!small.folded);
+        assert_eq!(small.cells[0].chips.len(), 11);
     }
 
     #[test]
