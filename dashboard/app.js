@@ -155,13 +155,20 @@ async function pipelinesPage(params) {
       h("button", { id: "new-pipeline", onclick: () => { submitCard.hidden = !submitCard.hidden; } }, "New pipeline")),
     submitCard, list);
 
+  const settledUsage = new Map();
   const load = async () => {
     const q = new URLSearchParams({ limit: "50" });
     if (filter) q.set("state", filter);
     if (before) q.set("before", before);
     let rows;
     try { rows = await api("/pipelines?" + q); } catch (err) { list.replaceChildren(showError(err)); return; }
-    const usage = await Promise.all(rows.map(p => api(`/pipelines/${p.id}/usage`).catch(() => null)));
+    // A finished pipeline's usage no longer changes: it is asked for once.
+    const usage = await Promise.all(rows.map(async p => {
+      if (settledUsage.has(p.id)) return settledUsage.get(p.id);
+      const u = await api(`/pipelines/${p.id}/usage`).catch(() => null);
+      if (u && p.state !== "running") settledUsage.set(p.id, u);
+      return u;
+    }));
     const table = h("table", { id: "pipelines" },
       h("thead", {}, h("tr", {}, ...["id", "name", "state", "progress", "jobs", "created", "duration", "tokens and cost", ""].map(t => h("th", {}, t)))),
       h("tbody", {}, rows.map((p, i) => h("tr", { "data-pipeline": p.id },
@@ -617,7 +624,11 @@ function severityChart(models) {
     }
     add("text", { x: x + 6, y: y + 13, "font-size": 11, fill: "#6b7280" }, String(totals[i]));
   });
-  add("text", { x: label, y: models.length * rowH + 20, "font-size": 11, fill: "#6b7280" }, "findings by severity: critical · high · medium · low · info");
+  SEVERITIES.forEach((s, i) => {
+    const x = label + i * 90, y = models.length * rowH + 10;
+    add("rect", { x, y, width: 10, height: 10, fill: colors[s] });
+    add("text", { x: x + 14, y: y + 9, "font-size": 11, fill: "#6b7280" }, s);
+  });
   return svg;
 }
 
