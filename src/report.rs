@@ -5,7 +5,7 @@
 
 use crate::analysis::finding::{Finding, Severity, ToolStatus};
 use crate::domain::{JobState, StateCounts};
-use crate::generation::budget::UsageTotals;
+use crate::generation::budget::{group_thousands, UsageTotals};
 use crate::results::{AppResults, ModelStanding};
 use crate::store::{ModelUsage, Pipeline, PipelineUsage};
 use serde::Serialize;
@@ -388,28 +388,13 @@ fn usage_text(t: Option<&UsageTotals>) -> String {
     };
     let mut s = format!(
         "{} tokens · ${:.4}",
-        thousands(t.total_tokens()),
+        group_thousands(t.total_tokens()),
         t.cost_usd
     );
     if t.cached_calls > 0 {
         s += &format!(" · {} cached", t.cached_calls);
     }
     s
-}
-
-fn thousands(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 {
-        out.insert(0, '-');
-    }
-    out
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -708,7 +693,7 @@ fn build_view<'a>(input: &'a ReportInput<'a>) -> View<'a> {
             parts.push(format!("${usd:.2}"));
         }
         if let Some(tokens) = b.tokens {
-            parts.push(format!("{} tokens", thousands(tokens)));
+            parts.push(format!("{} tokens", group_thousands(tokens)));
         }
         parts.join(" or ")
     });

@@ -97,7 +97,8 @@ impl UsageTotals {
     }
 }
 
-fn group_thousands(n: i64) -> String {
+/// `1234567` as `1,234,567`.
+pub fn group_thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
