@@ -473,9 +473,17 @@ function exportLinks(id) {
       download: `assay-pipeline-${id}-${file}`, "data-export": file }, label)));
 }
 
-async function resultsPage(id) {
+async function resultsPage(id, params) {
+  const PAGE = 100;
+  const offset = Number(params.get("offset") || 0);
   let apps;
-  try { apps = await api(`/pipelines/${id}/results`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  // One more than a page: whether there is a next one.
+  try { apps = await api(`/pipelines/${id}/results?offset=${offset}&limit=${PAGE + 1}`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  const more = apps.length > PAGE;
+  apps = apps.slice(0, PAGE);
+  const pager = h("div", { class: "pager" },
+    offset > 0 ? h("a", { href: `#/pipelines/${id}/results?offset=${Math.max(0, offset - PAGE)}` }, "« previous") : "",
+    more ? h("a", { href: `#/pipelines/${id}/results?offset=${offset + PAGE}` }, "next »") : "");
   main.replaceChildren(
     h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id}`)),
     h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, `Results of pipeline #${id}`), exportLinks(id)),
@@ -487,7 +495,7 @@ async function resultsPage(id) {
         h("td", {}, a.template || "—"),
         h("td", {}, a.analyzers.map(z => h("a", { class: "chip " + (z.status === "completed" || z.status === "success" ? "completed" : z.status.startsWith("skipped") ? "skipped" : "dead"), href: "#/jobs/" + z.job_id, title: z.status }, z.analyzer))),
         ...severityCounts(a.summary), h("td", { class: "num" }, a.summary.total)))))
-      : h("p", { class: "muted" }, "No analysis results in this pipeline (yet)."));
+      : h("p", { class: "muted" }, "No analysis results in this pipeline (yet)."), pager);
 }
 
 function latencyChart(endpoints) {
@@ -661,7 +669,7 @@ async function comparePage(id, params) {
           h("td", { class: b && m.security_score < b.security_score ? "better" : b && m.security_score > b.security_score ? "worse" : "" }, m.security_score.toFixed(1) + arrow(b && b.security_score, m.security_score)),
           h("td", {}, pr(b && b.pass_rate)), h("td", {}, pr(m.pass_rate) + arrow(b && b.pass_rate, m.pass_rate)));
       }))),
-    h("h2", {}, "Apps, worst regressions first"),
+    h("h2", {}, "Apps, worst regressions first", base.apps_total > base.apps.length ? ` (the first ${base.apps.length} of ${base.apps_total})` : ""),
     h("table", { id: "app-changes" }, h("thead", {}, h("tr", {}, ...["app", "score before", "after", "fixed", "new"].map(t => h("th", {}, t)))),
       h("tbody", {}, base.apps.map(a => h("tr", { "data-app": a.app },
         h("td", {}, a.app), h("td", {}, a.score_before != null ? a.score_before : "—"),
@@ -756,7 +764,7 @@ function route() {
   }
   let m;
   if ((m = path.match(/^\/pipelines\/(\d+)$/))) return pipelinePage(Number(m[1]));
-  if ((m = path.match(/^\/pipelines\/(\d+)\/results$/))) return resultsPage(Number(m[1]));
+  if ((m = path.match(/^\/pipelines\/(\d+)\/results$/))) return resultsPage(Number(m[1]), params);
   if ((m = path.match(/^\/pipelines\/(\d+)\/compare$/))) return comparePage(Number(m[1]), params);
   if ((m = path.match(/^\/pipelines\/(\d+)\/results\/app$/))) return appResultsPage(Number(m[1]), params.get("name"));
   if ((m = path.match(/^\/pipelines\/(\d+)\/jobs$/))) return jobsPage(Number(m[1]), params);

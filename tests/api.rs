@@ -901,6 +901,25 @@ async fn models_are_compared_from_their_apps_results() {
         (Some(0), Some(1))
     );
     assert_eq!(changes[0]["model"], "m2", "regressions first: {c}");
+    assert_eq!(base["apps_total"], 4);
+    let (_, c) = get(
+        &app,
+        &format!("/api/v1/pipelines/{second}/compare?with={id}&changes=1"),
+    )
+    .await;
+    assert_eq!(c["baseline"]["apps"].as_array().unwrap().len(), 1);
+    assert_eq!(c["baseline"]["apps_total"], 4);
+    assert_eq!(c["baseline"]["apps"][0], changes[0], "the worst one");
+
+    // The results list is paged in app order.
+    let (_, all) = get(&app, &format!("/api/v1/pipelines/{id}/results")).await;
+    let (_, page) = get(
+        &app,
+        &format!("/api/v1/pipelines/{id}/results?offset=1&limit=2"),
+    )
+    .await;
+    assert_eq!(all.as_array().unwrap().len(), 4);
+    assert_eq!(page.as_array().unwrap()[..], all.as_array().unwrap()[1..3]);
 }
 
 #[tokio::test]

@@ -907,6 +907,11 @@ struct ResultsQuery {
     /// One app's whole record (findings and tool runs); without it, every app's summary.
     #[serde(default)]
     app: Option<String>,
+    /// A page of the summaries, in app order.
+    #[serde(default)]
+    offset: Option<usize>,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 /// A pipeline's analysis jobs, all pages of them.
@@ -973,6 +978,8 @@ async fn pipeline_results(
         None => {
             let summaries: Vec<serde_json::Value> = apps
                 .iter()
+                .skip(q.offset.unwrap_or(0))
+                .take(q.limit.unwrap_or(usize::MAX))
                 .map(|a| {
                     let mut v = serde_json::to_value(a).expect("results serialize");
                     let obj = v.as_object_mut().expect("an object");
@@ -991,6 +998,10 @@ struct CompareQuery {
     /// An earlier run to compare with (what got better, what got worse).
     #[serde(default)]
     with: Option<i64>,
+    /// How many apps' changes to list, worst first (default 100; `apps_total` says how
+    /// many there are).
+    #[serde(default)]
+    changes: Option<usize>,
 }
 
 /// The models of a pipeline ranked on security, requirements, performance and cost; with
@@ -1020,11 +1031,15 @@ async fn pipeline_compare(
                 .ok_or_else(|| ApiError::not_found(format!("pipeline {other}")))?,
         );
         let before = crate::results::build(&analysis_jobs(&s, other).await?);
+        let mut changes = crate::results::diff_runs(&before, &apps);
+        let apps_total = changes.len();
+        changes.truncate(q.changes.unwrap_or(100));
         out["baseline"] = serde_json::json!({
             "pipeline_id": other,
             "same_spec": this.spec_hash == earlier.spec_hash,
             "models": crate::results::compare(&before),
-            "apps": crate::results::diff_runs(&before, &apps),
+            "apps": changes,
+            "apps_total": apps_total,
         });
     }
     Ok(Json(out))
