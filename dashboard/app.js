@@ -11,6 +11,8 @@ const mainEl = document.getElementById("main");
 const main = { replaceChildren: (...children) => mainEl.replaceChildren(...children.flat(3).filter(c => c !== null && c !== undefined && c !== false && c !== "")) };
 let pageStream = null; // the EventSource of the current page
 let pageTimers = [];
+let routeCount = 0; // which page is current: a page that awaited past a navigation stops
+const stale = mine => mine !== routeCount;
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -164,7 +166,7 @@ async function pipelinesPage(params) {
     try { rows = await api("/pipelines?" + q); } catch (err) { list.replaceChildren(showError(err)); return; }
     // A finished pipeline's usage no longer changes: it is asked for once.
     const usage = await Promise.all(rows.map(async p => {
-      if (settledUsage.has(p.id)) return settledUsage.get(p.id);
+      if (p.state !== "running" && settledUsage.has(p.id)) return settledUsage.get(p.id);
       const u = await api(`/pipelines/${p.id}/usage`).catch(() => null);
       if (u && p.state !== "running") settledUsage.set(p.id, u);
       return u;
@@ -192,9 +194,10 @@ async function pipelinesPage(params) {
     }
     list.replaceChildren(rows.length ? table : h("p", { class: "muted" }, "No pipelines yet. Submit one above, or run `assay submit SPEC`."), pager);
   };
-  await load();
+  // Follow from now (no history replay), then read the list: no change falls between.
   const refresh = throttled(load, 1000);
-  openStream("", { pipeline_created: refresh, pipeline_finished: refresh, job_state: refresh });
+  openStream("?tail=0", { pipeline_created: refresh, pipeline_finished: refresh, job_state: refresh });
+  await load();
 }
 
 // ---------------------------------------------------------------- pipeline
@@ -206,14 +209,15 @@ function itemLabel(item) {
 
 // A chip of the grid: one job (it links to the job and follows its events), or several
 // jobs of one stage (it shows how many are done and links to their list).
-function gridChip(pipeline, c) {
+function gridChip(pipeline, c, cell) {
   const name = [c.stage, c.label].filter(Boolean).join(" ");
   if (c.count === 1) {
     return h("a", { class: "chip " + c.state, href: "#/jobs/" + c.job_id, "data-job": c.job_id, "data-state": c.state,
       title: `${name}: ${c.state}` }, name);
   }
-  // A cell's jobs of one stage were created together: the list from its first job shows them.
-  return h("a", { class: "chip " + c.state, href: `#/pipelines/${pipeline}/jobs?stage=${encodeURIComponent(c.stage)}&after=${c.job_id - 1}`,
+  const q = new URLSearchParams({ stage: c.stage });
+  if (cell) { q.set("model", cell.model); q.set("template", cell.template); }
+  return h("a", { class: "chip " + c.state, href: `#/pipelines/${pipeline}/jobs?${q}`,
     "data-stage": c.stage, "data-state": c.state, title: `${c.count} jobs: ${countsText(c.counts)}` },
     `${name} ${c.counts.completed}/${c.count}`);
 }
@@ -227,7 +231,7 @@ function gridTable(pipeline, g) {
       h("thead", {}, h("tr", {}, h("th", {}, "model \\ template"), g.templates.map(t => h("th", {}, t)))),
       h("tbody", {}, g.models.map(m => h("tr", {}, h("th", {}, m), g.templates.map(t => {
         const cell = cells.get(`${m}\u0000${t}`);
-        return h("td", { class: "cell", "data-model": m, "data-template": t }, cell ? cell.chips.map(c => gridChip(pipeline, c)) : "");
+        return h("td", { class: "cell", "data-model": m, "data-template": t }, cell ? cell.chips.map(c => gridChip(pipeline, c, cell)) : "");
       }))))));
   }
   if (g.other.length) {
@@ -245,10 +249,12 @@ function waitingTable(rows) {
 }
 
 async function pipelinePage(id) {
+  const mine = routeCount;
   let detail, grid;
   try {
     [detail, grid] = await Promise.all([api(`/pipelines/${id}`), api(`/pipelines/${id}/grid`)]);
   } catch (err) { main.replaceChildren(showError(err)); return; }
+  if (stale(mine)) return;
   const head = h("div", {});
   const stagesBox = h("div", { class: "card" });
   const usageBox = h("div", { class: "card" });
@@ -305,22 +311,34 @@ async function pipelinePage(id) {
   const refreshUsage = throttled(loadUsage, 2000);
   const refreshWaiting = throttled(loadWaiting, 2000);
   // Chips of one job follow its events directly; chips of several jobs are recounted.
+  // The newest state each job's events told: a grid read before an event must not undo it.
+  const latest = new Map();
+  const paint = (el, state, key) => {
+    el.className = "chip " + state;
+    el.dataset.state = state;
+    if (key) el.title = `${key}: ${state}`;
+  };
   const refreshGrid = throttled(async () => {
-    try { grid = await api(`/pipelines/${id}/grid`); gridBox.replaceChildren(...[gridTable(id, grid)].flat()); } catch (_) { /* next event retries */ }
+    try {
+      grid = await api(`/pipelines/${id}/grid`);
+      gridBox.replaceChildren(...[gridTable(id, grid)].flat());
+      for (const el of gridBox.querySelectorAll("[data-job]")) {
+        const state = latest.get(Number(el.dataset.job));
+        if (state) paint(el, state);
+      }
+    } catch (_) { /* next event retries */ }
   }, 1000);
   const logLine = (ev, text) => {
     log.append(h("div", { "data-event": ev.id }, `${new Date(ev.at / 1000).toLocaleTimeString()}  ${text}`));
     while (log.childElementCount > 500) log.firstElementChild.remove();
     log.scrollTop = log.scrollHeight;
   };
-  openStream(`?pipeline=${id}`, {
+  // From the grid's snapshot on (nothing between is lost), with recent history for the log.
+  openStream(`?pipeline=${id}&after=${grid.last_event_id}&tail=200`, {
     job_state: ev => {
+      latest.set(ev.job_id, ev.data.state);
       const chips = gridBox.querySelectorAll(`[data-job="${ev.job_id}"]`);
-      for (const el of chips) {
-        el.className = "chip " + ev.data.state;
-        el.dataset.state = ev.data.state;
-        el.title = `${ev.data.key}: ${ev.data.state}`;
-      }
+      for (const el of chips) paint(el, ev.data.state, ev.data.key);
       if (!chips.length) refreshGrid();
       refreshWaiting();
       const err = ev.data.error ? ` — ${ev.data.error.code}: ${ev.data.error.message}` : "";
@@ -348,7 +366,9 @@ async function pipelinePage(id) {
 // One page of a pipeline's jobs (keyset-paged on the server), filtered by stage and state;
 // `pending=1` lists the jobs that have not started with why each waits.
 async function jobsPage(id, params) {
+  const mine = routeCount;
   const stage = params.get("stage") || "", state = params.get("state") || "", pending = params.has("pending");
+  const model = params.get("model") || "", template = params.get("template") || "";
   const after = params.get("after");
   const limit = 100;
   let detail, rows;
@@ -360,10 +380,13 @@ async function jobsPage(id, params) {
       const q = new URLSearchParams({ pipeline: id, limit });
       if (stage) q.set("stage", stage);
       if (state) q.set("state", state);
+      if (model) q.set("model", model);
+      if (template) q.set("template", template);
       if (after) q.set("after", after);
       rows = await api("/jobs?" + q);
     }
   } catch (err) { main.replaceChildren(showError(err)); return; }
+  if (stale(mine)) return;
   const go = changes => {
     const q = new URLSearchParams(params);
     q.delete("after");
@@ -390,7 +413,7 @@ async function jobsPage(id, params) {
   }
   main.replaceChildren(
     h("p", {}, h("a", { href: "#/pipelines/" + id }, `← pipeline #${id} ${detail.pipeline.name}`)),
-    h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, pending ? "Jobs waiting, and why" : "Jobs"),
+    h("div", { class: "toolbar" }, h("h1", { style: "flex:1;margin:0" }, pending ? "Jobs waiting, and why" : "Jobs", model || template ? ` of ${[model, template].filter(Boolean).join(" × ")}` : ""),
       pending ? "" : [stageSelect, stateSelect],
       h("a", { href: `#/pipelines/${id}/jobs` + (pending ? "" : "?pending=1") }, h("button", {}, pending ? "All jobs" : "Waiting jobs"))),
     rows.length ? table : h("p", { class: "muted" }, "No job here."), pager);
@@ -399,8 +422,10 @@ async function jobsPage(id, params) {
 // ---------------------------------------------------------------- job
 
 async function jobPage(id) {
+  const mine = routeCount;
   let e;
   try { e = await api(`/jobs/${id}`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  if (stale(mine)) return;
   const j = e.job;
   const render = () => {
     const p = j.progress;
@@ -449,7 +474,7 @@ async function jobPage(id) {
   const reload = throttled(async () => {
     try { e = await api(`/jobs/${id}`); Object.assign(j, e.job); render(); } catch (_) { /* retried on the next event */ }
   }, 500);
-  openStream(`?pipeline=${j.pipeline_id}`, {
+  openStream(`?pipeline=${j.pipeline_id}&tail=20`, {
     job_state: ev => { if (ev.job_id === j.id || e.dependencies.some(d => d.job_id === ev.job_id)) reload(); },
     progress: snap => { if (snap.running.some(r => r.job_id === j.id)) reload(); },
   });
@@ -474,11 +499,13 @@ function exportLinks(id) {
 }
 
 async function resultsPage(id, params) {
+  const mine = routeCount;
   const PAGE = 100;
   const offset = Number(params.get("offset") || 0);
   let apps;
   // One more than a page: whether there is a next one.
   try { apps = await api(`/pipelines/${id}/results?offset=${offset}&limit=${PAGE + 1}`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  if (stale(mine)) return;
   const more = apps.length > PAGE;
   apps = apps.slice(0, PAGE);
   const pager = h("div", { class: "pager" },
@@ -530,8 +557,10 @@ function latencyChart(endpoints) {
 }
 
 async function appResultsPage(id, name) {
+  const mine = routeCount;
   let app;
   try { app = await api(`/pipelines/${id}/results?app=${encodeURIComponent(name)}`); } catch (err) { main.replaceChildren(showError(err)); return; }
+  if (stale(mine)) return;
   const findings = app.findings;
   const state = { severity: "", tool: "", text: "", sort: "severity", desc: false };
   const sevRank = s => SEVERITIES.indexOf(s);
@@ -627,7 +656,7 @@ function severityChart(models) {
       const n = m.by_severity[s] || 0;
       if (!n) continue;
       const w = (W * n) / max;
-      add("rect", { x, y, width: w, height: 16, fill: colors[s] }, undefined);
+      add("rect", { x, y, width: w, height: 16, fill: colors[s], class: "bar" }, undefined);
       x += w;
     }
     add("text", { x: x + 6, y: y + 13, "font-size": 11, fill: "#6b7280" }, String(totals[i]));
@@ -646,6 +675,7 @@ function arrow(before, after) {
 }
 
 async function comparePage(id, params) {
+  const mine = routeCount;
   const withId = params.get("with");
   let c, earlier = [];
   try {
@@ -653,6 +683,7 @@ async function comparePage(id, params) {
     const me = await api(`/pipelines/${id}`);
     earlier = (await api("/pipelines?limit=100")).filter(p => p.id !== id && p.name === me.pipeline.name);
   } catch (err) { main.replaceChildren(showError(err)); return; }
+  if (stale(mine)) return;
   const picker = h("select", { id: "compare-with", onchange: e => {
     location.hash = `#/pipelines/${id}/compare` + (e.target.value ? `?with=${e.target.value}` : "");
   } }, h("option", { value: "" }, "compare with another run…"),
@@ -711,6 +742,7 @@ async function comparePage(id, params) {
 // ---------------------------------------------------------------- workers
 
 async function workersPage() {
+  const mine = routeCount;
   const workersBox = h("div", {}), breakersBox = h("div", {});
   main.replaceChildren(h("h1", {}, "Workers"), workersBox, h("h2", {}, "Circuit breakers of running pipelines"), breakersBox);
   let workers = [];
@@ -741,20 +773,20 @@ async function workersPage() {
       : h("p", { class: "muted" }, "No running pipeline has a stage with a breaker."));
   };
   await load();
+  if (stale(mine)) return;
   // Job and breaker events say when workers took or finished work; heartbeats are not
   // events, so their ages tick here and are re-read now and then.
   const refresh = throttled(load, 2000);
-  openStream("", { job_state: refresh, breaker_opened: load, breaker_closed: load, pipeline_finished: refresh });
-  const tick = () => { drawWorkers(); pageTimers.push(setTimeout(tick, 1000)); };
-  const reread = () => { refresh(); pageTimers.push(setTimeout(reread, 15000)); };
-  pageTimers.push(setTimeout(tick, 1000), setTimeout(reread, 15000));
+  openStream("?tail=0", { job_state: refresh, breaker_opened: load, breaker_closed: load, pipeline_finished: refresh });
+  pageTimers.push(setInterval(drawWorkers, 1000), setInterval(refresh, 15000));
 }
 
 // ---------------------------------------------------------------- router
 
 function route() {
+  routeCount++;
   if (pageStream) { pageStream.close(); pageStream = null; }
-  pageTimers.forEach(clearTimeout);
+  pageTimers.forEach(t => { clearTimeout(t); clearInterval(t); });
   pageTimers = [];
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query] = hash.split("?");

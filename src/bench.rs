@@ -61,14 +61,10 @@ fn grid_spec(name: &str, models: usize, templates: usize, tools: usize) -> Strin
 /// `rounds` times. Returns, per request, its path, p50 in µs and size in bytes.
 async fn time_page_open(url: &str, id: i64, rounds: usize) -> Result<Vec<(String, f64, usize)>> {
     let http = reqwest::Client::new();
-    let paths = [
-        format!("/pipelines/{id}"),
-        format!("/pipelines/{id}/grid"),
-        format!("/pipelines/{id}/waiting?limit=20"),
-        format!("/pipelines/{id}/usage"),
-    ];
+    let paths = ["", "/grid", "/waiting?limit=20", "/usage"];
     let mut out = Vec::new();
-    for p in paths {
+    for tail in paths {
+        let p = format!("/pipelines/{id}{tail}");
         let mut times = Vec::with_capacity(rounds);
         let mut bytes = 0;
         for _ in 0..rounds {
@@ -82,7 +78,7 @@ async fn time_page_open(url: &str, id: i64, rounds: usize) -> Result<Vec<(String
         }
         times.sort_by(|a, b| a.total_cmp(b));
         out.push((
-            p.replace(&id.to_string(), "ID"),
+            format!("/pipelines/ID{tail}"),
             percentile(&times, 50.0),
             bytes,
         ));

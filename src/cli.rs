@@ -159,6 +159,11 @@ enum Command {
         /// Only jobs that have not started (waiting, available, retrying).
         #[arg(long, conflicts_with = "state")]
         pending: bool,
+        /// Only the jobs of one app: those whose item names this model (and template).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        template: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: i64,
         #[command(flatten)]
@@ -529,6 +534,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             stage,
             state,
             pending,
+            model,
+            template,
             limit,
             server,
             json,
@@ -542,6 +549,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     after_id: None,
                     limit: Some(limit),
                     pending,
+                    model,
+                    template,
                 })
                 .await?;
             if json {
@@ -762,6 +771,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 let mut tmp = tempfile::NamedTempFile::new_in(&folder)
                     .with_context(|| format!("writing into {}", folder.display()))?;
                 std::io::Write::write_all(&mut tmp, &bytes)?;
+                // A temporary file is private (0600); an export is meant to be shared.
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    tmp.as_file()
+                        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+                }
                 tmp.persist(&to)
                     .with_context(|| format!("writing {}", to.display()))?;
                 eprintln!("wrote {} ({} bytes)", to.display(), bytes.len());

@@ -158,26 +158,30 @@ impl Client {
     }
 
     pub async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>, ClientError> {
-        let mut q = Vec::new();
-        if let Some(p) = filter.pipeline_id {
-            q.push(format!("pipeline={p}"));
-        }
-        if let Some(s) = &filter.stage {
-            q.push(format!("stage={s}"));
-        }
-        if let Some(s) = filter.state {
-            q.push(format!("state={s}"));
-        }
-        if let Some(a) = filter.after_id {
-            q.push(format!("after={a}"));
-        }
-        if let Some(l) = filter.limit {
-            q.push(format!("limit={l}"));
-        }
-        if filter.pending {
-            q.push("pending=true".into());
-        }
-        self.get(&format!("/jobs?{}", q.join("&"))).await
+        let mut q: Vec<(&str, String)> = Vec::new();
+        let mut put = |name, value: Option<String>| {
+            if let Some(v) = value {
+                q.push((name, v));
+            }
+        };
+        put("pipeline", filter.pipeline_id.map(|p| p.to_string()));
+        put("stage", filter.stage.clone());
+        put("state", filter.state.map(|s| s.to_string()));
+        put("after", filter.after_id.map(|a| a.to_string()));
+        put("limit", filter.limit.map(|l| l.to_string()));
+        put("pending", filter.pending.then(|| "true".to_string()));
+        put("model", filter.model.clone());
+        put("template", filter.template.clone());
+        let url = self.url("/jobs");
+        // The query is encoded by reqwest: stage, model and template names are free text.
+        self.send(
+            self.http
+                .get(&url)
+                .query(&q)
+                .timeout(Duration::from_secs(60)),
+            &url,
+        )
+        .await
     }
 
     pub async fn explain(&self, job_id: i64) -> Result<Explanation, ClientError> {

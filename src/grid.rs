@@ -21,6 +21,9 @@ pub struct Grid {
     /// The cells hold one chip per stage, not per tool: the grid had more than
     /// [`MAX_CHIPS`] chips, more than a page can show at a glance.
     pub folded: bool,
+    /// The newest event of the pipeline when the grid was read (set by the caller): a
+    /// stream started after it misses no change the grid does not show.
+    pub last_event_id: i64,
 }
 
 /// Beyond this many chips, a cell's jobs of one stage share a chip.
@@ -133,12 +136,13 @@ impl Chip {
 /// Place every job; `stage_order` (the stages by position) orders the chips in a cell.
 pub fn build(jobs: &[JobCell], stage_order: &[String]) -> Grid {
     let mut grid = place(jobs, stage_order);
-    let chips: usize = grid.cells.iter().map(|c| c.chips.len()).sum();
-    if chips > MAX_CHIPS {
+    let chips = |g: &Grid| g.cells.iter().map(|c| c.chips.len()).sum::<usize>();
+    let before = chips(&grid);
+    if before > MAX_CHIPS {
         for cell in &mut grid.cells {
             cell.chips = fold(std::mem::take(&mut cell.chips));
         }
-        grid.folded = true;
+        grid.folded = chips(&grid) < before;
     }
     grid
 }
@@ -248,6 +252,7 @@ fn place(jobs: &[JobCell], stage_order: &[String]) -> Grid {
         cells,
         other,
         folded: false,
+        last_event_id: 0,
     }
 }
 

@@ -1023,6 +1023,26 @@ params = { ms = 1 }
     assert_eq!(gen_breaker["threshold"], json!(4));
     assert_eq!(gen_breaker["open"], json!(false));
 
+    // One app's jobs, as a folded chip links to them (names are free text: encoded).
+    let (status, jobs) = get(
+        &app,
+        &format!("/api/v1/jobs?pipeline={id}&model=m1&template=todo"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{jobs}");
+    let keys: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.contains("model=m1") && k.contains("template=todo")),
+        "{keys:?}"
+    );
+
     let (status, body) = get(&app, "/api/v1/pipelines/999/grid").await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     let (status, body) = get(&app, &format!("/api/v1/pipelines/{id}/waiting?limit=lots")).await;

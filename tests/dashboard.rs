@@ -541,7 +541,7 @@ async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
     .await;
     let ranked = ranked.as_array().unwrap();
     assert_eq!(ranked.len(), 2, "{ranked:?}");
-    present(&b, "#severity-chart rect").await;
+    present(&b, "#severity-chart rect.bar").await;
     let heat = js(
         &b,
         "return document.querySelectorAll('#heatmap td[data-score]').length;",
@@ -628,6 +628,22 @@ async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
             .matches("<details class=\"finding\"")
             .count()
     };
+    let html = std::fs::read_to_string(&report).unwrap();
+    for outside in [
+        "src=\"http",
+        "href=\"http",
+        "src=\"/",
+        "href=\"/",
+        "url(",
+        "<script",
+        "<link",
+        "@import",
+    ] {
+        assert!(
+            !html.contains(outside),
+            "the report refers outside itself: {outside}"
+        );
+    }
     let in_report = count_findings(&report);
     assert!(in_report >= 2, "the report holds the findings");
     assert_eq!(count_findings(&from_server), in_report);
@@ -638,7 +654,7 @@ async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
         .await
         .unwrap();
     present(&b, "#ranking").await;
-    present(&b, "#severity-chart rect").await;
+    present(&b, "#severity-chart rect title").await;
     let fetched = js(
         &b,
         "return performance.getEntriesByType('resource').map(e => e.name);",

@@ -168,6 +168,22 @@ async fn a_reconnecting_client_resumes_from_the_last_event_it_saw_also_after_a_r
             .any(|m| m.event == "pipeline_finished" || m.data["data"]["state"] == "cancelled"),
         "{third:?}"
     );
+
+    // A page that opens starts from recent history, not all of it: `tail` replays the
+    // newest events only, and never starts later than `after` (its snapshot's event).
+    let stored = all_events(client.clone()).await;
+    let tail = read_stream(&format!("{url}&tail=2"), None, |m| durable(m).len() >= 2).await;
+    assert_eq!(durable(&tail), stored[stored.len() - 2..]);
+    let from = stored[1];
+    let bounded = read_stream(&format!("{url}&tail=2&after={from}"), None, |m| {
+        durable(m).len() >= stored.len() - 2
+    })
+    .await;
+    assert_eq!(
+        durable(&bounded),
+        stored[2..],
+        "`after` wins when it is earlier"
+    );
     stop.cancel();
     running.wait().await;
 }

@@ -272,8 +272,13 @@ async fn pipeline_grid(
         .into_iter()
         .map(|st| st.name)
         .collect();
+    // Read before the jobs: a change made in between is both shown and streamed again,
+    // which is harmless; none is lost.
+    let last_event_id = s.store.event_id_back(Some(id), 0).await?;
     let jobs = s.store.job_cells(id).await?;
-    Ok(Json(crate::grid::build(&jobs, &stages)))
+    let mut grid = crate::grid::build(&jobs, &stages);
+    grid.last_event_id = last_event_id;
+    Ok(Json(grid))
 }
 
 #[derive(Deserialize)]
@@ -404,6 +409,11 @@ struct JobsQuery {
     /// Only jobs that have not started (waiting, available, retrying).
     #[serde(default)]
     pending: bool,
+    /// Only one app's jobs: those whose item names this model and template.
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    template: Option<String>,
 }
 
 async fn list_jobs(
@@ -418,6 +428,8 @@ async fn list_jobs(
         after_id: q.after,
         limit: Some(q.limit.unwrap_or(500).clamp(1, 10_000)),
         pending: q.pending,
+        model: q.model,
+        template: q.template,
     };
     Ok(Json(s.store.jobs(&filter).await?))
 }
@@ -939,13 +951,19 @@ async fn pipeline_export(
     let gathered = crate::exports::gather(&*s.store, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
-    let bytes = gathered.export(format, now_micros()).map_err(|e| {
+    let internal = |e: String| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
             format!("exporting {file} of pipeline {id}: {e}"),
         )
-    })?;
+    };
+    // Rendering a large report or zipping many SARIF files is CPU work: off the runtime
+    // that serves heartbeats and claims.
+    let bytes = tokio::task::spawn_blocking(move || gathered.export(format, now_micros()))
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(e.to_string()))?;
     Ok((
         [
             (header::CONTENT_TYPE, format.content_type().to_string()),

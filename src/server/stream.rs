@@ -30,6 +30,10 @@ pub struct StreamQuery {
     /// Start after this event id, when there is no `Last-Event-ID` header.
     #[serde(default)]
     pub after: Option<i64>,
+    /// Replay at most the newest `tail` events before the live ones (never starting later
+    /// than `after`): a page opens with recent history, not the whole of it.
+    #[serde(default)]
+    pub tail: Option<i64>,
 }
 
 struct Cursor {
@@ -53,7 +57,19 @@ pub async fn stream(
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let after = last_event_id(&headers).or(q.after).unwrap_or(0);
+    let after = match (last_event_id(&headers), q.tail) {
+        // A reconnect resumes exactly where it was.
+        (Some(id), _) => id,
+        (None, Some(tail)) => {
+            let back = state
+                .store
+                .event_id_back(q.pipeline, tail)
+                .await
+                .unwrap_or(0);
+            q.after.map_or(back, |after| after.min(back))
+        }
+        (None, None) => q.after.unwrap_or(0),
+    };
     let cursor = Cursor {
         changes: state.signals.events.subscribe(),
         state,

@@ -1364,6 +1364,32 @@ pub async fn dashboard_views_see_every_job_and_breaker(store: Arc<dyn Store>) {
         "a running job is not pending"
     );
 
+    let one_app = store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pid),
+            model: Some("m1".into()),
+            template: Some("t".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<&str> = one_app.iter().map(|j| j.key.as_str()).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.contains("model=m1")), "{keys:?}");
+
+    let events = store.events(Some(pid), 0, 1_000).await.unwrap();
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    assert!(ids.len() >= 4, "{ids:?}");
+    let newest = *ids.last().unwrap();
+    assert_eq!(store.event_id_back(Some(pid), 0).await.unwrap(), newest);
+    assert_eq!(
+        store.event_id_back(Some(pid), 2).await.unwrap(),
+        ids[ids.len() - 3],
+        "a stream after it replays the newest two"
+    );
+    assert_eq!(store.event_id_back(Some(pid), 10_000).await.unwrap(), 0);
+    assert!(store.event_id_back(None, 0).await.unwrap() >= newest);
+
     let breakers = store.breakers(100).await.unwrap();
     let gen = breakers
         .iter()

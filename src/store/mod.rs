@@ -340,6 +340,11 @@ pub struct JobFilter {
     /// Only jobs that have not started: waiting, available or retrying.
     #[serde(default)]
     pub pending: bool,
+    /// Only jobs whose item names this model, and this template: one app's jobs.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub template: Option<String>,
 }
 
 /// A job as the dashboard's grid sees it: where it goes and what colour it has.
@@ -502,6 +507,9 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<Event>>;
+    /// The id after which the newest `back` events (of one pipeline, or of all) begin: a
+    /// stream started there replays just those. 0 when there are no more than `back`.
+    async fn event_id_back(&self, pipeline_id: Option<i64>, back: i64) -> StoreResult<i64>;
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>>;
     /// Every job of a pipeline in id order, narrowly (no payloads or results): cheap enough
     /// for a 10,000-job pipeline's grid.

@@ -1731,6 +1731,8 @@ impl Store for SqliteStore {
             "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR pipeline_id = ?1) \
              AND (?2 IS NULL OR stage = ?2) AND (?3 IS NULL OR state = ?3) AND id > ?4 \
              AND (?6 = 0 OR state IN ('waiting', 'available', 'retrying')) \
+             AND (?7 IS NULL OR json_extract(item, '$.model') = ?7) \
+             AND (?8 IS NULL OR json_extract(item, '$.template') = ?8) \
              ORDER BY id LIMIT ?5"
         );
         sqlx::query(&sql)
@@ -1740,11 +1742,25 @@ impl Store for SqliteStore {
             .bind(filter.after_id.unwrap_or(0))
             .bind(filter.limit.unwrap_or(1_000))
             .bind(filter.pending)
+            .bind(&filter.model)
+            .bind(&filter.template)
             .fetch_all(&self.reader)
             .await?
             .iter()
             .map(job_from_row)
             .collect()
+    }
+
+    async fn event_id_back(&self, pipeline_id: Option<i64>, back: i64) -> StoreResult<i64> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE (?1 IS NULL OR pipeline_id = ?1) \
+             ORDER BY id DESC LIMIT 1 OFFSET ?2",
+        )
+        .bind(pipeline_id)
+        .bind(back.max(0))
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(id.unwrap_or(0))
     }
 
     async fn job_cells(&self, pipeline_id: i64) -> StoreResult<Vec<JobCell>> {
