@@ -308,26 +308,46 @@ pub fn pipeline_outcome(counts: &StateCounts, cancel_requested: bool) -> Option<
     })
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Why a job that is not running is not running. Shown by `explain`, `jobs` and progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum WaitReason {
-    Upstream { pending: Vec<String> },
-    BackingOff { until: Micros },
-    ConcurrencyLimit { stage: String, limit: i64 },
-    BreakerOpen { stage: String },
-    NoWorkerForKind { kind: String },
+    Upstream {
+        /// Keys of unfinished upstream jobs: all of them, or the first few when `more`
+        /// counts the rest.
+        pending: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        more: usize,
+    },
+    BackingOff {
+        until: Micros,
+    },
+    ConcurrencyLimit {
+        stage: String,
+        limit: i64,
+    },
+    BreakerOpen {
+        stage: String,
+    },
+    NoWorkerForKind {
+        kind: String,
+    },
     ReadyToClaim,
 }
 
 impl fmt::Display for WaitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            WaitReason::Upstream { pending } => {
+            WaitReason::Upstream { pending, more } => {
                 let shown: Vec<&str> = pending.iter().take(3).map(String::as_str).collect();
                 write!(f, "waiting for upstream job(s) {}", shown.join(", "))?;
-                if pending.len() > 3 {
-                    write!(f, " and {} more", pending.len() - 3)?;
+                let rest = pending.len().saturating_sub(3) + more;
+                if rest > 0 {
+                    write!(f, " and {rest} more")?;
                 }
                 Ok(())
             }
@@ -471,10 +491,19 @@ mod tests {
     fn wait_reasons_read_well() {
         let r = WaitReason::Upstream {
             pending: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            more: 0,
         };
         assert_eq!(
             r.to_string(),
             "waiting for upstream job(s) a, b, c and 1 more"
+        );
+        let r = WaitReason::Upstream {
+            pending: vec!["a".into(), "b".into(), "c".into()],
+            more: 9_997,
+        };
+        assert_eq!(
+            r.to_string(),
+            "waiting for upstream job(s) a, b, c and 9997 more"
         );
         assert_eq!(format_time(3_723_004_000), "01:02:03.004Z");
     }

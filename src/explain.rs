@@ -54,6 +54,7 @@ pub fn wait_reason(
                 .filter(|d| d.state != JobState::Completed)
                 .map(|d| d.key.clone())
                 .collect(),
+            more: 0,
         }),
         JobState::Retrying if job.run_after > now => Some(WaitReason::BackingOff {
             until: job.run_after,

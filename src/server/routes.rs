@@ -2,7 +2,7 @@
 
 use super::AppState;
 use crate::api::*;
-use crate::domain::{now_micros, JobState, Micros, MICROS_PER_MS};
+use crate::domain::{now_micros, JobState, Micros, WaitReason, MICROS_PER_MS};
 use crate::explain::{self, Explanation};
 use crate::generation::limiter::Wait;
 use crate::store::{JobFilter, NewPipeline, RetryTarget, StoreError, WorkerRegistration};
@@ -313,15 +313,18 @@ async fn pipeline_waiting(
     let now = now_micros();
     let mut out = Vec::with_capacity(jobs.len());
     for job in jobs {
-        // Only a waiting job's reason names its upstream jobs.
-        let dependencies = if job.state == JobState::Waiting {
-            s.store.dependencies(job.id).await?
+        // A waiting job names its first unfinished upstream jobs and counts the rest: a
+        // fan-in over 10,000 jobs costs one short read, not 10,000 rows.
+        let wait = if job.state == JobState::Waiting {
+            let (pending, total) = s.store.unfinished_upstream(job.id, 3).await?;
+            Some(WaitReason::Upstream {
+                more: (total as usize).saturating_sub(pending.len()),
+                pending,
+            })
         } else {
-            Vec::new()
+            let stage = stages.iter().find(|st| st.name == job.stage);
+            explain::wait_reason(&job, stage, &[], &workers, s.lease.lease_ms, now)
         };
-        let stage = stages.iter().find(|st| st.name == job.stage);
-        let wait =
-            explain::wait_reason(&job, stage, &dependencies, &workers, s.lease.lease_ms, now);
         let why = explain::summarize(&job, wait.as_ref(), &[], now);
         out.push(WaitingJob {
             job_id: job.id,

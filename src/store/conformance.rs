@@ -341,6 +341,18 @@ pub async fn downstream_jobs_stream(store: Arc<dyn Store>) {
     let sum = job_by_key(&*store, pid, "sum").await;
     assert_eq!(sum.state, JobState::Waiting);
     assert_eq!(store.dependencies(sum.id).await.unwrap().len(), 4);
+    let (first, total) = store.unfinished_upstream(sum.id, 2).await.unwrap();
+    assert_eq!(total, 4);
+    assert_eq!(first, vec!["check[item=a,tool=x]", "check[item=a,tool=y]"]);
+    let check = next
+        .iter()
+        .find(|c| c.key == "check[item=a,tool=x]")
+        .unwrap();
+    report(&*store, vec![completed(check, "w", json!({}))], T0 + 3).await;
+    let (first, total) = store.unfinished_upstream(sum.id, 10).await.unwrap();
+    assert_eq!(total, 3, "a finished upstream job no longer counts");
+    assert_eq!(first.len(), 3);
+    assert!(!first.contains(&"check[item=a,tool=x]".to_string()));
 }
 
 pub async fn retries_back_off_then_die(store: Arc<dyn Store>) {

@@ -500,6 +500,10 @@ pub trait Store: Send + Sync + 'static {
     async fn job(&self, id: i64) -> StoreResult<Option<Job>>;
     async fn attempts(&self, job_id: i64) -> StoreResult<Vec<Attempt>>;
     async fn dependencies(&self, job_id: i64) -> StoreResult<Vec<Dependency>>;
+    /// The keys of the first `limit` unfinished upstream jobs of a job, and how many there
+    /// are in all: what a list of waiting jobs says without reading every dependency.
+    async fn unfinished_upstream(&self, job_id: i64, limit: i64)
+        -> StoreResult<(Vec<String>, i64)>;
     async fn artifacts(&self, job_id: i64) -> StoreResult<Vec<Artifact>>;
     async fn events(
         &self,

@@ -1854,6 +1854,34 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn unfinished_upstream(
+        &self,
+        job_id: i64,
+        limit: i64,
+    ) -> StoreResult<(Vec<String>, i64)> {
+        let mut conn = self.reader.acquire().await?;
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT j.key FROM job_deps d JOIN jobs j ON j.id = d.upstream_id \
+             WHERE d.job_id = ?1 AND j.state != 'completed' ORDER BY j.id LIMIT ?2",
+        )
+        .bind(job_id)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?;
+        let total: i64 = if (keys.len() as i64) < limit {
+            keys.len() as i64
+        } else {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM job_deps d JOIN jobs j ON j.id = d.upstream_id \
+                 WHERE d.job_id = ?1 AND j.state != 'completed'",
+            )
+            .bind(job_id)
+            .fetch_one(&mut *conn)
+            .await?
+        };
+        Ok((keys, total))
+    }
+
     async fn artifacts(&self, job_id: i64) -> StoreResult<Vec<Artifact>> {
         sqlx::query("SELECT job_id, attempt, name, sha256, size FROM artifacts WHERE job_id = ?1 ORDER BY attempt, name")
             .bind(job_id)
