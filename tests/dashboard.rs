@@ -674,3 +674,78 @@ async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
     screenshot(&b, "report").await;
     b.client.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_job_pipeline_opens_folded_and_a_chip_lists_its_apps_jobs() {
+    let cluster = Cluster::new();
+    // No worker: the jobs stay available, and the page is timed on an idle server.
+    let _server = cluster.server("500ms").await;
+    let list = |prefix: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("\"{prefix}{i}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let spec = format!(
+        "[pipeline]\nname = \"big\"\n[[stage]]\nname = \"analyze\"\nkind = \"noop\"\n\
+         matrix = {{ model = [{}], template = [{}], tool = [{}] }}\n",
+        list("model-", 10),
+        list("template-", 100),
+        list("tool-", 10)
+    );
+    let small = cluster
+        .submit("[pipeline]\nname = \"small\"\n[[stage]]\nname = \"analyze\"\nkind = \"noop\"\nmatrix = { model = [\"model-0\"], template = [\"template-0\"], tool = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\"] }\n")
+        .await;
+    let pipeline = cluster.submit(&spec).await;
+    let b = browser().await;
+    b.client.goto(&format!("{}/", cluster.url)).await.unwrap();
+    present(&b, "#pipelines").await;
+    // Printed, not asserted: from the link to the drawn grid, in the already loaded page.
+    let open = |id: i64, css: &'static str| {
+        let b = &b;
+        async move {
+            let t = std::time::Instant::now();
+            js(
+                b,
+                &format!("location.hash = '#/pipelines/{id}'; return true;"),
+            )
+            .await;
+            present(b, css).await;
+            t.elapsed().as_secs_f64() * 1000.0
+        }
+    };
+    let small_ms = open(small, "#grid td.cell").await;
+    let big_ms = open(pipeline, "#grid-folded").await;
+    println!("pipeline page drawn: 10 jobs in {small_ms:.0} ms, 10,000 jobs in {big_ms:.0} ms");
+    let cells = js(
+        &b,
+        "return document.querySelectorAll('#grid td.cell').length;",
+    )
+    .await;
+    assert_eq!(cells, json!(1000), "a cell per app");
+    let chips = js(
+        &b,
+        "return document.querySelectorAll('#grid a.chip').length;",
+    )
+    .await;
+    assert_eq!(chips, json!(1000), "one chip per app's stage, not per job");
+    screenshot(&b, "pipeline-10000").await;
+    // A folded chip opens its app's jobs: the ten tools of that model and template.
+    let href = js(&b, "const a = document.querySelector(\"#grid td[data-model='model-3'][data-template='template-42'] a.chip\"); return a.getAttribute('href');").await;
+    b.client
+        .goto(&format!("{}/{}", cluster.url, href.as_str().unwrap()))
+        .await
+        .unwrap();
+    present(&b, "#jobs tbody tr").await;
+    let keys = js(&b, "return [...document.querySelectorAll('#jobs tbody tr td:nth-child(2)')].map(e => e.textContent);").await;
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 10, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| {
+            let k = k.as_str().unwrap();
+            k.contains("model=model-3") && k.contains("template=template-42")
+        }),
+        "{keys:?}"
+    );
+    b.client.close().await.unwrap();
+}
