@@ -454,8 +454,26 @@ async function jobPage(id) {
         h("td", {}, h("a", { href: `${API}/jobs/${j.id}/artifacts/${encodeURIComponent(a.name)}`, download: a.name }, a.name)),
         h("td", { class: "muted" }, `${a.size.toLocaleString()} bytes`), h("td", { class: "muted" }, `attempt ${a.attempt}`)))))
         : h("p", { class: "muted" }, "None."),
+      h("h2", {}, "Timeline"), timeline,
       logs,
       j.result ? [h("h2", {}, "Result"), h("pre", { class: "card", style: "overflow:auto;max-height:400px" }, JSON.stringify(j.result, null, 2))] : []);
+  };
+  // Every state the job went through and every progress step it reported, live.
+  const timeline = h("div", { class: "log", id: "timeline" });
+  const seenIds = new Set();
+  const addStep = ev => {
+    if (seenIds.has(ev.id)) return; // the history and the stream may both carry it
+    seenIds.add(ev.id);
+    const p = ev.data.progress;
+    const text = ev.kind === "job_state"
+      ? `→ ${ev.data.state}` + (ev.data.error ? ` — ${ev.data.error.code}: ${ev.data.error.message}` : "")
+      : `step ${p.step}` + (p.percent != null ? ` ${Math.round(p.percent)}%` : "") + (p.message ? ` — ${p.message}` : "");
+    const line = h("div", { "data-event": ev.id, "data-kind": ev.kind }, `${new Date(ev.at / 1000).toLocaleTimeString()}  ${text}`);
+    // In id order, whichever of history and stream arrives first.
+    let after = timeline.lastElementChild;
+    while (after && Number(after.dataset.event) > ev.id) after = after.previousElementSibling;
+    if (after) after.after(line); else timeline.prepend(line);
+    while (timeline.childElementCount > 500) timeline.firstElementChild.remove();
   };
   // The tails of the job's logs (stdout.log, stderr.log, app logs), newest attempt.
   const logs = h("div", { id: "logs" });
@@ -471,11 +489,16 @@ async function jobPage(id) {
   };
   render();
   loadLogs();
+  api(`/jobs/${id}/events`).then(evs => evs.forEach(addStep)).catch(() => { /* the stream still adds */ });
   const reload = throttled(async () => {
     try { e = await api(`/jobs/${id}`); Object.assign(j, e.job); render(); } catch (_) { /* retried on the next event */ }
   }, 500);
   openStream(`?pipeline=${j.pipeline_id}&tail=20`, {
-    job_state: ev => { if (ev.job_id === j.id || e.dependencies.some(d => d.job_id === ev.job_id)) reload(); },
+    job_state: ev => {
+      if (ev.job_id === j.id) addStep(ev);
+      if (ev.job_id === j.id || e.dependencies.some(d => d.job_id === ev.job_id)) reload();
+    },
+    job_progress: ev => { if (ev.job_id === j.id) addStep(ev); },
     progress: snap => { if (snap.running.some(r => r.job_id === j.id)) reload(); },
   });
 }

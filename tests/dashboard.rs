@@ -298,6 +298,19 @@ async fn the_dashboard_follows_a_run_live_and_its_stream_survives_a_server_kill(
     })
     .await;
     present(&b, "#attempts tbody tr").await;
+    // Its timeline: the states it went through and the steps it reported, in order.
+    present(&b, "#timeline [data-kind='job_progress']").await;
+    let timeline = js(&b, "return [...document.querySelectorAll('#timeline [data-event]')].map(e => [Number(e.dataset.event), e.textContent]);").await;
+    let timeline = timeline.as_array().unwrap();
+    let ids: Vec<i64> = timeline.iter().map(|t| t[0].as_i64().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "in order, none twice");
+    let text: Vec<&str> = timeline.iter().map(|t| t[1].as_str().unwrap()).collect();
+    assert!(text.iter().any(|t| t.contains("→ running")), "{text:?}");
+    assert!(text.last().unwrap().contains("→ completed"), "{text:?}");
+    assert!(text.iter().any(|t| t.contains("step sleeping")), "{text:?}");
     screenshot(&b, "job").await;
 
     // Back to the list: the pipeline is there, completed, once.

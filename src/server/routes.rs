@@ -31,6 +31,7 @@ pub fn app(state: AppState) -> Router {
         .route("/stream", get(super::stream::stream))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(explain_job))
+        .route("/jobs/{id}/events", get(job_events))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/retry", post(retry_job))
         .route("/jobs/{id}/artifacts/{name}", get(job_artifact))
@@ -487,6 +488,17 @@ async fn explain_job(
         provider_limits,
         llm_usage,
     }))
+}
+
+/// A job's timeline: its newest 500 state changes and progress steps, oldest first.
+async fn job_events(
+    State(s): State<AppState>,
+    AppPath(id): AppPath<i64>,
+) -> ApiResult<Vec<crate::store::Event>> {
+    if s.store.job(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("job {id}")));
+    }
+    Ok(Json(s.store.job_events(id, 500).await?))
 }
 
 async fn cancel_job(

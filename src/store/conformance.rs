@@ -1402,6 +1402,27 @@ pub async fn dashboard_views_see_every_job_and_breaker(store: Arc<dyn Store>) {
     assert_eq!(store.event_id_back(Some(pid), 10_000).await.unwrap(), 0);
     assert!(store.event_id_back(None, 0).await.unwrap() >= newest);
 
+    let timeline = store.job_events(gens[0].job_id, 100).await.unwrap();
+    assert!(!timeline.is_empty());
+    assert!(timeline.iter().all(|e| e.job_id == Some(gens[0].job_id)));
+    assert!(
+        timeline.windows(2).all(|w| w[0].id < w[1].id),
+        "oldest first"
+    );
+    let states: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e.kind == "job_state")
+        .filter_map(|e| e.data["state"].as_str())
+        .collect();
+    assert_eq!(states.last(), Some(&"retrying"), "{timeline:?}");
+    let newest = store.job_events(gens[0].job_id, 1).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(
+        newest[0].id,
+        timeline.last().unwrap().id,
+        "the newest, when cut"
+    );
+
     let breakers = store.breakers(100).await.unwrap();
     let gen = breakers
         .iter()

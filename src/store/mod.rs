@@ -511,6 +511,9 @@ pub trait Store: Send + Sync + 'static {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<Event>>;
+    /// The newest `limit` events of one job (its state changes and progress steps), oldest
+    /// first.
+    async fn job_events(&self, job_id: i64, limit: i64) -> StoreResult<Vec<Event>>;
     /// The id after which the newest `back` events (of one pipeline, or of all) begin: a
     /// stream started there replays just those. 0 when there are no more than `back`.
     async fn event_id_back(&self, pipeline_id: Option<i64>, back: i64) -> StoreResult<i64>;

@@ -64,6 +64,17 @@ fn parse_json<T: serde::de::DeserializeOwned>(text: Option<String>) -> StoreResu
         .transpose()
 }
 
+fn event_from_row(row: &SqliteRow) -> StoreResult<Event> {
+    Ok(Event {
+        id: row.try_get("id")?,
+        pipeline_id: row.try_get("pipeline_id")?,
+        job_id: row.try_get("job_id")?,
+        at: row.try_get("at")?,
+        kind: row.try_get("kind")?,
+        data: parse_json(Some(row.try_get("data")?))?.unwrap_or(Value::Null),
+    })
+}
+
 fn parse_enum<T: FromStr>(text: &str) -> StoreResult<T>
 where
     T::Err: std::fmt::Display,
@@ -1751,6 +1762,20 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn job_events(&self, job_id: i64, limit: i64) -> StoreResult<Vec<Event>> {
+        sqlx::query(
+            "SELECT * FROM (SELECT id, pipeline_id, job_id, at, kind, data FROM events \
+             WHERE job_id = ?1 ORDER BY id DESC LIMIT ?2) ORDER BY id",
+        )
+        .bind(job_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
+    }
+
     async fn event_id_back(&self, pipeline_id: Option<i64>, back: i64) -> StoreResult<i64> {
         let id: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM events WHERE (?1 IS NULL OR pipeline_id = ?1) \
@@ -1916,16 +1941,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?
         .iter()
-        .map(|row| {
-            Ok(Event {
-                id: row.try_get("id")?,
-                pipeline_id: row.try_get("pipeline_id")?,
-                job_id: row.try_get("job_id")?,
-                at: row.try_get("at")?,
-                kind: row.try_get("kind")?,
-                data: parse_json(Some(row.try_get("data")?))?.unwrap_or(Value::Null),
-            })
-        })
+        .map(event_from_row)
         .collect()
     }
 
