@@ -677,7 +677,7 @@ async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
     // Open a finding: its body shows the code and the tools that reported it.
     let shown = js(
         &b,
-        "const d = document.querySelector('details.finding'); d.querySelector('summary').click(); \
+        "const d = document.querySelector('details.finding'); d.querySelector('summary').click(); d.scrollIntoView({block: 'start'}); \
          return [d.open, d.innerText];",
     )
     .await;
