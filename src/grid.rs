@@ -5,7 +5,7 @@
 //! 10,000-job pipeline costs the browser no more than it must draw.
 
 use crate::domain::{JobState, StateCounts};
-use crate::store::JobCell;
+use crate::store::{JobCell, JobGroup};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -106,20 +106,28 @@ fn item_label(item: &Value) -> String {
 
 impl Chip {
     fn new(job: &JobCell, label: String) -> Chip {
+        Chip::empty(&job.stage, label, job.state, job.id)
+    }
+
+    fn empty(stage: &str, label: String, state: JobState, job_id: i64) -> Chip {
         Chip {
-            stage: job.stage.clone(),
+            stage: stage.to_string(),
             label,
-            state: job.state,
-            job_id: job.id,
+            state,
+            job_id,
             count: 0,
             counts: None,
         }
     }
 
     fn add(&mut self, state: JobState) {
-        self.count += 1;
+        self.add_n(state, 1);
+    }
+
+    fn add_n(&mut self, state: JobState, n: i64) {
+        self.count += n;
         let counts = self.counts.get_or_insert_with(StateCounts::default);
-        counts.add(state, 1);
+        counts.add(state, n);
         self.state = SHOWN_FIRST
             .into_iter()
             .find(|s| counts.get(*s) > 0)
@@ -180,6 +188,81 @@ fn fold(chips: Vec<Chip>) -> Vec<Chip> {
         chip.finish();
     }
     out
+}
+
+/// The folded grid straight from the database's counts (`Store::job_groups`): what a
+/// pipeline too large to place job by job is drawn from. Chips of several jobs carry no
+/// label; a lone job outside the grid shows its stage only.
+pub fn from_groups(groups: &[JobGroup], stage_order: &[String]) -> Grid {
+    let position = |stage: &str| {
+        stage_order
+            .iter()
+            .position(|s| s == stage)
+            .unwrap_or(usize::MAX)
+    };
+    let mut models: Vec<String> = Vec::new();
+    let mut templates: Vec<String> = Vec::new();
+    let mut seen_models: HashMap<&str, ()> = HashMap::new();
+    let mut seen_templates: HashMap<&str, ()> = HashMap::new();
+    let mut cells: Vec<Cell> = Vec::new();
+    let mut cell_index: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut chip_index: HashMap<(usize, &str), usize> = HashMap::new();
+    let mut other: Vec<Chip> = Vec::new();
+    let mut other_index: HashMap<&str, usize> = HashMap::new();
+    let chip_of = |chips: &mut Vec<Chip>, at: Option<usize>, g: &JobGroup| match at {
+        Some(at) => at,
+        None => {
+            chips.push(Chip::empty(&g.stage, String::new(), g.state, g.first_id));
+            chips.len() - 1
+        }
+    };
+    for g in groups {
+        match (g.model.as_deref(), g.template.as_deref()) {
+            (Some(model), Some(template)) => {
+                if seen_models.insert(model, ()).is_none() {
+                    models.push(model.to_string());
+                }
+                if seen_templates.insert(template, ()).is_none() {
+                    templates.push(template.to_string());
+                }
+                let cell = *cell_index.entry((model, template)).or_insert_with(|| {
+                    cells.push(Cell {
+                        model: model.to_string(),
+                        template: template.to_string(),
+                        chips: Vec::new(),
+                    });
+                    cells.len() - 1
+                });
+                let known = chip_index.get(&(cell, g.stage.as_str())).copied();
+                let at = chip_of(&mut cells[cell].chips, known, g);
+                chip_index.insert((cell, g.stage.as_str()), at);
+                let chip = &mut cells[cell].chips[at];
+                chip.job_id = chip.job_id.min(g.first_id);
+                chip.add_n(g.state, g.count);
+            }
+            _ => {
+                let known = other_index.get(g.stage.as_str()).copied();
+                let at = chip_of(&mut other, known, g);
+                other_index.insert(g.stage.as_str(), at);
+                other[at].job_id = other[at].job_id.min(g.first_id);
+                other[at].add_n(g.state, g.count);
+            }
+        }
+    }
+    for cell in &mut cells {
+        cell.chips.sort_by_key(|c| position(&c.stage));
+        cell.chips.iter_mut().for_each(Chip::finish);
+    }
+    other.sort_by_key(|c| position(&c.stage));
+    other.iter_mut().for_each(Chip::finish);
+    Grid {
+        folded: !cells.is_empty(),
+        models,
+        templates,
+        cells,
+        other,
+        last_event_id: 0,
+    }
 }
 
 fn place(jobs: &[JobCell], stage_order: &[String]) -> Grid {
@@ -395,6 +478,29 @@ mod tests {
             ("static", "", 10, JobState::Running)
         );
         assert_eq!(st.counts.as_ref().unwrap().completed, 9);
+
+        // The database's counts draw the same folded grid.
+        let mut counted: Vec<JobGroup> = Vec::new();
+        for j in &jobs {
+            let (m, t) = model_and_template(&j.item).unwrap();
+            match counted.iter_mut().find(|g| {
+                g.stage == j.stage
+                    && g.model.as_deref() == Some(m)
+                    && g.template.as_deref() == Some(t)
+                    && g.state == j.state
+            }) {
+                Some(g) => g.count += 1,
+                None => counted.push(JobGroup {
+                    stage: j.stage.clone(),
+                    model: Some(m.into()),
+                    template: Some(t.into()),
+                    state: j.state,
+                    count: 1,
+                    first_id: j.id,
+                }),
+            }
+        }
+        assert_eq!(from_groups(&counted, &stages), g);
 
         let small = build(&jobs[..11], &stages);
         assert!(!small.folded);

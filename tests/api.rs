@@ -1168,3 +1168,37 @@ async fn every_export_downloads_with_its_name_and_parses() {
     let (status, _) = get(&app, "/api/v1/pipelines/999/export/report.html").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_large_pipelines_grid_is_counted_by_the_database() {
+    let (_dir, app) = setup().await;
+    // 2,001 jobs: past the per-job grid. 2 × 1,000 apps of one stage, and one loose job.
+    let models = r#"["m1", "m2"]"#;
+    let templates: Vec<String> = (0..1_000).map(|i| format!("\"t{i}\"")).collect();
+    let spec = format!(
+        "[pipeline]\nname = \"large\"\n[[stage]]\nname = \"gen\"\nkind = \"noop\"\n\
+         matrix = {{ model = {models}, template = [{}] }}\n\
+         [[stage]]\nname = \"loose\"\nkind = \"noop\"\nitems = [{{ model = 7, template = \"x\" }}]\n",
+        templates.join(",")
+    );
+    let id = submit(&app, &spec).await;
+    let (status, grid) = get(&app, &format!("/api/v1/pipelines/{id}/grid")).await;
+    assert_eq!(status, StatusCode::OK, "{grid}");
+    assert_eq!(grid["folded"], json!(true));
+    assert_eq!(grid["models"], json!(["m1", "m2"]));
+    assert_eq!(grid["templates"].as_array().unwrap().len(), 1_000);
+    let cells = grid["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2_000);
+    assert!(cells
+        .iter()
+        .all(|c| c["chips"].as_array().unwrap().len() == 1
+            && c["chips"][0]["count"] == json!(1)
+            && c["chips"][0]["state"] == json!("available")));
+    let other = grid["other"].as_array().unwrap();
+    assert_eq!(other.len(), 1, "a non-string model names no app: {other:?}");
+    assert_eq!(
+        (other[0]["stage"].as_str(), other[0]["count"].as_i64()),
+        (Some("loose"), Some(1))
+    );
+    assert!(grid["last_event_id"].as_i64().unwrap() > 0);
+}

@@ -263,9 +263,11 @@ async fn pipeline_grid(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
 ) -> ApiResult<crate::grid::Grid> {
-    if s.store.pipeline(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("pipeline {id}")));
-    }
+    let pipeline = s
+        .store
+        .pipeline(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
     let stages: Vec<String> = s
         .store
         .stages(id)
@@ -276,8 +278,12 @@ async fn pipeline_grid(
     // Read before the jobs: a change made in between is both shown and streamed again,
     // which is harmless; none is lost.
     let last_event_id = s.store.event_id_back(Some(id), 0).await?;
-    let jobs = s.store.job_cells(id).await?;
-    let mut grid = crate::grid::build(&jobs, &stages);
+    // Too many jobs to place one by one: the database counts them per app and stage.
+    let mut grid = if pipeline.counts.total() > crate::grid::MAX_CHIPS as i64 {
+        crate::grid::from_groups(&s.store.job_groups(id).await?, &stages)
+    } else {
+        crate::grid::build(&s.store.job_cells(id).await?, &stages)
+    };
     grid.last_event_id = last_event_id;
     Ok(Json(grid))
 }

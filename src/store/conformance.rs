@@ -1347,6 +1347,26 @@ pub async fn dashboard_views_see_every_job_and_breaker(store: Arc<dyn Store>) {
         "{cells:?}"
     );
 
+    let groups = store.job_groups(pid).await.unwrap();
+    assert_eq!(groups.iter().map(|g| g.count).sum::<i64>(), 4, "{groups:?}");
+    assert!(groups.windows(2).all(|w| w[0].first_id < w[1].first_id));
+    assert!(groups
+        .iter()
+        .all(|g| g.model.is_some() && g.template.as_deref() == Some("t")));
+    let retrying = groups
+        .iter()
+        .find(|g| g.state == JobState::Retrying)
+        .unwrap();
+    assert_eq!(
+        (retrying.stage.as_str(), retrying.count, retrying.first_id),
+        ("gen", 1, gens[0].job_id)
+    );
+    let waiting: Vec<&JobGroup> = groups.iter().filter(|g| g.stage == "check").collect();
+    assert_eq!(waiting.len(), 2, "one group per app: {groups:?}");
+    assert!(waiting
+        .iter()
+        .all(|g| g.state == JobState::Waiting && g.count == 1));
+
     let pending = store
         .jobs(&JobFilter {
             pipeline_id: Some(pid),

@@ -356,6 +356,19 @@ pub struct JobCell {
     pub item: Value,
 }
 
+/// A pipeline's jobs of one stage, app and state, counted: the grid of a large pipeline,
+/// aggregated by the database.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobGroup {
+    pub stage: String,
+    /// The item's model and template when both are strings (the job belongs to an app).
+    pub model: Option<String>,
+    pub template: Option<String>,
+    pub state: JobState,
+    pub count: i64,
+    pub first_id: i64,
+}
+
 /// The circuit breaker of one stage of a running pipeline.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BreakerRow {
@@ -521,6 +534,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every job of a pipeline in id order, narrowly (no payloads or results): cheap enough
     /// for a 10,000-job pipeline's grid.
     async fn job_cells(&self, pipeline_id: i64) -> StoreResult<Vec<JobCell>>;
+    /// The pipeline's jobs counted per stage, model, template and state, in the order of
+    /// each group's first job: a grid whose size follows the apps, not the jobs.
+    async fn job_groups(&self, pipeline_id: i64) -> StoreResult<Vec<JobGroup>>;
     /// The breakers of the stages of running pipelines, open ones and those with failures
     /// first; at most `limit`.
     async fn breakers(&self, limit: i64) -> StoreResult<Vec<BreakerRow>>;

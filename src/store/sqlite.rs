@@ -1805,6 +1805,35 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn job_groups(&self, pipeline_id: i64) -> StoreResult<Vec<JobGroup>> {
+        // An app is named only by string model and template, as in `grid::build`.
+        sqlx::query(
+            "SELECT stage, \
+             CASE WHEN json_type(item, '$.model') = 'text' AND json_type(item, '$.template') = 'text' \
+                  THEN json_extract(item, '$.model') END AS model, \
+             CASE WHEN json_type(item, '$.model') = 'text' AND json_type(item, '$.template') = 'text' \
+                  THEN json_extract(item, '$.template') END AS template, \
+             state, COUNT(*) AS n, MIN(id) AS first_id \
+             FROM jobs WHERE pipeline_id = ?1 \
+             GROUP BY stage, model, template, state ORDER BY first_id",
+        )
+        .bind(pipeline_id)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(JobGroup {
+                stage: row.try_get("stage")?,
+                model: row.try_get("model")?,
+                template: row.try_get("template")?,
+                state: parse_enum(row.try_get::<&str, _>("state")?)?,
+                count: row.try_get("n")?,
+                first_id: row.try_get("first_id")?,
+            })
+        })
+        .collect()
+    }
+
     async fn breakers(&self, limit: i64) -> StoreResult<Vec<BreakerRow>> {
         sqlx::query(
             "SELECT s.pipeline_id, p.name AS pipeline_name, s.name, s.kind, s.breaker_threshold, \
