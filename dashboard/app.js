@@ -764,13 +764,13 @@ async function comparePage(id, params) {
 
 // ---------------------------------------------------------------- workers
 
-async function workersPage() {
-  const mine = routeCount;
-  const workersBox = h("div", {}), breakersBox = h("div", {});
+function workersPage() {
+  const workersBox = h("div", {}, h("p", { class: "muted" }, "Loading…")), breakersBox = h("div", {});
   main.replaceChildren(h("h1", {}, "Workers"), workersBox, h("h2", {}, "Circuit breakers of running pipelines"), breakersBox);
-  let workers = [];
+  let workers = null, skew = 0; // server clock − this clock, for heartbeat ages
   const drawWorkers = () => {
-    const now = Date.now() * 1000;
+    if (!workers) return; // no snapshot yet
+    const now = Date.now() * 1000 + skew;
     workersBox.replaceChildren(workers.length ? h("table", { id: "workers" },
       h("thead", {}, h("tr", {}, ...["name", "id", "kinds", "running", "last heartbeat", "failures in a row", "state"].map(t => h("th", {}, t)))),
       h("tbody", {}, workers.map(w => h("tr", { "data-worker": w.id },
@@ -782,10 +782,7 @@ async function workersPage() {
           ? h("span", { class: "state retrying" }, "quarantined until " + fmtTime(w.quarantined_until)) : stateBadge("running"))))))
       : h("p", { class: "muted" }, "No worker has registered yet."));
   };
-  const load = async () => {
-    let breakers;
-    try { [workers, breakers] = await Promise.all([api("/workers"), api("/breakers")]); } catch (err) { workersBox.replaceChildren(showError(err)); return; }
-    drawWorkers();
+  const drawBreakers = breakers => {
     breakersBox.replaceChildren(breakers.length ? h("table", { id: "breakers" },
       h("thead", {}, h("tr", {}, ...["pipeline", "stage", "kind", "failures in a row", "opens after", "state"].map(t => h("th", {}, t)))),
       h("tbody", {}, breakers.map(b => h("tr", { "data-breaker": `${b.pipeline_id}/${b.stage}` },
@@ -795,13 +792,17 @@ async function workersPage() {
         h("td", {}, b.open ? h("span", { class: "state dead" }, "open") : h("span", { class: "state completed" }, "closed"))))))
       : h("p", { class: "muted" }, "No running pipeline has a stage with a breaker."));
   };
-  await load();
-  if (stale(mine)) return;
-  // Job and breaker events say when workers took or finished work; heartbeats are not
-  // events, so their ages tick here and are re-read now and then.
-  const refresh = throttled(load, 2000);
-  openStream("?tail=0", { job_state: refresh, breaker_opened: load, breaker_closed: load, pipeline_finished: refresh });
-  pageTimers.push(setInterval(drawWorkers, 1000), setInterval(refresh, 15000));
+  // The server pushes a snapshot of the workers and breakers every couple of seconds
+  // (heartbeats are not events); between snapshots only the ages tick, locally.
+  openStream("?tail=0&workers=true", {
+    workers: snap => {
+      skew = snap.now - Date.now() * 1000;
+      workers = snap.workers;
+      drawWorkers();
+      drawBreakers(snap.breakers);
+    },
+  });
+  pageTimers.push(setInterval(drawWorkers, 1000));
 }
 
 // ---------------------------------------------------------------- router

@@ -184,6 +184,36 @@ async fn a_reconnecting_client_resumes_from_the_last_event_it_saw_also_after_a_r
         stored[2..],
         "`after` wins when it is earlier"
     );
+
+    // The workers page's stream: id-less snapshots of the workers (heartbeats are not
+    // events) pushed by the server, again after a while, without the client asking.
+    client
+        .register(&assay::store::WorkerRegistration {
+            id: "w-snap".into(),
+            name: "snapshots".into(),
+            kinds: vec!["sleep".into()],
+        })
+        .await
+        .unwrap();
+    let workers_url = format!("{base}/api/v1/stream?tail=0&workers=true");
+    let snapshots = read_stream(&workers_url, None, |m| {
+        m.iter().filter(|m| m.event == "workers").count() >= 2
+    })
+    .await;
+    let snaps: Vec<&Message> = snapshots.iter().filter(|m| m.event == "workers").collect();
+    assert!(
+        snaps.iter().all(|m| m.id.is_none()),
+        "snapshots carry no id"
+    );
+    let listed: Vec<&str> = snaps[1].data["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&"w-snap"), "{listed:?}");
+    assert!(snaps[1].data["breakers"].is_array());
+    assert!(snaps[1].data["now"].as_i64().unwrap() > snaps[0].data["now"].as_i64().unwrap());
     stop.cancel();
     running.wait().await;
 }

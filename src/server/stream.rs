@@ -5,6 +5,9 @@
 //! not seen, also across a server restart: the ids live in the database. Between durable
 //! events, the stream carries id-less `progress` snapshots of the running jobs of the
 //! pipeline it follows: they are replaced by the next one, so losing one loses nothing.
+//! With `?workers=true` it also carries id-less `workers` snapshots (the workers with their
+//! heartbeats, and the breakers of running pipelines) every couple of seconds: heartbeats
+//! are not events, and the page that shows them must not poll.
 
 use super::AppState;
 use crate::domain::JobState;
@@ -21,6 +24,8 @@ use std::time::Duration;
 const PAGE: i64 = 500;
 /// Progress snapshots are sent at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// Workers snapshots are sent this often.
+const WORKERS_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -34,9 +39,14 @@ pub struct StreamQuery {
     /// than `after`): a page opens with recent history, not the whole of it.
     #[serde(default)]
     pub tail: Option<i64>,
+    /// Also send `workers` snapshots.
+    #[serde(default)]
+    pub workers: bool,
 }
 
 struct Cursor {
+    /// When the last workers snapshot went out, if they are followed.
+    workers: Option<Option<tokio::time::Instant>>,
     state: AppState,
     pipeline: Option<i64>,
     after: i64,
@@ -77,6 +87,7 @@ pub async fn stream(
         after,
         last_progress: None,
         progress_due: q.pipeline.is_some(),
+        workers: q.workers.then_some(None),
     };
     let events = stream::unfold(cursor, next_batch).flat_map(stream::iter);
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -124,10 +135,21 @@ async fn next_batch(mut c: Cursor) -> Option<(Vec<Result<SseEvent, Infallible>>,
                 continue;
             }
         }
-        let wait = match (c.progress_due, c.last_progress) {
+        if let Some(last) = c.workers {
+            if last.is_none_or(|t| t.elapsed() >= WORKERS_EVERY) {
+                c.workers = Some(Some(tokio::time::Instant::now()));
+                if let Some(snapshot) = workers_snapshot(&c).await {
+                    return Some((vec![Ok(snapshot)], c));
+                }
+            }
+        }
+        let mut wait = match (c.progress_due, c.last_progress) {
             (true, Some(t)) => PROGRESS_EVERY.saturating_sub(t.elapsed()),
             _ => Duration::from_secs(3600),
         };
+        if let Some(Some(t)) = c.workers {
+            wait = wait.min(WORKERS_EVERY.saturating_sub(t.elapsed()));
+        }
         tokio::select! {
             changed = c.changes.changed() => {
                 if changed.is_err() {
@@ -139,6 +161,22 @@ async fn next_batch(mut c: Cursor) -> Option<(Vec<Result<SseEvent, Infallible>>,
             _ = c.state.shutdown.cancelled() => return None,
         }
     }
+}
+
+/// The workers with their heartbeats and running jobs, and the breakers of running pipelines.
+async fn workers_snapshot(c: &Cursor) -> Option<SseEvent> {
+    let workers = c.state.store.workers().await.ok()?;
+    let breakers = c.state.store.breakers(200).await.ok()?;
+    Some(
+        SseEvent::default()
+            .event("workers")
+            .json_data(serde_json::json!({
+                "now": crate::domain::now_micros(),
+                "workers": workers,
+                "breakers": breakers,
+            }))
+            .expect("workers serialize"),
+    )
 }
 
 /// The running jobs of the followed pipeline with their progress.
