@@ -5,8 +5,8 @@ mod fake_llm;
 
 use assay::analysis::catalog::{self, Template};
 use assay::analysis::judge::{
-    judge_app, JudgeConfig, JudgeError, JudgeStatus, Verdict, CRITERIA, ENV_API_KEY, ENV_BASE_URL,
-    ENV_MODEL,
+    judge_app, Direct, JudgeConfig, JudgeError, JudgeStatus, Verdict, CRITERIA, ENV_API_KEY,
+    ENV_BASE_URL, ENV_MODEL,
 };
 use assay::domain::FailureClass;
 use fake_llm::{served_model, FakeLlm, Scripted};
@@ -98,7 +98,7 @@ fn user_message(request: &Value, index: usize) -> String {
 async fn a_well_formed_answer_becomes_a_report_with_verified_quotes() {
     let template = template();
     let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template))]).await;
-    let report = judge_app(&config(&llm), &template, &app_dir())
+    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
         .await
         .unwrap();
 
@@ -196,7 +196,7 @@ async fn a_malformed_answer_is_re_asked_once_with_the_errors() {
         Scripted::Json(good_answer(&template)),
     ])
     .await;
-    let report = judge_app(&config(&llm), &template, &app_dir())
+    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
         .await
         .unwrap();
     assert_eq!(report.attempts, 2);
@@ -232,7 +232,7 @@ async fn a_schema_violation_is_quoted_in_the_re_ask() {
         Scripted::Json(good_answer(&template)),
     ])
     .await;
-    let report = judge_app(&config(&llm), &template, &app_dir())
+    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
         .await
         .unwrap();
     assert_eq!(report.attempts, 2);
@@ -252,7 +252,7 @@ async fn two_malformed_answers_are_a_malformed_error() {
         Scripted::Json(json!({"requirements": [], "quality": []})),
     ])
     .await;
-    let err = judge_app(&config(&llm), &template, &app_dir())
+    let err = judge_app(&config(&llm), &template, &app_dir(), &Direct)
         .await
         .unwrap_err();
     match &err {
@@ -270,7 +270,7 @@ async fn two_malformed_answers_are_a_malformed_error() {
 #[tokio::test]
 async fn rate_limiting_is_transient_with_the_servers_retry_after() {
     let llm = FakeLlm::start(vec![Scripted::Status(429, Some(7))]).await;
-    let err = judge_app(&config(&llm), &template(), &app_dir())
+    let err = judge_app(&config(&llm), &template(), &app_dir(), &Direct)
         .await
         .unwrap_err();
     match &err {
@@ -295,7 +295,9 @@ async fn server_errors_timeouts_and_refused_connections_are_transient() {
     let llm = FakeLlm::start(vec![Scripted::Status(500, None), Scripted::Hang]).await;
     let mut c = config(&llm);
     c.timeout = Duration::from_millis(300);
-    let err = judge_app(&c, &template(), &app_dir()).await.unwrap_err();
+    let err = judge_app(&c, &template(), &app_dir(), &Direct)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
@@ -307,7 +309,9 @@ async fn server_errors_timeouts_and_refused_connections_are_transient() {
         ),
         "{err:?}"
     );
-    let err = judge_app(&c, &template(), &app_dir()).await.unwrap_err();
+    let err = judge_app(&c, &template(), &app_dir(), &Direct)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, JudgeError::Transient { status: None, .. }),
         "{err:?}"
@@ -321,7 +325,9 @@ async fn server_errors_timeouts_and_refused_connections_are_transient() {
     };
     let mut c = JudgeConfig::new(format!("http://127.0.0.1:{port}/v1"), MODEL);
     c.timeout = Duration::from_secs(5);
-    let err = judge_app(&c, &template(), &app_dir()).await.unwrap_err();
+    let err = judge_app(&c, &template(), &app_dir(), &Direct)
+        .await
+        .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 }
 
@@ -333,7 +339,7 @@ async fn unauthorized_and_not_found_are_permanent_config_errors() {
     ])
     .await;
     for expected in [401, 404] {
-        let err = judge_app(&config(&llm), &template(), &app_dir())
+        let err = judge_app(&config(&llm), &template(), &app_dir(), &Direct)
             .await
             .unwrap_err();
         match &err {
@@ -354,7 +360,7 @@ async fn a_broken_envelope_counts_as_a_malformed_answer() {
         Scripted::Json(good_answer(&template)),
     ])
     .await;
-    let report = judge_app(&config(&llm), &template, &app_dir())
+    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
         .await
         .unwrap();
     assert_eq!(report.attempts, 2);
@@ -367,7 +373,7 @@ async fn the_source_cap_truncates_with_a_note() {
     let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template))]).await;
     let mut c = config(&llm);
     c.max_source_bytes = 1000;
-    let report = judge_app(&c, &template, &app_dir()).await.unwrap();
+    let report = judge_app(&c, &template, &app_dir(), &Direct).await.unwrap();
     assert!(report.sources.truncated);
     assert!(report.sources.bytes <= 1000);
     assert_eq!(
@@ -387,7 +393,7 @@ async fn no_key_means_no_authorization_header() {
     let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template))]).await;
     let mut c = config(&llm);
     c.api_key = None;
-    judge_app(&c, &template, &app_dir()).await.unwrap();
+    judge_app(&c, &template, &app_dir(), &Direct).await.unwrap();
     assert_eq!(llm.authorizations(), [None]);
 }
 
@@ -475,4 +481,117 @@ async fn the_ai_kind_is_skipped_without_an_endpoint_and_judges_with_one() {
         out.path().join("judge-exchanges.json").is_file(),
         "prompt and raw answer are kept"
     );
+}
+
+/// On a worker the judge's calls go through the Assay server like generation's: the
+/// same request is answered from the server's cache (a retried or resumed job pays once),
+/// every call is accounted to the job and its pipeline, and a spent budget stops the
+/// judge before it sends anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget() {
+    use assay::api::{ClaimBody, SubmitRequest};
+    use assay::kinds::judge_gate::ServerGate;
+    use assay::server::{self, ServerConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = server::start(
+        ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let client = assay::client::Client::new(&format!("http://{}", running.addr));
+    let spec = format!(
+        "[pipeline]\nname = \"judged\"\nbudget = {{ tokens = 1 }}\n[[stage]]\nname = \"ai\"\nkind = \"ai\"\n\
+         items = [1, 2]\n[stage.params]\napp = \"{}\"\ncache = false\n",
+        app_dir().display()
+    );
+    let pipeline = client
+        .submit(&SubmitRequest {
+            spec,
+            file_name: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .pipeline_id;
+    client
+        .register(&assay::store::WorkerRegistration {
+            id: "w".into(),
+            name: "w".into(),
+            kinds: vec!["ai".into()],
+        })
+        .await
+        .unwrap();
+    let (claimed, _) = client
+        .claim(&ClaimBody {
+            worker_id: "w".into(),
+            kinds: vec!["ai".into()],
+            limit: 2,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let llm = FakeLlm::start(vec![
+        Scripted::Json(good_answer(&template())),
+        Scripted::Json(good_answer(&template())),
+    ])
+    .await;
+    let gate = |i: usize| ServerGate {
+        client: client.clone(),
+        job_id: claimed[i].job_id,
+        attempt: claimed[i].attempt,
+        provider: llm.base_url.clone(),
+        timeout: Duration::from_secs(10),
+        progress: None,
+        waited_ms: Default::default(),
+    };
+
+    let first = judge_app(&config(&llm), &template(), &app_dir(), &gate(0))
+        .await
+        .unwrap();
+    assert_eq!(llm.requests().len(), 1);
+    // The same request again, as a retried attempt would send it: from the cache.
+    let again = judge_app(&config(&llm), &template(), &app_dir(), &gate(0))
+        .await
+        .unwrap();
+    assert_eq!(llm.requests().len(), 1, "an answer is never paid twice");
+    assert_eq!(again.pass_rate, first.pass_rate);
+
+    let usage = client.usage(pipeline).await.unwrap();
+    let total = &usage.usage.total;
+    assert_eq!((total.paid_calls, total.cached_calls), (1, 1), "{usage:?}");
+    assert!(
+        total.prompt_tokens > 0 && total.completion_tokens > 0,
+        "{usage:?}"
+    );
+    assert!(
+        usage
+            .usage
+            .by_job
+            .iter()
+            .any(|j| j.job_id == claimed[0].job_id),
+        "accounted to the job: {usage:?}"
+    );
+
+    // Another request once the 1-token budget is spent: stopped, nothing sent.
+    let mut other = config(&llm);
+    other.model = "another-judge".into();
+    let err = judge_app(&other, &template(), &app_dir(), &gate(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JudgeError::Stopped { .. }), "{err:?}");
+    let failure = err.to_failure();
+    assert_eq!(failure.code, "budget_exhausted");
+    assert_eq!(failure.class, FailureClass::Permanent);
+    assert!(
+        failure.external,
+        "a spent budget says nothing about the app or the worker"
+    );
+    assert_eq!(llm.requests().len(), 1);
+
+    stop.cancel();
+    running.wait().await;
 }

@@ -153,6 +153,10 @@ pub enum JudgeError {
         /// Every request and answer, for artifacts.
         exchanges: Vec<Exchange>,
     },
+    /// The Assay server refused the call: the pipeline's budget is spent or the model's
+    /// quota is exhausted. Permanent, and says nothing about the app or the worker.
+    #[error("the LLM judge may not call the model: {message}")]
+    Stopped { code: String, message: String },
     #[error("reading the app at {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -175,6 +179,9 @@ impl JudgeError {
             JudgeError::Transient { .. } => "llm_unavailable",
             JudgeError::Config { .. } => "llm_config",
             JudgeError::Malformed { .. } => "llm_malformed",
+            JudgeError::Stopped { code, .. } if code == "budget_exhausted" => "budget_exhausted",
+            JudgeError::Stopped { code, .. } if code == "quota_exhausted" => "quota_exhausted",
+            JudgeError::Stopped { .. } => "llm_stopped",
             JudgeError::Io { .. } => "app_unreadable",
         }
     }
@@ -186,6 +193,9 @@ impl JudgeError {
         } else {
             Failure::permanent(self.code(), self.to_string())
         };
+        if let JudgeError::Stopped { .. } = self {
+            failure = failure.external();
+        }
         if let JudgeError::Transient {
             retry_after: Some(d),
             ..
@@ -1012,14 +1022,88 @@ async fn post(
 }
 
 // ---------------------------------------------------------------------------------------
+// The gate
+
+/// One call as a [`Gate`] accounts it.
+pub struct CallRecord<'a> {
+    pub model: &'a str,
+    /// The model id as the provider resolved it.
+    pub resolved_model: Option<String>,
+    pub usage: Usage,
+    /// What the provider says the call cost (`usage.cost`, OpenRouter), if it says.
+    pub cost_usd: Option<f64>,
+    /// `None` for a call that answered; the failure otherwise.
+    pub error: Option<&'a JudgeError>,
+    /// Served from the gate's cache: nothing was paid.
+    pub cached: bool,
+}
+
+/// What every judge call goes through on its way to the model: nothing ([`Direct`]), or,
+/// for the `ai` kind on a worker, the Assay server's response cache (a retried or resumed
+/// job never pays twice), the model's shared limiter with the pipeline's budget, and its
+/// accounting.
+#[async_trait::async_trait]
+pub trait Gate: Send + Sync {
+    /// A valid answer kept for this exact request, if any.
+    async fn cached(&self, key: &str) -> Result<Option<String>, JudgeError>;
+    /// Wait for a slot to call `model`: the permit to give back with the record.
+    async fn acquire(&self, model: &str) -> Result<Option<u64>, JudgeError>;
+    /// Account one call, made with `permit` (or served from the cache).
+    async fn record(&self, permit: Option<u64>, call: CallRecord<'_>) -> Result<(), JudgeError>;
+    /// Keep an answer that validated, for the same request next time.
+    async fn keep(&self, key: &str, answer: &str) -> Result<(), JudgeError>;
+}
+
+/// Straight to the endpoint: no cache, no shared limits, no accounting.
+pub struct Direct;
+
+#[async_trait::async_trait]
+impl Gate for Direct {
+    async fn cached(&self, _key: &str) -> Result<Option<String>, JudgeError> {
+        Ok(None)
+    }
+    async fn acquire(&self, _model: &str) -> Result<Option<u64>, JudgeError> {
+        Ok(None)
+    }
+    async fn record(&self, _permit: Option<u64>, _call: CallRecord<'_>) -> Result<(), JudgeError> {
+        Ok(())
+    }
+    async fn keep(&self, _key: &str, _answer: &str) -> Result<(), JudgeError> {
+        Ok(())
+    }
+}
+
+/// The cache key of one request: the endpoint and the exact body (model, messages,
+/// temperature, response format).
+pub fn request_key(config: &JudgeConfig, body: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"assay-judge\n");
+    h.update(config.endpoint().as_bytes());
+    h.update(b"\n");
+    h.update(serde_json::to_vec(body).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
+/// `usage.cost` of a chat-completions response, when the provider reports it.
+fn reported_cost(body: &str) -> Option<f64> {
+    serde_json::from_str::<Value>(body)
+        .ok()?
+        .get("usage")?
+        .get("cost")?
+        .as_f64()
+}
+
+// ---------------------------------------------------------------------------------------
 // The judge
 
 /// Judge the app in `app_dir` against `template`. Makes one request, or two when the
-/// first answer is malformed.
+/// first answer is malformed; each goes through `gate`.
 pub async fn judge_app(
     config: &JudgeConfig,
     template: &Template,
     app_dir: &Path,
+    gate: &dyn Gate,
 ) -> Result<JudgeReport, JudgeError> {
     let (files, skipped) = collect_sources(app_dir)?;
     let mut sources = SourcesRead {
@@ -1060,7 +1144,47 @@ pub async fn judge_app(
             bytes = request_text.len(),
             "asking the LLM judge"
         );
-        let (status, response_text) = post(&client, config, &body).await?;
+        let key = request_key(config, &body);
+        let (status, response_text, from_cache) = match gate.cached(&key).await? {
+            Some(text) => {
+                let parsed = parse_completion(&text).ok();
+                gate.record(
+                    None,
+                    CallRecord {
+                        model: &config.model,
+                        resolved_model: parsed.as_ref().and_then(|c| c.model.clone()),
+                        usage: parsed.map(|c| c.usage).unwrap_or_default(),
+                        cost_usd: reported_cost(&text),
+                        error: None,
+                        cached: true,
+                    },
+                )
+                .await?;
+                (200, text, true)
+            }
+            None => {
+                let permit = gate.acquire(&config.model).await?;
+                let answer = post(&client, config, &body).await;
+                let parsed = answer
+                    .as_ref()
+                    .ok()
+                    .and_then(|(_, text)| parse_completion(text).ok());
+                gate.record(
+                    permit,
+                    CallRecord {
+                        model: &config.model,
+                        resolved_model: parsed.as_ref().and_then(|c| c.model.clone()),
+                        usage: parsed.map(|c| c.usage).unwrap_or_default(),
+                        cost_usd: answer.as_ref().ok().and_then(|(_, t)| reported_cost(t)),
+                        error: answer.as_ref().err(),
+                        cached: false,
+                    },
+                )
+                .await?;
+                let (status, text) = answer?;
+                (status, text, false)
+            }
+        };
         exchanges.push(Exchange {
             request: request_text,
             status,
@@ -1074,6 +1198,11 @@ pub async fn judge_app(
                 }
                 match validate_answer(&c.content, &ids) {
                     Ok(answer) => {
+                        // Only an answer that validated is kept: a retried job must be
+                        // able to ask again after a malformed one.
+                        if !from_cache {
+                            gate.keep(&key, &response_text).await?;
+                        }
                         return Ok(build_report(
                             config, template, &files, sources, answer, model, usage, attempt,
                             exchanges,

@@ -153,8 +153,22 @@ pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
         None => judge::skipped_report(judge::NO_ENDPOINT),
         Some(config) => {
             ctx.step("asking the judge", None, Some(config.model.clone()));
+            // On a worker, every call goes through the server (cache, limits, budget,
+            // accounting); run alone (tests), straight to the endpoint.
+            let gate: Box<dyn judge::Gate> = match &ctx.server {
+                Some(client) => Box::new(super::judge_gate::ServerGate {
+                    client: client.clone(),
+                    job_id: ctx.job_id,
+                    attempt: ctx.attempt,
+                    provider: config.base_url.clone(),
+                    timeout: config.timeout,
+                    progress: Some(ctx.progress.clone()),
+                    waited_ms: ctx.waited_ms.clone(),
+                }),
+                None => Box::new(judge::Direct),
+            };
             let report = tokio::select! {
-                r = judge::judge_app(&config, &template, &app) => r,
+                r = judge::judge_app(&config, &template, &app, gate.as_ref()) => r,
                 _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while judging")),
             };
             match report {

@@ -10,6 +10,7 @@ pub mod command;
 pub mod generate;
 pub mod inputs;
 pub mod internal;
+pub mod judge_gate;
 pub mod static_analysis;
 
 use crate::domain::Failure;

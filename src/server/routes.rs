@@ -472,8 +472,9 @@ async fn explain_job(
             .collect(),
         _ => Vec::new(),
     };
-    // Only jobs that call models have usage; others skip the aggregate.
-    let llm_usage = if job.kind == "generate" {
+    // Only jobs that call models (generate, and the `ai` judge) have usage; others skip
+    // the aggregate.
+    let llm_usage = if job.kind == "generate" || job.kind == "ai" {
         s.store
             .pipeline_usage(job.pipeline_id)
             .await?
