@@ -134,7 +134,8 @@ const JOB_STATES: [JobState; 8] = [
 
 /// Every finding of every app, one row each: app, model, template, severity, rule, cwe,
 /// file, line, tools (`;`-joined distinct tools of its sources), message, fingerprint.
-/// Header row first. Values are written as they are (no spreadsheet-formula quoting).
+/// Header row first. Text that a spreadsheet would run as a formula is defused (see
+/// [`spreadsheet_safe`]): messages and paths come from generated code and tool output.
 pub fn findings_csv(apps: &[AppResults]) -> Result<String, ExportError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -157,16 +158,16 @@ pub fn findings_csv(apps: &[AppResults]) -> Result<String, ExportError> {
             let cwe = f.cwe.map(|c| format!("CWE-{c}")).unwrap_or_default();
             let line = f.location.line.map(|l| l.to_string()).unwrap_or_default();
             w.write_record([
-                a.app.as_str(),
-                model,
-                template,
+                spreadsheet_safe(&a.app).as_ref(),
+                spreadsheet_safe(model).as_ref(),
+                spreadsheet_safe(template).as_ref(),
                 f.severity.as_str(),
-                f.rule.as_str(),
+                spreadsheet_safe(&f.rule).as_ref(),
                 cwe.as_str(),
-                f.location.path.as_str(),
+                spreadsheet_safe(&f.location.path).as_ref(),
                 line.as_str(),
-                distinct_tools(f).join(";").as_str(),
-                f.message.as_str(),
+                spreadsheet_safe(&distinct_tools(f).join(";")).as_ref(),
+                spreadsheet_safe(&f.message).as_ref(),
                 f.fingerprint.as_str(),
             ])?;
         }
@@ -224,6 +225,17 @@ pub fn models_csv(models: &[ModelStanding], usage: &[ModelUsage]) -> Result<Stri
         w.write_record(&row)?;
     }
     csv_string(w)
+}
+
+/// A cell that Excel, LibreOffice or Sheets would evaluate (it starts with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return) gets a leading `'`, which they show as text: an app
+/// written by a model must not run formulas on the researcher's machine (OWASP's advice
+/// on CSV injection). Any other text is left exactly as it is.
+pub fn spreadsheet_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}").into(),
+        _ => text.into(),
+    }
 }
 
 fn csv_string(w: csv::Writer<Vec<u8>>) -> Result<String, ExportError> {
@@ -1824,6 +1836,31 @@ mod tests {
         assert_eq!(&hostile[9], HOSTILE.trim());
         let unused = rows.iter().find(|r| &r[4] == "unused").unwrap();
         assert_eq!(&unused[5], "", "no CWE: an empty cell");
+    }
+
+    #[test]
+    fn cells_a_spreadsheet_would_run_are_defused() {
+        for formula in [
+            "=HYPERLINK(\"http://x\")",
+            "+1+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(spreadsheet_safe(formula), format!("'{formula}"));
+        }
+        for text in ["Possible SQL injection", "a=b", "", "'quoted"] {
+            assert_eq!(spreadsheet_safe(text), text, "left as it is");
+        }
+        let mut apps = sample_apps();
+        apps[0].findings[0].message = "=cmd|' /C calc'!A0".into();
+        let csv = findings_csv(&apps).unwrap();
+        let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(csv.as_bytes())
+            .records()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(rows.iter().any(|r| &r[9] == "'=cmd|' /C calc'!A0"));
     }
 
     #[test]
