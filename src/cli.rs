@@ -76,6 +76,10 @@ enum Command {
         /// claimable again, within two of these intervals.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         heartbeat: Duration,
+        /// How long the events of finished pipelines are kept (their logs and timelines);
+        /// `off` keeps them forever. A running pipeline keeps its whole history.
+        #[arg(long, default_value = "30d", value_parser = parse_retention)]
+        event_retention: Retention,
     },
     /// Run a worker that pulls jobs from a server until SIGTERM.
     Worker {
@@ -262,6 +266,17 @@ enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
+/// A retention period, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s == "off" {
+        return Ok(Retention(None));
+    }
+    parse_duration(s).map(|d| Retention(Some(d)))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration ({e}); try 500ms, 3s, 1m"))
@@ -337,9 +352,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             data_dir,
             listen,
             heartbeat,
+            event_retention,
         } => {
             let shutdown = shutdown_on_signals();
-            let config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
+            let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
+            config.event_retention = event_retention.0;
             let running = server::start(config, shutdown).await?;
             println!(
                 "assay server listening on http://{addr}; dashboard: http://{addr}/",

@@ -217,3 +217,73 @@ async fn a_reconnecting_client_resumes_from_the_last_event_it_saw_also_after_a_r
     stop.cancel();
     running.wait().await;
 }
+
+/// A server keeps the events of finished pipelines for its retention period only; a
+/// running pipeline keeps its whole history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_pipelines_old_events_are_pruned_by_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let start_keeping = |keep: Option<Duration>| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let stop = CancellationToken::new();
+            let mut config = ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
+            config.event_retention = keep;
+            let running = server::start(config, stop.clone()).await.unwrap();
+            (running, stop)
+        }
+    };
+    let (running, stop) = start_keeping(None).await;
+    let client = Client::new(&format!("http://{}", running.addr));
+    let submit = |name: &str| {
+        let client = client.clone();
+        let spec = SPEC.replace("streamed", name);
+        async move {
+            client
+                .submit(&SubmitRequest {
+                    spec,
+                    file_name: None,
+                    idempotency_key: None,
+                })
+                .await
+                .unwrap()
+                .pipeline_id
+        }
+    };
+    let (finished, running_one) = (submit("finished").await, submit("running").await);
+    client.cancel_pipeline(finished).await.unwrap();
+    let events =
+        |c: Client, id: i64| async move { c.events(id, 0, 10_000).await.unwrap().events.len() };
+    assert!(events(client.clone(), finished).await > 0);
+    let live = events(client.clone(), running_one).await;
+    stop.cancel();
+    running.wait().await;
+
+    // Restarted keeping nothing older than now: the first pass prunes at once.
+    let (running, stop) = start_keeping(Some(Duration::ZERO)).await;
+    let client = Client::new(&format!("http://{}", running.addr));
+    let gone = wait_until(|| {
+        let client = client.clone();
+        async move { events(client, finished).await == 0 }
+    })
+    .await;
+    assert!(gone, "the finished pipeline's events were pruned");
+    assert_eq!(events(client.clone(), running_one).await, live);
+    stop.cancel();
+    running.wait().await;
+}
+
+async fn wait_until<F, Fut>(mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

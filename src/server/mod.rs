@@ -27,7 +27,15 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub lease: LeasePolicy,
     pub reconcile_every: Duration,
+    /// How long the events of finished pipelines are kept (`None`: forever).
+    pub event_retention: Option<Duration>,
 }
+
+/// Events of finished pipelines are kept this long unless told otherwise.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often old events are pruned, and how many at most per pass (short write locks).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+const PRUNE_BATCH: i64 = 5_000;
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
@@ -38,6 +46,7 @@ impl ServerConfig {
             reconcile_every: Duration::from_millis(LeasePolicy::reconcile_tick_ms(
                 LeasePolicy::default().heartbeat_ms,
             ) as u64),
+            event_retention: Some(DEFAULT_EVENT_RETENTION),
         }
     }
 
@@ -198,6 +207,9 @@ pub async fn start(
         }
     });
     tasks.spawn(reconcile_loop(state.clone(), config.reconcile_every));
+    if let Some(keep) = config.event_retention {
+        tasks.spawn(prune_loop(state.clone(), keep));
+    }
     tasks.close();
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "server listening");
     Ok(RunningServer {
@@ -206,6 +218,43 @@ pub async fn start(
         tasks,
         _lock: lock,
     })
+}
+
+/// Deletes the events of finished pipelines once they are older than `keep`, a batch at a
+/// time so that it never holds the database for long.
+async fn prune_loop(state: AppState, keep: Duration) {
+    let mut ticker = tokio::time::interval(PRUNE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let before = now_micros() - keep.as_micros() as i64;
+        let mut pruned = 0;
+        loop {
+            match state.store.prune_events(before, PRUNE_BATCH).await {
+                Ok(n) if n == PRUNE_BATCH => {
+                    pruned += n;
+                    tokio::task::yield_now().await;
+                }
+                Ok(n) => {
+                    pruned += n;
+                    if pruned > 0 {
+                        tracing::info!(pruned, "old events of finished pipelines pruned");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning old events failed; retrying next pass");
+                    break;
+                }
+            }
+            if state.shutdown.is_cancelled() {
+                return;
+            }
+        }
+    }
 }
 
 /// The reconciler: the one place that moves time-driven state (leases, timeouts,

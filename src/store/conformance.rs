@@ -1484,6 +1484,54 @@ pub async fn dashboard_views_see_every_job_and_breaker(store: Arc<dyn Store>) {
     );
 }
 
+/// Old events of finished pipelines go; a running pipeline keeps its history.
+pub async fn old_events_of_finished_pipelines_are_pruned(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[stage_toml("a", "items = [1, 2]")]);
+    let (done, _) = store
+        .create_pipeline(&new_pipeline(&toml, Some("done")), T0)
+        .await
+        .unwrap();
+    let (live, _) = store
+        .create_pipeline(&new_pipeline(&toml, Some("live")), T0)
+        .await
+        .unwrap();
+    store.cancel_pipeline(done, T0 + 1).await.unwrap();
+    store.reconcile(&policy(), T0 + 2).await.unwrap();
+    assert_ne!(
+        store.pipeline(done).await.unwrap().unwrap().state,
+        PipelineState::Running
+    );
+    let count = |id| {
+        let store = store.clone();
+        async move { store.events(Some(id), 0, 10_000).await.unwrap().len() as i64 }
+    };
+    let (done_events, live_events) = (count(done).await, count(live).await);
+    assert!(done_events >= 2 && live_events >= 1);
+
+    assert_eq!(
+        store.prune_events(T0, 1_000).await.unwrap(),
+        0,
+        "nothing is old enough yet"
+    );
+    let later = T0 + 10 * MICROS_PER_SEC;
+    assert_eq!(
+        store.prune_events(later, 1).await.unwrap(),
+        1,
+        "a batch at a time"
+    );
+    assert_eq!(
+        store.prune_events(later, 1_000).await.unwrap(),
+        done_events - 1
+    );
+    assert_eq!(count(done).await, 0);
+    assert_eq!(
+        count(live).await,
+        live_events,
+        "a running pipeline keeps its history"
+    );
+    assert_eq!(store.prune_events(later, 1_000).await.unwrap(), 0);
+}
+
 /// Instantiate the whole suite for a backend. `$make` is an async expression producing
 /// `(Arc<dyn Store>, guard)`, where the guard keeps the backend's resources alive.
 #[macro_export]
@@ -1502,7 +1550,8 @@ macro_rules! store_conformance_tests {
             llm_budget_is_kept_with_the_pipeline, llm_answers_are_cached_first_one_wins,
             external_failures_open_no_breaker_and_quarantine_no_worker,
             waiting_for_a_provider_extends_the_attempt_deadline,
-            dashboard_views_see_every_job_and_breaker);
+            dashboard_views_see_every_job_and_breaker,
+            old_events_of_finished_pipelines_are_pruned);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

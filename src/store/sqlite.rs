@@ -1762,6 +1762,19 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn prune_events(&self, before: Micros, limit: i64) -> StoreResult<i64> {
+        let done = sqlx::query(
+            "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
+             JOIN pipelines p ON p.id = e.pipeline_id \
+             WHERE p.state != 'running' AND e.at < ?1 ORDER BY e.id LIMIT ?2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() as i64)
+    }
+
     async fn job_events(&self, job_id: i64, limit: i64) -> StoreResult<Vec<Event>> {
         sqlx::query(
             "SELECT * FROM (SELECT id, pipeline_id, job_id, at, kind, data FROM events \
