@@ -186,11 +186,22 @@ impl Spool {
     }
 }
 
+/// Unpacked apps that no job used for this long are deleted when a worker starts.
+pub const APP_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let client = Client::new(&config.server);
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let running: RunningMap = Arc::default();
     let heartbeat_ms = Arc::new(AtomicI64::new(1_000));
+
+    // Nothing runs yet: apps no job used for a week, and staging folders a killed run left,
+    // can go.
+    match kinds::inputs::prune_apps(&spool.work, APP_RETENTION) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(folders = n, "pruned unused app folders"),
+        Err(e) => tracing::warn!(error = %e, "pruning unused app folders failed"),
+    }
 
     // Deliver what an earlier run of this worker finished *before* registering:
     // registering fails whatever this worker id still held, so results must land first.

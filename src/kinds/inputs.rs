@@ -117,6 +117,7 @@ async fn fetch(
 ) -> Result<PathBuf, Failure> {
     let folder = apps.join(sha256);
     if folder.is_dir() {
+        touch(&folder);
         return Ok(folder);
     }
     let io = |what: &str, e: std::io::Error| Failure::retryable("io", format!("{what}: {e}"));
@@ -147,5 +148,79 @@ async fn fetch(
         Ok(()) => Ok(folder),
         Err(_) if folder.is_dir() => Ok(folder),
         Err(e) => Err(io("moving the app in place", e)),
+    }
+}
+
+/// Mark an app folder as used now: [`prune_apps`] keeps what was used recently.
+fn touch(folder: &Path) {
+    if let Ok(dir) = std::fs::File::open(folder) {
+        let _ = dir.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Apps unpacked under `work_root/apps` that no job used for `unused_for` are deleted, and
+/// so are staging folders a killed worker left behind. Run when the worker starts, before
+/// any job can be using them. Returns how many folders went.
+pub fn prune_apps(work_root: &Path, unused_for: std::time::Duration) -> std::io::Result<usize> {
+    let apps = work_root.join("apps");
+    let entries = match std::fs::read_dir(&apps) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let staging = entry.file_name().to_string_lossy().starts_with('.');
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age >= unused_for);
+        if entry.file_type()?.is_dir() && (staging || idle) {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn aged(dir: &Path, age: Duration) {
+        let f = std::fs::File::open(dir).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn unused_apps_and_leftover_staging_folders_are_pruned() {
+        let root = tempfile::tempdir().unwrap();
+        let apps = root.path().join("apps");
+        for name in ["old", "recent", ".42-staging", "reused"] {
+            std::fs::create_dir_all(apps.join(name).join("backend")).unwrap();
+        }
+        let week = Duration::from_secs(7 * 24 * 3600);
+        aged(&apps.join("old"), week * 2);
+        aged(&apps.join("reused"), week * 2);
+        touch(&apps.join("reused"));
+        assert_eq!(prune_apps(root.path(), week).unwrap(), 2);
+        let left: Vec<String> = std::fs::read_dir(&apps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, vec!["recent", "reused"]);
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(
+            prune_apps(empty.path(), week).unwrap(),
+            0,
+            "no apps folder yet"
+        );
     }
 }
