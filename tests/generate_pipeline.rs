@@ -884,3 +884,33 @@ async fn waiting_for_a_provider_does_not_count_against_the_attempt_timeout() {
     assert_eq!(job.attempts, 1);
     assert_eq!(llm.requests().len(), 2, "the 429, then the answer");
 }
+
+/// A 200 answer without a message is retried, and what the provider billed for it is
+/// accounted all the same: a failed call is not a free one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_billed_answer_without_a_message_is_retried_and_still_accounted() {
+    let empty = r#"{"model":"vendor/model-a-fake-snapshot","choices":[{"message":{"role":"assistant"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"cost":0.25}}"#;
+    let llm = FakeLlm::start_with(responder(faults(
+        MODELS[0],
+        "todo-api",
+        "backend",
+        vec![Scripted::Raw(200, empty.into())],
+    )))
+    .await;
+    let (_dir, data, spec) = workspace(one_generation(&llm, MODELS[0], "todo-api"));
+    let run = assay_run(&spec, &data, &[]).await;
+    assert_eq!(run.code, 0, "{}", run.output);
+    let store = open(&data).await;
+    let pipeline = store.pipelines(1).await.unwrap()[0].clone();
+    let usage = store.pipeline_usage(pipeline.id).await.unwrap();
+    assert_eq!(usage.total.failed_calls, 1, "{usage:?}");
+    assert_eq!(
+        usage.total.paid_calls, 1,
+        "the backend asked again: {usage:?}"
+    );
+    assert!(
+        usage.total.cost_usd >= 0.25,
+        "the empty answer's cost counts: {usage:?}"
+    );
+    assert!(usage.total.prompt_tokens >= 10 && usage.total.completion_tokens >= 5);
+}

@@ -118,6 +118,14 @@ pub enum ProviderError {
     NoKey(String),
     #[error("malformed answer from the provider: {0}")]
     Malformed(String),
+    /// A 2xx answer without a message, which the provider may still have billed: its
+    /// usage is accounted like a paid call's.
+    #[error("the provider answered without a message: {reason}")]
+    Unusable {
+        reason: String,
+        usage: Usage,
+        model: String,
+    },
     /// The scheduler refused the call for good: budget reached, model stopped, job over.
     #[error("{message}")]
     Stopped { code: String, message: String },
@@ -139,6 +147,7 @@ impl ProviderError {
                 Some(CallOutcome::ServerError)
             }
             ProviderError::Malformed(_)
+            | ProviderError::Unusable { .. }
             | ProviderError::Refused { .. }
             | ProviderError::NoKey(_)
             | ProviderError::Stopped { .. } => None,
@@ -153,7 +162,9 @@ impl ProviderError {
             ProviderError::Server { .. } => ("provider_error", true),
             ProviderError::Timeout(_) => ("provider_timeout", true),
             ProviderError::Connection(_) => ("provider_unreachable", true),
-            ProviderError::Malformed(_) => ("provider_malformed", true),
+            ProviderError::Malformed(_) | ProviderError::Unusable { .. } => {
+                ("provider_malformed", true)
+            }
             ProviderError::QuotaExhausted { .. } => ("quota_exhausted", false),
             ProviderError::Refused { .. } => ("provider_refused", false),
             ProviderError::NoKey(_) => ("no_api_key", false),
@@ -264,24 +275,29 @@ pub async fn chat(
         ))
     })?;
     let choice = &json["choices"][0];
-    let content = choice["message"]["content"]
-        .as_str()
-        .ok_or_else(|| ProviderError::Malformed("no choices[0].message.content".into()))?
-        .to_string();
     let usage = &json["usage"];
+    let usage = Usage {
+        prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+        completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
+        total_tokens: usage["total_tokens"].as_u64().unwrap_or(0),
+        cost: usage["cost"].as_f64(),
+    };
+    let model = json["model"].as_str().unwrap_or(&req.model).to_string();
+    let Some(content) = choice["message"]["content"].as_str() else {
+        return Err(ProviderError::Unusable {
+            reason: "no choices[0].message.content".into(),
+            usage,
+            model,
+        });
+    };
     Ok(ChatResponse {
-        content,
+        content: content.to_string(),
         finish_reason: choice["finish_reason"]
             .as_str()
             .unwrap_or("stop")
             .to_string(),
-        model: json["model"].as_str().unwrap_or(&req.model).to_string(),
-        usage: Usage {
-            prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
-            completion_tokens: usage["completion_tokens"].as_u64().unwrap_or(0),
-            total_tokens: usage["total_tokens"].as_u64().unwrap_or(0),
-            cost: usage["cost"].as_f64(),
-        },
+        model,
+        usage,
         cached: false,
     })
 }

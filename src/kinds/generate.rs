@@ -219,9 +219,13 @@ struct CallMeta {
 
 impl CallMeta {
     fn cost(&self, resp: &ChatResponse) -> f64 {
-        resp.usage.cost.unwrap_or_else(|| {
-            self.prices.0.unwrap_or(0.0) * resp.usage.prompt_tokens as f64
-                + self.prices.1.unwrap_or(0.0) * resp.usage.completion_tokens as f64
+        self.cost_of(&resp.usage)
+    }
+
+    fn cost_of(&self, usage: &provider::Usage) -> f64 {
+        usage.cost.unwrap_or_else(|| {
+            self.prices.0.unwrap_or(0.0) * usage.prompt_tokens as f64
+                + self.prices.1.unwrap_or(0.0) * usage.completion_tokens as f64
         })
     }
 
@@ -270,6 +274,18 @@ impl CallMeta {
             Err(e) => {
                 let mut call = self.record(model, CallResult::Failed);
                 call.error = Some(e.to_failure().code);
+                // Answered but unusable: what the provider billed still counts.
+                if let ProviderError::Unusable {
+                    usage,
+                    model: resolved,
+                    ..
+                } = e
+                {
+                    call.model_resolved = Some(resolved.clone());
+                    call.prompt_tokens = usage.prompt_tokens as i64;
+                    call.completion_tokens = usage.completion_tokens as i64;
+                    call.cost_usd = self.cost_of(usage);
+                }
                 CallBody {
                     call,
                     permit: Some(permit),
@@ -521,6 +537,7 @@ fn transient(e: &ProviderError) -> bool {
             | ProviderError::Timeout(_)
             | ProviderError::Connection(_)
             | ProviderError::Malformed(_)
+            | ProviderError::Unusable { .. }
     )
 }
 
