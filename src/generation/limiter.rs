@@ -111,6 +111,16 @@ pub struct Limiter {
 pub const STOP_FOR: Micros = 10 * 60 * 1_000_000;
 
 impl Limiter {
+    /// Take new bounds (a later job of the model brought other settings): what the
+    /// limiter has learnt is kept, within the new bounds; the back-off state stays.
+    pub fn reconfigure(&mut self, config: LimiterConfig) {
+        let config = config.sanitized();
+        if config != self.config {
+            self.allowed = self.allowed.clamp(config.min, config.max);
+            self.config = config;
+        }
+    }
+
     pub fn new(config: LimiterConfig) -> Self {
         let config = config.sanitized();
         Limiter {
@@ -208,6 +218,31 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_settings_move_the_bounds_and_keep_what_was_learnt() {
+        let mut l = Limiter::new(LimiterConfig {
+            initial: 8.0,
+            ..Default::default()
+        });
+        assert_eq!(l.allowed(), 8);
+        l.reconfigure(LimiterConfig {
+            initial: 1.0,
+            max: 2.0,
+            ..Default::default()
+        });
+        assert_eq!(l.allowed(), 2, "clamped into the new bounds");
+        l.reconfigure(LimiterConfig {
+            initial: 1.0,
+            max: 16.0,
+            ..Default::default()
+        });
+        assert_eq!(
+            l.allowed(),
+            2,
+            "a wider bound does not reset what was learnt"
+        );
+    }
 
     const SEC: Micros = 1_000_000;
 

@@ -56,7 +56,7 @@ impl LlmGate {
         job_id: i64,
         provider: &str,
         model: &str,
-        config: LimiterConfig,
+        config: Option<LimiterConfig>,
         hold_ms: i64,
         now: Micros,
     ) -> Result<u64, Wait> {
@@ -64,9 +64,14 @@ impl LlmGate {
         let entry = entries
             .entry((provider.to_string(), model.to_string()))
             .or_insert_with(|| Entry {
-                limiter: Limiter::new(config),
+                limiter: Limiter::new(config.unwrap_or_default()),
                 permits: HashMap::new(),
             });
+        // The settings the latest job brought win (a spec edited between runs); a caller
+        // without settings (the judge) leaves them as they are.
+        if let Some(config) = config {
+            entry.limiter.reconfigure(config);
+        }
         // A job makes one call at a time, so a permit it still holds when it asks again
         // belongs to an attempt that died mid-call: reclaim it now rather than at expiry.
         let expired: Vec<u64> = entry
@@ -161,11 +166,29 @@ mod tests {
 
     const SEC: Micros = 1_000_000;
 
-    fn config(initial: f64) -> LimiterConfig {
-        LimiterConfig {
+    #[test]
+    fn the_latest_settings_bound_a_model_and_none_leaves_them() {
+        let gate = LlmGate::default();
+        gate.try_acquire(1, "p", "m", config(4.0), 60_000, 0)
+            .unwrap();
+        gate.try_acquire(2, "p", "m", None, 60_000, 0)
+            .expect("no settings: the model's stay (4 slots)");
+        let one_slot = Some(LimiterConfig {
+            initial: 1.0,
+            max: 1.0,
+            ..Default::default()
+        });
+        assert!(
+            gate.try_acquire(3, "p", "m", one_slot, 60_000, 0).is_err(),
+            "a spec that lowers the bound is obeyed at once"
+        );
+    }
+
+    fn config(initial: f64) -> Option<LimiterConfig> {
+        Some(LimiterConfig {
             initial,
             ..Default::default()
-        }
+        })
     }
 
     #[test]

@@ -822,12 +822,11 @@ async fn llm_acquire(
             return Ok(stop("budget_exhausted", why));
         }
         let now = now_micros();
-        let config = body.limiter.unwrap_or_default();
         let wait = match s.llm.try_acquire(
             job.id,
             &body.provider,
             &body.model,
-            config,
+            body.limiter,
             body.hold_ms,
             now,
         ) {
