@@ -49,6 +49,9 @@ pub fn counts_line(c: &StateCounts) -> String {
     parts.join(" · ")
 }
 
+/// How often a plain (log) display prints where the whole run stands, when it changed.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
 /// How many running jobs get a line of their own under the stage bars.
 const RUNNING_LINES: usize = 8;
 
@@ -170,6 +173,8 @@ pub async fn follow(
     stop: &CancellationToken,
 ) -> Result<PipelineDetail, ClientError> {
     let mut bars = (display == Display::Bars).then(Bars::new);
+    let mut last_summary = std::time::Instant::now();
+    let mut last_counts = String::new();
     let mut after = 0i64;
     let mut failures = 0u32;
     loop {
@@ -199,6 +204,18 @@ pub async fn follow(
             }
         }
         let detail = client.pipeline(pipeline_id).await?;
+        if display == Display::Lines {
+            // A log has no bars: now and then, where the whole run stands.
+            let counts = counts_line(&detail.pipeline.counts);
+            if last_summary.elapsed() >= SUMMARY_EVERY && counts != last_counts {
+                eprintln!(
+                    "{} progress: {counts}",
+                    format_time(crate::domain::now_micros())
+                );
+                last_summary = std::time::Instant::now();
+                last_counts = counts;
+            }
+        }
         if let Some(bars) = bars.as_mut() {
             let running = client
                 .jobs(&JobFilter {
