@@ -255,8 +255,9 @@ pub fn from_groups(groups: &[JobGroup], stage_order: &[String]) -> Grid {
     }
     other.sort_by_key(|c| position(&c.stage));
     other.iter_mut().for_each(Chip::finish);
+    let folded = cells.iter().any(|c| c.chips.iter().any(|ch| ch.count > 1));
     Grid {
-        folded: !cells.is_empty(),
+        folded,
         models,
         templates,
         cells,

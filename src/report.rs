@@ -254,12 +254,20 @@ fn distinct_tools(f: &Finding) -> Vec<&str> {
 }
 
 /// Usage per model name, summed over the providers that served it.
+/// What generating with each model cost, by model name: the judge's calls (which may use
+/// one of the same models) are its own spending, not the judged model's.
 fn usage_by_model(usage: &[ModelUsage]) -> HashMap<&str, UsageTotals> {
     let mut out: HashMap<&str, UsageTotals> = HashMap::new();
-    for u in usage {
+    for u in usage.iter().filter(|u| !is_judge(u)) {
         out.entry(u.model.as_str()).or_default().add(&u.totals);
     }
     out
+}
+
+/// Calls the `ai` judge made (see `kinds::judge_gate::provider_label`).
+pub fn is_judge(u: &ModelUsage) -> bool {
+    u.provider
+        .starts_with(crate::kinds::judge_gate::JUDGE_PROVIDER_PREFIX)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -43,6 +43,10 @@ fn config(llm: &FakeLlm) -> JudgeConfig {
     c
 }
 
+fn direct() -> std::sync::Arc<dyn assay::analysis::judge::Gate> {
+    std::sync::Arc::new(Direct)
+}
+
 fn verdict_for(id: &str) -> &'static str {
     match id {
         "backend-2" => "not_met",
@@ -98,7 +102,7 @@ fn user_message(request: &Value, index: usize) -> String {
 async fn a_well_formed_answer_becomes_a_report_with_verified_quotes() {
     let template = template();
     let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template))]).await;
-    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
+    let report = judge_app(&config(&llm), &template, &app_dir(), direct())
         .await
         .unwrap();
 
@@ -196,7 +200,7 @@ async fn a_malformed_answer_is_re_asked_once_with_the_errors() {
         Scripted::Json(good_answer(&template)),
     ])
     .await;
-    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
+    let report = judge_app(&config(&llm), &template, &app_dir(), direct())
         .await
         .unwrap();
     assert_eq!(report.attempts, 2);
@@ -232,7 +236,7 @@ async fn a_schema_violation_is_quoted_in_the_re_ask() {
         Scripted::Json(good_answer(&template)),
     ])
     .await;
-    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
+    let report = judge_app(&config(&llm), &template, &app_dir(), direct())
         .await
         .unwrap();
     assert_eq!(report.attempts, 2);
@@ -252,7 +256,7 @@ async fn two_malformed_answers_are_a_malformed_error() {
         Scripted::Json(json!({"requirements": [], "quality": []})),
     ])
     .await;
-    let err = judge_app(&config(&llm), &template, &app_dir(), &Direct)
+    let err = judge_app(&config(&llm), &template, &app_dir(), direct())
         .await
         .unwrap_err();
     match &err {
@@ -270,7 +274,7 @@ async fn two_malformed_answers_are_a_malformed_error() {
 #[tokio::test]
 async fn rate_limiting_is_transient_with_the_servers_retry_after() {
     let llm = FakeLlm::start(vec![Scripted::Status(429, Some(7))]).await;
-    let err = judge_app(&config(&llm), &template(), &app_dir(), &Direct)
+    let err = judge_app(&config(&llm), &template(), &app_dir(), direct())
         .await
         .unwrap_err();
     match &err {
@@ -295,7 +299,7 @@ async fn server_errors_timeouts_and_refused_connections_are_transient() {
     let llm = FakeLlm::start(vec![Scripted::Status(500, None), Scripted::Hang]).await;
     let mut c = config(&llm);
     c.timeout = Duration::from_millis(300);
-    let err = judge_app(&c, &template(), &app_dir(), &Direct)
+    let err = judge_app(&c, &template(), &app_dir(), direct())
         .await
         .unwrap_err();
     assert!(
@@ -309,7 +313,7 @@ async fn server_errors_timeouts_and_refused_connections_are_transient() {
         ),
         "{err:?}"
     );
-    let err = judge_app(&c, &template(), &app_dir(), &Direct)
+    let err = judge_app(&c, &template(), &app_dir(), direct())
         .await
         .unwrap_err();
     assert!(
@@ -325,7 +329,7 @@ async fn server_errors_timeouts_and_refused_connections_are_transient() {
     };
     let mut c = JudgeConfig::new(format!("http://127.0.0.1:{port}/v1"), MODEL);
     c.timeout = Duration::from_secs(5);
-    let err = judge_app(&c, &template(), &app_dir(), &Direct)
+    let err = judge_app(&c, &template(), &app_dir(), direct())
         .await
         .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
@@ -339,7 +343,7 @@ async fn unauthorized_and_not_found_are_permanent_config_errors() {
     ])
     .await;
     for expected in [401, 404] {
-        let err = judge_app(&config(&llm), &template(), &app_dir(), &Direct)
+        let err = judge_app(&config(&llm), &template(), &app_dir(), direct())
             .await
             .unwrap_err();
         match &err {
@@ -360,7 +364,7 @@ async fn a_broken_envelope_counts_as_a_malformed_answer() {
         Scripted::Json(good_answer(&template)),
     ])
     .await;
-    let report = judge_app(&config(&llm), &template, &app_dir(), &Direct)
+    let report = judge_app(&config(&llm), &template, &app_dir(), direct())
         .await
         .unwrap();
     assert_eq!(report.attempts, 2);
@@ -373,7 +377,9 @@ async fn the_source_cap_truncates_with_a_note() {
     let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template))]).await;
     let mut c = config(&llm);
     c.max_source_bytes = 1000;
-    let report = judge_app(&c, &template, &app_dir(), &Direct).await.unwrap();
+    let report = judge_app(&c, &template, &app_dir(), direct())
+        .await
+        .unwrap();
     assert!(report.sources.truncated);
     assert!(report.sources.bytes <= 1000);
     assert_eq!(
@@ -393,7 +399,9 @@ async fn no_key_means_no_authorization_header() {
     let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template))]).await;
     let mut c = config(&llm);
     c.api_key = None;
-    judge_app(&c, &template, &app_dir(), &Direct).await.unwrap();
+    judge_app(&c, &template, &app_dir(), direct())
+        .await
+        .unwrap();
     assert_eq!(llm.authorizations(), [None]);
 }
 
@@ -539,22 +547,24 @@ async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget
         Scripted::Json(good_answer(&template())),
     ])
     .await;
-    let gate = |i: usize| ServerGate {
-        client: client.clone(),
-        job_id: claimed[i].job_id,
-        attempt: claimed[i].attempt,
-        provider: llm.base_url.clone(),
-        timeout: Duration::from_secs(10),
-        progress: None,
-        waited_ms: Default::default(),
+    let gate = |i: usize| -> std::sync::Arc<dyn assay::analysis::judge::Gate> {
+        std::sync::Arc::new(ServerGate {
+            client: client.clone(),
+            job_id: claimed[i].job_id,
+            attempt: claimed[i].attempt,
+            provider: assay::kinds::judge_gate::provider_label(&llm.base_url),
+            timeout: Duration::from_secs(10),
+            progress: None,
+            waited_ms: Default::default(),
+        })
     };
 
-    let first = judge_app(&config(&llm), &template(), &app_dir(), &gate(0))
+    let first = judge_app(&config(&llm), &template(), &app_dir(), gate(0))
         .await
         .unwrap();
     assert_eq!(llm.requests().len(), 1);
     // The same request again, as a retried attempt would send it: from the cache.
-    let again = judge_app(&config(&llm), &template(), &app_dir(), &gate(0))
+    let again = judge_app(&config(&llm), &template(), &app_dir(), gate(0))
         .await
         .unwrap();
     assert_eq!(llm.requests().len(), 1, "an answer is never paid twice");
@@ -579,7 +589,7 @@ async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget
     // Another request once the 1-token budget is spent: stopped, nothing sent.
     let mut other = config(&llm);
     other.model = "another-judge".into();
-    let err = judge_app(&other, &template(), &app_dir(), &gate(1))
+    let err = judge_app(&other, &template(), &app_dir(), gate(1))
         .await
         .unwrap_err();
     assert!(matches!(err, JudgeError::Stopped { .. }), "{err:?}");
@@ -592,6 +602,98 @@ async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget
     );
     assert_eq!(llm.requests().len(), 1);
 
+    stop.cancel();
+    running.wait().await;
+}
+
+/// A judge job stopped mid-call (cancelled, timed out, its worker shutting down) still
+/// accounts the call it paid for, gives the slot back and keeps the valid answer: the
+/// retry is answered from the cache and pays nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_stopped_mid_call_keeps_what_it_paid_for() {
+    use assay::api::{ClaimBody, SubmitRequest};
+    use assay::kinds::judge_gate::ServerGate;
+    use assay::server::{self, ServerConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = server::start(
+        ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let client = assay::client::Client::new(&format!("http://{}", running.addr));
+    let spec = format!(
+        "[pipeline]\nname = \"stopped\"\n[[stage]]\nname = \"ai\"\nkind = \"ai\"\n\
+         [stage.params]\napp = \"{}\"\ncache = false\n",
+        app_dir().display()
+    );
+    let pipeline = client
+        .submit(&SubmitRequest {
+            spec,
+            file_name: None,
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .pipeline_id;
+    client
+        .register(&assay::store::WorkerRegistration {
+            id: "w".into(),
+            name: "w".into(),
+            kinds: vec!["ai".into()],
+        })
+        .await
+        .unwrap();
+    let (claimed, _) = client
+        .claim(&ClaimBody {
+            worker_id: "w".into(),
+            kinds: vec!["ai".into()],
+            limit: 1,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap();
+    let llm = FakeLlm::start(vec![Scripted::Delay(
+        Duration::from_millis(800),
+        Box::new(Scripted::Json(good_answer(&template()))),
+    )])
+    .await;
+    let gate: std::sync::Arc<dyn assay::analysis::judge::Gate> = std::sync::Arc::new(ServerGate {
+        client: client.clone(),
+        job_id: claimed[0].job_id,
+        attempt: claimed[0].attempt,
+        provider: assay::kinds::judge_gate::provider_label(&llm.base_url),
+        timeout: Duration::from_secs(10),
+        progress: None,
+        waited_ms: Default::default(),
+    });
+    // The job is stopped while the answer is on its way: its future is dropped.
+    let judged = tokio::time::timeout(
+        Duration::from_millis(200),
+        judge_app(&config(&llm), &template(), &app_dir(), gate.clone()),
+    )
+    .await;
+    assert!(judged.is_err(), "stopped mid-call");
+    let mut paid = 0;
+    for _ in 0..100 {
+        paid = client.usage(pipeline).await.unwrap().usage.total.paid_calls;
+        if paid == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(paid, 1, "the call it paid for is accounted");
+    assert_eq!(llm.requests().len(), 1);
+    // The retry: from the cache, nothing paid again.
+    let report = judge_app(&config(&llm), &template(), &app_dir(), gate)
+        .await
+        .unwrap();
+    assert!(report.pass_rate.is_some());
+    assert_eq!(llm.requests().len(), 1, "not paid twice");
+    let total = client.usage(pipeline).await.unwrap().usage.total;
+    assert_eq!((total.paid_calls, total.cached_calls), (1, 1));
     stop.cancel();
     running.wait().await;
 }

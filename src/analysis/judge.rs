@@ -28,6 +28,8 @@ pub const NO_ENDPOINT: &str = "no LLM endpoint configured";
 pub const ENV_BASE_URL: &str = "ASSAY_LLM_BASE_URL";
 pub const ENV_API_KEY: &str = "ASSAY_LLM_API_KEY";
 pub const ENV_MODEL: &str = "ASSAY_LLM_MODEL";
+pub const ENV_PROMPT_PRICE: &str = "ASSAY_LLM_PROMPT_PRICE";
+pub const ENV_COMPLETION_PRICE: &str = "ASSAY_LLM_COMPLETION_PRICE";
 /// Used when `ASSAY_LLM_MODEL` is not set.
 pub const DEFAULT_MODEL: &str = "gpt-4o-mini";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -73,6 +75,10 @@ pub struct JudgeConfig {
     pub timeout: Duration,
     /// Cap on the source text put in the prompt.
     pub max_source_bytes: usize,
+    /// USD per prompt and completion token, for endpoints that do not report what a call
+    /// cost (`ASSAY_LLM_PROMPT_PRICE`, `ASSAY_LLM_COMPLETION_PRICE`): a dollar budget can
+    /// only count what it is told.
+    pub prices: (Option<f64>, Option<f64>),
 }
 
 impl fmt::Debug for JudgeConfig {
@@ -83,6 +89,7 @@ impl fmt::Debug for JudgeConfig {
             .field("model", &self.model)
             .field("timeout", &self.timeout)
             .field("max_source_bytes", &self.max_source_bytes)
+            .field("prices", &self.prices)
             .finish()
     }
 }
@@ -93,6 +100,7 @@ impl JudgeConfig {
             base_url: base_url.into().trim().trim_end_matches('/').to_string(),
             api_key: None,
             model: model.into(),
+            prices: (None, None),
             timeout: DEFAULT_TIMEOUT,
             max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
         }
@@ -117,6 +125,12 @@ impl JudgeConfig {
             get(ENV_MODEL).unwrap_or_else(|| DEFAULT_MODEL.to_string()),
         );
         config.api_key = get(ENV_API_KEY);
+        let price = |name: &str| {
+            get(name)
+                .and_then(|v| v.parse::<f64>().ok())
+                .filter(|p| *p >= 0.0)
+        };
+        config.prices = (price(ENV_PROMPT_PRICE), price(ENV_COMPLETION_PRICE));
         Some(config)
     }
 
@@ -181,6 +195,7 @@ impl JudgeError {
             JudgeError::Malformed { .. } => "llm_malformed",
             JudgeError::Stopped { code, .. } if code == "budget_exhausted" => "budget_exhausted",
             JudgeError::Stopped { code, .. } if code == "quota_exhausted" => "quota_exhausted",
+            JudgeError::Stopped { code, .. } if code == "not_running" => "not_running",
             JudgeError::Stopped { .. } => "llm_stopped",
             JudgeError::Io { .. } => "app_unreadable",
         }
@@ -193,7 +208,12 @@ impl JudgeError {
         } else {
             Failure::permanent(self.code(), self.to_string())
         };
-        if let JudgeError::Stopped { .. } = self {
+        // The provider's trouble (and a spent budget or quota) says nothing about the app
+        // or the worker: it opens no breaker and quarantines no worker.
+        if matches!(
+            self,
+            JudgeError::Stopped { .. } | JudgeError::Transient { .. }
+        ) {
             failure = failure.external();
         }
         if let JudgeError::Transient {
@@ -1007,6 +1027,12 @@ async fn post(
         config.endpoint(),
         excerpt(&text, 300)
     );
+    if code == 402 {
+        return Err(JudgeError::Stopped {
+            code: "quota_exhausted".into(),
+            message,
+        });
+    }
     if code == 408 || code == 429 || status.is_server_error() {
         Err(JudgeError::Transient {
             message,
@@ -1030,12 +1056,15 @@ pub struct CallRecord<'a> {
     /// The model id as the provider resolved it.
     pub resolved_model: Option<String>,
     pub usage: Usage,
-    /// What the provider says the call cost (`usage.cost`, OpenRouter), if it says.
+    /// What the call cost: as the provider reported it, or by the configured prices.
     pub cost_usd: Option<f64>,
     /// `None` for a call that answered; the failure otherwise.
     pub error: Option<&'a JudgeError>,
     /// Served from the gate's cache: nothing was paid.
     pub cached: bool,
+    /// An answer that validated, to keep under its request's key: recorded and kept in
+    /// one step, so a paid valid answer is never lost.
+    pub keep: Option<(&'a str, &'a str)>,
 }
 
 /// What every judge call goes through on its way to the model: nothing ([`Direct`]), or,
@@ -1048,10 +1077,9 @@ pub trait Gate: Send + Sync {
     async fn cached(&self, key: &str) -> Result<Option<String>, JudgeError>;
     /// Wait for a slot to call `model`: the permit to give back with the record.
     async fn acquire(&self, model: &str) -> Result<Option<u64>, JudgeError>;
-    /// Account one call, made with `permit` (or served from the cache).
+    /// Account one call, made with `permit` (or served from the cache), giving the slot
+    /// back and keeping `call.keep`.
     async fn record(&self, permit: Option<u64>, call: CallRecord<'_>) -> Result<(), JudgeError>;
-    /// Keep an answer that validated, for the same request next time.
-    async fn keep(&self, key: &str, answer: &str) -> Result<(), JudgeError>;
 }
 
 /// Straight to the endpoint: no cache, no shared limits, no accounting.
@@ -1068,9 +1096,6 @@ impl Gate for Direct {
     async fn record(&self, _permit: Option<u64>, _call: CallRecord<'_>) -> Result<(), JudgeError> {
         Ok(())
     }
-    async fn keep(&self, _key: &str, _answer: &str) -> Result<(), JudgeError> {
-        Ok(())
-    }
 }
 
 /// The cache key of one request: the endpoint and the exact body (model, messages,
@@ -1083,6 +1108,69 @@ pub fn request_key(config: &JudgeConfig, body: &Value) -> String {
     h.update(b"\n");
     h.update(serde_json::to_vec(body).unwrap_or_default());
     hex::encode(h.finalize())
+}
+
+/// What a call cost: `usage.cost` when the provider reports it, else by the configured
+/// prices, else unknown.
+fn call_cost(config: &JudgeConfig, body: &str, usage: &Usage) -> Option<f64> {
+    reported_cost(body).or(match config.prices {
+        (None, None) => None,
+        (p, c) => Some(
+            p.unwrap_or(0.0) * usage.prompt_tokens as f64
+                + c.unwrap_or(0.0) * usage.completion_tokens as f64,
+        ),
+    })
+}
+
+/// One paid call and its record, as a task of its own: a job stopped mid-call (cancelled,
+/// timed out, its worker shutting down) still accounts what was paid, gives the slot back
+/// and keeps a valid answer, so that its retry does not pay again.
+async fn protected_call(
+    gate: std::sync::Arc<dyn Gate>,
+    client: reqwest::Client,
+    config: JudgeConfig,
+    body: Value,
+    key: String,
+    ids: Vec<String>,
+    permit: Option<u64>,
+) -> Result<(u16, String), JudgeError> {
+    let task = tokio::spawn(async move {
+        let answer = post(&client, &config, &body).await;
+        let parsed = answer
+            .as_ref()
+            .ok()
+            .and_then(|(_, text)| parse_completion(text).ok());
+        let valid = parsed
+            .as_ref()
+            .is_some_and(|c| validate_answer(&c.content, &ids).is_ok());
+        let usage = parsed.as_ref().map(|c| c.usage).unwrap_or_default();
+        let recorded = gate
+            .record(
+                permit,
+                CallRecord {
+                    model: &config.model,
+                    resolved_model: parsed.as_ref().and_then(|c| c.model.clone()),
+                    usage,
+                    cost_usd: answer
+                        .as_ref()
+                        .ok()
+                        .and_then(|(_, text)| call_cost(&config, text, &usage)),
+                    error: answer.as_ref().err(),
+                    cached: false,
+                    keep: match (&answer, valid) {
+                        (Ok((_, text)), true) => Some((key.as_str(), text.as_str())),
+                        _ => None,
+                    },
+                },
+            )
+            .await;
+        recorded.and(answer)
+    });
+    task.await.map_err(|e| JudgeError::Transient {
+        message: format!("the judge's call failed: {e}"),
+        status: None,
+        retry_after: None,
+    })?
 }
 
 /// `usage.cost` of a chat-completions response, when the provider reports it.
@@ -1103,7 +1191,7 @@ pub async fn judge_app(
     config: &JudgeConfig,
     template: &Template,
     app_dir: &Path,
-    gate: &dyn Gate,
+    gate: std::sync::Arc<dyn Gate>,
 ) -> Result<JudgeReport, JudgeError> {
     let (files, skipped) = collect_sources(app_dir)?;
     let mut sources = SourcesRead {
@@ -1145,44 +1233,37 @@ pub async fn judge_app(
             "asking the LLM judge"
         );
         let key = request_key(config, &body);
-        let (status, response_text, from_cache) = match gate.cached(&key).await? {
+        let (status, response_text) = match gate.cached(&key).await? {
             Some(text) => {
                 let parsed = parse_completion(&text).ok();
+                let usage = parsed.as_ref().map(|c| c.usage).unwrap_or_default();
                 gate.record(
                     None,
                     CallRecord {
                         model: &config.model,
                         resolved_model: parsed.as_ref().and_then(|c| c.model.clone()),
-                        usage: parsed.map(|c| c.usage).unwrap_or_default(),
-                        cost_usd: reported_cost(&text),
+                        usage,
+                        cost_usd: call_cost(config, &text, &usage),
                         error: None,
                         cached: true,
+                        keep: None,
                     },
                 )
                 .await?;
-                (200, text, true)
+                (200, text)
             }
             None => {
                 let permit = gate.acquire(&config.model).await?;
-                let answer = post(&client, config, &body).await;
-                let parsed = answer
-                    .as_ref()
-                    .ok()
-                    .and_then(|(_, text)| parse_completion(text).ok());
-                gate.record(
+                protected_call(
+                    gate.clone(),
+                    client.clone(),
+                    config.clone(),
+                    body.clone(),
+                    key,
+                    ids.clone(),
                     permit,
-                    CallRecord {
-                        model: &config.model,
-                        resolved_model: parsed.as_ref().and_then(|c| c.model.clone()),
-                        usage: parsed.map(|c| c.usage).unwrap_or_default(),
-                        cost_usd: answer.as_ref().ok().and_then(|(_, t)| reported_cost(t)),
-                        error: answer.as_ref().err(),
-                        cached: false,
-                    },
                 )
-                .await?;
-                let (status, text) = answer?;
-                (status, text, false)
+                .await?
             }
         };
         exchanges.push(Exchange {
@@ -1198,11 +1279,6 @@ pub async fn judge_app(
                 }
                 match validate_answer(&c.content, &ids) {
                     Ok(answer) => {
-                        // Only an answer that validated is kept: a retried job must be
-                        // able to ask again after a malformed one.
-                        if !from_cache {
-                            gate.keep(&key, &response_text).await?;
-                        }
                         return Ok(build_report(
                             config, template, &files, sources, answer, model, usage, attempt,
                             exchanges,

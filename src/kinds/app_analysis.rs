@@ -155,20 +155,20 @@ pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
             ctx.step("asking the judge", None, Some(config.model.clone()));
             // On a worker, every call goes through the server (cache, limits, budget,
             // accounting); run alone (tests), straight to the endpoint.
-            let gate: Box<dyn judge::Gate> = match &ctx.server {
-                Some(client) => Box::new(super::judge_gate::ServerGate {
+            let gate: std::sync::Arc<dyn judge::Gate> = match &ctx.server {
+                Some(client) => std::sync::Arc::new(super::judge_gate::ServerGate {
                     client: client.clone(),
                     job_id: ctx.job_id,
                     attempt: ctx.attempt,
-                    provider: config.base_url.clone(),
+                    provider: super::judge_gate::provider_label(&config.base_url),
                     timeout: config.timeout,
                     progress: Some(ctx.progress.clone()),
                     waited_ms: ctx.waited_ms.clone(),
                 }),
-                None => Box::new(judge::Direct),
+                None => std::sync::Arc::new(judge::Direct),
             };
             let report = tokio::select! {
-                r = judge::judge_app(&config, &template, &app, gate.as_ref()) => r,
+                r = judge::judge_app(&config, &template, &app, gate) => r,
                 _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while judging")),
             };
             match report {

@@ -158,9 +158,15 @@ fn touch(folder: &Path) {
     }
 }
 
+/// Staging folders younger than this may belong to another worker process that shares
+/// the folder by mistake: only older ones are a killed run's leftovers.
+const STAGING_LEFTOVER_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Apps unpacked under `work_root/apps` that no job used for `unused_for` are deleted, and
 /// so are staging folders a killed worker left behind. Run when the worker starts, before
-/// any job can be using them. Returns how many folders went.
+/// any job can be using them. A folder is first renamed out of the way, so a deletion cut
+/// short never leaves a half app that a later job would trust. Returns how many went;
+/// what cannot be deleted is logged and skipped.
 pub fn prune_apps(work_root: &Path, unused_for: std::time::Duration) -> std::io::Result<usize> {
     let apps = work_root.join("apps");
     let entries = match std::fs::read_dir(&apps) {
@@ -170,18 +176,42 @@ pub fn prune_apps(work_root: &Path, unused_for: std::time::Duration) -> std::io:
     };
     let now = std::time::SystemTime::now();
     let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        let staging = entry.file_name().to_string_lossy().starts_with('.');
-        let idle = entry
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let age = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age >= unused_for);
-        if entry.file_type()?.is_dir() && (staging || idle) {
-            std::fs::remove_dir_all(entry.path())?;
-            removed += 1;
+            .unwrap_or_default();
+        let doomed = if name.starts_with(".trash-") {
+            true // an earlier prune was cut short
+        } else if name.starts_with('.') {
+            age >= STAGING_LEFTOVER_AFTER
+        } else {
+            age >= unused_for
+        };
+        if !doomed {
+            continue;
+        }
+        let trash = if name.starts_with(".trash-") {
+            entry.path()
+        } else {
+            let trash = apps.join(format!(".trash-{name}"));
+            if let Err(e) = std::fs::rename(entry.path(), &trash) {
+                tracing::warn!(folder = %entry.path().display(), error = %e, "cannot prune an app folder");
+                continue;
+            }
+            trash
+        };
+        match std::fs::remove_dir_all(&trash) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(folder = %trash.display(), error = %e, "cannot delete a pruned app folder")
+            }
         }
     }
     Ok(removed)
@@ -201,21 +231,33 @@ mod tests {
     fn unused_apps_and_leftover_staging_folders_are_pruned() {
         let root = tempfile::tempdir().unwrap();
         let apps = root.path().join("apps");
-        for name in ["old", "recent", ".42-staging", "reused"] {
+        for name in [
+            "old",
+            "recent",
+            ".42-staging",
+            ".43-staging",
+            "reused",
+            ".trash-cut",
+        ] {
             std::fs::create_dir_all(apps.join(name).join("backend")).unwrap();
         }
         let week = Duration::from_secs(7 * 24 * 3600);
         aged(&apps.join("old"), week * 2);
         aged(&apps.join("reused"), week * 2);
+        aged(&apps.join(".42-staging"), Duration::from_secs(2 * 3600));
         touch(&apps.join("reused"));
-        assert_eq!(prune_apps(root.path(), week).unwrap(), 2);
+        assert_eq!(prune_apps(root.path(), week).unwrap(), 3);
         let left: Vec<String> = std::fs::read_dir(&apps)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         let mut left = left;
         left.sort();
-        assert_eq!(left, vec!["recent", "reused"]);
+        assert_eq!(
+            left,
+            vec![".43-staging", "recent", "reused"],
+            "a fresh staging folder may be another process's"
+        );
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(
             prune_apps(empty.path(), week).unwrap(),

@@ -5,7 +5,7 @@
 
 use super::WaitClock;
 use crate::analysis::judge::{CallRecord, Gate, JudgeError};
-use crate::api::{AcquireBody, CallBody};
+use crate::api::{AcquireBody, AnswerToCache, CallBody};
 use crate::client::{Client, ClientError};
 use crate::generation::budget::CallResult;
 use crate::generation::limiter::CallOutcome;
@@ -14,11 +14,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Prefix of the provider under which judge calls are limited and accounted.
+pub const JUDGE_PROVIDER_PREFIX: &str = "judge:";
+
+/// The judge's provider label for an endpoint: `judge:https://…/v1`.
+pub fn provider_label(base_url: &str) -> String {
+    format!("{JUDGE_PROVIDER_PREFIX}{}", base_url.trim_end_matches('/'))
+}
+
 pub struct ServerGate {
     pub client: Client,
     pub job_id: i64,
     pub attempt: i64,
-    /// The provider's identity for limits and accounting: the endpoint's base URL.
+    /// The provider's identity for limits and accounting: [`provider_label`] of the
+    /// endpoint, so the judge's spending is not mistaken for the models' it judges.
     pub provider: String,
     /// The longest a call can take: how long a slot is held at most.
     pub timeout: Duration,
@@ -79,6 +88,11 @@ fn outcome(error: Option<&JudgeError>) -> Option<CallOutcome> {
             retry_after_ms: retry_after.map(|d| d.as_millis() as i64),
         }),
         Some(JudgeError::Transient { .. }) => Some(CallOutcome::ServerError),
+        Some(JudgeError::Stopped { code, message }) if code == "quota_exhausted" => {
+            Some(CallOutcome::QuotaExhausted {
+                reason: message.clone(),
+            })
+        }
         Some(_) => None,
     }
 }
@@ -107,6 +121,13 @@ impl Gate for ServerGate {
                 Err(e) => break Err(e),
             };
             if let Some(permit) = resp.permit {
+                if let Some(p) = &self.progress {
+                    p.send_replace(Some(Progress {
+                        step: "asking the judge".into(),
+                        percent: None,
+                        message: Some(format!("{model}: waiting for the answer")),
+                    }));
+                }
                 break Ok(Some(permit));
             }
             if let Some(stop) = resp.stop {
@@ -163,13 +184,12 @@ impl Gate for ServerGate {
             } else {
                 outcome(call.error)
             },
-            answer: None,
+            // Kept before the call is recorded and the slot given back, in one request.
+            answer: call.keep.map(|(key, text)| AnswerToCache {
+                key: key.to_string(),
+                answer: serde_json::json!({ "text": text }),
+            }),
         };
         patiently(|| self.client.record_call(&body)).await
-    }
-
-    async fn keep(&self, key: &str, answer: &str) -> Result<(), JudgeError> {
-        let value = serde_json::json!({ "text": answer });
-        patiently(|| self.client.cache_answer(key, value.clone())).await
     }
 }

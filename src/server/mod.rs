@@ -230,7 +230,8 @@ async fn prune_loop(state: AppState, keep: Duration) {
             _ = ticker.tick() => {}
             _ = state.shutdown.cancelled() => return,
         }
-        let before = now_micros() - keep.as_micros() as i64;
+        let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+        let before = now_micros().saturating_sub(keep);
         let mut pruned = 0;
         loop {
             match state.store.prune_events(before, PRUNE_BATCH).await {

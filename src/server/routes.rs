@@ -1059,7 +1059,12 @@ async fn pipeline_compare(
         "pipeline_id": id,
         "models": models,
         "templates": templates,
-        "usage": usage.by_model,
+        // Per model, what generating cost; the judge's calls are not the judged model's.
+        "usage": usage
+            .by_model
+            .iter()
+            .filter(|u| !crate::report::is_judge(u))
+            .collect::<Vec<_>>(),
     });
     if let Some(other) = q.with {
         let (this, earlier) = (

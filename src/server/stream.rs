@@ -107,6 +107,15 @@ async fn next_batch(mut c: Cursor) -> Option<(Vec<Result<SseEvent, Infallible>>,
         if c.state.shutdown.is_cancelled() {
             return None;
         }
+        // Before the events: a busy server must not starve the workers snapshots.
+        if let Some(last) = c.workers {
+            if last.is_none_or(|t| t.elapsed() >= WORKERS_EVERY) {
+                c.workers = Some(Some(tokio::time::Instant::now()));
+                if let Some(snapshot) = workers_snapshot(&c).await {
+                    return Some((vec![Ok(snapshot)], c));
+                }
+            }
+        }
         c.changes.borrow_and_update();
         match c.state.store.events(c.pipeline, c.after, PAGE).await {
             Ok(events) if !events.is_empty() => {
@@ -133,14 +142,6 @@ async fn next_batch(mut c: Cursor) -> Option<(Vec<Result<SseEvent, Infallible>>,
                     return Some((vec![Ok(snapshot)], c));
                 }
                 continue;
-            }
-        }
-        if let Some(last) = c.workers {
-            if last.is_none_or(|t| t.elapsed() >= WORKERS_EVERY) {
-                c.workers = Some(Some(tokio::time::Instant::now()));
-                if let Some(snapshot) = workers_snapshot(&c).await {
-                    return Some((vec![Ok(snapshot)], c));
-                }
             }
         }
         let mut wait = match (c.progress_due, c.last_progress) {

@@ -1766,7 +1766,7 @@ impl Store for SqliteStore {
         let done = sqlx::query(
             "DELETE FROM events WHERE id IN (SELECT e.id FROM events e \
              JOIN pipelines p ON p.id = e.pipeline_id \
-             WHERE p.state != 'running' AND e.at < ?1 ORDER BY e.id LIMIT ?2)",
+             WHERE e.at < ?1 AND p.state != 'running' LIMIT ?2)",
         )
         .bind(before)
         .bind(limit)
