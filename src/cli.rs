@@ -76,8 +76,8 @@ enum Command {
         /// claimable again, within two of these intervals.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         heartbeat: Duration,
-        /// How long the events of finished pipelines are kept (their logs and timelines);
-        /// `off` keeps them forever. A running pipeline keeps its whole history.
+        /// How long after a pipeline finished its events (its log and job timelines) are
+        /// kept; `off` keeps them forever. A running pipeline keeps its whole history.
         #[arg(long, default_value = "30d", value_parser = parse_retention)]
         event_retention: Retention,
     },

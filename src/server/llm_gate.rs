@@ -13,6 +13,9 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 struct Entry {
     limiter: Limiter,
+    /// The job whose settings the limiter has: a newer job's (a newer pipeline's) win, an
+    /// older one's do not flip them back.
+    configured_by: i64,
     /// Permit id → the job holding it and when it expires.
     permits: HashMap<u64, (i64, Micros)>,
 }
@@ -65,12 +68,17 @@ impl LlmGate {
             .entry((provider.to_string(), model.to_string()))
             .or_insert_with(|| Entry {
                 limiter: Limiter::new(config.unwrap_or_default()),
+                configured_by: if config.is_some() { job_id } else { 0 },
                 permits: HashMap::new(),
             });
-        // The settings the latest job brought win (a spec edited between runs); a caller
-        // without settings (the judge) leaves them as they are.
+        // The newest job's settings win (a spec edited for a new run); an older pipeline
+        // still running does not flip them back, and a caller without settings (the
+        // judge) leaves them as they are.
         if let Some(config) = config {
-            entry.limiter.reconfigure(config);
+            if job_id > entry.configured_by {
+                entry.limiter.reconfigure(config);
+                entry.configured_by = job_id;
+            }
         }
         // A job makes one call at a time, so a permit it still holds when it asks again
         // belongs to an attempt that died mid-call: reclaim it now rather than at expiry.
@@ -181,6 +189,11 @@ mod tests {
         assert!(
             gate.try_acquire(3, "p", "m", one_slot, 60_000, 0).is_err(),
             "a spec that lowers the bound is obeyed at once"
+        );
+        assert!(
+            gate.try_acquire(1, "p", "m", config(4.0), 60_000, 0)
+                .is_err(),
+            "an older job's settings do not flip the bounds back"
         );
     }
 

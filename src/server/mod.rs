@@ -220,7 +220,7 @@ pub async fn start(
     })
 }
 
-/// Deletes the events of finished pipelines once they are older than `keep`, a batch at a
+/// Deletes the events of pipelines that finished more than `keep` ago, a batch at a
 /// time so that it never holds the database for long.
 async fn prune_loop(state: AppState, keep: Duration) {
     let mut ticker = tokio::time::interval(PRUNE_EVERY);

@@ -531,8 +531,8 @@ pub trait Store: Send + Sync + 'static {
     /// stream started there replays just those. 0 when there are no more than `back`.
     async fn event_id_back(&self, pipeline_id: Option<i64>, back: i64) -> StoreResult<i64>;
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>>;
-    /// Delete at most `limit` events older than `before` of pipelines that have finished
-    /// (a running pipeline keeps its whole history); returns how many went.
+    /// Delete at most `limit` events of pipelines that finished before `before` (a running
+    /// pipeline, or one finished since, keeps its whole history); returns how many went.
     async fn prune_events(&self, before: Micros, limit: i64) -> StoreResult<i64>;
     /// Every job of a pipeline in id order, narrowly (no payloads or results): cheap enough
     /// for a 10,000-job pipeline's grid.
