@@ -194,12 +194,7 @@ fn fold(chips: Vec<Chip>) -> Vec<Chip> {
 /// pipeline too large to place job by job is drawn from. Chips of several jobs carry no
 /// label; a lone job outside the grid shows its stage only.
 pub fn from_groups(groups: &[JobGroup], stage_order: &[String]) -> Grid {
-    let position = |stage: &str| {
-        stage_order
-            .iter()
-            .position(|s| s == stage)
-            .unwrap_or(usize::MAX)
-    };
+    let position = |stage: &str| stage_position(stage_order, stage);
     let mut models: Vec<String> = Vec::new();
     let mut templates: Vec<String> = Vec::new();
     let mut seen_models: HashMap<&str, ()> = HashMap::new();
@@ -266,13 +261,16 @@ pub fn from_groups(groups: &[JobGroup], stage_order: &[String]) -> Grid {
     }
 }
 
+/// Where a stage stands in the pipeline; unknown stages last.
+fn stage_position(stage_order: &[String], stage: &str) -> usize {
+    stage_order
+        .iter()
+        .position(|s| s == stage)
+        .unwrap_or(usize::MAX)
+}
+
 fn place(jobs: &[JobCell], stage_order: &[String]) -> Grid {
-    let position = |stage: &str| {
-        stage_order
-            .iter()
-            .position(|s| s == stage)
-            .unwrap_or(usize::MAX)
-    };
+    let position = |stage: &str| stage_position(stage_order, stage);
     let mut models: Vec<String> = Vec::new();
     let mut templates: Vec<String> = Vec::new();
     let mut cells: Vec<Cell> = Vec::new();

@@ -497,67 +497,17 @@ async fn the_ai_kind_is_skipped_without_an_endpoint_and_judges_with_one() {
 /// judge before it sends anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget() {
-    use assay::api::{ClaimBody, SubmitRequest};
-    use assay::kinds::judge_gate::ServerGate;
-    use assay::server::{self, ServerConfig};
-
-    let dir = tempfile::tempdir().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let running = server::start(
-        ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()),
-        stop.clone(),
+    let jobs = JudgedJobs::start(
+        "[pipeline]\nname = \"judged\"\nbudget = { tokens = 1 }\n",
+        2,
     )
-    .await
-    .unwrap();
-    let client = assay::client::Client::new(&format!("http://{}", running.addr));
-    let spec = format!(
-        "[pipeline]\nname = \"judged\"\nbudget = {{ tokens = 1 }}\n[[stage]]\nname = \"ai\"\nkind = \"ai\"\n\
-         items = [1, 2]\n[stage.params]\napp = \"{}\"\ncache = false\n",
-        app_dir().display()
-    );
-    let pipeline = client
-        .submit(&SubmitRequest {
-            spec,
-            file_name: None,
-            idempotency_key: None,
-        })
-        .await
-        .unwrap()
-        .pipeline_id;
-    client
-        .register(&assay::store::WorkerRegistration {
-            id: "w".into(),
-            name: "w".into(),
-            kinds: vec!["ai".into()],
-        })
-        .await
-        .unwrap();
-    let (claimed, _) = client
-        .claim(&ClaimBody {
-            worker_id: "w".into(),
-            kinds: vec!["ai".into()],
-            limit: 2,
-            wait_ms: 0,
-        })
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 2);
+    .await;
     let llm = FakeLlm::start(vec![
         Scripted::Json(good_answer(&template())),
         Scripted::Json(good_answer(&template())),
     ])
     .await;
-    let gate = |i: usize| -> std::sync::Arc<dyn assay::analysis::judge::Gate> {
-        std::sync::Arc::new(ServerGate {
-            client: client.clone(),
-            job_id: claimed[i].job_id,
-            attempt: claimed[i].attempt,
-            provider: assay::kinds::judge_gate::provider_label(&llm.base_url),
-            timeout: Duration::from_secs(10),
-            progress: None,
-            waited_ms: Default::default(),
-        })
-    };
+    let gate = |i: usize| jobs.gate(i, &llm);
 
     let first = judge_app(&config(&llm), &template(), &app_dir(), gate(0))
         .await
@@ -570,7 +520,7 @@ async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget
     assert_eq!(llm.requests().len(), 1, "an answer is never paid twice");
     assert_eq!(again.pass_rate, first.pass_rate);
 
-    let usage = client.usage(pipeline).await.unwrap();
+    let usage = jobs.usage().await;
     let total = &usage.usage.total;
     assert_eq!((total.paid_calls, total.cached_calls), (1, 1), "{usage:?}");
     assert!(
@@ -582,7 +532,7 @@ async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget
             .usage
             .by_job
             .iter()
-            .any(|j| j.job_id == claimed[0].job_id),
+            .any(|j| j.job_id == jobs.claimed[0].job_id),
         "accounted to the job: {usage:?}"
     );
 
@@ -601,9 +551,7 @@ async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget
         "a spent budget says nothing about the app or the worker"
     );
     assert_eq!(llm.requests().len(), 1);
-
-    stop.cancel();
-    running.wait().await;
+    jobs.stop().await;
 }
 
 /// A judge job stopped mid-call (cancelled, timed out, its worker shutting down) still
@@ -611,64 +559,13 @@ async fn through_the_server_the_judge_is_cached_accounted_and_held_to_the_budget
 /// retry is answered from the cache and pays nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_judge_stopped_mid_call_keeps_what_it_paid_for() {
-    use assay::api::{ClaimBody, SubmitRequest};
-    use assay::kinds::judge_gate::ServerGate;
-    use assay::server::{self, ServerConfig};
-
-    let dir = tempfile::tempdir().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let running = server::start(
-        ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    let client = assay::client::Client::new(&format!("http://{}", running.addr));
-    let spec = format!(
-        "[pipeline]\nname = \"stopped\"\n[[stage]]\nname = \"ai\"\nkind = \"ai\"\n\
-         [stage.params]\napp = \"{}\"\ncache = false\n",
-        app_dir().display()
-    );
-    let pipeline = client
-        .submit(&SubmitRequest {
-            spec,
-            file_name: None,
-            idempotency_key: None,
-        })
-        .await
-        .unwrap()
-        .pipeline_id;
-    client
-        .register(&assay::store::WorkerRegistration {
-            id: "w".into(),
-            name: "w".into(),
-            kinds: vec!["ai".into()],
-        })
-        .await
-        .unwrap();
-    let (claimed, _) = client
-        .claim(&ClaimBody {
-            worker_id: "w".into(),
-            kinds: vec!["ai".into()],
-            limit: 1,
-            wait_ms: 0,
-        })
-        .await
-        .unwrap();
+    let jobs = JudgedJobs::start("[pipeline]\nname = \"stopped\"\n", 1).await;
     let llm = FakeLlm::start(vec![Scripted::Delay(
         Duration::from_millis(800),
         Box::new(Scripted::Json(good_answer(&template()))),
     )])
     .await;
-    let gate: std::sync::Arc<dyn assay::analysis::judge::Gate> = std::sync::Arc::new(ServerGate {
-        client: client.clone(),
-        job_id: claimed[0].job_id,
-        attempt: claimed[0].attempt,
-        provider: assay::kinds::judge_gate::provider_label(&llm.base_url),
-        timeout: Duration::from_secs(10),
-        progress: None,
-        waited_ms: Default::default(),
-    });
+    let gate = jobs.gate(0, &llm);
     // The job is stopped while the answer is on its way: its future is dropped.
     let judged = tokio::time::timeout(
         Duration::from_millis(200),
@@ -678,7 +575,7 @@ async fn a_judge_stopped_mid_call_keeps_what_it_paid_for() {
     assert!(judged.is_err(), "stopped mid-call");
     let mut paid = 0;
     for _ in 0..100 {
-        paid = client.usage(pipeline).await.unwrap().usage.total.paid_calls;
+        paid = jobs.usage().await.usage.total.paid_calls;
         if paid == 1 {
             break;
         }
@@ -692,8 +589,98 @@ async fn a_judge_stopped_mid_call_keeps_what_it_paid_for() {
         .unwrap();
     assert!(report.pass_rate.is_some());
     assert_eq!(llm.requests().len(), 1, "not paid twice");
-    let total = client.usage(pipeline).await.unwrap().usage.total;
+    let total = jobs.usage().await.usage.total;
     assert_eq!((total.paid_calls, total.cached_calls), (1, 1));
-    stop.cancel();
-    running.wait().await;
+    jobs.stop().await;
+}
+
+/// A real server (in this process) with a pipeline of `ai` jobs for the sample app, all
+/// claimed by worker `w`: their judge calls may go through the server.
+struct JudgedJobs {
+    client: assay::client::Client,
+    pipeline: i64,
+    claimed: Vec<assay::store::ClaimedJob>,
+    stop: tokio_util::sync::CancellationToken,
+    running: assay::server::RunningServer,
+    _dir: tempfile::TempDir,
+}
+
+impl JudgedJobs {
+    async fn start(pipeline_toml: &str, jobs: usize) -> JudgedJobs {
+        use assay::api::{ClaimBody, SubmitRequest};
+        use assay::server::{self, ServerConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let running = server::start(
+            ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        let client = assay::client::Client::new(&format!("http://{}", running.addr));
+        let items: Vec<String> = (1..=jobs).map(|i| i.to_string()).collect();
+        let spec = format!(
+            "{pipeline_toml}[[stage]]\nname = \"ai\"\nkind = \"ai\"\nitems = [{}]\n\
+             [stage.params]\napp = \"{}\"\ncache = false\n",
+            items.join(", "),
+            app_dir().display()
+        );
+        let pipeline = client
+            .submit(&SubmitRequest {
+                spec,
+                file_name: None,
+                idempotency_key: None,
+            })
+            .await
+            .unwrap()
+            .pipeline_id;
+        client
+            .register(&assay::store::WorkerRegistration {
+                id: "w".into(),
+                name: "w".into(),
+                kinds: vec!["ai".into()],
+            })
+            .await
+            .unwrap();
+        let (claimed, _) = client
+            .claim(&ClaimBody {
+                worker_id: "w".into(),
+                kinds: vec!["ai".into()],
+                limit: jobs as i64,
+                wait_ms: 0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), jobs);
+        JudgedJobs {
+            client,
+            pipeline,
+            claimed,
+            stop,
+            running,
+            _dir: dir,
+        }
+    }
+
+    /// Job `i`'s calls through the server, to `llm`.
+    fn gate(&self, i: usize, llm: &FakeLlm) -> std::sync::Arc<dyn assay::analysis::judge::Gate> {
+        std::sync::Arc::new(assay::kinds::judge_gate::ServerGate {
+            client: self.client.clone(),
+            job_id: self.claimed[i].job_id,
+            attempt: self.claimed[i].attempt,
+            provider: assay::kinds::judge_gate::provider_label(&llm.base_url),
+            timeout: Duration::from_secs(10),
+            progress: None,
+            waited_ms: Default::default(),
+        })
+    }
+
+    async fn usage(&self) -> assay::api::UsageResponse {
+        self.client.usage(self.pipeline).await.unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.running.wait().await;
+    }
 }
