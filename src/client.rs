@@ -404,6 +404,26 @@ impl Client {
     }
 }
 
+/// Ask the server again through short trouble (a restart, a dropped connection), with
+/// doubling pauses, for up to `give_up`; a refusal or lasting trouble is returned.
+pub async fn patiently<T, F, Fut>(give_up: Duration, mut ask: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let deadline = tokio::time::Instant::now() + give_up;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ask().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 async fn error_from(resp: reqwest::Response, url: &str) -> ClientError {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();

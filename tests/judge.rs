@@ -1,6 +1,7 @@
 //! The LLM judge against a fake OpenAI-compatible server: answer validation, quote
 //! verification, the one re-ask, and how HTTP failures are classified.
 
+mod common;
 mod fake_llm;
 
 use assay::analysis::catalog::{self, Template};
@@ -600,24 +601,20 @@ struct JudgedJobs {
     client: assay::client::Client,
     pipeline: i64,
     claimed: Vec<assay::store::ClaimedJob>,
-    stop: tokio_util::sync::CancellationToken,
-    running: assay::server::RunningServer,
+    server: common::InProcess,
     _dir: tempfile::TempDir,
 }
 
 impl JudgedJobs {
     async fn start(pipeline_toml: &str, jobs: usize) -> JudgedJobs {
         use assay::api::{ClaimBody, SubmitRequest};
-        use assay::server::{self, ServerConfig};
         let dir = tempfile::tempdir().unwrap();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let running = server::start(
-            ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()),
-            stop.clone(),
-        )
-        .await
-        .unwrap();
-        let client = assay::client::Client::new(&format!("http://{}", running.addr));
+        let server = common::in_process(assay::server::ServerConfig::new(
+            dir.path().to_path_buf(),
+            "127.0.0.1:0".parse().unwrap(),
+        ))
+        .await;
+        let client = server.client.clone();
         let items: Vec<String> = (1..=jobs).map(|i| i.to_string()).collect();
         let spec = format!(
             "{pipeline_toml}[[stage]]\nname = \"ai\"\nkind = \"ai\"\nitems = [{}]\n\
@@ -656,8 +653,7 @@ impl JudgedJobs {
             client,
             pipeline,
             claimed,
-            stop,
-            running,
+            server,
             _dir: dir,
         }
     }
@@ -680,7 +676,6 @@ impl JudgedJobs {
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        self.running.wait().await;
+        self.server.stop().await;
     }
 }

@@ -2,6 +2,8 @@
 //! its id, and a client that reconnects with `Last-Event-ID`, also to a restarted server,
 //! gets exactly the events it has not seen: none lost, none twice.
 
+mod common;
+
 use assay::api::SubmitRequest;
 use assay::client::Client;
 use assay::server::{self, ServerConfig};
@@ -86,12 +88,9 @@ fn durable(messages: &[Message]) -> Vec<i64> {
 }
 
 async fn start(dir: &std::path::Path, port: u16) -> (server::RunningServer, CancellationToken) {
-    let stop = CancellationToken::new();
     let listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let running = server::start(ServerConfig::new(dir.to_path_buf(), listen), stop.clone())
-        .await
-        .unwrap();
-    (running, stop)
+    let s = common::in_process(ServerConfig::new(dir.to_path_buf(), listen)).await;
+    (s.running, s.stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,17 +223,13 @@ async fn a_reconnecting_client_resumes_from_the_last_event_it_saw_also_after_a_r
 async fn a_finished_pipelines_old_events_are_pruned_by_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let start_keeping = |keep: Option<Duration>| {
-        let dir = dir.path().to_path_buf();
-        async move {
-            let stop = CancellationToken::new();
-            let mut config = ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
-            config.event_retention = keep;
-            let running = server::start(config, stop.clone()).await.unwrap();
-            (running, stop)
-        }
+        let mut config =
+            ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+        config.event_retention = keep;
+        common::in_process(config)
     };
-    let (running, stop) = start_keeping(None).await;
-    let client = Client::new(&format!("http://{}", running.addr));
+    let server = start_keeping(None).await;
+    let client = server.client.clone();
     let submit = |name: &str| {
         let client = client.clone();
         let spec = SPEC.replace("streamed", name);
@@ -256,34 +251,17 @@ async fn a_finished_pipelines_old_events_are_pruned_by_the_server() {
         |c: Client, id: i64| async move { c.events(id, 0, 10_000).await.unwrap().events.len() };
     assert!(events(client.clone(), finished).await > 0);
     let live = events(client.clone(), running_one).await;
-    stop.cancel();
-    running.wait().await;
+    server.stop().await;
 
     // Restarted keeping nothing older than now: the first pass prunes at once.
-    let (running, stop) = start_keeping(Some(Duration::ZERO)).await;
-    let client = Client::new(&format!("http://{}", running.addr));
-    let gone = wait_until(|| {
+    let server = start_keeping(Some(Duration::ZERO)).await;
+    let client = server.client.clone();
+    let gone = common::wait_for_opt(Duration::from_secs(20), || {
         let client = client.clone();
         async move { events(client, finished).await == 0 }
     })
     .await;
     assert!(gone, "the finished pipeline's events were pruned");
     assert_eq!(events(client.clone(), running_one).await, live);
-    stop.cancel();
-    running.wait().await;
-}
-
-async fn wait_until<F, Fut>(mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::time::Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    server.stop().await;
 }

@@ -300,18 +300,9 @@ impl CallMeta {
 /// Deliver a call's record (and answer) to the server. It is what was paid, so it is
 /// tried for a while even when the job is being stopped.
 async fn send_record(client: &Client, body: &CallBody) -> Result<(), ProviderError> {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match client.record_call(body).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(server_trouble(e)),
-        }
-    }
+    crate::client::patiently(Duration::from_secs(60), || client.record_call(body))
+        .await
+        .map_err(server_trouble)
 }
 
 struct Caller {

@@ -45,24 +45,15 @@ fn server_trouble(e: ClientError) -> JudgeError {
     }
 }
 
-/// Ask the server again through short trouble (a restart, a dropped connection).
-async fn patiently<T, F, Fut>(mut ask: F) -> Result<T, JudgeError>
+/// Ask the server again through a minute of short trouble.
+async fn patiently<T, F, Fut>(ask: F) -> Result<T, JudgeError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,
 {
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match ask().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => return Err(server_trouble(e)),
-        }
-    }
+    crate::client::patiently(Duration::from_secs(60), ask)
+        .await
+        .map_err(server_trouble)
 }
 
 impl ServerGate {

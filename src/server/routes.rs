@@ -245,15 +245,19 @@ async fn list_pipelines(
     Ok(Json(s.store.list_pipelines(&filter).await?))
 }
 
+/// The pipeline, or the API's `not_found` for it.
+async fn pipeline_or_404(s: &AppState, id: i64) -> Result<crate::store::Pipeline, ApiError> {
+    s.store
+        .pipeline(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))
+}
+
 async fn get_pipeline(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
 ) -> ApiResult<PipelineDetail> {
-    let pipeline = s
-        .store
-        .pipeline(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
+    let pipeline = pipeline_or_404(&s, id).await?;
     let stages = s.store.stages(id).await?;
     Ok(Json(PipelineDetail { pipeline, stages }))
 }
@@ -263,11 +267,7 @@ async fn pipeline_grid(
     State(s): State<AppState>,
     AppPath(id): AppPath<i64>,
 ) -> ApiResult<crate::grid::Grid> {
-    let pipeline = s
-        .store
-        .pipeline(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("pipeline {id}")))?;
+    let pipeline = pipeline_or_404(&s, id).await?;
     let stages: Vec<String> = s
         .store
         .stages(id)
@@ -302,9 +302,7 @@ async fn pipeline_waiting(
     AppPath(id): AppPath<i64>,
     AppQuery(q): AppQuery<PageQuery>,
 ) -> ApiResult<Vec<WaitingJob>> {
-    if s.store.pipeline(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("pipeline {id}")));
-    }
+    pipeline_or_404(&s, id).await?;
     let jobs = s
         .store
         .jobs(&JobFilter {
@@ -382,9 +380,7 @@ async fn pipeline_events(
     AppPath(id): AppPath<i64>,
     AppQuery(q): AppQuery<EventsQuery>,
 ) -> ApiResult<EventsResponse> {
-    if s.store.pipeline(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("pipeline {id}")));
-    }
+    pipeline_or_404(&s, id).await?;
     let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_LONG_POLL);
@@ -949,9 +945,7 @@ struct ResultsQuery {
 
 /// A pipeline's analysis jobs, all pages of them.
 async fn analysis_jobs(s: &AppState, id: i64) -> Result<Vec<crate::store::Job>, ApiError> {
-    if s.store.pipeline(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("pipeline {id}")));
-    }
+    pipeline_or_404(s, id).await?;
     Ok(crate::exports::analysis_jobs(&*s.store, id).await?)
 }
 

@@ -256,3 +256,30 @@ pub async fn wait_until_gone(marker: &str, what: &str, timeout: Duration) {
     })
     .await;
 }
+
+/// A server running in the test's own process: real HTTP on a free port, durable SQLite
+/// in `config.data_dir`.
+pub struct InProcess {
+    pub running: assay::server::RunningServer,
+    pub stop: tokio_util::sync::CancellationToken,
+    pub client: Client,
+}
+
+pub async fn in_process(config: assay::server::ServerConfig) -> InProcess {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = assay::server::start(config, stop.clone()).await.unwrap();
+    let client = Client::new(&format!("http://{}", running.addr));
+    InProcess {
+        running,
+        stop,
+        client,
+    }
+}
+
+impl InProcess {
+    /// Stop it and wait until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.running.wait().await;
+    }
+}
