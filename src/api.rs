@@ -21,6 +21,9 @@ pub enum ErrorCode {
     HashMismatch,
     MissingBlob,
     ShuttingDown,
+    /// The request collides with work in progress (e.g. the same idempotency key is still
+    /// being written); retrying later can succeed.
+    Conflict,
     Internal,
 }
 
@@ -35,6 +38,7 @@ impl ErrorCode {
             ErrorCode::HashMismatch => "hash_mismatch",
             ErrorCode::MissingBlob => "missing_blob",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
         }
     }

@@ -39,23 +39,24 @@ pub fn live_workers_for<'a>(
     })
 }
 
+/// `unfinished_upstream`: for a waiting job, the keys of the first upstream jobs it still
+/// waits for and how many there are in all (`Store::unfinished_upstream`).
 pub fn wait_reason(
     job: &Job,
     stage: Option<&StageSummary>,
-    dependencies: &[Dependency],
+    unfinished_upstream: (Vec<String>, i64),
     workers: &[WorkerRow],
     lease_ms: i64,
     now: Micros,
 ) -> Option<WaitReason> {
     match job.state {
-        JobState::Waiting => Some(WaitReason::Upstream {
-            pending: dependencies
-                .iter()
-                .filter(|d| d.state != JobState::Completed)
-                .map(|d| d.key.clone())
-                .collect(),
-            more: 0,
-        }),
+        JobState::Waiting => {
+            let (pending, total) = unfinished_upstream;
+            Some(WaitReason::Upstream {
+                more: (total as usize).saturating_sub(pending.len()),
+                pending,
+            })
+        }
         JobState::Retrying if job.run_after > now => Some(WaitReason::BackingOff {
             until: job.run_after,
         }),

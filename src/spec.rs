@@ -127,6 +127,18 @@ pub struct StageSpec {
 pub const DEFAULT_TIMEOUT_MS: i64 = 10 * 60 * 1_000;
 pub const DEFAULT_BREAKER_THRESHOLD: i64 = 10;
 
+/// The most jobs one pipeline may plan. A spec past it is refused while it is read, before
+/// its fan-out is expanded: a 400-byte matrix can name billions of jobs.
+pub const MAX_JOBS: usize = 1_000_000;
+/// The most job-to-job dependencies one pipeline may plan. A stage that waits for a whole
+/// stage is one barrier, not a dependency per pair of jobs, so only item agreement that
+/// fans in across many jobs can reach this.
+pub const MAX_DEPENDENCIES: usize = 2_000_000;
+
+/// The most different sets of keys the items of one stage may have (a matrix has one): each
+/// is a group every downstream item is matched against.
+pub const MAX_KEY_SETS: usize = 64;
+
 /// One job as planned from a spec, before it is stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PlannedJob {
@@ -135,7 +147,51 @@ pub struct PlannedJob {
     pub kind: String,
     pub item: Map<String, Value>,
     pub params: Value,
-    pub depends_on: Vec<String>,
+    /// The upstream jobs it waits for one by one, as indices into [`Plan::jobs`] (always
+    /// earlier jobs).
+    pub depends_on: Vec<usize>,
+}
+
+/// Every job of `stage` waits for every job of `upstream` (`wait = "stage"`, or items that
+/// share no key with the upstream stage's): stored as one barrier, never as
+/// |stage| × |upstream| job edges.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StageWait {
+    pub stage: String,
+    pub upstream: String,
+}
+
+/// A spec expanded into jobs and the dependencies between them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub jobs: Vec<PlannedJob>,
+    pub stage_waits: Vec<StageWait>,
+}
+
+impl Plan {
+    /// Job-to-job dependencies (barriers not counted).
+    pub fn dependencies(&self) -> usize {
+        self.jobs.iter().map(|j| j.depends_on.len()).sum()
+    }
+
+    /// How many things a job waits for before it can run: its upstream jobs, plus one per
+    /// stage its stage waits for as a whole.
+    pub fn pending(&self, job: &PlannedJob) -> usize {
+        job.depends_on.len()
+            + self
+                .stage_waits
+                .iter()
+                .filter(|w| w.stage == job.stage)
+                .count()
+    }
+
+    /// The upstream stages each stage waits for as a whole.
+    pub fn barriers_of<'a>(&'a self, stage: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.stage_waits
+            .iter()
+            .filter(move |w| w.stage == stage)
+            .map(|w| w.upstream.as_str())
+    }
 }
 
 struct Locator<'a> {
@@ -204,6 +260,7 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
 
     let mut seen = HashSet::new();
     let mut stages = Vec::with_capacity(raw.stages.len());
+    let mut planned = 0usize;
     for (index, rs) in raw.stages.iter().enumerate() {
         let at = |f: &str| format!("stage[{index}].{f}");
         let name = rs.name.get_ref().clone();
@@ -258,7 +315,8 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
                     "use wait = \"item\" (stream each matching upstream job) or wait = \"stage\"",
                 )),
             };
-        let items = fan_out(&loc, rs, &at)?;
+        let items = fan_out(&loc, rs, &at, planned)?;
+        planned += items.len();
         let timeout_ms = rs
             .timeout
             .as_ref()
@@ -427,11 +485,59 @@ fn duration_ms(loc: &Locator, value: &Spanned<String>, field: &str) -> Result<i6
         })
 }
 
+/// The stage's items. `planned` is how many jobs earlier stages make; the stage's own count
+/// is worked out before anything is expanded, so a spec over [`MAX_JOBS`] costs nothing.
 fn fan_out(
     loc: &Locator,
     rs: &RawStage,
     at: &dyn Fn(&str) -> String,
+    planned: usize,
 ) -> Result<Vec<Map<String, Value>>, SpecError> {
+    let count = match (&rs.matrix, &rs.items) {
+        (Some(m), None) => m
+            .get_ref()
+            .values()
+            .try_fold(1usize, |n, values| n.checked_mul(values.len())),
+        (None, Some(list)) => Some(list.get_ref().len()),
+        _ => Some(1),
+    };
+    let within = count.and_then(|c| c.checked_add(planned));
+    if within.is_none_or(|total| total > MAX_JOBS) {
+        let stage = rs.name.get_ref();
+        let what = match count {
+            Some(c) => crate::generation::budget::group_thousands(c as i64),
+            None => "more than 2^64".to_string(),
+        };
+        let shape = match &rs.matrix {
+            Some(m) => format!(
+                " ({})",
+                m.get_ref()
+                    .iter()
+                    .map(|(k, v)| format!("{} {k}", v.len()))
+                    .collect::<Vec<_>>()
+                    .join(" × ")
+            ),
+            None => String::new(),
+        };
+        let earlier = if planned > 0 {
+            format!(
+                ", on top of the {} jobs of the stages before it",
+                crate::generation::budget::group_thousands(planned as i64)
+            )
+        } else {
+            String::new()
+        };
+        let message = format!(
+            "stage `{stage}` fans out into {what} jobs{shape}{earlier}; a pipeline may hold at most {} jobs",
+            crate::generation::budget::group_thousands(MAX_JOBS as i64)
+        );
+        let fix = "split the study into several pipelines (e.g. one per model), or use fewer matrix values";
+        return Err(match (&rs.matrix, &rs.items) {
+            (Some(m), _) => loc.err(m, &at("matrix"), message, fix),
+            (_, Some(list)) => loc.err(list, &at("items"), message, fix),
+            _ => loc.err(&rs.name, &at("name"), message, fix),
+        });
+    }
     match (&rs.matrix, &rs.items) {
         (Some(m), Some(_)) => Err(loc.err(
             m,
@@ -482,6 +588,20 @@ fn fan_out(
                     "list at least one item, or leave `items` out for a single job",
                 ));
             }
+            let mut key_sets = HashSet::new();
+            for item in &items {
+                key_sets.insert(key_set(item));
+                if key_sets.len() > MAX_KEY_SETS {
+                    return Err(loc.err(
+                        list,
+                        &at("items"),
+                        format!(
+                            "the items have more than {MAX_KEY_SETS} different sets of keys"
+                        ),
+                        "give the items of a stage the same keys (e.g. all { model = .., template = .. })",
+                    ));
+                }
+            }
             Ok(items)
         }
         (None, None) => Ok(vec![Map::new()]),
@@ -512,13 +632,34 @@ impl Spec {
         self.deadline_ms.map(|ms| ms * MICROS_PER_MS)
     }
 
-    /// Expand every stage into jobs and wire job-level dependencies.
-    pub fn plan(&self) -> Result<Vec<PlannedJob>, String> {
-        let mut by_stage: HashMap<&str, Vec<usize>> = HashMap::new();
-        let mut jobs: Vec<PlannedJob> = Vec::new();
+    /// Expand every stage into jobs and wire their dependencies, in time linear in jobs +
+    /// dependencies: upstream jobs are indexed by the values of the keys a downstream item
+    /// shares with them, and a stage that waits for a whole stage gets one barrier.
+    pub fn plan(&self) -> Result<Plan, String> {
+        let mut plan = Plan::default();
+        let mut stage_jobs: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
         let mut keys = HashSet::new();
+        let mut dependencies = 0usize;
         for stage in &self.stages {
-            let mut indices = Vec::with_capacity(stage.items.len());
+            let params = StageParams::compile(&stage.params)
+                .map_err(|e| format!("stage `{}`: {e}", stage.name))?;
+            // Per upstream stage in item mode: how its jobs are found from an item.
+            let mut matchers = Vec::new();
+            for upstream in &stage.after {
+                let range = stage_jobs[upstream.as_str()].clone();
+                let matcher = match stage.wait {
+                    WaitMode::Stage => None,
+                    WaitMode::Item => UpstreamIndex::new(&plan.jobs, range, &stage.items),
+                };
+                match matcher {
+                    Some(m) => matchers.push(m),
+                    None => plan.stage_waits.push(StageWait {
+                        stage: stage.name.clone(),
+                        upstream: upstream.clone(),
+                    }),
+                }
+            }
+            let first = plan.jobs.len();
             for item in &stage.items {
                 let key = job_key(&stage.name, item);
                 if !keys.insert(key.clone()) {
@@ -528,19 +669,23 @@ impl Spec {
                         Value::Object(item.clone())
                     ));
                 }
-                let params = render_params(&stage.params, item)
+                let params = params
+                    .render(item)
                     .map_err(|e| format!("stage `{}`, job `{key}`: {e}", stage.name))?;
                 let mut depends_on = Vec::new();
-                for upstream in &stage.after {
-                    for &u in &by_stage[upstream.as_str()] {
-                        let up = &jobs[u];
-                        if stage.wait == WaitMode::Stage || items_agree(&up.item, item) {
-                            depends_on.push(up.key.clone());
-                        }
-                    }
+                for m in &mut matchers {
+                    m.extend_matches(&plan.jobs, item, &mut depends_on);
                 }
-                indices.push(jobs.len());
-                jobs.push(PlannedJob {
+                dependencies += depends_on.len();
+                if dependencies > MAX_DEPENDENCIES {
+                    return Err(format!(
+                        "stage `{}` makes more than {} job-to-job dependencies (its jobs each wait for many upstream jobs one by one); \
+                         fix: give its items a key they share with the upstream stage's, or wait for the whole upstream stage with wait = \"stage\"",
+                        stage.name,
+                        crate::generation::budget::group_thousands(MAX_DEPENDENCIES as i64)
+                    ));
+                }
+                plan.jobs.push(PlannedJob {
                     key,
                     stage: stage.name.clone(),
                     kind: stage.kind.clone(),
@@ -549,9 +694,9 @@ impl Spec {
                     depends_on,
                 });
             }
-            by_stage.insert(&stage.name, indices);
+            stage_jobs.insert(&stage.name, first..plan.jobs.len());
         }
-        Ok(jobs)
+        Ok(plan)
     }
 
     pub fn stage(&self, name: &str) -> Option<&StageSpec> {
@@ -559,41 +704,184 @@ impl Spec {
     }
 }
 
-/// Two items agree when every key they share has the same value. Items that share no key
-/// agree, so a fanned-out stage after a single job depends on that job.
-fn items_agree(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
-    a.iter()
-        .all(|(k, v)| b.get(k).map(|other| other == v).unwrap_or(true))
+/// The keys of an item, sorted.
+fn key_set(item: &Map<String, Value>) -> Vec<String> {
+    let mut keys: Vec<String> = item.keys().cloned().collect();
+    keys.sort_unstable();
+    keys
 }
 
-/// Render `{{ key }}` templates in every string of `params` with the job's item.
-pub fn render_params(params: &Value, item: &Map<String, Value>) -> Result<Value, String> {
-    let env = minijinja::Environment::new();
-    let ctx = minijinja::Value::from_serialize(item);
-    fn walk(
-        env: &minijinja::Environment,
-        v: &Value,
-        ctx: &minijinja::Value,
-    ) -> Result<Value, String> {
-        Ok(match v {
-            Value::String(s) if s.contains("{{") || s.contains("{%") => Value::String(
-                env.render_str(s, ctx.clone())
-                    .map_err(|e| format!("template `{s}`: {e}"))?,
-            ),
-            Value::Array(a) => Value::Array(
-                a.iter()
-                    .map(|x| walk(env, x, ctx))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Value::Object(o) => Value::Object(
-                o.iter()
-                    .map(|(k, x)| Ok((k.clone(), walk(env, x, ctx)?)))
-                    .collect::<Result<_, String>>()?,
-            ),
-            other => other.clone(),
+/// A group of upstream jobs and the keys a downstream item shares with them.
+type GroupKeys = (usize, Vec<String>);
+/// An item's values on some keys → the upstream jobs with those values.
+type ValueIndex = HashMap<String, Vec<usize>>;
+
+/// One upstream stage's jobs, grouped by the set of keys their items have (one group in
+/// every matrix stage), each group indexed on demand by the values of the keys it shares
+/// with a downstream item. Two items agree when every key they share has the same value;
+/// items that share no key agree, so a fanned-out stage after a single job depends on it.
+struct UpstreamIndex {
+    groups: Vec<(Vec<String>, Vec<usize>)>,
+    /// (group, shared keys) → projection of an item on them → the group's jobs with it.
+    by_values: Vec<(GroupKeys, ValueIndex)>,
+}
+
+impl UpstreamIndex {
+    /// `None` when no downstream item shares a key with any upstream item: then every job
+    /// waits for the whole upstream stage, which is a barrier, not an index.
+    fn new(
+        jobs: &[PlannedJob],
+        range: std::ops::Range<usize>,
+        downstream: &[Map<String, Value>],
+    ) -> Option<Self> {
+        let mut groups: Vec<(Vec<String>, Vec<usize>)> = Vec::new();
+        for i in range {
+            let keys = key_set(&jobs[i].item);
+            // Few groups: the plan refuses stages with more than MAX_KEY_SETS of them.
+            match groups.iter_mut().find(|(k, _)| *k == keys) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((keys, vec![i])),
+            }
+        }
+        let mut downstream_sets: Vec<Vec<String>> = Vec::new();
+        for item in downstream {
+            let keys = key_set(item);
+            if !downstream_sets.contains(&keys) {
+                downstream_sets.push(keys);
+            }
+        }
+        let any_shared = downstream_sets.iter().any(|d| {
+            groups
+                .iter()
+                .any(|(u, _)| u.iter().any(|k| d.binary_search(k).is_ok()))
+        });
+        any_shared.then(|| UpstreamIndex {
+            groups,
+            by_values: Vec::new(),
         })
     }
-    walk(&env, params, &ctx)
+
+    /// Append the upstream jobs that `item` agrees with, in plan order.
+    fn extend_matches(
+        &mut self,
+        jobs: &[PlannedJob],
+        item: &Map<String, Value>,
+        out: &mut Vec<usize>,
+    ) {
+        let start = out.len();
+        let mut shared: Vec<String> = Vec::new();
+        for (g, (keys, members)) in self.groups.iter().enumerate() {
+            shared.clear();
+            shared.extend(keys.iter().filter(|k| item.contains_key(*k)).cloned());
+            if shared.is_empty() {
+                out.extend_from_slice(members);
+                continue;
+            }
+            // A handful of (group, shared keys) pairs at most: a linear search allocates
+            // nothing per job.
+            let at = match self
+                .by_values
+                .iter()
+                .position(|((group, k), _)| *group == g && *k == shared)
+            {
+                Some(at) => at,
+                None => {
+                    let mut index = ValueIndex::new();
+                    for &m in members {
+                        index
+                            .entry(projection(&jobs[m].item, &shared))
+                            .or_default()
+                            .push(m);
+                    }
+                    self.by_values.push(((g, shared.clone()), index));
+                    self.by_values.len() - 1
+                }
+            };
+            if let Some(found) = self.by_values[at].1.get(&projection(item, &shared)) {
+                out.extend_from_slice(found);
+            }
+        }
+        if self.groups.len() > 1 {
+            out[start..].sort_unstable();
+        }
+    }
+}
+
+/// An item's values on `keys`, as one comparable string.
+fn projection(item: &Map<String, Value>, keys: &[String]) -> String {
+    let values: Vec<&Value> = keys.iter().map(|k| &item[k]).collect();
+    serde_json::to_string(&values).expect("values serialize")
+}
+
+/// A stage's params with their `{{ … }}` templates compiled once, rendered per item.
+struct StageParams<'a> {
+    params: &'a Value,
+    /// Every templated string of the params, compiled, under its own text as its name.
+    env: minijinja::Environment<'a>,
+    templated: bool,
+}
+
+impl<'a> StageParams<'a> {
+    fn compile(params: &'a Value) -> Result<Self, String> {
+        fn add<'a>(env: &mut minijinja::Environment<'a>, v: &'a Value) -> Result<bool, String> {
+            match v {
+                Value::String(s) if is_template(s) => {
+                    env.add_template(s, s)
+                        .map_err(|e| format!("template `{s}`: {e}"))?;
+                    Ok(true)
+                }
+                Value::Array(a) => a.iter().try_fold(false, |any, x| Ok(add(env, x)? || any)),
+                Value::Object(o) => o.values().try_fold(false, |any, x| Ok(add(env, x)? || any)),
+                _ => Ok(false),
+            }
+        }
+        let mut env = minijinja::Environment::new();
+        let templated = add(&mut env, params)?;
+        Ok(StageParams {
+            params,
+            env,
+            templated,
+        })
+    }
+
+    fn render(&self, item: &Map<String, Value>) -> Result<Value, String> {
+        if !self.templated {
+            return Ok(self.params.clone());
+        }
+        let ctx = minijinja::Value::from_serialize(item);
+        render_with(&self.env, self.params, &ctx)
+    }
+}
+
+fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+/// Render every templated string of `v`; the environment holds each of them as a
+/// template named by its text.
+fn render_with(
+    env: &minijinja::Environment,
+    v: &Value,
+    ctx: &minijinja::Value,
+) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) if is_template(s) => Value::String(
+            env.get_template(s)
+                .and_then(|t| t.render(ctx))
+                .map_err(|e| format!("template `{s}`: {e}"))?,
+        ),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render_with(env, x, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), render_with(env, x, ctx)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -720,20 +1008,231 @@ wait = "stage"
     fn plans_matrix_fan_out_with_streaming_dependencies() {
         let spec = parse("good.toml", GOOD).unwrap();
         assert_eq!(spec.deadline_ms, Some(600_000));
-        let jobs = spec.plan().unwrap();
+        let plan = spec.plan().unwrap();
+        let jobs = &plan.jobs;
         assert_eq!(jobs.len(), 6 + 12 + 1);
         let a = jobs
             .iter()
             .find(|j| j.key == "analyze[model=b,template=y,tool=scan]")
             .unwrap();
-        assert_eq!(a.depends_on, vec!["generate[model=b,template=y]"]);
+        let upstream: Vec<&str> = a.depends_on.iter().map(|&i| jobs[i].key.as_str()).collect();
+        assert_eq!(upstream, vec!["generate[model=b,template=y]"]);
         assert_eq!(a.params["args"][0], "b/y with scan");
         let report = jobs.iter().find(|j| j.stage == "report").unwrap();
-        assert_eq!(report.depends_on.len(), 12);
+        assert!(report.depends_on.is_empty(), "a barrier, not 12 edges");
+        assert_eq!(
+            plan.stage_waits,
+            vec![StageWait {
+                stage: "report".into(),
+                upstream: "analyze".into()
+            }]
+        );
+        assert_eq!(plan.pending(report), 1);
+        assert_eq!(plan.dependencies(), 12);
         let st = spec.stage("analyze").unwrap();
         assert_eq!(st.retry.max_attempts, 2);
         assert_eq!(st.retry.backoff_base_ms, 100);
         assert_eq!(st.concurrency, Some(3));
+    }
+
+    /// The definition of item agreement, pair by pair: what the indexed plan must equal.
+    fn agree(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
+        a.iter()
+            .all(|(k, v)| b.get(k).is_none_or(|other| other == v))
+    }
+
+    #[test]
+    fn the_indexed_plan_equals_pairwise_item_agreement_for_every_shape() {
+        let spec = parse(
+            "shapes.toml",
+            r#"
+[pipeline]
+name = "shapes"
+[[stage]]
+name = "gen"
+kind = "noop"
+matrix = { model = ["a", "b", "c"], template = ["x", "y"] }
+[[stage]]
+name = "lint"
+kind = "noop"
+after = ["gen"]
+matrix = { model = ["a", "b", "c"], template = ["x", "y"], tool = [1, 2] }
+[[stage]]
+name = "per-model"
+kind = "noop"
+after = ["lint", "gen"]
+matrix = { model = ["a", "b", "c"] }
+[[stage]]
+name = "mixed"
+kind = "noop"
+after = ["gen"]
+items = [{ model = "a" }, { template = "y" }, { model = "b", template = "x", extra = true }, { other = 1 }]
+[[stage]]
+name = "loose"
+kind = "noop"
+after = ["mixed"]
+items = [{ model = "a" }, { unrelated = 2 }]
+"#,
+        )
+        .unwrap();
+        let plan = spec.plan().unwrap();
+        let jobs = &plan.jobs;
+        for job in jobs {
+            let stage = spec.stage(&job.stage).unwrap();
+            let mut expected = Vec::new();
+            for upstream in &stage.after {
+                if plan.barriers_of(&job.stage).any(|b| b == upstream) {
+                    continue;
+                }
+                for (i, up) in jobs.iter().enumerate() {
+                    if &up.stage == upstream && agree(&up.item, &job.item) {
+                        expected.push(i);
+                    }
+                }
+            }
+            let mut got = job.depends_on.clone();
+            got.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(got, expected, "{}", job.key);
+        }
+        let per_model = jobs.iter().find(|j| j.key == "per-model[model=b]").unwrap();
+        assert_eq!(per_model.depends_on.len(), 4 + 2, "its lint and gen jobs");
+        let other = jobs.iter().find(|j| j.key == "mixed[other=1]").unwrap();
+        assert_eq!(other.depends_on.len(), 6, "shares no key: every gen job");
+        assert!(plan.stage_waits.is_empty(), "{:?}", plan.stage_waits);
+    }
+
+    #[test]
+    fn items_that_share_no_key_with_the_upstream_stage_wait_for_it_as_a_whole() {
+        let spec = parse(
+            "b.toml",
+            "[pipeline]\nname = \"p\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\nitems = [1, 2, 3]\n\
+             [[stage]]\nname = \"b\"\nkind = \"noop\"\nafter = [\"a\"]\nmatrix = { x = [1, 2] }\n",
+        )
+        .unwrap();
+        let plan = spec.plan().unwrap();
+        assert_eq!(plan.dependencies(), 0);
+        assert_eq!(
+            plan.stage_waits,
+            vec![StageWait {
+                stage: "b".into(),
+                upstream: "a".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_study_of_a_hundred_thousand_jobs_plans_in_linear_time() {
+        let list = |p: &str, n: usize| {
+            (0..n)
+                .map(|i| format!("\"{p}{i}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (m, t) = (list("m", 20), list("t", 1_000));
+        let mut text = format!(
+            "[pipeline]\nname = \"big\"\n[[stage]]\nname = \"gen\"\nkind = \"noop\"\nmatrix = {{ model = [{m}], template = [{t}] }}\n"
+        );
+        for a in ["static", "dynamic", "perf", "ai"] {
+            text += &format!(
+                "[[stage]]\nname = \"{a}\"\nkind = \"command\"\nafter = [\"gen\"]\nmatrix = {{ model = [{m}], template = [{t}] }}\n\
+                 [stage.params]\nprogram = \"true\"\nargs = [\"{{{{ model }}}}/{{{{ template }}}}\"]\n"
+            );
+        }
+        let spec = parse("big.toml", &text).unwrap();
+        let plan = spec.plan().unwrap();
+        assert_eq!(plan.jobs.len(), 100_000);
+        assert_eq!(plan.dependencies(), 80_000);
+        let last = plan.jobs.last().unwrap();
+        assert_eq!(last.params["args"][0], "m19/t999");
+        assert_eq!(
+            plan.jobs[last.depends_on[0]].key,
+            "gen[model=m19,template=t999]"
+        );
+    }
+
+    #[test]
+    fn a_plan_too_large_is_refused_before_it_is_expanded() {
+        let axes: Vec<String> = (0..9)
+            .map(|a| format!("a{a} = [0,1,2,3,4,5,6,7,8,9]"))
+            .collect();
+        let text = format!(
+            "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"huge\"\nkind = \"noop\"\nmatrix = {{ {} }}\n",
+            axes.join(", ")
+        );
+        let started = std::time::Instant::now();
+        let (line, field, message) = invalid(&text);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "nothing expanded"
+        );
+        assert_eq!((line, field.as_str()), (6, "stage[0].matrix"));
+        assert!(
+            message.contains("1,000,000,000 jobs") && message.contains("at most 1,000,000"),
+            "{message}"
+        );
+        let overflow = format!(
+            "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"o\"\nkind = \"noop\"\nmatrix = {{ {} }}\n",
+            (0..40).map(|a| format!("b{a} = [0,1,2,3,4,5,6,7,8,9]")).collect::<Vec<_>>().join(", ")
+        );
+        assert!(invalid(&overflow).2.contains("more than 2^64"));
+        // The limit is for the whole pipeline: two stages of 600,000 are refused at the second.
+        let half = format!(
+            "matrix = {{ a = [{}], b = [{}] }}",
+            (0..600)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            (0..1_000)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let two = format!(
+            "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"one\"\nkind = \"noop\"\n{half}\n[[stage]]\nname = \"two\"\nkind = \"noop\"\n{half}\n"
+        );
+        let (_, field, message) = invalid(&two);
+        assert_eq!(field, "stage[1].matrix");
+        assert!(message.contains("on top of the 600,000 jobs"), "{message}");
+    }
+
+    #[test]
+    fn many_to_many_item_fan_in_past_the_dependency_limit_is_refused_with_a_fix() {
+        // 2,000 × 2,000 jobs that share no key... except one that makes it item mode.
+        let a: Vec<String> = (0..1_500)
+            .map(|i| format!("{{ k = 1, a = {i} }}"))
+            .collect();
+        let b: Vec<String> = (0..1_500)
+            .map(|i| format!("{{ k = 1, b = {i} }}"))
+            .collect();
+        let text = format!(
+            "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\nitems = [{}]\n\
+             [[stage]]\nname = \"b\"\nkind = \"noop\"\nafter = [\"a\"]\nitems = [{}]\n",
+            a.join(","),
+            b.join(",")
+        );
+        let err = parse("x.toml", &text).unwrap().plan().unwrap_err();
+        assert!(
+            err.contains("2,000,000") && err.contains("wait = \"stage\""),
+            "{err}"
+        );
+        let barrier = text.replace("after = [\"a\"]", "after = [\"a\"]\nwait = \"stage\"");
+        let plan = parse("x.toml", &barrier).unwrap().plan().unwrap();
+        assert_eq!((plan.jobs.len(), plan.dependencies()), (3_000, 0));
+    }
+
+    #[test]
+    fn items_with_too_many_different_key_sets_are_refused() {
+        let items: Vec<String> = (0..=MAX_KEY_SETS)
+            .map(|i| format!("{{ k{i} = 1 }}"))
+            .collect();
+        let text = format!(
+            "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\nitems = [{}]\n",
+            items.join(",")
+        );
+        let (_, field, message) = invalid(&text);
+        assert_eq!(field, "stage[0].items");
+        assert!(message.contains("different sets of keys"), "{message}");
     }
 
     #[test]

@@ -408,7 +408,7 @@ async fn two_models_by_three_templates_generate_once_stream_into_analyses_and_ad
                 .filter(|a| a.outcome == AttemptOutcome::Completed)
                 .count();
             assert_eq!(completed, 1, "{} analyzed once", job.key);
-            let deps = store.dependencies(job.id).await.unwrap();
+            let deps = store.dependencies(job.id, 10).await.unwrap();
             assert_eq!(deps.len(), 1, "{}", job.key);
             let upstream = generated.iter().find(|g| g.id == deps[0].job_id).unwrap();
             assert_eq!(upstream.item, job.item, "{} analyzes its own app", job.key);

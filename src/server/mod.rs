@@ -165,14 +165,22 @@ pub async fn start(
 ) -> Result<RunningServer, ServerError> {
     let lock = lock_data_dir(&config.data_dir)?;
     let store = open_store(&config.data_dir).await?;
-    // Workers may have been running jobs while this server was down: give them one lease
-    // to reconnect and heartbeat before the reconciler reclaims their jobs.
-    let grace_until = now_micros() + config.lease.lease_ms * crate::domain::MICROS_PER_MS;
+    // A submission cut short by a crash was never visible: nothing of it may stay.
+    let discarded = store.discard_unfinished_submissions().await?;
+    if discarded > 0 {
+        tracing::info!(
+            pipelines = discarded,
+            "discarded pipelines whose submission a crash cut short"
+        );
+    }
+    // Workers may have been running jobs while this server was down: give them time to
+    // reconnect and heartbeat before the reconciler reclaims their jobs.
+    let grace_until = now_micros() + config.lease.startup_grace_ms() * crate::domain::MICROS_PER_MS;
     let extended = store.grant_startup_grace(grace_until).await?;
     if extended > 0 {
         tracing::info!(
             jobs = extended,
-            "running jobs get one lease to be heard from again"
+            "running jobs get one heartbeat interval to be heard from again"
         );
     }
     let blob_dir = config.data_dir.join("blobs");

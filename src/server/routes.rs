@@ -2,7 +2,7 @@
 
 use super::AppState;
 use crate::api::*;
-use crate::domain::{now_micros, JobState, Micros, WaitReason, MICROS_PER_MS};
+use crate::domain::{now_micros, JobState, Micros, MICROS_PER_MS};
 use crate::explain::{self, Explanation};
 use crate::generation::limiter::Wait;
 use crate::store::{JobFilter, NewPipeline, RetryTarget, StoreError, WorkerRegistration};
@@ -19,6 +19,8 @@ use std::time::Duration;
 
 const MAX_LONG_POLL: Duration = Duration::from_secs(30);
 const JSON_LIMIT: usize = 64 * 1024 * 1024;
+/// Upstream jobs an explanation lists; a fan-in over thousands is summed up by the count.
+const EXPLAINED_DEPENDENCIES: i64 = 200;
 
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
@@ -129,6 +131,9 @@ impl From<StoreError> for ApiError {
                 ErrorCode::IdempotencyConflict,
                 e.to_string(),
             ),
+            StoreError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::new(
@@ -178,32 +183,49 @@ async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
 
+/// A submitted spec, read and planned; errors name the file, line and field.
+fn plan_submission(req: SubmitRequest) -> Result<NewPipeline, ApiError> {
+    let file = req.file_name.as_deref().unwrap_or("spec.toml");
+    let invalid =
+        |message: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidSpec, message);
+    let spec = crate::spec::parse(file, &req.spec).map_err(|e| invalid(e.to_string()))?;
+    let plan = spec.plan().map_err(|e| invalid(format!("{file}: {e}")))?;
+    Ok(NewPipeline {
+        idempotency_key: req.idempotency_key,
+        spec_hash: hex::encode(Sha256::digest(req.spec.as_bytes())),
+        source: req.spec,
+        spec,
+        plan,
+    })
+}
+
 async fn submit(
     State(s): State<AppState>,
     AppJson(req): AppJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
-    let file = req.file_name.as_deref().unwrap_or("spec.toml");
-    let spec = crate::spec::parse(file, &req.spec).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidSpec,
-            e.to_string(),
-        )
-    })?;
-    let jobs = spec.plan().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidSpec,
-            format!("{file}: {e}"),
-        )
-    })?;
-    let new = NewPipeline {
-        idempotency_key: req.idempotency_key,
-        spec_hash: hex::encode(Sha256::digest(req.spec.as_bytes())),
-        spec,
-        jobs,
-    };
-    let (pipeline_id, created) = s.store.create_pipeline(&new, now_micros()).await?;
+    // Reading and planning a study-sized spec is CPU work: off the async threads.
+    let new = tokio::task::spawn_blocking(move || plan_submission(req))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
+        })??;
+    // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
+    // writing short (it would be discarded, and the retry would start over).
+    let store = s.store.clone();
+    let (pipeline_id, created) =
+        tokio::spawn(async move { store.create_pipeline(&new, now_micros()).await })
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    e.to_string(),
+                )
+            })??;
     if created {
         s.signals.work_changed();
     }
@@ -320,16 +342,13 @@ async fn pipeline_waiting(
     for job in jobs {
         // A waiting job names its first unfinished upstream jobs and counts the rest: a
         // fan-in over 10,000 jobs costs one short read, not 10,000 rows.
-        let wait = if job.state == JobState::Waiting {
-            let (pending, total) = s.store.unfinished_upstream(job.id, 3).await?;
-            Some(WaitReason::Upstream {
-                more: (total as usize).saturating_sub(pending.len()),
-                pending,
-            })
+        let upstream = if job.state == JobState::Waiting {
+            s.store.unfinished_upstream(job.id, 3).await?
         } else {
-            let stage = stages.iter().find(|st| st.name == job.stage);
-            explain::wait_reason(&job, stage, &[], &workers, s.lease.lease_ms, now)
+            Default::default()
         };
+        let stage = stages.iter().find(|st| st.name == job.stage);
+        let wait = explain::wait_reason(&job, stage, upstream, &workers, s.lease.lease_ms, now);
         let why = explain::summarize(&job, wait.as_ref(), &[], now);
         out.push(WaitingJob {
             job_id: job.id,
@@ -452,11 +471,18 @@ async fn explain_job(
     let stages = s.store.stages(job.pipeline_id).await?;
     let stage = stages.iter().find(|st| st.name == job.stage);
     let attempts = s.store.attempts(id).await?;
-    let dependencies = s.store.dependencies(id).await?;
+    let dependencies = s.store.dependencies(id, EXPLAINED_DEPENDENCIES).await?;
     let artifacts = s.store.artifacts(id).await?;
     let workers = s.store.workers().await?;
     let now = now_micros();
-    let wait = explain::wait_reason(&job, stage, &dependencies, &workers, s.lease.lease_ms, now);
+    let upstream = if job.state == JobState::Waiting {
+        s.store
+            .unfinished_upstream(id, EXPLAINED_DEPENDENCIES)
+            .await?
+    } else {
+        Default::default()
+    };
+    let wait = explain::wait_reason(&job, stage, upstream, &workers, s.lease.lease_ms, now);
     let summary = explain::summarize(&job, wait.as_ref(), &attempts, now);
     let model = job.params.get("model").and_then(|m| m.as_str());
     let provider_limits = match model {

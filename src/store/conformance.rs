@@ -22,8 +22,9 @@ pub fn policy() -> LeasePolicy {
 
 pub fn new_pipeline(toml: &str, key: Option<&str>) -> NewPipeline {
     let spec = spec::parse("test.toml", toml).expect("test spec parses");
-    let jobs = spec.plan().expect("test spec plans");
+    let plan = spec.plan().expect("test spec plans");
     NewPipeline {
+        source: toml.to_string(),
         idempotency_key: key.map(String::from),
         spec_hash: format!("{:x}", toml.len())
             + &toml
@@ -31,7 +32,7 @@ pub fn new_pipeline(toml: &str, key: Option<&str>) -> NewPipeline {
                 .filter(|c| c.is_alphanumeric())
                 .collect::<String>(),
         spec,
-        jobs,
+        plan,
     }
 }
 
@@ -183,7 +184,7 @@ pub async fn idempotent_pipeline_creation(store: Arc<dyn Store>) {
 
 pub async fn duplicate_job_keys_are_refused_atomically(store: Arc<dyn Store>) {
     let mut new = new_pipeline(&pipeline_toml(&[stage_toml("a", "items = [1, 2]")]), None);
-    new.jobs[1].key = new.jobs[0].key.clone();
+    new.plan.jobs[1].key = new.plan.jobs[0].key.clone();
     assert!(store.create_pipeline(&new, T0).await.is_err());
     assert!(
         store.pipelines(10).await.unwrap().is_empty(),
@@ -340,7 +341,8 @@ pub async fn downstream_jobs_stream(store: Arc<dyn Store>) {
     );
     let sum = job_by_key(&*store, pid, "sum").await;
     assert_eq!(sum.state, JobState::Waiting);
-    assert_eq!(store.dependencies(sum.id).await.unwrap().len(), 4);
+    assert_eq!(store.dependencies(sum.id, 100).await.unwrap().len(), 4);
+    assert_eq!(store.dependencies(sum.id, 3).await.unwrap().len(), 3);
     let (first, total) = store.unfinished_upstream(sum.id, 2).await.unwrap();
     assert_eq!(total, 4);
     assert_eq!(first, vec!["check[item=a,tool=x]", "check[item=a,tool=y]"]);
@@ -1540,6 +1542,341 @@ pub async fn old_events_of_finished_pipelines_are_pruned(store: Arc<dyn Store>) 
     assert_eq!(store.prune_events(later, 1_000).await.unwrap(), 0);
 }
 
+pub async fn a_stage_barrier_releases_once_and_skips_on_failure(store: Arc<dyn Store>) {
+    let toml = pipeline_toml(&[
+        stage_toml("a", "items = [1, 2, 3]\nmax_attempts = 1"),
+        stage_toml(
+            "b",
+            "after = [\"a\"]\nwait = \"stage\"\nitems = [\"x\", \"y\"]",
+        ),
+        stage_toml("c", "after = [\"b\"]"),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let a = claim(&*store, "w", 10, T0).await;
+    assert_eq!(a.len(), 3, "only stage a is ready");
+    let b_x = job_by_key(&*store, pid, "b[item=x]").await;
+    assert_eq!((b_x.state, b_x.pending_deps), (JobState::Waiting, 1));
+    let deps = store.dependencies(b_x.id, 100).await.unwrap();
+    assert_eq!(
+        deps.len(),
+        3,
+        "a barrier lists every job of the stage it waits for"
+    );
+    report(&*store, vec![completed(&a[0], "w", json!({}))], T0 + 1).await;
+    report(&*store, vec![completed(&a[1], "w", json!({}))], T0 + 2).await;
+    let (pending, total) = store.unfinished_upstream(b_x.id, 10).await.unwrap();
+    assert_eq!((pending, total), (vec![a[2].key.clone()], 1));
+    assert!(claim(&*store, "w", 10, T0 + 3).await.is_empty());
+    report(&*store, vec![completed(&a[2], "w", json!({}))], T0 + 4).await;
+    let b = claim(&*store, "w", 10, T0 + 5).await;
+    assert_eq!(b.len(), 2, "the whole stage b starts once a has completed");
+    report(
+        &*store,
+        b.iter().map(|c| completed(c, "w", json!({}))).collect(),
+        T0 + 6,
+    )
+    .await;
+    let c = claim(&*store, "w", 10, T0 + 7).await;
+    assert_eq!(c.len(), 1);
+    report(&*store, vec![completed(&c[0], "w", json!({}))], T0 + 8).await;
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Completed
+    );
+
+    // One upstream job dies: the waiting stage is skipped (and what waits on it), with the
+    // reason; retried, it waits again and runs once the stage it waits for has completed.
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    let a = claim(&*store, "w", 10, T0 + 10).await;
+    report(
+        &*store,
+        vec![
+            completed(&a[0], "w", json!({})),
+            failed(&a[1], "w", Failure::permanent("bad", "no")),
+        ],
+        T0 + 11,
+    )
+    .await;
+    for key in ["b[item=x]", "b[item=y]", "c"] {
+        let job = job_by_key(&*store, pid, key).await;
+        assert_eq!(job.state, JobState::Skipped, "{key}");
+        let error = job.last_error.unwrap();
+        assert_eq!(error.code, "upstream_failed");
+    }
+    let b_y = job_by_key(&*store, pid, "b[item=y]").await;
+    assert!(
+        b_y.last_error.unwrap().message.contains(&a[1].key),
+        "names the upstream job that failed"
+    );
+    report(&*store, vec![completed(&a[2], "w", json!({}))], T0 + 12).await;
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::PartialSuccess
+    );
+    let dead = job_by_key(&*store, pid, &a[1].key).await;
+    store
+        .retry_dead(&RetryTarget::Job(dead.id), T0 + 13)
+        .await
+        .unwrap();
+    for key in ["b[item=x]", "b[item=y]", "c"] {
+        assert_eq!(
+            job_by_key(&*store, pid, key).await.state,
+            JobState::Waiting,
+            "{key}"
+        );
+    }
+    let again = claim(&*store, "w", 10, T0 + 14).await;
+    assert_eq!(again.len(), 1);
+    report(&*store, vec![completed(&again[0], "w", json!({}))], T0 + 15).await;
+    let b = claim(&*store, "w", 10, T0 + 16).await;
+    assert_eq!(b.len(), 2);
+    report(
+        &*store,
+        b.iter().map(|c| completed(c, "w", json!({}))).collect(),
+        T0 + 17,
+    )
+    .await;
+    let c = claim(&*store, "w", 10, T0 + 18).await;
+    report(&*store, vec![completed(&c[0], "w", json!({}))], T0 + 19).await;
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Completed
+    );
+}
+
+pub async fn a_large_pipeline_becomes_visible_and_claimable_at_once(store: Arc<dyn Store>) {
+    let items: Vec<String> = (0..12_000).map(|i| i.to_string()).collect();
+    let toml = pipeline_toml(&[
+        stage_toml("gen", &format!("items = [{}]", items.join(","))),
+        stage_toml(
+            "check",
+            &format!("after = [\"gen\"]\nitems = [{}]", items.join(",")),
+        ),
+    ]);
+    let new = new_pipeline(&toml, None);
+    assert_eq!(new.plan.dependencies(), 12_000);
+    worker(&*store, "w").await;
+    let creating = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_pipeline(&new, T0).await.unwrap() })
+    };
+    // Meanwhile: what is seen is all of it or nothing, and nothing is claimable early.
+    let mut saw_partial = false;
+    while !creating.is_finished() {
+        let claimed = claim(&*store, "w", 50, T0).await;
+        for listed in store.pipelines(10).await.unwrap() {
+            saw_partial |= listed.counts.total() != 24_000;
+        }
+        if let Some(c) = claimed.first() {
+            let visible = store.pipeline(c.pipeline_id).await.unwrap();
+            assert!(
+                visible.is_some_and(|p| p.counts.total() == 24_000),
+                "a job was claimable before its pipeline was whole"
+            );
+            report(
+                &*store,
+                claimed
+                    .iter()
+                    .map(|c| completed(c, "w", json!({})))
+                    .collect(),
+                T0,
+            )
+            .await;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(!saw_partial, "a pipeline was listed half written");
+    let (pid, created) = creating.await.unwrap();
+    assert!(created);
+    let stages = store.stages(pid).await.unwrap();
+    assert_eq!(
+        stages[1].counts.waiting
+            + stages[1].counts.available
+            + stages[1].counts.running
+            + stages[1].counts.completed,
+        12_000
+    );
+    // It runs to the end: every check job starts after its own gen job.
+    loop {
+        let batch = claim(&*store, "w", 2_000, T0 + 1).await;
+        if batch.is_empty() {
+            break;
+        }
+        report(
+            &*store,
+            batch.iter().map(|c| completed(c, "w", json!({}))).collect(),
+            T0 + 1,
+        )
+        .await;
+    }
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(
+        (p.state, p.counts.completed),
+        (PipelineState::Completed, 24_000)
+    );
+    assert_eq!(store.discard_unfinished_submissions().await.unwrap(), 0);
+}
+
+pub async fn a_result_that_arrives_after_its_lease_expired_is_kept_if_no_newer_attempt_exists(
+    store: Arc<dyn Store>,
+) {
+    let toml = pipeline_toml(&[
+        stage_toml("a", "items = [1, 2]\nmax_attempts = 3"),
+        stage_toml("b", "after = [\"a\"]\nitems = [1, 2]"),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w1").await;
+    worker(&*store, "w2").await;
+    let first = claim(&*store, "w1", 2, T0).await;
+    assert_eq!(first.len(), 2);
+    // w1 is cut off: both leases expire; the jobs wait to run again.
+    let later = T0 + 4 * MICROS_PER_SEC;
+    assert_eq!(
+        store
+            .reconcile(&policy(), later)
+            .await
+            .unwrap()
+            .leases_expired,
+        2
+    );
+    // Its results arrive: the one with no newer attempt is kept, the other is fenced off.
+    let newer = claim(&*store, "w2", 1, later + 10 * MICROS_PER_SEC).await;
+    assert_eq!(newer.len(), 1);
+    let (taken, untouched) = if newer[0].job_id == first[0].job_id {
+        (&first[0], &first[1])
+    } else {
+        (&first[1], &first[0])
+    };
+    let acks = report(
+        &*store,
+        vec![
+            completed(taken, "w1", json!({"by": "w1"})),
+            completed(untouched, "w1", json!({"by": "w1"})),
+        ],
+        later + 11 * MICROS_PER_SEC,
+    )
+    .await;
+    assert_eq!(acks, vec![ReportAck::Superseded, ReportAck::Accepted]);
+    let kept = store.job(untouched.job_id).await.unwrap().unwrap();
+    assert_eq!(kept.state, JobState::Completed);
+    assert_eq!(kept.result, Some(json!({"by": "w1"})));
+    assert_eq!(
+        kept.failed_attempts, 0,
+        "the attempt was not lost after all"
+    );
+    let attempts = store.attempts(untouched.job_id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, AttemptOutcome::Completed);
+    // Its dependent runs; the same report again is acknowledged and changes nothing.
+    let next = claim(&*store, "w2", 5, later + 12 * MICROS_PER_SEC).await;
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].key, untouched.key.replace("a[", "b["));
+    let again = report(
+        &*store,
+        vec![completed(untouched, "w1", json!({"by": "w1"}))],
+        later + 13 * MICROS_PER_SEC,
+    )
+    .await;
+    assert_eq!(again, vec![ReportAck::Accepted]);
+    let mut rest = newer.clone();
+    rest.extend(next);
+    while !rest.is_empty() {
+        report(
+            &*store,
+            rest.iter().map(|c| completed(c, "w2", json!({}))).collect(),
+            later + 14 * MICROS_PER_SEC,
+        )
+        .await;
+        rest = claim(&*store, "w2", 5, later + 14 * MICROS_PER_SEC).await;
+    }
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Completed
+    );
+
+    // With no attempts left the loss killed the job and skipped its dependent: the late
+    // result brings both back, and the finished pipeline is reopened and completes.
+    let toml = pipeline_toml(&[
+        stage_toml("x", "max_attempts = 1"),
+        stage_toml("y", "after = [\"x\"]"),
+    ]);
+    let (pid2, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    let t = T0 + 100 * MICROS_PER_SEC;
+    let x = claim(&*store, "w1", 1, t).await.pop().unwrap();
+    store
+        .reconcile(&policy(), t + 4 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job(x.job_id).await.unwrap().unwrap().state,
+        JobState::Dead
+    );
+    let p = store.pipeline(pid2).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::Failed);
+    let acks = report(
+        &*store,
+        vec![completed(&x, "w1", json!({}))],
+        t + 5 * MICROS_PER_SEC,
+    )
+    .await;
+    assert_eq!(acks, vec![ReportAck::Accepted]);
+    let y = claim(&*store, "w2", 1, t + 6 * MICROS_PER_SEC).await;
+    assert_eq!(y.len(), 1, "the skipped dependent waits again and runs");
+    report(
+        &*store,
+        vec![completed(&y[0], "w2", json!({}))],
+        t + 7 * MICROS_PER_SEC,
+    )
+    .await;
+    assert_eq!(
+        store.pipeline(pid2).await.unwrap().unwrap().state,
+        PipelineState::Completed
+    );
+
+    // A result with the wrong token, or a failure, is never taken this way.
+    let toml = pipeline_toml(&[stage_toml("z", "max_attempts = 3")]);
+    create_and_expire_then(&*store, &toml, t + 10 * MICROS_PER_SEC).await;
+}
+
+/// Create a one-job pipeline, lose its first attempt, then report it forged and failed.
+async fn create_and_expire_then(store: &dyn Store, toml: &str, t: Micros) {
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(toml, None), t)
+        .await
+        .unwrap();
+    let z = claim(store, "w1", 1, t).await.pop().unwrap();
+    assert_eq!(z.pipeline_id, pid);
+    store
+        .reconcile(&policy(), t + 4 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    let mut forged = completed(&z, "w1", json!({}));
+    forged.token = format!("{}x", z.token);
+    let failure = failed(&z, "w1", Failure::permanent("bad", "late"));
+    let acks = store
+        .report(&[forged, failure], &policy(), t + 5 * MICROS_PER_SEC)
+        .await
+        .unwrap();
+    assert_eq!(acks, vec![ReportAck::Superseded, ReportAck::Superseded]);
+    assert_eq!(
+        store.job(z.job_id).await.unwrap().unwrap().state,
+        JobState::Retrying
+    );
+}
+
 /// Instantiate the whole suite for a backend. `$make` is an async expression producing
 /// `(Arc<dyn Store>, guard)`, where the guard keeps the backend's resources alive.
 #[macro_export]
@@ -1559,7 +1896,10 @@ macro_rules! store_conformance_tests {
             external_failures_open_no_breaker_and_quarantine_no_worker,
             waiting_for_a_provider_extends_the_attempt_deadline,
             dashboard_views_see_every_job_and_breaker,
-            old_events_of_finished_pipelines_are_pruned);
+            old_events_of_finished_pipelines_are_pruned,
+            a_stage_barrier_releases_once_and_skips_on_failure,
+            a_large_pipeline_becomes_visible_and_claimable_at_once,
+            a_result_that_arrives_after_its_lease_expired_is_kept_if_no_newer_attempt_exists);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

@@ -9,7 +9,7 @@ use crate::domain::{
     AttemptOutcome, Failure, JobState, Micros, PipelineState, RetryPolicy, StateCounts,
 };
 use crate::generation::budget::{Budget, CallResult, UsageTotals};
-use crate::spec::{PlannedJob, Spec};
+use crate::spec::{Plan, Spec};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -37,8 +37,10 @@ pub struct NewPipeline {
     pub idempotency_key: Option<String>,
     /// Hash of the spec's content: the same key with another spec is a conflict.
     pub spec_hash: String,
+    /// The spec as it was submitted, kept with the pipeline.
+    pub source: String,
     pub spec: Spec,
-    pub jobs: Vec<PlannedJob>,
+    pub plan: Plan,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -193,6 +195,15 @@ impl LeasePolicy {
     /// Lease = 2 heartbeats − 2 reconciler ticks: a lease expires, and the reconciler sees
     /// it, within two heartbeat intervals of the last heartbeat, while one late heartbeat
     /// (up to `heartbeat − 2 ticks` late) is still tolerated.
+    /// How long running leases last after a server starts: one heartbeat interval. Live
+    /// workers retry a failed heartbeat every few hundred milliseconds, so they are heard
+    /// within it; a dead worker's jobs are claimable again within two heartbeat intervals
+    /// of the later of its last heartbeat and the server's start (the grace, then one
+    /// reconciler tick).
+    pub fn startup_grace_ms(&self) -> i64 {
+        self.heartbeat_ms
+    }
+
     pub fn from_heartbeat(heartbeat_ms: i64) -> Self {
         let heartbeat_ms = heartbeat_ms.max(50);
         LeasePolicy {
@@ -450,9 +461,17 @@ pub struct PipelineUsage {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Create a pipeline with its stages and jobs in one transaction. With an idempotency
-    /// key already used by the same spec, returns the existing pipeline and `false`.
+    /// Create a pipeline with its stages, jobs and dependencies, in time linear in jobs +
+    /// dependencies and without holding the database for long (a large plan may be written
+    /// in several short transactions). It becomes visible, and its jobs claimable, all at
+    /// once when the last row is in; if writing fails, nothing of it is left. With an
+    /// idempotency key already used by the same spec, returns the existing pipeline and
+    /// `false` (waiting for it if it is still being written).
     async fn create_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<(i64, bool)>;
+
+    /// Delete what a crash left of pipelines that were being written (never visible, never
+    /// claimable). Run by a server before it serves; returns how many were discarded.
+    async fn discard_unfinished_submissions(&self) -> StoreResult<i64>;
 
     /// Register (or re-register) a worker. Jobs still leased to the same worker id belong
     /// to an earlier run of it that is gone: they are failed as `worker_lost` at once.
@@ -512,7 +531,9 @@ pub trait Store: Send + Sync + 'static {
     async fn jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
     async fn job(&self, id: i64) -> StoreResult<Option<Job>>;
     async fn attempts(&self, job_id: i64) -> StoreResult<Vec<Attempt>>;
-    async fn dependencies(&self, job_id: i64) -> StoreResult<Vec<Dependency>>;
+    /// The first `limit` upstream jobs of a job: those it waits for one by one, then those
+    /// of the stages it waits for as a whole.
+    async fn dependencies(&self, job_id: i64, limit: i64) -> StoreResult<Vec<Dependency>>;
     /// The keys of the first `limit` unfinished upstream jobs of a job, and how many there
     /// are in all: what a list of waiting jobs says without reading every dependency.
     async fn unfinished_upstream(&self, job_id: i64, limit: i64)

@@ -13,7 +13,7 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Row, SqlitePool};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -268,8 +268,43 @@ async fn close_attempt(
     Ok(())
 }
 
-/// Make a job terminal with `state` (dead, cancelled or skipped) and skip everything that
-/// waits on it, transitively.
+/// A `job_state` event for each of `ids`, in id order, from its row as it is now (its
+/// state, and its last error when `with_error`), merged with `extra`.
+async fn emit_states(
+    conn: &mut SqliteConnection,
+    ids: &[i64],
+    extra: Value,
+    with_error: bool,
+    now: Micros,
+) -> StoreResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO events (pipeline_id, job_id, at, kind, data) \
+         SELECT pipeline_id, id, ?2, 'job_state', \
+           CASE WHEN ?4 AND last_error IS NOT NULL \
+             THEN json_set(json_patch(json_object('key', key, 'stage', stage, 'state', state), ?3), '$.error', json(last_error)) \
+             ELSE json_patch(json_object('key', key, 'stage', stage, 'state', state), ?3) END \
+         FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id",
+    )
+    .bind(ids_json(ids.iter().copied()))
+    .bind(now)
+    .bind(to_json(&extra))
+    .bind(with_error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+const BLOCKED: &str = "('dead','cancelled','skipped')";
+/// Every state but `completed`: listed, so that "is anything of this stage not completed"
+/// is a few index seeks, not a scan of the stage.
+const NOT_COMPLETED: &str =
+    "('waiting','available','running','retrying','dead','cancelled','skipped')";
+
+/// Make jobs terminal with `state` (dead, cancelled or skipped) and skip everything that
+/// waits on them, transitively.
 async fn finish_unsuccessfully(
     conn: &mut SqliteConnection,
     jobs: &[Brief],
@@ -277,86 +312,126 @@ async fn finish_unsuccessfully(
     failure: Option<&Failure>,
     now: Micros,
 ) -> StoreResult<()> {
-    let mut frontier: Vec<Brief> = Vec::new();
-    for job in jobs {
-        if job.state.is_terminal() {
-            continue;
-        }
+    let live: Vec<&Brief> = jobs.iter().filter(|j| !j.state.is_terminal()).collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = live.iter().map(|j| j.id).collect();
+    let running: Vec<Value> = live
+        .iter()
+        .filter(|j| j.state == JobState::Running)
+        .map(|j| json!([j.id, j.attempts]))
+        .collect();
+    if !running.is_empty() {
+        let outcome = if state == JobState::Dead {
+            AttemptOutcome::Failed
+        } else {
+            AttemptOutcome::Cancelled
+        };
         sqlx::query(
-            "UPDATE jobs SET state = ?2, last_error = COALESCE(?3, last_error), finished_at = ?4, \
-             lease_token = NULL, lease_expires_at = NULL, attempt_deadline_at = NULL, \
-             cancel_requested = 0 WHERE id = ?1",
+            "UPDATE attempts SET outcome = ?2, error = ?3, finished_at = ?4 WHERE finished_at IS NULL \
+             AND (job_id, number) IN (SELECT v.value ->> 0, v.value ->> 1 FROM json_each(?1) v)",
         )
-        .bind(job.id)
-        .bind(state.as_str())
+        .bind(to_json(&running))
+        .bind(outcome.as_str())
         .bind(failure.map(to_json))
         .bind(now)
         .execute(&mut *conn)
         .await?;
-        if job.state == JobState::Running {
-            let outcome = if state == JobState::Dead {
-                AttemptOutcome::Failed
-            } else {
-                AttemptOutcome::Cancelled
-            };
-            close_attempt(conn, job.id, job.attempts, outcome, failure, now).await?;
-        }
-        let extra = match failure {
-            Some(f) => json!({"error": f}),
-            None => json!({}),
-        };
-        emit_job_state(conn, job, state, extra, now).await?;
-        frontier.push(job.clone());
     }
-    // Walk the dependency graph breadth-first: a skipped job's dependents are skipped too.
+    sqlx::query(
+        "UPDATE jobs SET state = ?2, last_error = COALESCE(?3, last_error), finished_at = ?4, \
+         lease_token = NULL, lease_expires_at = NULL, attempt_deadline_at = NULL, \
+         cancel_requested = 0 WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(ids_json(ids.iter().copied()))
+    .bind(state.as_str())
+    .bind(failure.map(to_json))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let extra = match failure {
+        Some(f) => json!({"error": f}),
+        None => json!({}),
+    };
+    emit_states(conn, &ids, extra, false, now).await?;
+    skip_dependents(conn, ids, now).await
+}
+
+/// Skip the waiting jobs that wait on any of `upstream` (which can no longer complete), and
+/// theirs, breadth-first: by their own dependencies and by the barriers of their stages.
+async fn skip_dependents(
+    conn: &mut SqliteConnection,
+    upstream: Vec<i64>,
+    now: Micros,
+) -> StoreResult<()> {
+    let mut frontier = upstream;
     while !frontier.is_empty() {
-        let upstream: Vec<i64> = frontier.iter().map(|j| j.id).collect();
-        let reasons: HashMap<i64, String> =
-            frontier.iter().map(|j| (j.id, j.key.clone())).collect();
-        let rows = sqlx::query(
-            "SELECT d.job_id, d.upstream_id FROM job_deps d JOIN jobs j ON j.id = d.job_id \
-             WHERE d.upstream_id IN (SELECT value FROM json_each(?1)) AND j.state = 'waiting'",
+        let ids = ids_json(frontier.iter().copied());
+        let mut causes: BTreeMap<i64, String> = BTreeMap::new();
+        let by_edge = sqlx::query(
+            "SELECT d.job_id AS id, MIN(u.key) AS cause FROM job_deps d \
+             JOIN jobs j ON j.id = d.job_id JOIN jobs u ON u.id = d.upstream_id \
+             WHERE d.upstream_id IN (SELECT value FROM json_each(?1)) AND j.state = 'waiting' \
+             GROUP BY d.job_id",
         )
-        .bind(ids_json(upstream))
+        .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
-        let mut cause: HashMap<i64, String> = HashMap::new();
-        for row in &rows {
-            let job_id: i64 = row.try_get("job_id")?;
-            let up: i64 = row.try_get("upstream_id")?;
-            cause.entry(job_id).or_insert_with(|| reasons[&up].clone());
+        let by_barrier = sqlx::query(
+            "SELECT j.id AS id, f.cause AS cause FROM \
+               (SELECT pipeline_id, stage, MIN(key) AS cause FROM jobs \
+                WHERE id IN (SELECT value FROM json_each(?1)) GROUP BY pipeline_id, stage) f \
+             JOIN stage_waits w ON w.pipeline_id = f.pipeline_id AND w.upstream_stage = f.stage AND w.released = 0 \
+             JOIN jobs j ON j.pipeline_id = w.pipeline_id AND j.stage = w.stage AND j.state = 'waiting'",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in by_edge.iter().chain(&by_barrier) {
+            causes
+                .entry(row.try_get("id")?)
+                .or_insert(row.try_get("cause")?);
         }
-        let ids: Vec<i64> = cause.keys().copied().collect();
-        let dependents = briefs_by_ids(conn, &ids).await?;
-        frontier.clear();
-        for dep in dependents {
-            let failure = Failure::permanent(
-                "upstream_failed",
-                format!("upstream job `{}` did not complete", cause[&dep.id]),
-            );
-            sqlx::query(
-                "UPDATE jobs SET state = 'skipped', last_error = ?2, finished_at = ?3 WHERE id = ?1",
-            )
-            .bind(dep.id)
-            .bind(to_json(&failure))
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            emit_job_state(
-                conn,
-                &dep,
-                JobState::Skipped,
-                json!({"error": failure}),
-                now,
-            )
-            .await?;
-            frontier.push(dep);
-        }
+        frontier = skip_with_causes(conn, causes, now).await?;
     }
     Ok(())
 }
 
-/// After jobs completed: count down their dependents and make the ready ones available.
+/// Skip waiting jobs, each because of the named upstream job; returns those skipped.
+async fn skip_with_causes(
+    conn: &mut SqliteConnection,
+    causes: BTreeMap<i64, String>,
+    now: Micros,
+) -> StoreResult<Vec<i64>> {
+    if causes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Value> = causes
+        .iter()
+        .map(|(id, upstream)| {
+            let failure = Failure::permanent(
+                "upstream_failed",
+                format!("upstream job `{upstream}` did not complete"),
+            );
+            json!([id, to_json(&failure)])
+        })
+        .collect();
+    let mut skipped: Vec<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'skipped', last_error = v.value ->> 1, finished_at = ?2 \
+         FROM json_each(?1) v WHERE jobs.id = v.value ->> 0 AND jobs.state = 'waiting' RETURNING jobs.id",
+    )
+    .bind(to_json(&rows))
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    skipped.sort_unstable();
+    emit_states(conn, &skipped, json!({}), true, now).await?;
+    Ok(skipped)
+}
+
+/// After jobs completed: count down their dependents, release the barriers of stages that
+/// have now completed as a whole, and make the ready jobs available.
 async fn release_dependents(
     conn: &mut SqliteConnection,
     completed: &[i64],
@@ -374,23 +449,122 @@ async fn release_dependents(
     .bind(&ids)
     .execute(&mut *conn)
     .await?;
-    let ready = sqlx::query(
+    let mut ready: Vec<i64> = sqlx::query_scalar(
         "UPDATE jobs SET state = 'available', run_after = ?2 \
          WHERE state = 'waiting' AND pending_deps <= 0 AND id IN \
            (SELECT job_id FROM job_deps WHERE upstream_id IN (SELECT value FROM json_each(?1))) \
-         RETURNING id, pipeline_id, stage, key",
+         RETURNING id",
     )
     .bind(&ids)
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    for row in &ready {
-        let pipeline_id: i64 = row.try_get("pipeline_id")?;
-        let job_id: i64 = row.try_get("id")?;
-        let data = json!({"key": row.try_get::<String, _>("key")?, "stage": row.try_get::<String, _>("stage")?, "state": "available"});
-        emit(conn, pipeline_id, Some(job_id), "job_state", data, now).await?;
+    ready.sort_unstable();
+    emit_states(conn, &ready, json!({}), false, now).await?;
+    // Stages of these jobs that others wait for as a whole, and that may have completed.
+    let awaited = sqlx::query(
+        "SELECT DISTINCT w.pipeline_id, w.upstream_stage FROM \
+           (SELECT DISTINCT pipeline_id, stage FROM jobs WHERE id IN (SELECT value FROM json_each(?1))) c \
+         JOIN stage_waits w ON w.pipeline_id = c.pipeline_id AND w.upstream_stage = c.stage AND w.released = 0",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &awaited {
+        release_barriers_if_complete(
+            conn,
+            row.try_get("pipeline_id")?,
+            &row.try_get::<String, _>("upstream_stage")?,
+            now,
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// If every job of `upstream` has completed, release (once) the barriers of the stages
+/// that wait for it: each of their jobs has one thing less to wait for.
+async fn release_barriers_if_complete(
+    conn: &mut SqliteConnection,
+    pipeline_id: i64,
+    upstream: &str,
+    now: Micros,
+) -> StoreResult<()> {
+    let unfinished: Option<i64> = sqlx::query_scalar(&format!(
+        "SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND stage = ?2 AND state IN {NOT_COMPLETED} LIMIT 1"
+    ))
+    .bind(pipeline_id)
+    .bind(upstream)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if unfinished.is_some() {
+        return Ok(());
+    }
+    let released: Vec<String> = sqlx::query_scalar(
+        "UPDATE stage_waits SET released = 1 WHERE pipeline_id = ?1 AND upstream_stage = ?2 \
+         AND released = 0 RETURNING stage",
+    )
+    .bind(pipeline_id)
+    .bind(upstream)
+    .fetch_all(&mut *conn)
+    .await?;
+    for stage in released {
+        // Every job of the stage, whatever its state: a skipped one that is retried later
+        // must not wait for this barrier again.
+        sqlx::query(
+            "UPDATE jobs SET pending_deps = pending_deps - 1 WHERE pipeline_id = ?1 AND stage = ?2",
+        )
+        .bind(pipeline_id)
+        .bind(&stage)
+        .execute(&mut *conn)
+        .await?;
+        let mut ready: Vec<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'available', run_after = ?3 WHERE pipeline_id = ?1 AND stage = ?2 \
+             AND state = 'waiting' AND pending_deps <= 0 RETURNING id",
+        )
+        .bind(pipeline_id)
+        .bind(&stage)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        ready.sort_unstable();
+        emit_states(conn, &ready, json!({}), false, now).await?;
+    }
+    Ok(())
+}
+
+/// Jobs skipped because of any of `revived` (which can run again) wait again, and theirs,
+/// transitively. Returns the stages they belong to.
+async fn revive_skipped_dependents(
+    conn: &mut SqliteConnection,
+    revived: Vec<i64>,
+    now: Micros,
+) -> StoreResult<BTreeSet<(i64, String)>> {
+    let mut stages = BTreeSet::new();
+    let mut frontier = revived;
+    while !frontier.is_empty() {
+        let ids = ids_json(frontier.iter().copied());
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
+             WHERE state = 'skipped' AND (id IN (SELECT job_id FROM job_deps \
+                 WHERE upstream_id IN (SELECT value FROM json_each(?1))) \
+               OR (pipeline_id, stage) IN (SELECT w.pipeline_id, w.stage FROM stage_waits w \
+                 JOIN (SELECT DISTINCT pipeline_id, stage FROM jobs WHERE id IN (SELECT value FROM json_each(?1))) f \
+                 ON w.pipeline_id = f.pipeline_id AND w.upstream_stage = f.stage)) \
+             RETURNING id, pipeline_id, stage",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        frontier = Vec::with_capacity(rows.len());
+        for row in &rows {
+            frontier.push(row.try_get("id")?);
+            stages.insert((row.try_get("pipeline_id")?, row.try_get("stage")?));
+        }
+        frontier.sort_unstable();
+        emit_states(conn, &frontier, json!({}), false, now).await?;
+    }
+    Ok(stages)
 }
 
 async fn counts(conn: &mut SqliteConnection, pipeline_id: i64) -> StoreResult<StateCounts> {
@@ -471,8 +645,9 @@ async fn cancel_wanted(conn: &mut SqliteConnection, job: &Brief) -> StoreResult<
 }
 
 /// Waiting jobs with an upstream job that can no longer complete (dead, cancelled or
-/// skipped) are skipped, transitively. Keeps `waiting` honest after manual retries and is
-/// the reconciler's guard against a job waiting forever.
+/// skipped), by their own dependencies or by a barrier of their stage, are skipped,
+/// transitively. Keeps `waiting` honest after manual retries and is part of the
+/// reconciler's guard against a job waiting forever.
 async fn skip_blocked_waiting(
     conn: &mut SqliteConnection,
     pipeline_ids: &[i64],
@@ -481,43 +656,177 @@ async fn skip_blocked_waiting(
     if pipeline_ids.is_empty() {
         return Ok(0);
     }
-    let rows = sqlx::query(
-        "SELECT d.job_id, MIN(u.key) AS upstream FROM job_deps d \
-         JOIN jobs j ON j.id = d.job_id JOIN jobs u ON u.id = d.upstream_id \
-         WHERE j.state = 'waiting' AND u.state IN ('dead', 'cancelled', 'skipped') \
-           AND j.pipeline_id IN (SELECT value FROM json_each(?1)) \
-         GROUP BY d.job_id",
-    )
-    .bind(ids_json(pipeline_ids.iter().copied()))
+    let pipelines = ids_json(pipeline_ids.iter().copied());
+    let by_edge = sqlx::query(&format!(
+        "SELECT d.job_id AS id, MIN(u.key) AS cause FROM jobs j \
+         JOIN job_deps d ON d.job_id = j.id JOIN jobs u ON u.id = d.upstream_id \
+         WHERE j.pipeline_id IN (SELECT value FROM json_each(?1)) AND j.state = 'waiting' \
+           AND u.state IN {BLOCKED} GROUP BY d.job_id"
+    ))
+    .bind(&pipelines)
     .fetch_all(&mut *conn)
     .await?;
-    if rows.is_empty() {
-        return Ok(0);
+    let by_barrier = sqlx::query(&format!(
+        "SELECT j.id AS id, b.cause AS cause FROM \
+           (SELECT w.pipeline_id, w.stage, (SELECT MIN(u.key) FROM jobs u WHERE u.pipeline_id = w.pipeline_id \
+               AND u.stage = w.upstream_stage AND u.state IN {BLOCKED}) AS cause \
+            FROM stage_waits w WHERE w.pipeline_id IN (SELECT value FROM json_each(?1)) AND w.released = 0) b \
+         JOIN jobs j ON j.pipeline_id = b.pipeline_id AND j.stage = b.stage AND j.state = 'waiting' \
+         WHERE b.cause IS NOT NULL"
+    ))
+    .bind(&pipelines)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut causes: BTreeMap<i64, String> = BTreeMap::new();
+    for row in by_edge.iter().chain(&by_barrier) {
+        causes
+            .entry(row.try_get("id")?)
+            .or_insert(row.try_get("cause")?);
     }
-    let mut cause = HashMap::new();
-    for row in &rows {
-        cause.insert(
-            row.try_get::<i64, _>("job_id")?,
-            row.try_get::<String, _>("upstream")?,
-        );
-    }
-    let ids: Vec<i64> = cause.keys().copied().collect();
-    let blocked = briefs_by_ids(conn, &ids).await?;
-    for job in &blocked {
-        let failure = Failure::permanent(
-            "upstream_failed",
-            format!("upstream job `{}` did not complete", cause[&job.id]),
-        );
-        finish_unsuccessfully(
-            conn,
-            std::slice::from_ref(job),
-            JobState::Skipped,
-            Some(&failure),
-            now,
+    let skipped = skip_with_causes(conn, causes, now).await?;
+    let count = skipped.len() as i64;
+    skip_dependents(conn, skipped, now).await?;
+    Ok(count)
+}
+
+/// The reconciler's guard against a pipeline stuck with waiting jobs: one where nothing is
+/// available, running or retrying can only be waiting for something that will never
+/// happen. It then skips what is blocked, releases barriers whose stage completed, and
+/// recounts what each waiting job still waits for. Cheap to check (a few index seeks per
+/// running pipeline); it acts only when the pipeline is quiescent, which a correct run
+/// never leaves it in.
+async fn repair_quiescent(
+    conn: &mut SqliteConnection,
+    pipeline_ids: &[i64],
+    now: Micros,
+) -> StoreResult<i64> {
+    let mut skipped = 0;
+    for &id in pipeline_ids {
+        let stuck: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state = 'waiting') \
+             AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state IN ('available','running','retrying'))",
         )
+        .bind(id)
+        .fetch_one(&mut *conn)
         .await?;
+        if !stuck {
+            continue;
+        }
+        skipped += skip_blocked_waiting(conn, &[id], now).await?;
+        let awaited: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT upstream_stage FROM stage_waits WHERE pipeline_id = ?1 AND released = 0",
+        )
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+        for upstream in &awaited {
+            release_barriers_if_complete(conn, id, upstream, now).await?;
+        }
+        let recounted = sqlx::query(
+            "UPDATE jobs SET pending_deps = \
+               (SELECT COUNT(*) FROM job_deps d JOIN jobs u ON u.id = d.upstream_id \
+                  WHERE d.job_id = jobs.id AND u.state != 'completed') + \
+               (SELECT COUNT(*) FROM stage_waits w WHERE w.pipeline_id = jobs.pipeline_id \
+                  AND w.stage = jobs.stage AND w.released = 0) \
+             WHERE pipeline_id = ?1 AND state = 'waiting'",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        let mut ready: Vec<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'available', run_after = ?2 WHERE pipeline_id = ?1 \
+             AND state = 'waiting' AND pending_deps <= 0 RETURNING id",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        ready.sort_unstable();
+        emit_states(conn, &ready, json!({"reason": "repaired"}), false, now).await?;
+        tracing::warn!(
+            pipeline = id,
+            recounted = recounted.rows_affected(),
+            made_ready = ready.len(),
+            "a pipeline had waiting jobs and nothing to wait for; repaired"
+        );
     }
-    Ok(blocked.len() as i64)
+    Ok(skipped)
+}
+
+/// Put finished pipelines back to running (with a fresh deadline) because some of their
+/// jobs can run again.
+async fn reopen_pipelines(
+    conn: &mut SqliteConnection,
+    pipeline_ids: &[i64],
+    now: Micros,
+) -> StoreResult<()> {
+    for id in pipeline_ids {
+        let previous: String = sqlx::query_scalar("SELECT state FROM pipelines WHERE id = ?1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query(
+            "UPDATE pipelines SET state = 'running', finished_at = NULL, cancel_requested = 0, \
+             deadline_at = CASE WHEN deadline_ms IS NULL THEN NULL ELSE ?2 + deadline_ms * 1000 END \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        if previous != "running" {
+            emit(
+                conn,
+                *id,
+                None,
+                "pipeline_reopened",
+                json!({"was": previous}),
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A completed result whose lease expired before it arrived is still the job's result if
+/// no newer attempt has started: the attempt was recorded lost (the worker was cut off,
+/// not dead), the job waits to run again (or died of that loss alone), and the report
+/// carries that attempt's token.
+async fn late_result_acceptable(
+    conn: &mut SqliteConnection,
+    job: &Brief,
+    report: &Report,
+) -> StoreResult<bool> {
+    let waits_again = matches!(
+        job.state,
+        JobState::Retrying | JobState::Available | JobState::Dead
+    );
+    if !matches!(report.outcome, ReportOutcome::Completed { .. })
+        || job.attempts != report.attempt
+        || !waits_again
+    {
+        return Ok(false);
+    }
+    let row = sqlx::query(
+        "SELECT a.token, a.outcome, json_extract(j.last_error, '$.code') AS code, \
+         j.cancel_requested OR p.cancel_requested AS cancelled \
+         FROM attempts a JOIN jobs j ON j.id = a.job_id JOIN pipelines p ON p.id = j.pipeline_id \
+         WHERE a.job_id = ?1 AND a.number = ?2",
+    )
+    .bind(job.id)
+    .bind(report.attempt)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    let token: Option<String> = row.try_get("token")?;
+    let outcome: String = row.try_get("outcome")?;
+    let code: Option<String> = row.try_get("code")?;
+    let cancelled: bool = row.try_get::<i64, _>("cancelled")? != 0;
+    Ok(token.as_deref() == Some(report.token.as_str())
+        && outcome == AttemptOutcome::Lost.as_str()
+        && !cancelled
+        && (job.state != JobState::Dead || code.as_deref() == Some("worker_lost")))
 }
 
 /// Record a failed attempt of a running job and decide retry or dead; drives the stage
@@ -708,124 +1017,316 @@ fn pipeline_from_row(row: &SqliteRow, counts: StateCounts) -> StoreResult<Pipeli
 const PIPELINE_COLUMNS: &str =
     "id, name, state, idempotency_key, spec_hash, cancel_requested, created_at, deadline_at, finished_at";
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn create_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<(i64, bool)> {
+/// How long a submission waits for another one with the same idempotency key that is
+/// still being written.
+const SUBMISSION_WAIT: Duration = Duration::from_secs(300);
+/// Rows per transaction when a pipeline is written or deleted: each transaction holds the
+/// one writer for a few milliseconds, so heartbeats, claims and reports go on in between.
+const JOBS_PER_CHUNK: usize = 2_000;
+const DEPS_PER_CHUNK: usize = 10_000;
+
+enum Begun {
+    Existing(i64),
+    BeingWritten,
+    New { id: i64, first_job: i64 },
+}
+
+impl SqliteStore {
+    /// The first, short transaction of a submission: the idempotency check, the pipeline
+    /// (still `creating`), its stages and barriers, and a reserved range of job ids, so
+    /// that the jobs and their dependencies can be written by id in later transactions.
+    async fn begin_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<Begun> {
         let mut tx = self.writer.begin().await?;
         if let Some(key) = &new.idempotency_key {
-            let existing =
-                sqlx::query("SELECT id, spec_hash FROM pipelines WHERE idempotency_key = ?1")
-                    .bind(key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let existing = sqlx::query(
+                "SELECT id, spec_hash, state FROM pipelines WHERE idempotency_key = ?1",
+            )
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(row) = existing {
                 let hash: String = row.try_get("spec_hash")?;
                 if hash != new.spec_hash {
                     return Err(StoreError::IdempotencyConflict(key.clone()));
                 }
-                return Ok((row.try_get("id")?, false));
+                let state: String = row.try_get("state")?;
+                return Ok(if state == "creating" {
+                    Begun::BeingWritten
+                } else {
+                    Begun::Existing(row.try_get("id")?)
+                });
             }
         }
         let deadline_at = new.spec.deadline_micros().map(|d| now + d);
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO pipelines (name, state, idempotency_key, spec_hash, spec, created_at, deadline_ms, deadline_at, budget) \
-             VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+             VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
         )
         .bind(&new.spec.name)
         .bind(&new.idempotency_key)
         .bind(&new.spec_hash)
-        .bind(to_json(&new.spec))
+        .bind(&new.source)
         .bind(now)
         .bind(new.spec.deadline_ms)
         .bind(deadline_at)
         .bind(new.spec.budget.filter(|b| !b.is_unlimited()).map(|b| to_json(&b)))
         .fetch_one(&mut *tx)
         .await?;
-        for (position, stage) in new.spec.stages.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO stages (pipeline_id, name, position, kind, concurrency, timeout_ms, max_attempts, \
-                 backoff_base_ms, backoff_max_ms, breaker_threshold, deadline_ms, deadline_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            )
-            .bind(id)
-            .bind(&stage.name)
-            .bind(position as i64)
-            .bind(&stage.kind)
-            .bind(stage.concurrency)
-            .bind(stage.timeout_ms)
-            .bind(stage.retry.max_attempts)
-            .bind(stage.retry.backoff_base_ms)
-            .bind(stage.retry.backoff_max_ms)
-            .bind(stage.breaker.threshold)
-            .bind(stage.deadline_ms)
-            .bind(stage.deadline_ms.map(|d| now + d * MICROS_PER_MS))
+        let stages: Vec<Value> = new
+            .spec
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(position, stage)| {
+                json!([
+                    stage.name,
+                    position,
+                    stage.kind,
+                    stage.concurrency,
+                    stage.timeout_ms,
+                    stage.retry.max_attempts,
+                    stage.retry.backoff_base_ms,
+                    stage.retry.backoff_max_ms,
+                    stage.breaker.threshold,
+                    stage.deadline_ms,
+                    stage.deadline_ms.map(|d| now + d * MICROS_PER_MS)
+                ])
+            })
+            .collect();
+        sqlx::query(
+            "INSERT INTO stages (pipeline_id, name, position, kind, concurrency, timeout_ms, max_attempts, \
+             backoff_base_ms, backoff_max_ms, breaker_threshold, deadline_ms, deadline_at) \
+             SELECT ?1, v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, v.value ->> 5, \
+                    v.value ->> 6, v.value ->> 7, v.value ->> 8, v.value ->> 9, v.value ->> 10 FROM json_each(?2) v",
+        )
+        .bind(id)
+        .bind(to_json(&stages))
+        .execute(&mut *tx)
+        .await?;
+        let waits: Vec<Value> = new
+            .plan
+            .stage_waits
+            .iter()
+            .map(|w| json!([w.stage, w.upstream]))
+            .collect();
+        sqlx::query(
+            "INSERT INTO stage_waits (pipeline_id, stage, upstream_stage) \
+             SELECT ?1, v.value ->> 0, v.value ->> 1 FROM json_each(?2) v",
+        )
+        .bind(id)
+        .bind(to_json(&waits))
+        .execute(&mut *tx)
+        .await?;
+        // Reserve ids for the jobs: AUTOINCREMENT never hands out an id at or below the
+        // sequence, so no other pipeline can take one of these meanwhile.
+        let last: i64 = sqlx::query_scalar(
+            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0), \
+                        COALESCE((SELECT MAX(id) FROM jobs), 0))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let reserved = last + new.plan.jobs.len() as i64;
+        let updated = sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'")
+            .bind(reserved)
             .execute(&mut *tx)
             .await?;
+        if updated.rows_affected() == 0 {
+            sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)")
+                .bind(reserved)
+                .execute(&mut *tx)
+                .await?;
         }
-        // Insert all jobs with one statement per chunk, then resolve dependency keys to ids.
-        for chunk in new.jobs.chunks(2_000) {
+        tx.commit().await?;
+        Ok(Begun::New {
+            id,
+            first_job: last + 1,
+        })
+    }
+
+    /// Write the jobs and their dependencies in short transactions, then make the pipeline
+    /// visible in one last one.
+    async fn write_plan(
+        &self,
+        id: i64,
+        first_job: i64,
+        new: &NewPipeline,
+        now: Micros,
+    ) -> StoreResult<()> {
+        let plan = &new.plan;
+        let barriers: HashMap<&str, usize> = new
+            .spec
+            .stages
+            .iter()
+            .map(|st| (st.name.as_str(), plan.barriers_of(&st.name).count()))
+            .collect();
+        for (c, chunk) in plan.jobs.chunks(JOBS_PER_CHUNK).enumerate() {
+            let offset = first_job + (c * JOBS_PER_CHUNK) as i64;
             let rows: Vec<Value> = chunk
                 .iter()
-                .map(|j| {
+                .enumerate()
+                .map(|(i, j)| {
+                    let pending = j.depends_on.len() + barriers[j.stage.as_str()];
                     json!([
+                        offset + i as i64,
                         j.stage,
                         j.key,
                         j.kind,
                         to_json(&j.item),
                         to_json(&j.params),
-                        if j.depends_on.is_empty() {
-                            "available"
-                        } else {
-                            "waiting"
-                        },
-                        j.depends_on.len()
+                        if pending == 0 { "available" } else { "waiting" },
+                        pending
                     ])
                 })
                 .collect();
+            let mut tx = self.writer.begin().await?;
             sqlx::query(
-                "INSERT INTO jobs (pipeline_id, stage, key, kind, item, params, state, pending_deps, run_after, created_at) \
-                 SELECT ?1, v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, \
-                        v.value ->> 5, v.value ->> 6, ?2, ?2 FROM json_each(?3) v",
+                "INSERT INTO jobs (id, pipeline_id, stage, key, kind, item, params, state, pending_deps, run_after, created_at) \
+                 SELECT v.value ->> 0, ?1, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, v.value ->> 5, \
+                        v.value ->> 6, v.value ->> 7, ?2, ?2 FROM json_each(?3) v",
             )
             .bind(id)
             .bind(now)
             .bind(to_json(&rows))
             .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
         }
-        let deps: Vec<Value> = new
-            .jobs
-            .iter()
-            .flat_map(|j| j.depends_on.iter().map(move |d| json!([j.key, d])))
-            .collect();
-        for chunk in deps.chunks(5_000) {
-            sqlx::query(
-                "INSERT INTO job_deps (job_id, upstream_id) \
-                 SELECT a.id, b.id FROM json_each(?2) v \
-                 JOIN jobs a ON a.pipeline_id = ?1 AND a.key = v.value ->> 0 \
-                 JOIN jobs b ON b.pipeline_id = ?1 AND b.key = v.value ->> 1",
-            )
-            .bind(id)
-            .bind(to_json(&chunk.to_vec()))
-            .execute(&mut *tx)
-            .await?;
+        let mut edges: Vec<[i64; 2]> = Vec::with_capacity(DEPS_PER_CHUNK);
+        for (i, job) in plan.jobs.iter().enumerate() {
+            for u in &job.depends_on {
+                edges.push([first_job + i as i64, first_job + *u as i64]);
+            }
+            if edges.len() >= DEPS_PER_CHUNK {
+                self.write_edges(&edges).await?;
+                edges.clear();
+            }
+        }
+        if !edges.is_empty() {
+            self.write_edges(&edges).await?;
+        }
+        let mut tx = self.writer.begin().await?;
+        let shown = sqlx::query(
+            "UPDATE pipelines SET state = 'running' WHERE id = ?1 AND state = 'creating'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if shown.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "pipeline {id} was discarded while it was being written"
+            )));
         }
         emit(
             &mut tx,
             id,
             None,
             "pipeline_created",
-            json!({"name": new.spec.name, "jobs": new.jobs.len()}),
+            json!({"name": new.spec.name, "jobs": plan.jobs.len()}),
             now,
         )
         .await?;
-        if new.jobs.is_empty() {
+        if plan.jobs.is_empty() {
             finalize(&mut tx, [id], now).await?;
         }
-        match tx.commit().await {
-            Ok(()) => Ok((id, true)),
-            Err(e) => Err(e.into()),
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn write_edges(&self, edges: &[[i64; 2]]) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO job_deps (job_id, upstream_id) \
+             SELECT v.value ->> 0, v.value ->> 1 FROM json_each(?1) v",
+        )
+        .bind(to_json(&edges))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Delete a pipeline that never became visible, a chunk of jobs at a time.
+    async fn discard_pipeline(&self, id: i64) -> StoreResult<()> {
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let ids: Vec<i64> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE pipeline_id = ?1 ORDER BY id LIMIT ?2",
+            )
+            .bind(id)
+            .bind(JOBS_PER_CHUNK as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let ids = ids_json(ids);
+            sqlx::query("DELETE FROM job_deps WHERE job_id IN (SELECT value FROM json_each(?1))")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?1))")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         }
+        let mut tx = self.writer.begin().await?;
+        for table in ["stage_waits", "stages", "events"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE pipeline_id = ?1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM pipelines WHERE id = ?1 AND state = 'creating'")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<(i64, bool)> {
+        let waited = std::time::Instant::now();
+        let (id, first_job) = loop {
+            match self.begin_pipeline(new, now).await? {
+                Begun::Existing(id) => return Ok((id, false)),
+                Begun::New { id, first_job } => break (id, first_job),
+                // Another submission with this key is writing it: answer with its result.
+                Begun::BeingWritten if waited.elapsed() < SUBMISSION_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Begun::BeingWritten => {
+                    return Err(StoreError::Conflict(format!(
+                        "a pipeline with idempotency key `{}` is still being written after {} s; try again later",
+                        new.idempotency_key.as_deref().unwrap_or_default(),
+                        SUBMISSION_WAIT.as_secs()
+                    )))
+                }
+            }
+        };
+        match self.write_plan(id, first_job, new, now).await {
+            Ok(()) => Ok((id, true)),
+            Err(e) => {
+                if let Err(cleanup) = self.discard_pipeline(id).await {
+                    tracing::error!(pipeline = id, error = %cleanup, "cannot delete a pipeline whose writing failed; the next server start will");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn discard_unfinished_submissions(&self) -> StoreResult<i64> {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM pipelines WHERE state = 'creating' ORDER BY id")
+                .fetch_all(&self.writer)
+                .await?;
+        for id in &ids {
+            self.discard_pipeline(*id).await?;
+        }
+        Ok(ids.len() as i64)
     }
 
     async fn register_worker(&self, w: &WorkerRegistration, now: Micros) -> StoreResult<()> {
@@ -939,7 +1440,8 @@ impl Store for SqliteStore {
             "SELECT id, pipeline_id, stage FROM jobs \
              WHERE state IN ('available','retrying') AND kind IN (SELECT value FROM json_each(?1)) \
                AND run_after <= ?2 \
-               AND NOT EXISTS (SELECT 1 FROM pipelines p WHERE p.id = jobs.pipeline_id AND p.cancel_requested = 1) \
+               AND EXISTS (SELECT 1 FROM pipelines p WHERE p.id = jobs.pipeline_id \
+                   AND p.state = 'running' AND p.cancel_requested = 0) \
                AND NOT EXISTS (SELECT 1 FROM json_each(?3) f \
                    WHERE f.value ->> 0 = jobs.pipeline_id AND f.value ->> 1 = jobs.stage) \
              ORDER BY id LIMIT ?4",
@@ -992,8 +1494,8 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO attempts (job_id, number, worker_id, started_at, outcome) \
-             SELECT id, attempts, ?2, ?3, 'running' FROM jobs WHERE id IN (SELECT value FROM json_each(?1))",
+            "INSERT INTO attempts (job_id, number, worker_id, started_at, outcome, token) \
+             SELECT id, attempts, ?2, ?3, 'running', lease_token FROM jobs WHERE id IN (SELECT value FROM json_each(?1))",
         )
         .bind(&ids)
         .bind(&req.worker_id)
@@ -1135,14 +1637,24 @@ impl Store for SqliteStore {
         let mut artifacts: Vec<Value> = Vec::new();
         let mut succeeded_workers = BTreeSet::new();
         let mut seen_in_batch = BTreeSet::new();
+        let mut late = Vec::new();
+        let mut late_dead = Vec::new();
         for report in reports {
             let Some(job) = current.get(&report.job_id) else {
                 acks.push(ReportAck::Unknown);
                 continue;
             };
-            let owns = job.state == JobState::Running
-                && job.lease_token.as_deref() == Some(report.token.as_str())
-                && seen_in_batch.insert(job.id);
+            let leased = job.state == JobState::Running
+                && job.lease_token.as_deref() == Some(report.token.as_str());
+            let arrived_late = !leased && late_result_acceptable(&mut tx, job, report).await?;
+            let owns = (leased || arrived_late) && seen_in_batch.insert(job.id);
+            if owns && arrived_late {
+                tracing::info!(job = job.id, attempt = report.attempt, "a result that arrived after its lease expired is accepted: no newer attempt started");
+                late.push(job.id);
+                if job.state == JobState::Dead {
+                    late_dead.push(job.id);
+                }
+            }
             if !owns {
                 // A late report from an attempt that lost its lease: keep the history, change
                 // nothing else. Idempotent when the same attempt reports again.
@@ -1176,7 +1688,7 @@ impl Store for SqliteStore {
             }
             match &report.outcome {
                 ReportOutcome::Completed { result, .. } => {
-                    completed.push(json!([job.id, to_json(result)]));
+                    completed.push(json!([job.id, to_json(result), report.worker_id]));
                     completed_ids.push(job.id);
                     succeeded_workers.insert(report.worker_id.clone());
                 }
@@ -1253,6 +1765,7 @@ impl Store for SqliteStore {
             let ids = ids_json(completed_ids.iter().copied());
             sqlx::query(
                 "UPDATE jobs SET state = 'completed', result = v.value ->> 1, finished_at = ?2, \
+                   worker_id = COALESCE(worker_id, v.value ->> 2), \
                    lease_token = NULL, lease_expires_at = NULL, attempt_deadline_at = NULL, last_error = NULL \
                  FROM json_each(?1) v WHERE jobs.id = v.value ->> 0",
             )
@@ -1260,15 +1773,36 @@ impl Store for SqliteStore {
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            // A late result's attempt was recorded lost; it was not, after all.
             sqlx::query(
-                "UPDATE attempts SET outcome = 'completed', finished_at = ?2 \
-                 WHERE outcome = 'running' AND (job_id, number) IN \
+                "UPDATE attempts SET outcome = 'completed', finished_at = ?2, error = NULL \
+                 WHERE outcome IN ('running', 'lost') AND (job_id, number) IN \
                    (SELECT id, attempts FROM jobs WHERE id IN (SELECT value FROM json_each(?1)))",
             )
             .bind(&ids)
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            if !late.is_empty() {
+                sqlx::query(
+                    "UPDATE jobs SET failed_attempts = MAX(0, failed_attempts - 1) \
+                     WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(ids_json(late.iter().copied()))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if !late_dead.is_empty() {
+                // It died of that lost attempt: what was skipped because of it can run.
+                let pipelines: Vec<i64> = late_dead
+                    .iter()
+                    .map(|id| current[id].pipeline_id)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                revive_skipped_dependents(&mut tx, late_dead.clone(), now).await?;
+                reopen_pipelines(&mut tx, &pipelines, now).await?;
+            }
             sqlx::query(
                 "INSERT INTO events (pipeline_id, job_id, at, kind, data) \
                  SELECT pipeline_id, id, ?2, 'job_state', json_object('key', key, 'stage', stage, \
@@ -1424,13 +1958,13 @@ impl Store for SqliteStore {
             touched.insert(pipeline_id);
         }
 
-        // 5. The backstop: no job waits on an upstream job that can no longer complete,
-        //    and any running pipeline with nothing left to do is finalized.
+        // 5. The backstop: no pipeline is left with waiting jobs and nothing they could
+        //    be waiting for, and any running pipeline with nothing left to do is finalized.
         let running: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM pipelines WHERE state = 'running'")
                 .fetch_all(&mut *tx)
                 .await?;
-        stats.blocked_jobs_skipped = skip_blocked_waiting(&mut tx, &running, now).await?;
+        stats.blocked_jobs_skipped = repair_quiescent(&mut tx, &running, now).await?;
         touched.extend(running);
         stats.pipelines_finalized = finalize(&mut tx, touched, now).await?;
         tx.commit().await?;
@@ -1539,50 +2073,31 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(0);
         }
-        let mut stages: BTreeSet<(i64, String)> = BTreeSet::new();
-        for job in &dead {
-            let state: String = sqlx::query_scalar(
-                "UPDATE jobs SET state = CASE WHEN pending_deps > 0 THEN 'waiting' ELSE 'available' END, \
-                 run_after = ?2, failed_attempts = 0, finished_at = NULL WHERE id = ?1 RETURNING state",
-            )
-            .bind(job.id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let state: JobState = parse_enum(&state)?;
-            emit_job_state(
-                &mut tx,
-                job,
-                state,
-                json!({"reason": "retried by request"}),
-                now,
-            )
-            .await?;
-            stages.insert((job.pipeline_id, job.stage.clone()));
-        }
+        let dead_ids: Vec<i64> = dead.iter().map(|j| j.id).collect();
+        let mut revived: Vec<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = CASE WHEN pending_deps > 0 THEN 'waiting' ELSE 'available' END, \
+             run_after = ?2, failed_attempts = 0, finished_at = NULL \
+             WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id",
+        )
+        .bind(ids_json(dead_ids.iter().copied()))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        revived.sort_unstable();
+        emit_states(
+            &mut tx,
+            &revived,
+            json!({"reason": "retried by request"}),
+            false,
+            now,
+        )
+        .await?;
+        let mut stages: BTreeSet<(i64, String)> = dead
+            .iter()
+            .map(|j| (j.pipeline_id, j.stage.clone()))
+            .collect();
         // Dependents skipped because of these jobs wait again, transitively.
-        let mut frontier: Vec<i64> = dead.iter().map(|j| j.id).collect();
-        while !frontier.is_empty() {
-            let revived = sqlx::query(
-                "UPDATE jobs SET state = 'waiting', finished_at = NULL, last_error = NULL \
-                 WHERE state = 'skipped' AND id IN (SELECT job_id FROM job_deps \
-                   WHERE upstream_id IN (SELECT value FROM json_each(?1))) \
-                 RETURNING id, pipeline_id, stage, key",
-            )
-            .bind(ids_json(frontier.iter().copied()))
-            .fetch_all(&mut *tx)
-            .await?;
-            frontier.clear();
-            for row in &revived {
-                let id: i64 = row.try_get("id")?;
-                let pipeline_id: i64 = row.try_get("pipeline_id")?;
-                let stage: String = row.try_get("stage")?;
-                let data = json!({"key": row.try_get::<String, _>("key")?, "stage": stage, "state": "waiting"});
-                emit(&mut tx, pipeline_id, Some(id), "job_state", data, now).await?;
-                stages.insert((pipeline_id, stage));
-                frontier.push(id);
-            }
-        }
+        stages.extend(revive_skipped_dependents(&mut tx, dead_ids, now).await?);
         // Every stage with revived jobs gets a closed breaker and a fresh deadline, or the
         // revived jobs would die again at once.
         for (pipeline_id, stage) in &stages {
@@ -1621,32 +2136,7 @@ impl Store for SqliteStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        for id in &pipelines {
-            let previous: String = sqlx::query_scalar("SELECT state FROM pipelines WHERE id = ?1")
-                .bind(id)
-                .fetch_one(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE pipelines SET state = 'running', finished_at = NULL, cancel_requested = 0, \
-                 deadline_at = CASE WHEN deadline_ms IS NULL THEN NULL ELSE ?2 + deadline_ms * 1000 END \
-                 WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if previous != "running" {
-                emit(
-                    &mut tx,
-                    *id,
-                    None,
-                    "pipeline_reopened",
-                    json!({"was": previous}),
-                    now,
-                )
-                .await?;
-            }
-        }
+        reopen_pipelines(&mut tx, &pipelines, now).await?;
         // A revived job whose other upstream jobs are dead still cannot run.
         skip_blocked_waiting(&mut tx, &pipelines, now).await?;
         finalize(&mut tx, pipelines.iter().copied(), now).await?;
@@ -1657,7 +2147,7 @@ impl Store for SqliteStore {
     async fn pipeline(&self, id: i64) -> StoreResult<Option<Pipeline>> {
         let mut conn = self.reader.acquire().await?;
         let row = sqlx::query(&format!(
-            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = ?1"
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = ?1 AND state != 'creating'"
         ))
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -1675,7 +2165,7 @@ impl Store for SqliteStore {
         let mut conn = self.reader.acquire().await?;
         let rows = sqlx::query(&format!(
             "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE (?2 IS NULL OR state = ?2) \
-             AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?1"
+             AND state != 'creating' AND (?3 IS NULL OR id < ?3) ORDER BY id DESC LIMIT ?1"
         ))
         .bind(filter.limit)
         .bind(filter.state.map(|s| s.as_str()))
@@ -1744,6 +2234,7 @@ impl Store for SqliteStore {
              AND (?6 = 0 OR state IN ('waiting', 'available', 'retrying')) \
              AND (?7 IS NULL OR json_extract(item, '$.model') = ?7) \
              AND (?8 IS NULL OR json_extract(item, '$.template') = ?8) \
+             AND pipeline_id NOT IN (SELECT id FROM pipelines WHERE state = 'creating') \
              ORDER BY id LIMIT ?5"
         );
         sqlx::query(&sql)
@@ -1877,7 +2368,10 @@ impl Store for SqliteStore {
     }
 
     async fn job(&self, id: i64) -> StoreResult<Option<Job>> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1");
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 \
+             AND pipeline_id NOT IN (SELECT id FROM pipelines WHERE state = 'creating')"
+        );
         sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.reader)
@@ -1907,20 +2401,28 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn dependencies(&self, job_id: i64) -> StoreResult<Vec<Dependency>> {
-        sqlx::query("SELECT j.id, j.key, j.state FROM job_deps d JOIN jobs j ON j.id = d.upstream_id WHERE d.job_id = ?1 ORDER BY j.id")
-            .bind(job_id)
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(Dependency {
-                    job_id: row.try_get("id")?,
-                    key: row.try_get("key")?,
-                    state: parse_enum(row.try_get::<&str, _>("state")?)?,
-                })
+    async fn dependencies(&self, job_id: i64, limit: i64) -> StoreResult<Vec<Dependency>> {
+        sqlx::query(
+            "SELECT * FROM (SELECT j.id, j.key, j.state FROM job_deps d JOIN jobs j ON j.id = d.upstream_id \
+               WHERE d.job_id = ?1 ORDER BY j.id LIMIT ?2) \
+             UNION ALL SELECT * FROM (SELECT u.id, u.key, u.state FROM jobs me \
+               JOIN stage_waits w ON w.pipeline_id = me.pipeline_id AND w.stage = me.stage \
+               JOIN jobs u ON u.pipeline_id = w.pipeline_id AND u.stage = w.upstream_stage \
+               WHERE me.id = ?1 ORDER BY u.id LIMIT ?2) LIMIT ?2",
+        )
+        .bind(job_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Dependency {
+                job_id: row.try_get("id")?,
+                key: row.try_get("key")?,
+                state: parse_enum(row.try_get::<&str, _>("state")?)?,
             })
-            .collect()
+        })
+        .collect()
     }
 
     async fn unfinished_upstream(
@@ -1929,10 +2431,16 @@ impl Store for SqliteStore {
         limit: i64,
     ) -> StoreResult<(Vec<String>, i64)> {
         let mut conn = self.reader.acquire().await?;
-        let keys: Vec<String> = sqlx::query_scalar(
-            "SELECT j.key FROM job_deps d JOIN jobs j ON j.id = d.upstream_id \
-             WHERE d.job_id = ?1 AND j.state != 'completed' ORDER BY j.id LIMIT ?2",
-        )
+        // Its own upstream jobs first, then those of the stages it waits for as a whole
+        // (barriers already released have nothing left).
+        let keys: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT key FROM (SELECT * FROM (SELECT j.key, j.id FROM job_deps d JOIN jobs j ON j.id = d.upstream_id \
+               WHERE d.job_id = ?1 AND j.state != 'completed' ORDER BY j.id LIMIT ?2) \
+             UNION ALL SELECT * FROM (SELECT u.key, u.id FROM jobs me \
+               JOIN stage_waits w ON w.pipeline_id = me.pipeline_id AND w.stage = me.stage AND w.released = 0 \
+               JOIN jobs u ON u.pipeline_id = w.pipeline_id AND u.stage = w.upstream_stage AND u.state IN {NOT_COMPLETED} \
+               WHERE me.id = ?1 ORDER BY u.id LIMIT ?2)) LIMIT ?2"
+        ))
         .bind(job_id)
         .bind(limit)
         .fetch_all(&mut *conn)
@@ -1940,10 +2448,14 @@ impl Store for SqliteStore {
         let total: i64 = if (keys.len() as i64) < limit {
             keys.len() as i64
         } else {
-            sqlx::query_scalar(
-                "SELECT COUNT(*) FROM job_deps d JOIN jobs j ON j.id = d.upstream_id \
-                 WHERE d.job_id = ?1 AND j.state != 'completed'",
-            )
+            sqlx::query_scalar(&format!(
+                "SELECT (SELECT COUNT(*) FROM job_deps d JOIN jobs j ON j.id = d.upstream_id \
+                   WHERE d.job_id = ?1 AND j.state != 'completed') + \
+                 (SELECT COUNT(*) FROM jobs me \
+                   JOIN stage_waits w ON w.pipeline_id = me.pipeline_id AND w.stage = me.stage AND w.released = 0 \
+                   JOIN jobs u ON u.pipeline_id = w.pipeline_id AND u.stage = w.upstream_stage AND u.state IN {NOT_COMPLETED} \
+                   WHERE me.id = ?1)"
+            ))
             .bind(job_id)
             .fetch_one(&mut *conn)
             .await?

@@ -1,0 +1,24 @@
+-- The engine at the size of a study.
+
+-- A large pipeline is written in short transactions. Until its last row is in, it is
+-- 'creating': claims, the reconciler and every read skip it, and a server that starts
+-- deletes whatever a crash left of one.
+CREATE INDEX pipelines_creating ON pipelines (id) WHERE state = 'creating';
+
+-- Barriers: every job of `stage` waits for every job of `upstream_stage` as a whole
+-- (wait = "stage"). One row per pair of stages, never one per pair of jobs: each job of
+-- `stage` counts the barrier as one in its pending_deps until `upstream_stage` has
+-- completed, when the barrier is released (once: `released`).
+CREATE TABLE stage_waits (
+    pipeline_id    INTEGER NOT NULL,
+    stage          TEXT    NOT NULL,
+    upstream_stage TEXT    NOT NULL,
+    released       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (pipeline_id, stage, upstream_stage)
+);
+CREATE INDEX stage_waits_upstream ON stage_waits (pipeline_id, upstream_stage);
+
+-- The fencing token of each attempt, kept after its lease is gone: a finished result that
+-- arrives after its lease expired proves with it which attempt it is, and is accepted if
+-- no newer attempt has started.
+ALTER TABLE attempts ADD COLUMN token TEXT;
