@@ -1,21 +1,28 @@
-//! `assay bench`: no-op jobs through a real server (in this process, durable SQLite in a
-//! temporary directory) and real worker processes over loopback HTTP. Prints figures; it
-//! asserts nothing about time.
+//! `assay bench`: a real `assay server` process (durable SQLite in a temporary directory)
+//! and real worker processes over loopback HTTP. Prints figures; it asserts nothing about
+//! time.
+//!
+//! What it measures, in order: no-op throughput through one stage; the main job's shape, a
+//! streamed study (models × templates → generate → analyzers per app, no-op kinds) with
+//! its submit time, throughput, how soon dependents start after their upstream job
+//! completes, and the server's memory; submission of study-sized plans, and how the server
+//! answers heartbeats while a large one is written; claim latency as a 100,000-job queue
+//! drains; what the dashboard fetches to open a pipeline; enqueue-to-start on an idle
+//! system.
 
-use crate::api::SubmitRequest;
+use crate::api::{ClaimBody, SubmitRequest};
 use crate::client::Client;
 use crate::domain::JobState;
-use crate::server::{self, ServerConfig};
-use crate::store::JobFilter;
+use crate::store::{Heartbeat, Job, JobFilter, Report, ReportOutcome, WorkerRegistration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// No-op jobs in the throughput run.
+    /// No-op jobs in the single-stage throughput run.
     #[arg(long, default_value_t = 10_000)]
     pub jobs: usize,
     /// Worker processes.
@@ -27,6 +34,19 @@ pub struct BenchArgs {
     /// One-job pipelines submitted one at a time on an idle system, for latency.
     #[arg(long, default_value_t = 300)]
     pub latency_samples: usize,
+    /// Models and templates of the streamed study: each app is generated, then analyzed by
+    /// `--study-analyzers` stages as soon as it exists.
+    #[arg(long, default_value_t = 10)]
+    pub study_models: usize,
+    #[arg(long, default_value_t = 100)]
+    pub study_templates: usize,
+    #[arg(long, default_value_t = 4)]
+    pub study_analyzers: usize,
+    /// Apps of the large pipeline (each generated, then analyzed by four stages: 5 jobs and
+    /// 4 dependencies per app) whose submission is timed and whose queue is drained by
+    /// one claimer to time claims as it shrinks.
+    #[arg(long, default_value_t = 25_000)]
+    pub queue_apps: usize,
     /// Keep the data here instead of a temporary directory.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -40,20 +60,112 @@ fn noop_spec(name: &str, n: usize) -> String {
     )
 }
 
+fn quoted(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("\"{prefix}{i}\""))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How the generate stage of a study runs: as fast as no-op jobs, or paced like a stage
+/// bound by a model provider (a few ms each, a limited number at once).
+#[derive(Clone, Copy)]
+enum Generation {
+    Noop,
+    Paced {
+        ms: u64,
+        concurrency: usize,
+    },
+    /// Jobs no bench worker takes (`command`): the probe claims them itself.
+    ForProbe,
+}
+
+/// One stage of a bench spec: its kind and settings, then its params table.
+fn stage(name: &str, settings: &str, params: &str) -> String {
+    format!("\n[[stage]]\nname = \"{name}\"\n{settings}\n{params}")
+}
+
+/// Jobs for the probe: a kind the bench's workers do not take.
+const PROBE_KIND: &str = "kind = \"command\"";
+const PROBE_PARAMS: &str = "[stage.params]\nprogram = \"true\"\n";
+
+/// The main job's shape: every app generated, then analyzed by each analyzer stage as soon
+/// as it exists (`wait = "item"`).
+fn study_spec(
+    name: &str,
+    models: usize,
+    templates: usize,
+    analyzers: usize,
+    generation: Generation,
+) -> String {
+    let matrix = format!(
+        "matrix = {{ model = [{}], template = [{}] }}",
+        quoted("model-", models),
+        quoted("template-", templates)
+    );
+    let (generate, generate_params, analyze, analyze_params) = match generation {
+        Generation::Noop => (
+            "kind = \"noop\"".to_string(),
+            String::new(),
+            "kind = \"noop\"",
+            "",
+        ),
+        Generation::Paced { ms, concurrency } => (
+            format!("kind = \"sleep\"\nconcurrency = {concurrency}"),
+            format!("[stage.params]\nms = {ms}\n"),
+            "kind = \"noop\"",
+            "",
+        ),
+        Generation::ForProbe => (
+            PROBE_KIND.to_string(),
+            PROBE_PARAMS.to_string(),
+            PROBE_KIND,
+            PROBE_PARAMS,
+        ),
+    };
+    let mut spec = format!("[pipeline]\nname = \"{name}\"\n");
+    spec += &stage(
+        "generate",
+        &format!("{generate}\n{matrix}"),
+        &generate_params,
+    );
+    for a in 0..analyzers {
+        spec += &stage(
+            &format!("analyze-{a}"),
+            &format!("{analyze}\nafter = [\"generate\"]\n{matrix}"),
+            analyze_params,
+        );
+    }
+    spec
+}
+
+/// Two stages of `n` jobs, the second waiting for the whole first (a barrier).
+fn barrier_spec(n: usize) -> String {
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let items = items.join(",");
+    format!(
+        "[pipeline]\nname = \"barrier\"\n{}{}",
+        stage(
+            "a",
+            &format!("{PROBE_KIND}\nitems = [{items}]"),
+            PROBE_PARAMS
+        ),
+        stage(
+            "b",
+            &format!("{PROBE_KIND}\nafter = [\"a\"]\nwait = \"stage\"\nitems = [{items}]"),
+            PROBE_PARAMS
+        )
+    )
+}
+
 /// `models × templates × tools` no-op jobs: the shape of an analysis run, for the grid.
 fn grid_spec(name: &str, models: usize, templates: usize, tools: usize) -> String {
-    let list = |prefix: &str, n: usize| {
-        (0..n)
-            .map(|i| format!("\"{prefix}{i}\""))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
     format!(
         "[pipeline]\nname = \"{name}\"\n\n[[stage]]\nname = \"analyze\"\nkind = \"noop\"\n\
          matrix = {{ model = [{}], template = [{}], tool = [{}] }}\n",
-        list("model-", models),
-        list("template-", templates),
-        list("tool-", tools)
+        quoted("model-", models),
+        quoted("template-", templates),
+        quoted("tool-", tools)
     )
 }
 
@@ -107,6 +219,10 @@ fn latency_line(label: &str, mut micros: Vec<f64>) -> String {
     )
 }
 
+fn thousands(n: usize) -> String {
+    crate::generation::budget::group_thousands(n as i64)
+}
+
 async fn submit(client: &Client, spec: String) -> Result<i64> {
     Ok(client
         .submit(&SubmitRequest {
@@ -116,6 +232,13 @@ async fn submit(client: &Client, spec: String) -> Result<i64> {
         })
         .await?
         .pipeline_id)
+}
+
+/// Submit and time it (the request: the server plans and writes the pipeline).
+async fn timed_submit(client: &Client, spec: String) -> Result<(i64, Duration)> {
+    let t = Instant::now();
+    let id = submit(client, spec).await?;
+    Ok((id, t.elapsed()))
 }
 
 async fn wait_finished(client: &Client, id: i64, poll: Duration) -> Result<()> {
@@ -135,7 +258,7 @@ async fn wait_finished(client: &Client, id: i64, poll: Duration) -> Result<()> {
     }
 }
 
-async fn start_latencies(client: &Client, pipeline: i64) -> Result<Vec<f64>> {
+async fn all_jobs(client: &Client, pipeline: i64) -> Result<Vec<Job>> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
@@ -149,53 +272,179 @@ async fn start_latencies(client: &Client, pipeline: i64) -> Result<Vec<f64>> {
             .await?;
         let Some(last) = jobs.last() else { break };
         after = last.id;
-        for j in &jobs {
-            if j.state == JobState::Completed {
-                if let Some(started) = j.started_at {
-                    out.push((started - j.created_at) as f64);
-                }
-            }
-        }
+        out.extend(jobs);
     }
     Ok(out)
+}
+
+fn start_latencies(jobs: &[Job]) -> Vec<f64> {
+    jobs.iter()
+        .filter(|j| j.state == JobState::Completed)
+        .filter_map(|j| j.started_at.map(|s| (s - j.created_at) as f64))
+        .collect()
+}
+
+/// For each analysis job of a study: from its app's generate job completing to its start.
+fn dependent_start_latencies(jobs: &[Job]) -> Vec<f64> {
+    let generated: HashMap<String, i64> = jobs
+        .iter()
+        .filter(|j| j.stage == "generate")
+        .filter_map(|j| Some((j.item.to_string(), j.finished_at?)))
+        .collect();
+    jobs.iter()
+        .filter(|j| j.stage != "generate")
+        .filter_map(|j| {
+            let upstream_done = generated.get(&j.item.to_string())?;
+            Some((j.started_at? - upstream_done) as f64)
+        })
+        .collect()
+}
+
+/// Peak and current resident memory of a process, in MiB (`/proc/PID/status`).
+fn memory_mib(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+fn spawn_assay(exe: &Path, args: &[String]) -> Result<tokio::process::Child> {
+    tokio::process::Command::new(exe)
+        .args(args)
+        .env("ASSAY_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting an assay process")
+}
+
+/// A claimer of its own, for the phases that time the server's side of claims and
+/// heartbeats without a worker's work in the way: it claims `command` jobs (which the
+/// bench's workers do not take) and reports them done at once, without running them.
+struct Probe {
+    client: Client,
+    id: String,
+}
+
+impl Probe {
+    async fn register(client: &Client) -> Result<Probe> {
+        let id = "bench-probe".to_string();
+        client
+            .register(&WorkerRegistration {
+                id: id.clone(),
+                name: id.clone(),
+                kinds: vec!["command".into()],
+            })
+            .await?;
+        Ok(Probe {
+            client: client.clone(),
+            id,
+        })
+    }
+
+    async fn heartbeat(&self) -> Result<Duration> {
+        let t = Instant::now();
+        self.client
+            .heartbeat(
+                &Heartbeat {
+                    worker_id: self.id.clone(),
+                    leases: Vec::new(),
+                },
+                Duration::from_secs(30),
+            )
+            .await?;
+        Ok(t.elapsed())
+    }
+
+    /// Claim up to `limit` jobs and report them completed; the claim's latency and how
+    /// many it got.
+    async fn claim_and_finish(&self, limit: i64) -> Result<(Duration, usize)> {
+        let t = Instant::now();
+        let (claimed, _) = self
+            .client
+            .claim(&ClaimBody {
+                worker_id: self.id.clone(),
+                kinds: vec!["command".into()],
+                limit,
+                wait_ms: 0,
+            })
+            .await?;
+        let took = t.elapsed();
+        let n = claimed.len();
+        if n > 0 {
+            let reports = claimed
+                .into_iter()
+                .map(|c| Report {
+                    job_id: c.job_id,
+                    attempt: c.attempt,
+                    token: c.token,
+                    worker_id: self.id.clone(),
+                    outcome: ReportOutcome::Completed {
+                        result: serde_json::json!({}),
+                        artifacts: vec![],
+                    },
+                })
+                .collect();
+            self.client.report(reports).await?;
+        }
+        Ok((took, n))
+    }
 }
 
 pub async fn run(args: BenchArgs) -> Result<u8> {
     let temp = tempfile_dir()?;
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.clone());
-    let stop = CancellationToken::new();
-    let server = server::start(
-        ServerConfig::new(data_dir.join("server"), "127.0.0.1:0".parse()?),
-        stop.clone(),
-    )
-    .await?;
-    let url = format!("http://{}", server.addr);
     let exe = std::env::current_exe().context("locating the assay binary")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_assay(
+        &exe,
+        &[
+            "server".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--data-dir".into(),
+            data_dir.join("server").display().to_string(),
+        ],
+    )?;
+    let server_pid = server.id().context("the server's pid")?;
+    let client = Client::new(&url);
+    let started = Instant::now();
+    while client.health().await.is_err() {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the server did not answer within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut children = Vec::new();
     for i in 0..args.workers {
-        let child = tokio::process::Command::new(&exe)
-            .args([
-                "worker",
-                "--server",
-                &url,
-                "--concurrency",
-                &args.concurrency.to_string(),
-                "--id",
-                &format!("bench-{i}"),
-                "--kinds",
-                "noop",
-            ])
-            .arg("--spool-dir")
-            .arg(data_dir.join(format!("spool-{i}")))
-            .env("ASSAY_LOG", "error")
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a worker process")?;
-        children.push(child);
+        children.push(spawn_assay(
+            &exe,
+            &[
+                "worker".into(),
+                "--server".into(),
+                url.clone(),
+                "--concurrency".into(),
+                args.concurrency.to_string(),
+                "--id".into(),
+                format!("bench-{i}"),
+                "--kinds".into(),
+                "noop,sleep".into(),
+                "--spool-dir".into(),
+                data_dir.join(format!("spool-{i}")).display().to_string(),
+            ],
+        )?);
     }
-    let client = Client::new(&url);
     let started = Instant::now();
     loop {
         let live = client
@@ -216,8 +465,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "assay bench: {} no-op jobs, {} worker processes × {} slots, SQLite (WAL, synchronous=NORMAL) at {}",
-        args.jobs,
+        "assay bench: {} worker processes × {} slots, an `assay server` process on SQLite (WAL, synchronous=NORMAL) at {}",
         args.workers,
         args.concurrency,
         data_dir.display()
@@ -226,27 +474,174 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     let warmup = submit(&client, noop_spec("warmup", 500)).await?;
     wait_finished(&client, warmup, Duration::from_millis(5)).await?;
 
+    // 1. One stage of no-op jobs.
     let t0 = Instant::now();
     let id = submit(&client, noop_spec("throughput", args.jobs)).await?;
     let enqueued = t0.elapsed();
     wait_finished(&client, id, Duration::from_millis(5)).await?;
     let total = t0.elapsed();
+    let single_rate = args.jobs as f64 / total.as_secs_f64();
     println!(
-        "throughput: {:.0} jobs/s end to end ({} jobs in {:.3} s; enqueue took {:.3} s)",
-        args.jobs as f64 / total.as_secs_f64(),
-        args.jobs,
+        "single stage: {single_rate:.0} jobs/s end to end ({} no-op jobs in {:.3} s; submit took {:.3} s)",
+        thousands(args.jobs),
         total.as_secs_f64(),
         enqueued.as_secs_f64()
     );
     println!(
         "{}",
         latency_line(
-            "enqueue-to-start under that load",
-            start_latencies(&client, id).await?
+            "  enqueue-to-start under that load",
+            start_latencies(&all_jobs(&client, id).await?)
         )
     );
 
-    // Opening a pipeline in the dashboard: a 10-job grid and a 10,000-job grid.
+    // 2. The main job's shape: a streamed study. Flooded with no-op jobs it measures
+    //    throughput (dependents then queue behind everything released before them); with
+    //    generation paced like a provider-bound stage, workers have free slots and it
+    //    measures how soon an app's analyses start once the app exists.
+    let (m, t, a) = (
+        args.study_models,
+        args.study_templates,
+        args.study_analyzers,
+    );
+    let study_jobs = m * t * (1 + a);
+    let t0 = Instant::now();
+    let (id, submitted) =
+        timed_submit(&client, study_spec("study", m, t, a, Generation::Noop)).await?;
+    wait_finished(&client, id, Duration::from_millis(5)).await?;
+    let total = t0.elapsed();
+    let study_rate = study_jobs as f64 / total.as_secs_f64();
+    println!(
+        "streamed study: {m} models × {t} templates → generate → {a} analyzers per app ({} jobs, {} dependencies), no-op: \
+         submit {:.3} s, {study_rate:.0} jobs/s end to end ({:.3} s), {:.2} × the single-stage rate",
+        thousands(study_jobs),
+        thousands(m * t * a),
+        submitted.as_secs_f64(),
+        total.as_secs_f64(),
+        study_rate / single_rate
+    );
+    println!(
+        "{}",
+        latency_line(
+            "  an analysis starts after its app's generate job completed (queued behind the flood)",
+            dependent_start_latencies(&all_jobs(&client, id).await?)
+        )
+    );
+    let paced = Generation::Paced {
+        ms: 20,
+        concurrency: 32,
+    };
+    let t0 = Instant::now();
+    let id = submit(&client, study_spec("study-paced", m, t, a, paced)).await?;
+    wait_finished(&client, id, Duration::from_millis(5)).await?;
+    println!(
+        "streamed study, generation paced (20 ms each, 32 at once; analyses no-op): {:.3} s",
+        t0.elapsed().as_secs_f64()
+    );
+    println!(
+        "{}",
+        latency_line(
+            "  an analysis starts after its app's generate job completed",
+            dependent_start_latencies(&all_jobs(&client, id).await?)
+        )
+    );
+    if let Some((peak, now)) = memory_mib(server_pid) {
+        println!("  server memory: peak {peak:.0} MiB, now {now:.0} MiB");
+    }
+
+    // 3. Submitting study-sized plans. The probe heartbeats throughout the large one: the
+    //    server must keep answering while it is written.
+    let probe = Probe::register(&client).await?;
+    let (small_id, small) = timed_submit(
+        &client,
+        study_spec("study-1500", 10, 30, 4, Generation::ForProbe),
+    )
+    .await?;
+    println!(
+        "submit: 10 models × 30 templates × 4 analyzers (1,500 jobs, 1,200 dependencies) in {:.3} s",
+        small.as_secs_f64()
+    );
+    let (barrier, took) = timed_submit(&client, barrier_spec(2_000)).await?;
+    println!(
+        "submit: two stages of 2,000 jobs, the second waiting for the whole first (a barrier, no edges) in {:.3} s",
+        took.as_secs_f64()
+    );
+    let apps = args.queue_apps;
+    let models = 25.min(apps).max(1);
+    let spec = study_spec(
+        "queue",
+        models,
+        apps.div_ceil(models),
+        4,
+        Generation::ForProbe,
+    );
+    let submission = tokio::spawn({
+        let client = client.clone();
+        async move { timed_submit(&client, spec).await }
+    });
+    let mut beats = Vec::new();
+    while !submission.is_finished() {
+        beats.push(probe.heartbeat().await?.as_micros() as f64);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (queue, took) = submission.await??;
+    let queued = client.pipeline(queue).await?.pipeline.counts.total() as usize;
+    println!(
+        "submit: {} jobs, {} dependencies ({} apps × generate → 4 analyzers) in {:.3} s",
+        thousands(queued),
+        thousands(queued / 5 * 4),
+        thousands(queued / 5),
+        took.as_secs_f64()
+    );
+    println!(
+        "{}",
+        latency_line("  heartbeats answered while it was written", beats)
+    );
+    if let Some((peak, now)) = memory_mib(server_pid) {
+        println!("  server memory: peak {peak:.0} MiB, now {now:.0} MiB");
+    }
+
+    // 4. Claims as that queue drains (the two smaller pipelines are cancelled first).
+    for id in [small_id, barrier] {
+        client.cancel_pipeline(id).await?;
+    }
+    let mut by_depth: Vec<(usize, f64)> = Vec::new();
+    let mut left = queued;
+    loop {
+        let (took, n) = probe.claim_and_finish(100).await?;
+        if n == 0 {
+            break;
+        }
+        by_depth.push((left, took.as_micros() as f64));
+        left = left.saturating_sub(n);
+    }
+    println!(
+        "claims of 100 as a {}-job queue drains (one claimer; depth = jobs not yet finished):",
+        thousands(queued)
+    );
+    let buckets = [
+        (queued, queued * 3 / 4),
+        (queued * 3 / 4, queued / 2),
+        (queued / 2, queued / 4),
+        (queued / 4, 0),
+    ];
+    for (high, low) in buckets {
+        let samples: Vec<f64> = by_depth
+            .iter()
+            .filter(|(d, _)| *d <= high && *d > low)
+            .map(|(_, t)| *t)
+            .collect();
+        println!(
+            "{}",
+            latency_line(
+                &format!("  depth {}–{}", thousands(high), thousands(low)),
+                samples
+            )
+        );
+    }
+    wait_finished(&client, queue, Duration::from_millis(20)).await?;
+
+    // 5. Opening a pipeline in the dashboard: a 10-job grid and a 10,000-job grid.
     for (models, templates, tools) in [(1, 1, 10), (10, 100, 10)] {
         let jobs = models * templates * tools;
         let id = submit(&client, grid_spec("grid", models, templates, tools)).await?;
@@ -267,19 +662,23 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         );
     }
 
+    // 6. A job on an idle system.
     let mut idle = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {
         let id = submit(&client, noop_spec("latency", 1)).await?;
         wait_finished(&client, id, Duration::from_millis(1)).await?;
-        idle.extend(start_latencies(&client, id).await?);
+        idle.extend(start_latencies(&all_jobs(&client, id).await?));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     println!(
         "{}",
         latency_line("enqueue-to-start on an idle system", idle)
     );
+    if let Some((peak, _)) = memory_mib(server_pid) {
+        println!("server peak memory over the whole bench: {peak:.0} MiB");
+    }
 
-    for child in &mut children {
+    for child in children.iter_mut().chain(std::iter::once(&mut server)) {
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -290,8 +689,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     for mut child in children {
         let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
     }
-    stop.cancel();
-    server.wait().await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
     if args.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&temp);
     }

@@ -22,3 +22,8 @@ CREATE INDEX stage_waits_upstream ON stage_waits (pipeline_id, upstream_stage);
 -- arrives after its lease expired proves with it which attempt it is, and is accepted if
 -- no newer attempt has started.
 ALTER TABLE attempts ADD COLUMN token TEXT;
+
+-- Reads that must not grow with the number of jobs in the database: a pipeline's jobs in
+-- id order (pages of the jobs list), and the next retry's time (every reconciler tick).
+CREATE INDEX jobs_pipeline ON jobs (pipeline_id);
+CREATE INDEX jobs_retrying ON jobs (run_after) WHERE state = 'retrying';

@@ -216,16 +216,20 @@ async fn submit(
     // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
     // writing short (it would be discarded, and the retry would start over).
     let store = s.store.clone();
-    let (pipeline_id, created) =
-        tokio::spawn(async move { store.create_pipeline(&new, now_micros()).await })
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    e.to_string(),
-                )
-            })??;
+    let (pipeline_id, created) = tokio::spawn(async move {
+        let created = store.create_pipeline(&new, now_micros()).await;
+        // Freeing a plan of 100,000 jobs takes a while: not on an async thread.
+        tokio::task::spawn_blocking(move || drop(new));
+        created
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })??;
     if created {
         s.signals.work_changed();
     }

@@ -20,6 +20,81 @@ use std::time::Duration;
 
 const UNFINISHED: &str = "('waiting','available','running','retrying')";
 
+/// Statements that run on every claim, report or reconciler tick, or page through a
+/// large pipeline. Each reads through an index, however many jobs and events the
+/// database holds (`tests::hot_statements_read_through_indexes` checks their plans): a
+/// scan here is what makes claims slow down as a study's queue grows.
+mod hot {
+    use super::JOB_COLUMNS;
+    use crate::store::JobFilter;
+
+    /// One kind's claimable jobs in id order, straight from the claimable index (a list
+    /// of kinds in one statement would sort every claimable job of those kinds first).
+    pub const CLAIM_CANDIDATES: &str = "SELECT id, pipeline_id, stage FROM jobs \
+         WHERE kind = ?1 AND state IN ('available','retrying') AND run_after <= ?2 \
+           AND EXISTS (SELECT 1 FROM pipelines p WHERE p.id = jobs.pipeline_id \
+               AND p.state = 'running' AND p.cancel_requested = 0) \
+           AND NOT EXISTS (SELECT 1 FROM json_each(?3) f \
+               WHERE f.value ->> 0 = jobs.pipeline_id AND f.value ->> 1 = jobs.stage) \
+         ORDER BY id LIMIT ?4";
+    pub const NEXT_RETRY: &str = "SELECT MIN(run_after) FROM jobs WHERE state = 'retrying'";
+    pub const ANY_UNFINISHED: &str = "SELECT 1 FROM jobs WHERE pipeline_id = ?1 \
+         AND state IN ('waiting','available','running','retrying') LIMIT 1";
+    /// Every state but `completed`, listed: a few index seeks, not a scan of the stage.
+    pub const ANY_NOT_COMPLETED_IN_STAGE: &str = "SELECT 1 FROM jobs WHERE pipeline_id = ?1 \
+         AND stage = ?2 AND state IN ('waiting','available','running','retrying','dead','cancelled','skipped') LIMIT 1";
+    /// One pass over the dependents of jobs that completed: count each down by its
+    /// completed upstream jobs, and make those with nothing left to wait for available.
+    pub const COUNT_DOWN_DEPENDENTS: &str = "UPDATE jobs SET pending_deps = pending_deps - c.n, \
+           state = CASE WHEN state = 'waiting' AND pending_deps - c.n <= 0 THEN 'available' ELSE state END, \
+           run_after = CASE WHEN state = 'waiting' AND pending_deps - c.n <= 0 THEN ?2 ELSE run_after END \
+         FROM (SELECT job_id, COUNT(*) AS n FROM job_deps \
+               WHERE upstream_id IN (SELECT value FROM json_each(?1)) GROUP BY job_id) c \
+         WHERE jobs.id = c.job_id RETURNING jobs.id, jobs.state";
+    pub const QUIESCENT_WITH_WAITING: &str =
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state = 'waiting') \
+         AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state IN ('available','running','retrying'))";
+    /// Forced: with no bound on the index's own column (or with `ORDER BY id`) the planner
+    /// would rather scan every job than the few that run.
+    pub const RUNNING_JOBS: &str = "jobs INDEXED BY jobs_running";
+    pub const LEASE_EXPIRED: &str = "state = 'running' AND lease_expires_at < ?1";
+    pub const ATTEMPT_OVERDUE: &str = "state = 'running' AND attempt_deadline_at + ?1 < ?2";
+    /// A pipeline's events by its own index; `(?1 IS NULL OR pipeline_id = ?1)` would
+    /// make them a scan of everyone's.
+    pub const EVENTS_OF_PIPELINE: &str = "SELECT id, pipeline_id, job_id, at, kind, data \
+         FROM events WHERE pipeline_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
+    pub const EVENTS_OF_ALL: &str = "SELECT id, pipeline_id, job_id, at, kind, data \
+         FROM events WHERE ?1 IS NULL AND id > ?2 ORDER BY id LIMIT ?3";
+    pub const EVENT_BACK_OF_PIPELINE: &str =
+        "SELECT id FROM events WHERE pipeline_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2";
+    pub const EVENT_BACK_OF_ALL: &str =
+        "SELECT id FROM events WHERE ?1 IS NULL ORDER BY id DESC LIMIT 1 OFFSET ?2";
+
+    /// One page of jobs in id order. Only the filters that are set are in the statement,
+    /// so each combination reads through the index made for it (a pipeline's jobs, by
+    /// state or by stage) instead of scanning every job from the page's start.
+    pub fn jobs_page(filter: &JobFilter, state: Option<&str>) -> String {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id > ?1");
+        if filter.pipeline_id.is_some() {
+            sql += " AND pipeline_id = ?2";
+        }
+        if filter.stage.is_some() {
+            sql += " AND stage = ?3";
+        }
+        if state.is_some() {
+            sql += " AND state = ?4";
+        }
+        if filter.model.is_some() {
+            sql += " AND json_extract(item, '$.model') = ?5";
+        }
+        if filter.template.is_some() {
+            sql += " AND json_extract(item, '$.template') = ?6";
+        }
+        sql + " AND pipeline_id NOT IN (SELECT id FROM pipelines WHERE state = 'creating') \
+                ORDER BY id LIMIT ?7"
+    }
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -156,7 +231,18 @@ async fn briefs_where(
     condition: &str,
     binds: &[i64],
 ) -> StoreResult<Vec<Brief>> {
-    let sql = format!("SELECT {BRIEF_COLUMNS} FROM jobs WHERE {condition} ORDER BY id");
+    briefs_from(conn, "jobs", condition, binds).await
+}
+
+/// `from` names the table, and may force an index (`jobs INDEXED BY …`) where the planner
+/// would otherwise scan every job.
+async fn briefs_from(
+    conn: &mut SqliteConnection,
+    from: &str,
+    condition: &str,
+    binds: &[i64],
+) -> StoreResult<Vec<Brief>> {
+    let sql = format!("SELECT {BRIEF_COLUMNS} FROM {from} WHERE {condition} ORDER BY id");
     let mut q = sqlx::query(&sql);
     for b in binds {
         q = q.bind(*b);
@@ -441,24 +527,19 @@ async fn release_dependents(
         return Ok(());
     }
     let ids = ids_json(completed.iter().copied());
-    sqlx::query(
-        "UPDATE jobs SET pending_deps = pending_deps - (SELECT COUNT(*) FROM job_deps d \
-           WHERE d.job_id = jobs.id AND d.upstream_id IN (SELECT value FROM json_each(?1))) \
-         WHERE id IN (SELECT job_id FROM job_deps WHERE upstream_id IN (SELECT value FROM json_each(?1)))",
-    )
-    .bind(&ids)
-    .execute(&mut *conn)
-    .await?;
-    let mut ready: Vec<i64> = sqlx::query_scalar(
-        "UPDATE jobs SET state = 'available', run_after = ?2 \
-         WHERE state = 'waiting' AND pending_deps <= 0 AND id IN \
-           (SELECT job_id FROM job_deps WHERE upstream_id IN (SELECT value FROM json_each(?1))) \
-         RETURNING id",
-    )
-    .bind(&ids)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await?;
+    // One pass over the dependents: count each down by its completed upstream jobs, and
+    // make those with nothing left to wait for available.
+    let counted = sqlx::query(hot::COUNT_DOWN_DEPENDENTS)
+        .bind(&ids)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut ready = Vec::new();
+    for row in &counted {
+        if row.try_get::<&str, _>("state")? == JobState::Available.as_str() {
+            ready.push(row.try_get::<i64, _>("id")?);
+        }
+    }
     ready.sort_unstable();
     emit_states(conn, &ready, json!({}), false, now).await?;
     // Stages of these jobs that others wait for as a whole, and that may have completed.
@@ -490,13 +571,11 @@ async fn release_barriers_if_complete(
     upstream: &str,
     now: Micros,
 ) -> StoreResult<()> {
-    let unfinished: Option<i64> = sqlx::query_scalar(&format!(
-        "SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND stage = ?2 AND state IN {NOT_COMPLETED} LIMIT 1"
-    ))
-    .bind(pipeline_id)
-    .bind(upstream)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let unfinished: Option<i64> = sqlx::query_scalar(hot::ANY_NOT_COMPLETED_IN_STAGE)
+        .bind(pipeline_id)
+        .bind(upstream)
+        .fetch_optional(&mut *conn)
+        .await?;
     if unfinished.is_some() {
         return Ok(());
     }
@@ -591,12 +670,10 @@ async fn finalize(
 ) -> StoreResult<i64> {
     let mut finalized = 0;
     for id in ids.into_iter().collect::<BTreeSet<_>>() {
-        let unfinished: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state IN {UNFINISHED} LIMIT 1"
-        ))
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let unfinished: Option<i64> = sqlx::query_scalar(hot::ANY_UNFINISHED)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
         if unfinished.is_some() {
             continue;
         }
@@ -702,13 +779,10 @@ async fn repair_quiescent(
 ) -> StoreResult<i64> {
     let mut skipped = 0;
     for &id in pipeline_ids {
-        let stuck: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state = 'waiting') \
-             AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state IN ('available','running','retrying'))",
-        )
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await?;
+        let stuck: bool = sqlx::query_scalar(hot::QUIESCENT_WITH_WAITING)
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
         if !stuck {
             continue;
         }
@@ -999,6 +1073,28 @@ async fn open_breaker(
     finish_unsuccessfully(conn, &victims, JobState::Dead, Some(&failure), now).await
 }
 
+/// One page of jobs, in id order (see [`hot::jobs_page`]).
+async fn jobs_in_state(
+    reader: &SqlitePool,
+    filter: &JobFilter,
+    state: Option<&str>,
+    limit: i64,
+) -> StoreResult<Vec<Job>> {
+    sqlx::query(&hot::jobs_page(filter, state))
+        .bind(filter.after_id.unwrap_or(0))
+        .bind(filter.pipeline_id)
+        .bind(&filter.stage)
+        .bind(state)
+        .bind(&filter.model)
+        .bind(&filter.template)
+        .bind(limit)
+        .fetch_all(reader)
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect()
+}
+
 fn pipeline_from_row(row: &SqliteRow, counts: StateCounts) -> StoreResult<Pipeline> {
     Ok(Pipeline {
         id: row.try_get("id")?,
@@ -1031,116 +1127,241 @@ enum Begun {
     New { id: i64, first_job: i64 },
 }
 
-impl SqliteStore {
-    /// The first, short transaction of a submission: the idempotency check, the pipeline
-    /// (still `creating`), its stages and barriers, and a reserved range of job ids, so
-    /// that the jobs and their dependencies can be written by id in later transactions.
-    async fn begin_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<Begun> {
-        let mut tx = self.writer.begin().await?;
-        if let Some(key) = &new.idempotency_key {
-            let existing = sqlx::query(
-                "SELECT id, spec_hash, state FROM pipelines WHERE idempotency_key = ?1",
-            )
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                let hash: String = row.try_get("spec_hash")?;
-                if hash != new.spec_hash {
-                    return Err(StoreError::IdempotencyConflict(key.clone()));
-                }
-                let state: String = row.try_get("state")?;
-                return Ok(if state == "creating" {
-                    Begun::BeingWritten
-                } else {
-                    Begun::Existing(row.try_get("id")?)
-                });
-            }
-        }
-        let deadline_at = new.spec.deadline_micros().map(|d| now + d);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO pipelines (name, state, idempotency_key, spec_hash, spec, created_at, deadline_ms, deadline_at, budget) \
-             VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
-        )
-        .bind(&new.spec.name)
-        .bind(&new.idempotency_key)
-        .bind(&new.spec_hash)
-        .bind(&new.source)
-        .bind(now)
-        .bind(new.spec.deadline_ms)
-        .bind(deadline_at)
-        .bind(new.spec.budget.filter(|b| !b.is_unlimited()).map(|b| to_json(&b)))
-        .fetch_one(&mut *tx)
-        .await?;
-        let stages: Vec<Value> = new
-            .spec
-            .stages
-            .iter()
-            .enumerate()
-            .map(|(position, stage)| {
-                json!([
-                    stage.name,
-                    position,
-                    stage.kind,
-                    stage.concurrency,
-                    stage.timeout_ms,
-                    stage.retry.max_attempts,
-                    stage.retry.backoff_base_ms,
-                    stage.retry.backoff_max_ms,
-                    stage.breaker.threshold,
-                    stage.deadline_ms,
-                    stage.deadline_ms.map(|d| now + d * MICROS_PER_MS)
-                ])
-            })
-            .collect();
-        sqlx::query(
-            "INSERT INTO stages (pipeline_id, name, position, kind, concurrency, timeout_ms, max_attempts, \
-             backoff_base_ms, backoff_max_ms, breaker_threshold, deadline_ms, deadline_at) \
-             SELECT ?1, v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, v.value ->> 5, \
-                    v.value ->> 6, v.value ->> 7, v.value ->> 8, v.value ->> 9, v.value ->> 10 FROM json_each(?2) v",
-        )
-        .bind(id)
-        .bind(to_json(&stages))
-        .execute(&mut *tx)
-        .await?;
-        let waits: Vec<Value> = new
-            .plan
-            .stage_waits
-            .iter()
-            .map(|w| json!([w.stage, w.upstream]))
-            .collect();
-        sqlx::query(
-            "INSERT INTO stage_waits (pipeline_id, stage, upstream_stage) \
-             SELECT ?1, v.value ->> 0, v.value ->> 1 FROM json_each(?2) v",
-        )
-        .bind(id)
-        .bind(to_json(&waits))
-        .execute(&mut *tx)
-        .await?;
-        // Reserve ids for the jobs: AUTOINCREMENT never hands out an id at or below the
-        // sequence, so no other pipeline can take one of these meanwhile.
-        let last: i64 = sqlx::query_scalar(
-            "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0), \
-                        COALESCE((SELECT MAX(id) FROM jobs), 0))",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let reserved = last + new.plan.jobs.len() as i64;
-        let updated = sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'")
-            .bind(reserved)
-            .execute(&mut *tx)
-            .await?;
-        if updated.rows_affected() == 0 {
-            sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)")
-                .bind(reserved)
-                .execute(&mut *tx)
+/// The idempotency check, then the pipeline (still `creating`), its stages and barriers,
+/// and a reserved range of job ids, so that jobs and dependencies can be written by id,
+/// in this transaction or in later ones.
+async fn begin_pipeline(
+    conn: &mut SqliteConnection,
+    new: &NewPipeline,
+    now: Micros,
+) -> StoreResult<Begun> {
+    if let Some(key) = &new.idempotency_key {
+        let existing =
+            sqlx::query("SELECT id, spec_hash, state FROM pipelines WHERE idempotency_key = ?1")
+                .bind(key)
+                .fetch_optional(&mut *conn)
                 .await?;
+        if let Some(row) = existing {
+            let hash: String = row.try_get("spec_hash")?;
+            if hash != new.spec_hash {
+                return Err(StoreError::IdempotencyConflict(key.clone()));
+            }
+            let state: String = row.try_get("state")?;
+            return Ok(if state == "creating" {
+                Begun::BeingWritten
+            } else {
+                Begun::Existing(row.try_get("id")?)
+            });
+        }
+    }
+    let deadline_at = new.spec.deadline_micros().map(|d| now + d);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO pipelines (name, state, idempotency_key, spec_hash, spec, created_at, deadline_ms, deadline_at, budget) \
+         VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+    )
+    .bind(&new.spec.name)
+    .bind(&new.idempotency_key)
+    .bind(&new.spec_hash)
+    .bind(&new.source)
+    .bind(now)
+    .bind(new.spec.deadline_ms)
+    .bind(deadline_at)
+    .bind(new.spec.budget.filter(|b| !b.is_unlimited()).map(|b| to_json(&b)))
+    .fetch_one(&mut *conn)
+    .await?;
+    let stages: Vec<Value> = new
+        .spec
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(position, stage)| {
+            json!([
+                stage.name,
+                position,
+                stage.kind,
+                stage.concurrency,
+                stage.timeout_ms,
+                stage.retry.max_attempts,
+                stage.retry.backoff_base_ms,
+                stage.retry.backoff_max_ms,
+                stage.breaker.threshold,
+                stage.deadline_ms,
+                stage.deadline_ms.map(|d| now + d * MICROS_PER_MS)
+            ])
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO stages (pipeline_id, name, position, kind, concurrency, timeout_ms, max_attempts, \
+         backoff_base_ms, backoff_max_ms, breaker_threshold, deadline_ms, deadline_at) \
+         SELECT ?1, v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, v.value ->> 5, \
+                v.value ->> 6, v.value ->> 7, v.value ->> 8, v.value ->> 9, v.value ->> 10 FROM json_each(?2) v",
+    )
+    .bind(id)
+    .bind(to_json(&stages))
+    .execute(&mut *conn)
+    .await?;
+    let waits: Vec<Value> = new
+        .plan
+        .stage_waits
+        .iter()
+        .map(|w| json!([w.stage, w.upstream]))
+        .collect();
+    sqlx::query(
+        "INSERT INTO stage_waits (pipeline_id, stage, upstream_stage) \
+         SELECT ?1, v.value ->> 0, v.value ->> 1 FROM json_each(?2) v",
+    )
+    .bind(id)
+    .bind(to_json(&waits))
+    .execute(&mut *conn)
+    .await?;
+    // Reserve ids for the jobs: AUTOINCREMENT never hands out an id at or below the
+    // sequence, so no other pipeline can take one of these meanwhile.
+    let last: i64 = sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0), \
+                    COALESCE((SELECT MAX(id) FROM jobs), 0))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let reserved = last + new.plan.jobs.len() as i64;
+    let updated = sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'")
+        .bind(reserved)
+        .execute(&mut *conn)
+        .await?;
+    if updated.rows_affected() == 0 {
+        sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)")
+            .bind(reserved)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Begun::New {
+        id,
+        first_job: last + 1,
+    })
+}
+
+/// Insert a run of planned jobs, the first of which is job `first` of the plan, under
+/// their reserved ids.
+async fn insert_jobs(
+    conn: &mut SqliteConnection,
+    pipeline_id: i64,
+    first_job: i64,
+    new: &NewPipeline,
+    range: std::ops::Range<usize>,
+    now: Micros,
+) -> StoreResult<()> {
+    let plan = &new.plan;
+    // Tuples, not `json!` values: the chunk is serialized straight to one string.
+    let rows: Vec<_> = plan.jobs[range.clone()]
+        .iter()
+        .zip(range)
+        .map(|(j, i)| {
+            let pending = plan.pending(j);
+            (
+                first_job + i as i64,
+                &j.stage,
+                &j.key,
+                &j.kind,
+                to_json(&j.item),
+                to_json(&j.params),
+                if pending == 0 { "available" } else { "waiting" },
+                pending,
+            )
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO jobs (id, pipeline_id, stage, key, kind, item, params, state, pending_deps, run_after, created_at) \
+         SELECT v.value ->> 0, ?1, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, v.value ->> 5, \
+                v.value ->> 6, v.value ->> 7, ?2, ?2 FROM json_each(?3) v",
+    )
+    .bind(pipeline_id)
+    .bind(now)
+    .bind(to_json(&rows))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_edges(conn: &mut SqliteConnection, edges: &[[i64; 2]]) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO job_deps (job_id, upstream_id) \
+         SELECT v.value ->> 0, v.value ->> 1 FROM json_each(?1) v",
+    )
+    .bind(to_json(&edges))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The plan's job-to-job dependencies under the reserved ids, a chunk at a time.
+fn edge_chunks(new: &NewPipeline, first_job: i64) -> Vec<Vec<[i64; 2]>> {
+    let mut chunks = vec![Vec::new()];
+    for (i, job) in new.plan.jobs.iter().enumerate() {
+        let last = chunks.last_mut().expect("one chunk");
+        last.extend(
+            job.depends_on
+                .iter()
+                .map(|&u| [first_job + i as i64, first_job + u as i64]),
+        );
+        if last.len() >= DEPS_PER_CHUNK {
+            chunks.push(Vec::new());
+        }
+    }
+    chunks.retain(|c| !c.is_empty());
+    chunks
+}
+
+/// The last step of a submission: the pipeline becomes visible and its jobs claimable.
+async fn publish_pipeline(
+    conn: &mut SqliteConnection,
+    id: i64,
+    new: &NewPipeline,
+    now: Micros,
+) -> StoreResult<()> {
+    let shown =
+        sqlx::query("UPDATE pipelines SET state = 'running' WHERE id = ?1 AND state = 'creating'")
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    if shown.rows_affected() != 1 {
+        return Err(StoreError::Conflict(format!(
+            "pipeline {id} was discarded while it was being written"
+        )));
+    }
+    emit(
+        conn,
+        id,
+        None,
+        "pipeline_created",
+        json!({"name": new.spec.name, "jobs": new.plan.jobs.len()}),
+        now,
+    )
+    .await?;
+    if new.plan.jobs.is_empty() {
+        finalize(conn, [id], now).await?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// A plan small enough for one short transaction is written in one.
+    fn fits_one_transaction(new: &NewPipeline) -> bool {
+        new.plan.jobs.len() <= JOBS_PER_CHUNK && new.plan.dependencies() <= DEPS_PER_CHUNK
+    }
+
+    async fn create_at_once(&self, new: &NewPipeline, now: Micros) -> StoreResult<Begun> {
+        let mut tx = self.writer.begin().await?;
+        let begun = begin_pipeline(&mut tx, new, now).await?;
+        if let Begun::New { id, first_job } = begun {
+            insert_jobs(&mut tx, id, first_job, new, 0..new.plan.jobs.len(), now).await?;
+            for edges in edge_chunks(new, first_job) {
+                insert_edges(&mut tx, &edges).await?;
+            }
+            publish_pipeline(&mut tx, id, new, now).await?;
+            tx.commit().await?;
+            return Ok(begun);
         }
         tx.commit().await?;
-        Ok(Begun::New {
-            id,
-            first_job: last + 1,
-        })
+        Ok(begun)
     }
 
     /// Write the jobs and their dependencies in short transactions, then make the pipeline
@@ -1152,95 +1373,20 @@ impl SqliteStore {
         new: &NewPipeline,
         now: Micros,
     ) -> StoreResult<()> {
-        let plan = &new.plan;
-        let barriers: HashMap<&str, usize> = new
-            .spec
-            .stages
-            .iter()
-            .map(|st| (st.name.as_str(), plan.barriers_of(&st.name).count()))
-            .collect();
-        for (c, chunk) in plan.jobs.chunks(JOBS_PER_CHUNK).enumerate() {
-            let offset = first_job + (c * JOBS_PER_CHUNK) as i64;
-            let rows: Vec<Value> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, j)| {
-                    let pending = j.depends_on.len() + barriers[j.stage.as_str()];
-                    json!([
-                        offset + i as i64,
-                        j.stage,
-                        j.key,
-                        j.kind,
-                        to_json(&j.item),
-                        to_json(&j.params),
-                        if pending == 0 { "available" } else { "waiting" },
-                        pending
-                    ])
-                })
-                .collect();
+        let jobs = new.plan.jobs.len();
+        for start in (0..jobs).step_by(JOBS_PER_CHUNK) {
             let mut tx = self.writer.begin().await?;
-            sqlx::query(
-                "INSERT INTO jobs (id, pipeline_id, stage, key, kind, item, params, state, pending_deps, run_after, created_at) \
-                 SELECT v.value ->> 0, ?1, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, v.value ->> 5, \
-                        v.value ->> 6, v.value ->> 7, ?2, ?2 FROM json_each(?3) v",
-            )
-            .bind(id)
-            .bind(now)
-            .bind(to_json(&rows))
-            .execute(&mut *tx)
-            .await?;
+            let range = start..(start + JOBS_PER_CHUNK).min(jobs);
+            insert_jobs(&mut tx, id, first_job, new, range, now).await?;
             tx.commit().await?;
         }
-        let mut edges: Vec<[i64; 2]> = Vec::with_capacity(DEPS_PER_CHUNK);
-        for (i, job) in plan.jobs.iter().enumerate() {
-            for u in &job.depends_on {
-                edges.push([first_job + i as i64, first_job + *u as i64]);
-            }
-            if edges.len() >= DEPS_PER_CHUNK {
-                self.write_edges(&edges).await?;
-                edges.clear();
-            }
-        }
-        if !edges.is_empty() {
-            self.write_edges(&edges).await?;
+        for edges in edge_chunks(new, first_job) {
+            let mut tx = self.writer.begin().await?;
+            insert_edges(&mut tx, &edges).await?;
+            tx.commit().await?;
         }
         let mut tx = self.writer.begin().await?;
-        let shown = sqlx::query(
-            "UPDATE pipelines SET state = 'running' WHERE id = ?1 AND state = 'creating'",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if shown.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "pipeline {id} was discarded while it was being written"
-            )));
-        }
-        emit(
-            &mut tx,
-            id,
-            None,
-            "pipeline_created",
-            json!({"name": new.spec.name, "jobs": plan.jobs.len()}),
-            now,
-        )
-        .await?;
-        if plan.jobs.is_empty() {
-            finalize(&mut tx, [id], now).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn write_edges(&self, edges: &[[i64; 2]]) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query(
-            "INSERT INTO job_deps (job_id, upstream_id) \
-             SELECT v.value ->> 0, v.value ->> 1 FROM json_each(?1) v",
-        )
-        .bind(to_json(&edges))
-        .execute(&mut *tx)
-        .await?;
+        publish_pipeline(&mut tx, id, new, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1290,9 +1436,19 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn create_pipeline(&self, new: &NewPipeline, now: Micros) -> StoreResult<(i64, bool)> {
         let waited = std::time::Instant::now();
+        let at_once = Self::fits_one_transaction(new);
         let (id, first_job) = loop {
-            match self.begin_pipeline(new, now).await? {
+            let begun = if at_once {
+                self.create_at_once(new, now).await?
+            } else {
+                let mut tx = self.writer.begin().await?;
+                let begun = begin_pipeline(&mut tx, new, now).await?;
+                tx.commit().await?;
+                begun
+            };
+            match begun {
                 Begun::Existing(id) => return Ok((id, false)),
+                Begun::New { id, .. } if at_once => return Ok((id, true)),
                 Begun::New { id, first_job } => break (id, first_job),
                 // Another submission with this key is writing it: answer with its result.
                 Begun::BeingWritten if waited.elapsed() < SUBMISSION_WAIT => {
@@ -1436,22 +1592,21 @@ impl Store for SqliteStore {
             }
             room.insert(key, r);
         }
-        let candidates = sqlx::query(
-            "SELECT id, pipeline_id, stage FROM jobs \
-             WHERE state IN ('available','retrying') AND kind IN (SELECT value FROM json_each(?1)) \
-               AND run_after <= ?2 \
-               AND EXISTS (SELECT 1 FROM pipelines p WHERE p.id = jobs.pipeline_id \
-                   AND p.state = 'running' AND p.cancel_requested = 0) \
-               AND NOT EXISTS (SELECT 1 FROM json_each(?3) f \
-                   WHERE f.value ->> 0 = jobs.pipeline_id AND f.value ->> 1 = jobs.stage) \
-             ORDER BY id LIMIT ?4",
-        )
-        .bind(to_json(&req.kinds))
-        .bind(now)
-        .bind(to_json(&full))
-        .bind(req.limit * 2)
-        .fetch_all(&mut *tx)
-        .await?;
+        // One read per kind, each in id order straight from the claimable index (a list of
+        // kinds in one statement would sort every claimable job of those kinds first).
+        let mut candidates = Vec::new();
+        for kind in &req.kinds {
+            candidates.extend(
+                sqlx::query(hot::CLAIM_CANDIDATES)
+                    .bind(kind)
+                    .bind(now)
+                    .bind(to_json(&full))
+                    .bind(req.limit * 2)
+                    .fetch_all(&mut *tx)
+                    .await?,
+            );
+        }
+        candidates.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or(i64::MAX));
         let mut chosen = Vec::with_capacity(req.limit as usize);
         for row in &candidates {
             if chosen.len() as i64 >= req.limit {
@@ -1849,12 +2004,7 @@ impl Store for SqliteStore {
         let mut touched = BTreeSet::new();
 
         // 1. Leases that expired: the worker stopped heartbeating.
-        let expired = briefs_where(
-            &mut tx,
-            "state = 'running' AND lease_expires_at < ?1",
-            &[now],
-        )
-        .await?;
+        let expired = briefs_from(&mut tx, hot::RUNNING_JOBS, hot::LEASE_EXPIRED, &[now]).await?;
         for job in &expired {
             touched.insert(job.pipeline_id);
             if job.cancel_requested {
@@ -1883,9 +2033,10 @@ impl Store for SqliteStore {
         // 2. Attempts past their timeout that the worker did not end itself (a hung
         //    worker keeps heartbeating). The grace lets a healthy worker report first.
         let grace = policy.lease_ms * MICROS_PER_MS;
-        let overdue = briefs_where(
+        let overdue = briefs_from(
             &mut tx,
-            "state = 'running' AND attempt_deadline_at + ?1 < ?2",
+            hot::RUNNING_JOBS,
+            hot::ATTEMPT_OVERDUE,
             &[grace, now],
         )
         .await?;
@@ -2228,29 +2379,20 @@ impl Store for SqliteStore {
     }
 
     async fn jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR pipeline_id = ?1) \
-             AND (?2 IS NULL OR stage = ?2) AND (?3 IS NULL OR state = ?3) AND id > ?4 \
-             AND (?6 = 0 OR state IN ('waiting', 'available', 'retrying')) \
-             AND (?7 IS NULL OR json_extract(item, '$.model') = ?7) \
-             AND (?8 IS NULL OR json_extract(item, '$.template') = ?8) \
-             AND pipeline_id NOT IN (SELECT id FROM pipelines WHERE state = 'creating') \
-             ORDER BY id LIMIT ?5"
-        );
-        sqlx::query(&sql)
-            .bind(filter.pipeline_id)
-            .bind(&filter.stage)
-            .bind(filter.state.map(|s| s.as_str()))
-            .bind(filter.after_id.unwrap_or(0))
-            .bind(filter.limit.unwrap_or(1_000))
-            .bind(filter.pending)
-            .bind(&filter.model)
-            .bind(&filter.template)
-            .fetch_all(&self.reader)
-            .await?
-            .iter()
-            .map(job_from_row)
-            .collect()
+        let limit = filter.limit.unwrap_or(1_000);
+        let one_state = filter.state.map(|s| s.as_str());
+        if !filter.pending || one_state.is_some() {
+            return jobs_in_state(&self.reader, filter, one_state, limit).await;
+        }
+        // Pending is three states: one indexed read of each, merged by id, rather than
+        // every pending job of the pipeline sorted to keep the first few.
+        let mut out = Vec::new();
+        for state in ["waiting", "available", "retrying"] {
+            out.extend(jobs_in_state(&self.reader, filter, Some(state), limit).await?);
+        }
+        out.sort_by_key(|j| j.id);
+        out.truncate(limit.max(0) as usize);
+        Ok(out)
     }
 
     async fn prune_events(&self, before: Micros, limit: i64) -> StoreResult<i64> {
@@ -2283,14 +2425,15 @@ impl Store for SqliteStore {
     }
 
     async fn event_id_back(&self, pipeline_id: Option<i64>, back: i64) -> StoreResult<i64> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM events WHERE (?1 IS NULL OR pipeline_id = ?1) \
-             ORDER BY id DESC LIMIT 1 OFFSET ?2",
-        )
-        .bind(pipeline_id)
-        .bind(back.max(0))
-        .fetch_optional(&self.reader)
-        .await?;
+        let sql = match pipeline_id {
+            Some(_) => hot::EVENT_BACK_OF_PIPELINE,
+            None => hot::EVENT_BACK_OF_ALL,
+        };
+        let id: Option<i64> = sqlx::query_scalar(sql)
+            .bind(pipeline_id)
+            .bind(back.max(0))
+            .fetch_optional(&self.reader)
+            .await?;
         Ok(id.unwrap_or(0))
     }
 
@@ -2487,18 +2630,19 @@ impl Store for SqliteStore {
         after_id: i64,
         limit: i64,
     ) -> StoreResult<Vec<Event>> {
-        sqlx::query(
-            "SELECT id, pipeline_id, job_id, at, kind, data FROM events \
-             WHERE (?1 IS NULL OR pipeline_id = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
-        )
-        .bind(pipeline_id)
-        .bind(after_id)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?
-        .iter()
-        .map(event_from_row)
-        .collect()
+        let sql = match pipeline_id {
+            Some(_) => hot::EVENTS_OF_PIPELINE,
+            None => hot::EVENTS_OF_ALL,
+        };
+        sqlx::query(sql)
+            .bind(pipeline_id)
+            .bind(after_id)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
     }
 
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>> {
@@ -2528,11 +2672,9 @@ impl Store for SqliteStore {
     }
 
     async fn next_retry_at(&self) -> StoreResult<Option<Micros>> {
-        Ok(
-            sqlx::query_scalar("SELECT MIN(run_after) FROM jobs WHERE state = 'retrying'")
-                .fetch_one(&self.reader)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(hot::NEXT_RETRY)
+            .fetch_one(&self.reader)
+            .await?)
     }
 
     async fn record_llm_call(&self, call: &LlmCall, now: Micros) -> StoreResult<bool> {
@@ -2653,5 +2795,105 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan of `sql`, one line per step (`EXPLAIN QUERY PLAN`'s details).
+    async fn plan_of(store: &SqliteStore, sql: &str, binds: usize) -> Vec<String> {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut q = sqlx::query(&explain);
+        for i in 0..binds {
+            q = q.bind(i as i64 + 1);
+        }
+        q.fetch_all(&store.reader)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn hot_statements_read_through_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("assay.db"))
+            .await
+            .unwrap();
+        let filter = |pipeline: bool, stage: bool| JobFilter {
+            pipeline_id: pipeline.then_some(1),
+            stage: stage.then(|| "s".to_string()),
+            ..Default::default()
+        };
+        let expired = format!(
+            "SELECT {BRIEF_COLUMNS} FROM {} WHERE {} ORDER BY id",
+            hot::RUNNING_JOBS,
+            hot::LEASE_EXPIRED
+        );
+        let overdue = format!(
+            "SELECT {BRIEF_COLUMNS} FROM {} WHERE {} ORDER BY id",
+            hot::RUNNING_JOBS,
+            hot::ATTEMPT_OVERDUE
+        );
+        let statements: Vec<(&str, String, usize)> = vec![
+            ("claim candidates", hot::CLAIM_CANDIDATES.into(), 4),
+            ("next retry", hot::NEXT_RETRY.into(), 0),
+            ("any unfinished", hot::ANY_UNFINISHED.into(), 1),
+            ("stage completed", hot::ANY_NOT_COMPLETED_IN_STAGE.into(), 2),
+            (
+                "count down dependents",
+                hot::COUNT_DOWN_DEPENDENTS.into(),
+                2,
+            ),
+            ("quiescent", hot::QUIESCENT_WITH_WAITING.into(), 1),
+            ("leases expired", expired, 1),
+            ("attempts overdue", overdue, 2),
+            ("events of a pipeline", hot::EVENTS_OF_PIPELINE.into(), 3),
+            ("events of all", hot::EVENTS_OF_ALL.into(), 3),
+            (
+                "event back, pipeline",
+                hot::EVENT_BACK_OF_PIPELINE.into(),
+                2,
+            ),
+            (
+                "jobs of a pipeline",
+                hot::jobs_page(&filter(true, false), None),
+                7,
+            ),
+            (
+                "jobs in a state",
+                hot::jobs_page(&filter(true, false), Some("waiting")),
+                7,
+            ),
+            (
+                "jobs of a stage",
+                hot::jobs_page(&filter(true, true), Some("waiting")),
+                7,
+            ),
+        ];
+        // (`EVENT_BACK_OF_ALL` walks the ids down from the newest: it reads `back` rows.)
+        for (name, sql, binds) in statements {
+            let plan = plan_of(&store, &sql, binds).await;
+            for step in &plan {
+                let scans_a_table = ["jobs", "events", "job_deps", "attempts", "stage_waits"]
+                    .iter()
+                    .any(|t| step == &format!("SCAN {t}"));
+                let scans_an_index =
+                    step.starts_with("SCAN jobs USING") && !step.contains("jobs_running");
+                assert!(
+                    !scans_a_table && !scans_an_index,
+                    "{name} scans: {step}\n{plan:#?}"
+                );
+            }
+            let paged =
+                name.starts_with("claim") || name.starts_with("jobs") || name.starts_with("events");
+            assert!(
+                !paged || !plan.iter().any(|s| s.contains("TEMP B-TREE FOR ORDER BY")),
+                "{name} sorts what it should read in order: {plan:#?}"
+            );
+        }
     }
 }
