@@ -264,6 +264,9 @@ enum Command {
     /// Push no-op jobs through a real server and worker processes; print throughput and
     /// enqueue-to-start latency.
     Bench(crate::bench::BenchArgs),
+    /// (Internal) run a job's program so that it dies with the worker that started it.
+    #[command(name = "__supervise", hide = true)]
+    Supervise(crate::supervise::SuperviseArgs),
 }
 
 /// A retention period, or none (`off`).
@@ -284,6 +287,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A supervisor is small and single-threaded: no logging, no runtime.
+    if let Command::Supervise(args) = cli.command {
+        return crate::supervise::run(args);
+    }
+    crate::supervise::use_this_binary();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ASSAY_LOG").unwrap_or_else(|_| {
@@ -879,6 +887,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Supervise(_) => unreachable!("a supervisor runs before the runtime starts"),
     }
 }
 

@@ -18,4 +18,5 @@ pub mod results;
 pub mod server;
 pub mod spec;
 pub mod store;
+pub mod supervise;
 pub mod worker;

@@ -76,6 +76,8 @@ pub enum WorkerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the spool directory {0} is in use by another worker (one worker per spool; stop it or pick another --spool-dir)")]
+    SpoolInUse(PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,24 +124,104 @@ const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Deliveries in flight at once: a slow upload does not hold up small results.
 const PARALLEL_DELIVERIES: usize = 4;
 
+/// A worker's folder: `batches/` (finished results until acknowledged), `work/` (each
+/// attempt's output folder, `apps/` unpacked apps), `procs/` (what supervisors started,
+/// see [`crate::supervise`]) and `scratch/` (temporary files). One worker at a time.
 struct Spool {
     batches: PathBuf,
     work: PathBuf,
+    procs: PathBuf,
+    scratch: PathBuf,
+    /// Held while the worker runs: a second worker on this spool would take the first
+    /// one's processes and files for a dead predecessor's.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Spool {
     fn open(root: &Path) -> Result<Self, WorkerError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WorkerError::Spool { path, source }
+        };
+        std::fs::create_dir_all(root).map_err(io(root))?;
+        let lock_path = root.join("worker.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| WorkerError::SpoolInUse(root.to_path_buf()))?;
         let spool = Spool {
             batches: root.join("batches"),
             work: root.join("work"),
+            procs: root.join("procs"),
+            scratch: root.join("scratch"),
+            _lock: lock,
         };
-        for dir in [&spool.batches, &spool.work] {
-            std::fs::create_dir_all(dir).map_err(|source| WorkerError::Spool {
-                path: dir.clone(),
-                source,
-            })?;
+        for dir in [&spool.batches, &spool.work, &spool.procs, &spool.scratch] {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
         Ok(spool)
+    }
+
+    /// After a crash, before anything runs: kill what the dead predecessor's supervisors
+    /// started, and empty the scratch folder.
+    fn clean_up_after_predecessor(&self) {
+        match crate::supervise::sweep_leftovers(&self.procs) {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                groups = n,
+                "killed processes an earlier run of this worker left running"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot read what an earlier run started"),
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.scratch) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let gone = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                if let Err(e) = gone {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete a leftover scratch file");
+                }
+            }
+        }
+    }
+
+    /// Attempt folders (`work/JOB-ATTEMPT`) that no result on its way needs: the output of
+    /// attempts that were killed. `apps/` stays (it is pruned by age).
+    fn remove_unneeded_attempt_folders(&self, pending: &[SpooledBatch]) -> usize {
+        let needed: std::collections::HashSet<std::ffi::OsString> = pending
+            .iter()
+            .flat_map(|b| b.entries.iter())
+            .filter_map(|e| e.dir.as_ref()?.file_name().map(|n| n.to_owned()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&self.work) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let attempt_folder =
+                name.to_str()
+                    .and_then(|n| n.split_once('-'))
+                    .is_some_and(|(job, attempt)| {
+                        job.parse::<i64>().is_ok() && attempt.parse::<i64>().is_ok()
+                    });
+            if attempt_folder && !needed.contains(&name) {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        tracing::warn!(folder = %entry.path().display(), error = %e, "cannot delete an attempt folder")
+                    }
+                }
+            }
+        }
+        removed
     }
 
     /// Write a batch durably: temp file, fsync, rename, fsync the directory.
@@ -164,12 +246,36 @@ impl Spool {
         Ok(path)
     }
 
-    /// Batches left by an earlier run, oldest first. Unreadable files are set aside, not
-    /// deleted, so nothing is silently lost.
+    /// Batches left by an earlier run, oldest first. A batch whose writing was cut short
+    /// (`.NAME.tmp`) is kept if it is whole (its results were never reported) and deleted
+    /// if not (its attempts will run again). Unreadable batches are set aside, not deleted,
+    /// so nothing is silently lost.
     fn recover(&self) -> Vec<SpooledBatch> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.batches)
-            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
+        let list = || -> Vec<PathBuf> {
+            std::fs::read_dir(&self.batches)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default()
+        };
+        for tmp in list() {
+            let Some(name) = tmp.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(batch) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+                continue;
+            };
+            let whole = std::fs::read(&tmp)
+                .ok()
+                .is_some_and(|b| serde_json::from_slice::<Vec<SpoolEntry>>(&b).is_ok());
+            let kept = if whole {
+                std::fs::rename(&tmp, self.batches.join(batch))
+            } else {
+                std::fs::remove_file(&tmp)
+            };
+            if let Err(e) = kept {
+                tracing::warn!(file = %tmp.display(), error = %e, "cannot tidy a batch cut short");
+            }
+        }
+        let mut files = list();
         files.retain(|p| p.extension().is_some_and(|e| e == "json"));
         files.sort();
         let mut out = Vec::new();
@@ -195,6 +301,17 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let running: RunningMap = Arc::default();
     let heartbeat_ms = Arc::new(AtomicI64::new(1_000));
 
+    // What a killed predecessor started may still run, and write into its folders: it
+    // goes first. From here on, whatever this worker starts is recorded in the spool.
+    spool.clean_up_after_predecessor();
+    if let Err(source) = crate::supervise::record_in(&spool.procs) {
+        return Err(WorkerError::Spool {
+            path: spool.procs.clone(),
+            source,
+        });
+    }
+    kinds::set_scratch_root(&spool.scratch);
+
     // Nothing runs yet: apps no job used for a week, and staging folders a killed run left,
     // can go.
     match kinds::inputs::prune_apps(&spool.work, APP_RETENTION) {
@@ -206,6 +323,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     // Deliver what an earlier run of this worker finished *before* registering:
     // registering fails whatever this worker id still held, so results must land first.
     let recovered = spool.recover();
+    match spool.remove_unneeded_attempt_folders(&recovered) {
+        0 => {}
+        n => tracing::info!(
+            folders = n,
+            "deleted the output folders of attempts an earlier run did not finish"
+        ),
+    }
     if !recovered.is_empty() {
         tracing::info!(
             batches = recovered.len(),
@@ -603,15 +727,25 @@ async fn heartbeat_loop(
     // Heartbeats go out every interval; fresh progress goes out sooner, so that people
     // watching see steps move without the lease traffic growing.
     const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+    // A failed heartbeat is tried again soon, not an interval later: the lease lasts two
+    // intervals, and one fast failure (a reset connection, a restarting server) must not
+    // cost the worker its leases.
+    const FIRST_RETRY: Duration = Duration::from_millis(50);
     let mut sent: HashMap<String, Progress> = HashMap::new();
     let mut last_sent = tokio::time::Instant::now();
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         let every = Duration::from_millis(every_ms.load(Ordering::Relaxed).max(20) as u64);
+        let mut wake = tokio::time::Instant::now() + PROGRESS_EVERY.min(every);
+        if let Some((at, _)) = retry {
+            wake = wake.min(at);
+        }
         tokio::select! {
-            _ = tokio::time::sleep(PROGRESS_EVERY.min(every)) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = stop.cancelled() => return,
         }
-        let due = last_sent.elapsed() + Duration::from_millis(5) >= every;
+        let retry_due = retry.is_some_and(|(at, _)| tokio::time::Instant::now() >= at);
+        let due = retry_due || last_sent.elapsed() + Duration::from_millis(5) >= every;
         if !due {
             let map = running.lock().expect("running map lock");
             let progressed = map.iter().any(|(token, r)| {
@@ -655,6 +789,7 @@ async fn heartbeat_loop(
             .await
         {
             Ok(reply) => {
+                retry = None;
                 for lease in &hb.leases {
                     if let Some(p) = &lease.progress {
                         sent.insert(lease.token.clone(), p.clone());
@@ -675,7 +810,11 @@ async fn heartbeat_loop(
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; jobs keep running"),
+            Err(e) => {
+                let backoff = retry.map_or(FIRST_RETRY, |(_, b)| (b * 2).min(every / 4));
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "heartbeat failed; jobs keep running");
+                retry = Some((tokio::time::Instant::now() + backoff, backoff));
+            }
         }
     }
 }

@@ -11,8 +11,11 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Point the analyzer at the repo's tools unless the caller chose others.
+/// Point the analyzer at the repo's tools unless the caller chose others, and start the
+/// tools and apps under the real supervisor, as a worker does.
 fn use_repo_tools() {
+    // SAFETY: set before any tool or app starts; every test here sets the same value.
+    unsafe { std::env::set_var("ASSAY_SUPERVISOR", env!("CARGO_BIN_EXE_assay")) };
     if std::env::var_os("ASSAY_TOOL_PATH").is_none() {
         let tools = repo().join(".tools");
         let path = format!(
@@ -188,6 +191,8 @@ fn normalize_path(p: &str) -> String {
 
 /// The sample apps need Flask: they run with the tools' virtualenv first on PATH.
 fn use_repo_python() {
+    // SAFETY: as in `use_repo_tools`.
+    unsafe { std::env::set_var("ASSAY_SUPERVISOR", env!("CARGO_BIN_EXE_assay")) };
     if std::env::var_os("ASSAY_APP_PATH").is_none() {
         let venv = repo().join(".tools/venv/bin");
         unsafe { std::env::set_var("ASSAY_APP_PATH", venv) };

@@ -4,6 +4,7 @@
 //! crash detection, logs, and a pool that keeps an app running exactly as long as some
 //! job holds it.
 
+use crate::supervise::SupervisedCommand;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -213,7 +214,7 @@ impl PortAllocator {
 enum Process {
     Group {
         child: Mutex<std::process::Child>,
-        pgid: i32,
+        handle: crate::supervise::Handle,
     },
     Compose {
         project: String,
@@ -324,7 +325,7 @@ impl RunningApp {
     ) -> Result<RunningApp, AppError> {
         let manifest = load_manifest(dir)?;
         let port = ports.allocate()?;
-        let scratch = tempfile::tempdir()?;
+        let scratch = crate::kinds::scratch_dir()?;
         let log_file = std::fs::File::create(log)?;
         let recipe = &manifest.run;
         let process = match &recipe.compose {
@@ -355,7 +356,8 @@ impl RunningApp {
     ) -> Result<Process, AppError> {
         let recipe = &manifest.run;
         let memory = recipe.memory_mb.saturating_mul(1024 * 1024);
-        let mut cmd = std::process::Command::new(&recipe.command[0]);
+        // Under a supervisor: the app and everything it starts die with this worker.
+        let mut cmd = SupervisedCommand::new(&recipe.command[0]);
         cmd.args(&recipe.command[1..])
             .current_dir(dir)
             .env_clear()
@@ -369,39 +371,17 @@ impl RunningApp {
             .env("ASSAY_SCRATCH_DIR", scratch)
             .env("PYTHONUNBUFFERED", "1")
             .env("PATH", app_path())
-            .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if memory > 0 {
-                        let _ = nix::sys::resource::setrlimit(
-                            nix::sys::resource::Resource::RLIMIT_AS,
-                            memory,
-                            memory,
-                        );
-                    }
-                    let _ = nix::sys::resource::setrlimit(
-                        nix::sys::resource::Resource::RLIMIT_CORE,
-                        0,
-                        0,
-                    );
-                    Ok(())
-                });
-            }
-        }
-        let child = cmd.spawn().map_err(|source| AppError::Spawn {
+            .stderr(log_file)
+            .address_space_limit(memory)
+            .no_core_dumps();
+        let (child, handle) = cmd.spawn().map_err(|source| AppError::Spawn {
             command: recipe.command.join(" "),
             source,
         })?;
-        let pgid = child.id() as i32;
         Ok(Process::Group {
             child: Mutex::new(child),
-            pgid,
+            handle,
         })
     }
 
@@ -536,23 +516,27 @@ impl RunningApp {
 
 impl Drop for RunningApp {
     fn drop(&mut self) {
-        use nix::sys::signal::{killpg, Signal};
-        use nix::unistd::Pid;
         match &self.process {
-            Process::Group { child, pgid } => {
-                let pgid = Pid::from_raw(*pgid);
-                let _ = killpg(pgid, Signal::SIGTERM);
+            Process::Group { child, handle } => {
                 let mut child = child.lock().expect("child lock");
-                let deadline = Instant::now() + Duration::from_secs(3);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
+                if let Ok(None) = child.try_wait() {
+                    handle.terminate();
+                    let deadline = Instant::now() + Duration::from_secs(3);
+                    let mut exited = false;
+                    while Instant::now() < deadline {
+                        if let Ok(Some(_)) = child.try_wait() {
+                            exited = true;
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
                     }
-                    std::thread::sleep(Duration::from_millis(20));
+                    if !exited {
+                        // Whatever is left of it (children included) goes too.
+                        handle.kill();
+                    }
                 }
-                // Whatever is left of the group (children included) goes too.
-                let _ = killpg(pgid, Signal::SIGKILL);
                 let _ = child.wait();
+                handle.after_exit();
             }
             Process::Compose { project, file, env } => {
                 if let Ok(out) = docker(

@@ -4,11 +4,11 @@
 //! `not_available` with its install command, never as "no findings".
 
 use super::finding::{Finding, Location, Severity, ToolRun, ToolStatus};
+use crate::supervise::{KillOnDrop, SupervisedCommand};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::process::Command;
 
 const SEMGREP_PYTHON_RULES: &str = include_str!("../../rules/semgrep/python.yml");
 const SEMGREP_JS_RULES: &str = include_str!("../../rules/semgrep/javascript.yml");
@@ -285,22 +285,25 @@ fn invocation(tool: &Tool, app: &Path, scratch: &Path) -> std::io::Result<Invoca
 }
 
 /// Keep tools from phoning home (there is no network to wait for) or coloring output.
-fn quiet_env(cmd: &mut Command) -> &mut Command {
+fn quiet_env(cmd: &mut SupervisedCommand) -> &mut SupervisedCommand {
     cmd.env("SEMGREP_ENABLE_VERSION_CHECK", "0")
         .env("SEMGREP_SEND_METRICS", "off")
         .env("NO_COLOR", "1")
 }
 
 pub async fn version_of(program: &Path) -> Option<String> {
-    let mut cmd = Command::new(program);
+    let mut cmd = SupervisedCommand::new(program);
     quiet_env(&mut cmd)
         .arg("--version")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let (child, handle) = cmd.spawn_tokio().ok()?;
+    let mut guard = KillOnDrop::new(handle);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .ok()?
         .ok()?;
+    guard.disarm();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let line = text
@@ -357,40 +360,36 @@ async fn run_one(
             return (run, Vec::new());
         }
     };
-    let mut cmd = Command::new(&program);
+    let mut cmd = SupervisedCommand::new(&program);
     quiet_env(&mut cmd)
         .args(&inv.args)
         .current_dir(&inv.cwd)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = match cmd.spawn() {
-        Ok(c) => c,
+        .stderr(Stdio::piped());
+    let (child, handle) = match cmd.spawn_tokio() {
+        Ok(started) => started,
         Err(e) => {
             run.status = ToolStatus::Error;
             run.detail = Some(format!("starting {}: {e}", program.display()));
             return (run, Vec::new());
         }
     };
-    let pgid = child.id().map(|p| p as i32);
+    // Dropped (timed out, or the job stopped): the tool and what it started are killed.
+    let mut guard = KillOnDrop::new(handle);
     let output = tokio::time::timeout(timeout, child.wait_with_output()).await;
     run.duration_ms = started.elapsed().as_millis() as u64;
     let output = match output {
-        Ok(Ok(o)) => o,
+        Ok(Ok(o)) => {
+            guard.disarm();
+            handle.after_exit();
+            o
+        }
         Ok(Err(e)) => {
             run.status = ToolStatus::Error;
             run.detail = Some(format!("waiting for {}: {e}", tool.name));
             return (run, Vec::new());
         }
         Err(_) => {
-            if let Some(pgid) = pgid {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pgid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
             run.status = ToolStatus::Timeout;
             run.detail = Some(format!("did not finish within {} s", timeout.as_secs()));
             return (run, Vec::new());

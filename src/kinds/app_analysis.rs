@@ -87,7 +87,7 @@ fn resolve(p: AppParams) -> Result<(PathBuf, Template), Failure> {
 /// outlive the job that started it. Each job keeps a copy.
 fn pooled_log(app: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
-    let dir = std::env::temp_dir().join("assay-apps");
+    let dir = super::scratch_root().join("app-logs");
     let _ = std::fs::create_dir_all(&dir);
     let digest = hex::encode(&Sha256::digest(app.display().to_string().as_bytes())[..8]);
     dir.join(format!("{digest}-{}.log", std::process::id()))

@@ -12,6 +12,7 @@
 use super::{JobContext, JobOutput};
 use crate::domain::Failure;
 use crate::store::Progress;
+use crate::supervise::{KillOnDrop, SupervisedCommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -20,7 +21,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
 const PROGRESS_PREFIX: &str = "::assay-progress ";
 /// Results up to this size are stored inline with the job; larger ones stay artifacts.
@@ -72,23 +72,21 @@ pub fn validate(params: &Value) -> Result<(), String> {
 pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let (p, grace) = parse(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
     let io = |what: &str, e: std::io::Error| Failure::retryable("io", format!("{what}: {e}"));
-    let mut cmd = Command::new(&p.program);
+    // Under a supervisor: the program and everything it starts die with this worker.
+    let mut cmd = SupervisedCommand::new(&p.program);
     cmd.args(&p.args)
         .envs(&p.env)
         .env("ASSAY_OUTPUT_DIR", &ctx.output_dir)
         .env("ASSAY_JOB_ID", ctx.job_id.to_string())
         .env("ASSAY_JOB_KEY", &ctx.key)
         .env("ASSAY_ATTEMPT", ctx.attempt.to_string())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     if let Some(cwd) = &p.cwd {
         cmd.current_dir(cwd);
     }
     ctx.step("starting", None, Some(p.program.clone()));
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+    let (mut child, handle) = cmd.spawn_tokio().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Failure::permanent(
             "missing_tool",
             format!(
@@ -102,7 +100,8 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
         ),
         _ => Failure::retryable("spawn", format!("starting `{}`: {e}", p.program)),
     })?;
-    let pgid = child.id().map(|id| id as i32);
+    // A job future dropped mid-run (the worker stopping hard) kills the whole tree.
+    let mut guard = KillOnDrop::new(handle);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let out_log = ctx.output_dir.join("stdout.log");
@@ -119,22 +118,20 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let status = match status {
         Some(status) => status,
         None => {
-            signal_group(pgid, nix::sys::signal::Signal::SIGTERM);
-            match tokio::time::timeout(grace, child.wait()).await {
-                Ok(_) => {}
-                Err(_) => {
-                    signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = child.wait().await;
-                }
+            handle.terminate();
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                handle.kill();
+                let _ = child.wait().await;
             }
-            // Whatever the program left behind in its group goes too.
-            signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+            guard.disarm();
+            handle.after_exit();
             drain_output(stdout_task, stderr_task).await;
             return Err(Failure::retryable("stopped", "the program was stopped"));
         }
     };
+    guard.disarm();
     // The program is done; its background children must not outlive the job.
-    signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+    handle.after_exit();
     drain_output(stdout_task, stderr_task).await;
 
     if !status.success() {
@@ -213,12 +210,6 @@ async fn drain_output(
         {
             task.abort();
         }
-    }
-}
-
-fn signal_group(pgid: Option<i32>, signal: nix::sys::signal::Signal) {
-    if let Some(pgid) = pgid {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
     }
 }
 

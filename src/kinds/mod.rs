@@ -50,6 +50,31 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
     }
 }
 
+static SCRATCH_ROOT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Where kinds keep temporary files that are not a job's artifacts (an app's own temporary
+/// folder, a tool's scratch space, the log of an app that outlives its job): the worker's
+/// spool (`SPOOL/scratch`), emptied when a worker starts, so that nothing a killed worker
+/// left there stays. The system's temporary folder when no worker said.
+pub fn scratch_root() -> PathBuf {
+    SCRATCH_ROOT
+        .lock()
+        .expect("scratch root lock")
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+pub fn set_scratch_root(dir: &std::path::Path) {
+    *SCRATCH_ROOT.lock().expect("scratch root lock") = Some(dir.to_path_buf());
+}
+
+/// A temporary folder under [`scratch_root`], deleted when dropped.
+pub fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let root = scratch_root();
+    std::fs::create_dir_all(&root)?;
+    tempfile::Builder::new().prefix("scratch-").tempdir_in(root)
+}
+
 /// Everything a running job may use. Files written to `output_dir` are kept as artifacts.
 pub struct JobContext {
     pub job_id: i64,

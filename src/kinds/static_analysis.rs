@@ -69,7 +69,7 @@ pub fn validate(params: &Value) -> Result<(), String> {
 pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let p = parse(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
     let app = super::app_folder(&p.app)?;
-    let scratch = tempfile::tempdir()
+    let scratch = super::scratch_dir()
         .map_err(|e| Failure::retryable("io", format!("creating a scratch folder: {e}")))?;
     ctx.step(
         "static analysis",

@@ -123,13 +123,26 @@ impl Cluster {
     }
 
     pub fn worker(&self, id: &str, concurrency: usize, extra: &[&str]) -> Proc {
-        let spool = self.path(&format!("spool-{id}"));
+        self.worker_at(&self.url, id, &format!("spool-{id}"), concurrency, extra)
+    }
+
+    /// A worker that talks to `server` (the server, or a proxy in front of it) with its
+    /// spool in `spool` under the test's folder.
+    pub fn worker_at(
+        &self,
+        server: &str,
+        id: &str,
+        spool: &str,
+        concurrency: usize,
+        extra: &[&str],
+    ) -> Proc {
+        let spool = self.path(spool);
         let log = self.path(&format!("worker-{id}-{}.log", uuid::Uuid::new_v4()));
         let conc = concurrency.to_string();
         let mut args = vec![
             "worker",
             "--server",
-            &self.url,
+            server,
             "--id",
             id,
             "--concurrency",

@@ -1,0 +1,290 @@
+//! Nothing a worker started outlives it, and nothing a killed worker wrote stays in its
+//! spool: real worker processes killed with -9 while they run a `command` job that starts
+//! background processes (one of them in a session of its own), and an app that starts
+//! children of its own; then the next start of the worker sweeps what a killed supervisor
+//! could not, and the spool returns to its baseline.
+
+mod common;
+
+use assay::domain::{JobState, PipelineState};
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const MIN: Duration = Duration::from_secs(60);
+
+/// An app as a model might write it: its own server, and children it starts itself (one
+/// daemonized into its own session). Answers every request.
+fn write_app(dir: &Path, marker: &str) -> PathBuf {
+    let app = dir.join("orphan-app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("app.py"),
+        format!(
+            r#"import http.server, os, subprocess, sys
+subprocess.Popen(["sleep", "901.{marker}"])
+subprocess.Popen(["sleep", "902.{marker}"], start_new_session=True)
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"[]")
+    do_POST = do_GET
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        app.join("assay-app.toml"),
+        format!(
+            "template = \"todo-api\"\n[run]\ncommand = [\"python3\", \"app.py\", \"app-{marker}\"]\nport_env = \"PORT\"\nhealth = \"/\"\n"
+        ),
+    )
+    .unwrap();
+    app
+}
+
+fn markers(marker: &str) -> Vec<String> {
+    [
+        "701", "702", "703", // the command job's group, a setsid'd one, a double fork
+        "901", "902", // the app's children, one in a session of its own
+    ]
+    .iter()
+    .map(|n| format!("{n}.{marker}"))
+    .chain([format!("app-{marker}")])
+    .collect()
+}
+
+fn all_running(markers: &[String]) -> bool {
+    markers.iter().all(|m| !processes_with(m).is_empty())
+}
+
+fn left_running(markers: &[String]) -> Vec<String> {
+    markers
+        .iter()
+        .filter(|m| !processes_with(m).is_empty())
+        .cloned()
+        .collect()
+}
+
+fn spec(app: &Path, marker: &str) -> String {
+    format!(
+        r#"[pipeline]
+name = "orphans"
+[[stage]]
+name = "cmd"
+kind = "command"
+[stage.params]
+program = "sh"
+args = ["-c", "sleep 701.{marker} & setsid sleep 702.{marker} & (sleep 703.{marker} &); wait"]
+[[stage]]
+name = "load"
+kind = "performance"
+[stage.params]
+app = "{}"
+duration = "120s"
+warmup = "0s"
+users = 1
+cache = false
+"#,
+        app.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_with_minus_9_leaves_no_process_of_its_jobs_or_apps() {
+    let c = Cluster::new();
+    let _server = c.server("1s").await;
+    let marker = format!("{}", std::process::id() % 100_000);
+    let app = write_app(c.dir.path(), &marker);
+    let mut w = c.worker("w", 4, &[]);
+    let id = c.submit(&spec(&app, &marker)).await;
+    let wanted = markers(&marker);
+    wait_for("the job's processes and the app's to run", MIN, || async {
+        all_running(&wanted)
+    })
+    .await;
+    let supervisors = processes_with("__supervise").len();
+    assert!(
+        supervisors >= 2,
+        "the job and the app run under supervisors"
+    );
+    w.kill9();
+    wait_for_opt(Duration::from_secs(5), || async {
+        left_running(&wanted).is_empty()
+    })
+    .await;
+    assert_eq!(
+        left_running(&wanted),
+        Vec::<String>::new(),
+        "processes outlived their worker\n{}",
+        c.logs()
+    );
+    let state = c.client.pipeline(id).await.unwrap().pipeline.state;
+    assert_eq!(state, PipelineState::Running, "the jobs will run elsewhere");
+}
+
+/// The supervisor is the one killed (with its worker): the program's group is left
+/// without anyone watching it. The worker's next start finds it in its spool and kills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_worker_kills_what_a_dead_predecessor_left() {
+    let c = Cluster::new();
+    let _server = c.server("1s").await;
+    let marker = format!("8{}", std::process::id() % 100_000);
+    let mut w = c.worker("again", 2, &[]);
+    let spec = format!(
+        "[pipeline]\nname = \"left\"\n[[stage]]\nname = \"cmd\"\nkind = \"command\"\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 801.{marker} & sleep 802.{marker} & wait\"]\n"
+    );
+    let id = c.submit(&spec).await;
+    let wanted = vec![format!("801.{marker}"), format!("802.{marker}")];
+    wait_for("the job's processes to run", MIN, || async {
+        all_running(&wanted)
+    })
+    .await;
+    for pid in processes_with("__supervise") {
+        if std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| cmd.contains(&marker))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    w.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        left_running(&wanted),
+        wanted,
+        "with its supervisor gone, the group outlives the worker"
+    );
+    let records = c.path("spool-again").join("procs");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 1);
+    let _w = c.worker("again", 2, &[]);
+    wait_for(
+        "the restarted worker to kill them",
+        Duration::from_secs(10),
+        || async { left_running(&wanted).is_empty() },
+    )
+    .await;
+    // It then runs the job again, under a supervisor of its own.
+    wait_for("the job to run again", MIN, || async {
+        all_running(&wanted)
+    })
+    .await;
+    c.client.cancel_pipeline(id).await.unwrap();
+    assert_eq!(
+        c.wait_finished(id, MIN).await.pipeline.state,
+        PipelineState::Cancelled
+    );
+    wait_until_gone(
+        &wanted[0],
+        "the cancelled job's processes",
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+/// What a spool holds that a finished run of the worker would not have: attempt folders,
+/// batch files (finished or cut short), process records, scratch files.
+fn leftovers(spool: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["batches", "work", "procs", "scratch"] {
+        let Ok(entries) = std::fs::read_dir(spool.join(sub)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if sub == "work" && name == "apps" {
+                continue;
+            }
+            out.push(format!("{sub}/{name}"));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_again_and_again_leaves_its_spool_as_it_found_it() {
+    let c = Cluster::new();
+    let _server = c.server("1s").await;
+    let spool = c.path("spool-k");
+    // Jobs that write output and run long enough to be killed in the middle.
+    let items: Vec<String> = (0..24).map(|i| i.to_string()).collect();
+    let spec = format!(
+        "[pipeline]\nname = \"spool\"\n[[stage]]\nname = \"w\"\nkind = \"command\"\nitems = [{}]\nmax_attempts = 10\nbackoff = \"100ms\"\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"echo {{{{ item }}}} > $ASSAY_OUTPUT_DIR/out.txt; sleep 0.4\"]\n",
+        items.join(",")
+    );
+    let id = c.submit(&spec).await;
+    let mut kills = 0;
+    while kills < 6 {
+        let mut w = c.worker("k", 4, &[]);
+        let running = wait_for_opt(MIN, || async {
+            c.jobs(id)
+                .await
+                .iter()
+                .any(|j| j.state == JobState::Running)
+        })
+        .await;
+        if !running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(150 + 97 * kills)).await;
+        w.kill9();
+        kills += 1;
+    }
+    // A batch cut short mid-write, and one written whole but never renamed: the first is
+    // deleted, the second delivered (the server does not know its job: it is dropped).
+    let batches = spool.join("batches");
+    std::fs::write(
+        batches.join(".00000000000000000001-cut.json.tmp"),
+        b"[{\"report\": ",
+    )
+    .unwrap();
+    let whole = serde_json::json!([{
+        "report": {"job_id": 999_999, "attempt": 1, "token": "t", "worker_id": "k", "outcome": "completed", "result": {}, "artifacts": []},
+        "dir": null
+    }]);
+    std::fs::write(
+        batches.join(".00000000000000000002-whole.json.tmp"),
+        serde_json::to_vec(&whole).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(spool.join("work/424242-1")).unwrap();
+    std::fs::write(spool.join("scratch/left.db"), b"x").unwrap();
+    let mut w = c.worker("k", 4, &[]);
+    let detail = c.wait_finished(id, 2 * MIN).await;
+    assert_eq!(
+        detail.pipeline.state,
+        PipelineState::Completed,
+        "{}",
+        c.logs()
+    );
+    // Everything is delivered and acknowledged; then the worker stops cleanly.
+    wait_for("the spool to drain", MIN, || async {
+        leftovers(&spool).is_empty()
+    })
+    .await;
+    w.sigterm();
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(
+        leftovers(&spool),
+        Vec::<String>::new(),
+        "after {kills} kills the spool holds what it held before"
+    );
+    for job in c.jobs(id).await {
+        let e = c.client.explain(job.id).await.unwrap();
+        let completed = e
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == assay::domain::AttemptOutcome::Completed)
+            .count();
+        assert_eq!(completed, 1, "{} completed once: {:?}", job.key, e.attempts);
+    }
+    assert!(kills >= 3, "the worker was killed mid-run {kills} times");
+}
