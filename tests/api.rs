@@ -26,6 +26,7 @@ async fn setup() -> (tempfile::TempDir, Router) {
         signals: Signals::default(),
         shutdown: CancellationToken::new(),
         llm: Default::default(),
+        started_at: assay::domain::now_micros(),
     };
     (dir, app(state))
 }

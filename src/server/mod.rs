@@ -95,6 +95,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Limiters for the providers and models workers call.
     pub llm: Arc<llm_gate::LlmGate>,
+    /// When this server started (its leases' startup grace counts from here).
+    pub started_at: crate::domain::Micros,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +177,8 @@ pub async fn start(
     }
     // Workers may have been running jobs while this server was down: give them time to
     // reconnect and heartbeat before the reconciler reclaims their jobs.
-    let grace_until = now_micros() + config.lease.startup_grace_ms() * crate::domain::MICROS_PER_MS;
+    let started_at = now_micros();
+    let grace_until = started_at + config.lease.startup_grace_ms() * crate::domain::MICROS_PER_MS;
     let extended = store.grant_startup_grace(grace_until).await?;
     if extended > 0 {
         tracing::info!(
@@ -195,6 +198,7 @@ pub async fn start(
         signals: Signals::default(),
         shutdown: shutdown.clone(),
         llm: Arc::default(),
+        started_at,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -179,8 +179,12 @@ where
         })
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": s.started_at,
+    }))
 }
 
 /// A submitted spec, read and planned; errors name the file, line and field.

@@ -296,3 +296,142 @@ impl InProcess {
         self.running.wait().await;
     }
 }
+
+/// A loopback TCP proxy between workers and the server that misbehaves on demand: it
+/// resets a share of the connections it relays (at once, or after passing on a few bytes:
+/// a request or an answer cut in the middle), resets every connection while blocked, and
+/// can reset the connection that carries the next heartbeat.
+pub struct Proxy {
+    pub port: u16,
+    pub url: String,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub resets: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    blocked: tokio::sync::watch::Sender<bool>,
+    drop_heartbeat: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16, reset_share: f64) -> Proxy {
+        use rand::Rng;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicU64::new(0));
+        let resets = Arc::new(AtomicU64::new(0));
+        let (blocked, blocked_rx) = tokio::sync::watch::channel(false);
+        let drop_heartbeat = Arc::new(AtomicBool::new(false));
+        let (count, reset_count, drop_next) =
+            (connections.clone(), resets.clone(), drop_heartbeat.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let (reset, after) = {
+                    let mut rng = rand::thread_rng();
+                    (rng.gen_bool(reset_share), rng.gen_range(0..2_048usize))
+                };
+                let (reset_count, drop_next) = (reset_count.clone(), drop_next.clone());
+                let mut blocked = blocked_rx.clone();
+                tokio::spawn(async move {
+                    let refuse = *blocked.borrow();
+                    let outbound = if refuse {
+                        None
+                    } else {
+                        tokio::net::TcpStream::connect(("127.0.0.1", target))
+                            .await
+                            .ok()
+                    };
+                    let Some(outbound) = outbound else {
+                        // Blocked, or the server is down: the client's connection is reset.
+                        reset_count.fetch_add(1, Ordering::Relaxed);
+                        let _ = inbound.set_zero_linger();
+                        return;
+                    };
+                    let (mut ri, mut wi) = tokio::io::split(inbound);
+                    let (mut ro, mut wo) = tokio::io::split(outbound);
+                    let passed = AtomicU64::new(0);
+                    let cut_after = reset.then_some(after);
+                    let cut = tokio::select! {
+                        r = relay(&mut ri, &mut wo, &passed, cut_after, Some(&drop_next)) => r.unwrap_or(true),
+                        r = relay(&mut ro, &mut wi, &passed, cut_after, None) => r.unwrap_or(true),
+                        _ = blocked.wait_for(|b| *b) => true,
+                    };
+                    if cut {
+                        reset_count.fetch_add(1, Ordering::Relaxed);
+                        let _ = ri.unsplit(wi).set_zero_linger();
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            connections,
+            resets,
+            blocked,
+            drop_heartbeat,
+        }
+    }
+
+    /// Reset every connection, open or new, until `unblock`.
+    pub fn block(&self) {
+        self.blocked.send_replace(true);
+    }
+
+    pub fn unblock(&self) {
+        self.blocked.send_replace(false);
+    }
+
+    /// Reset the connection of the next heartbeat request.
+    pub fn drop_next_heartbeat(&self) {
+        self.drop_heartbeat
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the heartbeat asked for by `drop_next_heartbeat` was dropped yet.
+    pub fn heartbeat_dropped(&self) -> bool {
+        !self
+            .drop_heartbeat
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copy `from` to `to`. Ok(true) when the connection is to be reset: past `cut_after`
+/// bytes (both ways together), or a heartbeat when `drop_heartbeat` is set (once).
+async fn relay<R, W>(
+    from: &mut R,
+    to: &mut W,
+    passed: &std::sync::atomic::AtomicU64,
+    cut_after: Option<usize>,
+    drop_heartbeat: Option<&std::sync::atomic::AtomicBool>,
+) -> std::io::Result<bool>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let total = passed.fetch_add(n as u64, Ordering::Relaxed) as usize + n;
+        if cut_after.is_some_and(|cut| total > cut) {
+            return Ok(true);
+        }
+        if let Some(flag) = drop_heartbeat {
+            let heartbeat = buf[..n]
+                .windows(26)
+                .any(|w| w == b"POST /api/v1/workers/heart");
+            if heartbeat && flag.swap(false, Ordering::SeqCst) {
+                return Ok(true);
+            }
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+}
