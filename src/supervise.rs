@@ -32,7 +32,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The hidden subcommand that makes the `assay` binary a supervisor.
@@ -216,15 +216,17 @@ impl SupervisedCommand {
         })
     }
 
-    fn build(mut self) -> std::io::Result<(std::process::Command, bool)> {
+    fn build(mut self) -> std::io::Result<(std::process::Command, Launch)> {
         let program = self.resolve()?;
+        let mut record = None;
         let (mut cmd, supervised) = match (supervisor(), lifeline()) {
             (Some(exe), Some(lifeline)) => {
                 let mut cmd = std::process::Command::new(exe);
                 cmd.arg(SUBCOMMAND);
                 if let Some(dir) = records_dir() {
-                    let record = dir.join(format!("{}.json", uuid::Uuid::new_v4()));
-                    cmd.arg("--record").arg(record);
+                    let path = dir.join(format!("{}.json", uuid::Uuid::new_v4()));
+                    cmd.arg("--record").arg(&path);
+                    record = Some(Arc::from(path));
                 }
                 if let Some(bytes) = self.address_space {
                     cmd.arg("--address-space").arg(bytes.to_string());
@@ -270,40 +272,54 @@ impl SupervisedCommand {
         // The worker signals the supervisor (or, unsupervised, the program's group); a
         // group of its own keeps a terminal's Ctrl-C away from it.
         cmd.process_group(0);
-        Ok((cmd, supervised))
+        Ok((cmd, Launch { supervised, record }))
     }
 
     pub fn spawn(self) -> std::io::Result<(std::process::Child, Handle)> {
-        let (mut cmd, supervised) = self.build()?;
+        let (mut cmd, launch) = self.build()?;
         let child = cmd.spawn()?;
-        let handle = Handle {
-            pid: child.id() as i32,
-            supervised,
-        };
+        let handle = launch.handle(child_pid(child.id()));
         Ok((child, handle))
     }
 
     pub fn spawn_tokio(self) -> std::io::Result<(tokio::process::Child, Handle)> {
-        let (cmd, supervised) = self.build()?;
+        let (cmd, launch) = self.build()?;
         let child = tokio::process::Command::from(cmd).spawn()?;
         let pid = child
             .id()
             .ok_or_else(|| std::io::Error::other("the child exited before it was watched"))?;
-        Ok((
-            child,
-            Handle {
-                pid: pid as i32,
-                supervised,
-            },
-        ))
+        Ok((child, launch.handle(child_pid(pid))))
+    }
+}
+
+fn child_pid(id: u32) -> i32 {
+    i32::try_from(id).expect("pids fit in an i32")
+}
+
+/// How a program was started: under a supervisor or not, and where its record is.
+struct Launch {
+    supervised: bool,
+    record: Option<Arc<Path>>,
+}
+
+impl Launch {
+    fn handle(self, pid: i32) -> Handle {
+        Handle {
+            pid,
+            supervised: self.supervised,
+            record: self.record,
+        }
     }
 }
 
 /// How the worker stops a started program: softly, or its whole tree at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handle {
     pid: i32,
     supervised: bool,
+    /// The supervisor's record: it removes it when it is done, so one still there after it
+    /// exited means it was killed before it could clean up.
+    record: Option<Arc<Path>>,
 }
 
 impl Handle {
@@ -322,6 +338,10 @@ impl Handle {
     pub fn after_exit(&self) {
         if !self.supervised {
             let _ = killpg(Pid::from_raw(self.pid), Signal::SIGKILL);
+        } else if let Some(record) = self.record.as_deref().filter(|r| r.exists()) {
+            // Its supervisor was killed (by the program itself, say): what it recorded is
+            // killed now, not at the worker's next start.
+            sweep_record(record);
         }
     }
 
@@ -435,37 +455,42 @@ pub fn sweep_leftovers(dir: &Path) -> std::io::Result<usize> {
     };
     let mut swept = 0;
     for entry in entries.flatten() {
-        let path = entry.path();
-        let record: Option<Record> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        if let Some(r) = record {
-            let mut found = false;
-            if alive(&r.supervisor) {
-                // Asked first: it kills its tree and removes its record.
-                found = true;
-                let _ = kill(Pid::from_raw(r.supervisor.pid), Signal::SIGUSR1);
-                let waited = Instant::now();
-                while alive(&r.supervisor) && waited.elapsed() < Duration::from_secs(2) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if alive(&r.supervisor) {
-                    let _ = kill(Pid::from_raw(r.supervisor.pid), Signal::SIGKILL);
-                }
-            }
-            // Members of the program's group that started after it: never an unrelated
-            // process that got a reused number.
-            for (pid, _, pgrp, started) in processes() {
-                if pgrp == r.group.pid && started >= r.group.started {
-                    found = true;
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
-            swept += usize::from(found);
-        }
-        let _ = std::fs::remove_file(&path);
+        swept += usize::from(sweep_record(&entry.path()));
     }
     Ok(swept)
+}
+
+/// Kill what one record names that still runs, then delete the record; whether anything
+/// was left.
+fn sweep_record(path: &Path) -> bool {
+    let record: Option<Record> = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut found = false;
+    if let Some(r) = record {
+        if alive(&r.supervisor) {
+            // Asked first: it kills its tree and removes its record.
+            found = true;
+            let _ = kill(Pid::from_raw(r.supervisor.pid), Signal::SIGUSR1);
+            let waited = Instant::now();
+            while alive(&r.supervisor) && waited.elapsed() < Duration::from_secs(2) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if alive(&r.supervisor) {
+                let _ = kill(Pid::from_raw(r.supervisor.pid), Signal::SIGKILL);
+            }
+        }
+        // Members of the program's group that started after it: never an unrelated
+        // process that got a reused number.
+        for (pid, _, pgrp, started) in processes() {
+            if pgrp == r.group.pid && started >= r.group.started {
+                found = true;
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    found
 }
 
 /// The arguments of `assay __supervise`.

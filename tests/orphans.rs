@@ -128,8 +128,8 @@ async fn a_worker_killed_with_minus_9_leaves_no_process_of_its_jobs_or_apps() {
     assert_eq!(state, PipelineState::Running, "the jobs will run elsewhere");
 }
 
-/// The supervisor is the one killed (with its worker): the program's group is left
-/// without anyone watching it. The worker's next start finds it in its spool and kills it.
+/// The supervisor is killed together with its worker: the program's group is left without
+/// anyone watching it. The worker's next start finds it in its spool and kills it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_worker_kills_what_a_dead_predecessor_left() {
     let c = Cluster::new();
@@ -145,6 +145,13 @@ async fn a_restarted_worker_kills_what_a_dead_predecessor_left() {
         all_running(&wanted)
     })
     .await;
+    // Both die at once: the worker (stopped first, so that it cannot react) and the
+    // supervisor.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(w.pid()),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
     for pid in processes_with("__supervise") {
         if std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|cmd| cmd.contains(&marker))
@@ -287,4 +294,31 @@ async fn a_worker_killed_again_and_again_leaves_its_spool_as_it_found_it() {
         assert_eq!(completed, 1, "{} completed once: {:?}", job.key, e.attempts);
     }
     assert!(kills >= 3, "the worker was killed mid-run {kills} times");
+}
+
+/// A program that kills its own supervisor (same user: it can) takes its main process
+/// down with it (death signal); what else it started is killed as soon as the worker sees
+/// the supervisor gone with its record still there, not at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_kills_its_supervisor_leaves_nothing_running() {
+    let c = Cluster::new();
+    let _server = c.server("1s").await;
+    let marker = format!("7{}", std::process::id() % 100_000);
+    let _w = c.worker("w", 2, &[]);
+    let spec = format!(
+        "[pipeline]\nname = \"rebel\"\n[[stage]]\nname = \"cmd\"\nkind = \"command\"\nmax_attempts = 1\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 771.{marker} & sleep 0.3; kill -9 $PPID; sleep 5\"]\n"
+    );
+    let id = c.submit(&spec).await;
+    let detail = c.wait_finished(id, MIN).await;
+    assert_eq!(detail.pipeline.state, PipelineState::Failed);
+    let job = c.jobs(id).await.remove(0);
+    assert_eq!(job.last_error.unwrap().code, "signal");
+    wait_until_gone(
+        &format!("771.{marker}"),
+        "what the program started",
+        Duration::from_secs(5),
+    )
+    .await;
+    let records = c.path("spool-w").join("procs");
+    assert_eq!(std::fs::read_dir(records).unwrap().count(), 0);
 }

@@ -298,7 +298,7 @@ pub async fn version_of(program: &Path) -> Option<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let (child, handle) = cmd.spawn_tokio().ok()?;
-    let mut guard = KillOnDrop::new(handle);
+    let mut guard = KillOnDrop::new(handle.clone());
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .ok()?
@@ -375,7 +375,7 @@ async fn run_one(
         }
     };
     // Dropped (timed out, or the job stopped): the tool and what it started are killed.
-    let mut guard = KillOnDrop::new(handle);
+    let mut guard = KillOnDrop::new(handle.clone());
     let output = tokio::time::timeout(timeout, child.wait_with_output()).await;
     run.duration_ms = started.elapsed().as_millis() as u64;
     let output = match output {

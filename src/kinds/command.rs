@@ -101,7 +101,7 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
         _ => Failure::retryable("spawn", format!("starting `{}`: {e}", p.program)),
     })?;
     // A job future dropped mid-run (the worker stopping hard) kills the whole tree.
-    let mut guard = KillOnDrop::new(handle);
+    let mut guard = KillOnDrop::new(handle.clone());
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let out_log = ctx.output_dir.join("stdout.log");
