@@ -18,31 +18,6 @@ fn sleep_spec(n: usize, ms: u64, extra: &str) -> String {
     )
 }
 
-/// Every job completed by exactly one attempt.
-async fn assert_one_result_each(c: &Cluster, pipeline: i64) {
-    for job in c.jobs(pipeline).await {
-        assert_eq!(job.state, JobState::Completed, "{job:?}");
-        let e = c.client.explain(job.id).await.unwrap();
-        let completed = e
-            .attempts
-            .iter()
-            .filter(|a| a.outcome == AttemptOutcome::Completed)
-            .count();
-        assert_eq!(
-            completed, 1,
-            "job {} has {completed} completed attempts: {:?}",
-            job.key, e.attempts
-        );
-        assert!(
-            e.attempts
-                .iter()
-                .all(|a| a.outcome != AttemptOutcome::Running),
-            "{:?}",
-            e.attempts
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_worker_mid_job_the_job_finishes_elsewhere_once() {
     let c = Cluster::new();

@@ -284,15 +284,7 @@ async fn a_worker_killed_again_and_again_leaves_its_spool_as_it_found_it() {
         Vec::<String>::new(),
         "after {kills} kills the spool holds what it held before"
     );
-    for job in c.jobs(id).await {
-        let e = c.client.explain(job.id).await.unwrap();
-        let completed = e
-            .attempts
-            .iter()
-            .filter(|a| a.outcome == assay::domain::AttemptOutcome::Completed)
-            .count();
-        assert_eq!(completed, 1, "{} completed once: {:?}", job.key, e.attempts);
-    }
+    assert_one_result_each(&c, id).await;
     assert!(kills >= 3, "the worker was killed mid-run {kills} times");
 }
 

@@ -146,6 +146,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A task of the server's own that panicked or was cancelled.
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
@@ -208,15 +219,7 @@ async fn submit(
     AppJson(req): AppJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     // Reading and planning a study-sized spec is CPU work: off the async threads.
-    let new = tokio::task::spawn_blocking(move || plan_submission(req))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            )
-        })??;
+    let new = tokio::task::spawn_blocking(move || plan_submission(req)).await??;
     // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
     // writing short (it would be discarded, and the retry would start over).
     let store = s.store.clone();
@@ -226,14 +229,7 @@ async fn submit(
         tokio::task::spawn_blocking(move || drop(new));
         created
     })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        )
-    })??;
+    .await??;
     if created {
         s.signals.work_changed();
     }

@@ -219,6 +219,31 @@ impl Cluster {
     }
 }
 
+/// Every job completed by exactly one attempt.
+pub async fn assert_one_result_each(c: &Cluster, pipeline: i64) {
+    for job in c.jobs(pipeline).await {
+        assert_eq!(job.state, assay::domain::JobState::Completed, "{job:?}");
+        let e = c.client.explain(job.id).await.unwrap();
+        let completed = e
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == assay::domain::AttemptOutcome::Completed)
+            .count();
+        assert_eq!(
+            completed, 1,
+            "job {} has {completed} completed attempts: {:?}",
+            job.key, e.attempts
+        );
+        assert!(
+            e.attempts
+                .iter()
+                .all(|a| a.outcome != assay::domain::AttemptOutcome::Running),
+            "{:?}",
+            e.attempts
+        );
+    }
+}
+
 pub async fn wait_for_opt<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where
     F: FnMut() -> Fut,
