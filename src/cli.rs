@@ -105,6 +105,11 @@ enum Command {
         /// Run every analysis again instead of reusing identical earlier ones.
         #[arg(long)]
         no_cache: bool,
+        /// Start job programs without a PID namespace of their own (they see the machine's
+        /// process ids). They still die with the worker, but one that kills its own
+        /// supervisor can leave processes running until the worker sees it.
+        #[arg(long)]
+        no_pid_namespace: bool,
     },
     /// Submit a pipeline spec to a server.
     Submit {
@@ -382,10 +387,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             kinds,
             grace,
             no_cache,
+            no_pid_namespace,
         } => {
             let shutdown = shutdown_on_signals();
             if no_cache {
                 crate::kinds::cache::disable();
+            }
+            if no_pid_namespace {
+                crate::supervise::disable_pid_namespaces();
             }
             let mut config = WorkerConfig::new(&server.server, spool_dir);
             config.concurrency = concurrency;

@@ -37,10 +37,18 @@ use std::time::{Duration, Instant};
 
 /// The hidden subcommand that makes the `assay` binary a supervisor.
 pub const SUBCOMMAND: &str = "__supervise";
+/// Where `execvp` looks when there is no PATH.
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 static SUPERVISOR: OnceLock<Option<PathBuf>> = OnceLock::new();
 static LIFELINE: OnceLock<Option<OwnedFd>> = OnceLock::new();
 static RECORDS: Mutex<Option<PathBuf>> = Mutex::new(None);
+static NO_PID_NAMESPACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Start programs without a PID namespace of their own (`assay worker --no-pid-namespace`).
+pub fn disable_pid_namespaces() {
+    NO_PID_NAMESPACES.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Called by the `assay` binary at start: it is its own supervisor. (`ASSAY_SUPERVISOR`
 /// names another binary, e.g. for tests that run job kinds inside a test binary.)
@@ -174,13 +182,14 @@ impl SupervisedCommand {
         self
     }
 
-    /// The PATH the program will be looked up in: its own, if it is given one.
-    fn search_path(&self) -> Option<OsString> {
+    /// The PATH the program will be looked up in: its own, if it is given one, else the
+    /// worker's, else the C library's default.
+    fn search_path(&self) -> OsString {
         let own = self.envs.iter().rev().find(|(k, _)| k == "PATH");
         match own {
-            Some((_, v)) => Some(v.clone()),
-            None if self.env_clear => None,
-            None => std::env::var_os("PATH"),
+            Some((_, v)) => v.clone(),
+            None if self.env_clear => DEFAULT_PATH.into(),
+            None => std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
         }
     }
 
@@ -189,15 +198,18 @@ impl SupervisedCommand {
     fn resolve(&self) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         let program = Path::new(&self.program);
+        // Relative paths, of the program or of a PATH entry, are relative to where the
+        // program runs.
+        let in_cwd = |p: PathBuf| match &self.cwd {
+            Some(cwd) if p.is_relative() => cwd.join(p),
+            _ => p,
+        };
         let candidates: Vec<PathBuf> = if self.program.as_encoded_bytes().contains(&b'/') {
-            vec![match &self.cwd {
-                Some(cwd) if program.is_relative() => cwd.join(program),
-                _ => program.to_path_buf(),
-            }]
+            vec![in_cwd(program.to_path_buf())]
         } else {
-            self.search_path()
-                .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
-                .unwrap_or_default()
+            std::env::split_paths(&self.search_path())
+                .map(|d| in_cwd(d.join(program)))
+                .collect()
         };
         let mut found_unexecutable = false;
         for candidate in candidates {
@@ -233,6 +245,9 @@ impl SupervisedCommand {
                 }
                 if self.no_core_dumps {
                     cmd.arg("--no-core-dumps");
+                }
+                if NO_PID_NAMESPACES.load(std::sync::atomic::Ordering::Relaxed) {
+                    cmd.arg("--no-pid-namespace");
                 }
                 cmd.arg("--").arg(&program).args(&self.args);
                 cmd.stdin(Stdio::from(lifeline));
@@ -356,6 +371,56 @@ impl Handle {
     }
 }
 
+/// Run a started program to its end within `timeout` and collect what it printed; `None`
+/// when it ran out of time (it is killed, with all it started). The handle is disarmed the
+/// moment the program is reaped, before its output is read: a process that escaped and
+/// holds the pipes can only delay the output (by a bounded wait), never make the worker
+/// signal a reused pid.
+pub async fn output_within(
+    mut child: tokio::process::Child,
+    handle: Handle,
+    timeout: Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    use tokio::io::AsyncReadExt;
+    let mut guard = KillOnDrop::new(handle.clone());
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out).await;
+            }
+            out
+        })
+    };
+    let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => {
+            handle.kill();
+            let _ = child.wait().await;
+            guard.disarm();
+            stdout.abort();
+            stderr.abort();
+            return Ok(None);
+        }
+    };
+    guard.disarm();
+    handle.after_exit();
+    let collect = |task: tokio::task::JoinHandle<Vec<u8>>| async move {
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
+    Ok(Some(std::process::Output {
+        status,
+        stdout: collect(stdout).await,
+        stderr: collect(stderr).await,
+    }))
+}
+
 /// Kills a started program's tree when dropped, unless disarmed (it was waited for): a job
 /// future dropped mid-run leaves nothing behind.
 pub struct KillOnDrop(Option<Handle>);
@@ -408,8 +473,11 @@ struct ProcessId {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     supervisor: ProcessId,
-    /// The program, leader of its own process group.
+    /// Its child: the program, leader of its own process group; or, in a PID namespace of
+    /// the supervisor's own, that namespace's init (the kernel kills the rest with it).
     group: ProcessId,
+    #[serde(default)]
+    namespace: bool,
 }
 
 /// `/proc/PID/stat`: (parent pid, process group, start time).
@@ -480,12 +548,20 @@ fn sweep_record(path: &Path) -> bool {
                 let _ = kill(Pid::from_raw(r.supervisor.pid), Signal::SIGKILL);
             }
         }
-        // Members of the program's group that started after it: never an unrelated
-        // process that got a reused number.
-        for (pid, _, pgrp, started) in processes() {
-            if pgrp == r.group.pid && started >= r.group.started {
-                found = true;
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        if alive(&r.group) {
+            found = true;
+            let _ = kill(Pid::from_raw(r.group.pid), Signal::SIGKILL);
+        }
+        // Without a namespace, the group's members too: those that started after its
+        // leader, and only while its number was not reused (a process with that pid and
+        // another start time leads another group now).
+        let reused = process_id(r.group.pid).is_some_and(|now| now.started != r.group.started);
+        if !r.namespace && !reused {
+            for (pid, _, pgrp, started) in processes() {
+                if pgrp == r.group.pid && started >= r.group.started {
+                    found = true;
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
             }
         }
     }
@@ -503,15 +579,127 @@ pub struct SuperviseArgs {
     address_space: Option<u64>,
     #[arg(long)]
     no_core_dumps: bool,
+    /// Run the program without a PID namespace of its own.
+    #[arg(long)]
+    no_pid_namespace: bool,
+    /// (Inside the supervisor's PID namespace) be its init: start the program, pass
+    /// signals on, and write the program's wait status to this descriptor.
+    #[arg(long, hide = true)]
+    namespace_init: Option<i32>,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
 }
 
-/// The supervisor: start the program, wait for it, the lifeline or an order, and leave
+/// The descriptor number an init writes the program's status to: high enough to stay clear
+/// of the few a supervisor has open when it starts one.
+const STATUS_FD: i32 = 100;
+
+/// A wait status as `waitpid` gives it (any signal, real-time ones included).
+#[derive(Debug, Clone, Copy)]
+struct RawStatus(i32);
+
+impl RawStatus {
+    fn killed() -> RawStatus {
+        RawStatus(libc::SIGKILL)
+    }
+}
+
+/// `waitpid(pid, WNOHANG)` on any child (`-1`) or one: `Some((pid, status))` for an exited
+/// child, `None` when none has exited yet, `Err` when there is no child left.
+fn wait_any(pid: i32) -> Result<Option<(i32, RawStatus)>, nix::errno::Errno> {
+    let mut status = 0;
+    // SAFETY: waitpid with a valid out pointer.
+    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match got {
+        0 => Ok(None),
+        -1 => Err(nix::errno::Errno::last()),
+        pid => Ok(Some((pid, RawStatus(status)))),
+    }
+}
+
+/// Every signal that can be caught, blocked, so that they all arrive on a signalfd: a
+/// supervisor must never die of a stray signal before it has cleaned up.
+fn block_signals() -> nix::Result<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::all();
+    // Faults must stay faults.
+    for s in [
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGFPE,
+        Signal::SIGILL,
+        Signal::SIGTRAP,
+    ] {
+        mask.remove(s);
+    }
+    mask.thread_block()?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)
+}
+
+/// Signals a supervisor passes on to what it supervises.
+fn forwarded(signo: u32) -> bool {
+    [
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR2,
+    ]
+    .contains(&(signo as i32))
+}
+
+/// The worker's end, as things to poll: the lifeline pipe on stdin (at end of file once
+/// every copy of its write end is closed), and a pidfd of the parent process (readable
+/// once it has exited; unlike the pipe, no program can take a copy of it and keep it
+/// open). Either one means the worker is gone.
+fn watch_worker() -> Vec<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut watched = vec![std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("stdin can be duplicated")];
+    let parent = nix::unistd::getppid();
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, parent.as_raw(), 0) };
+    if fd >= 0 {
+        // SAFETY: a descriptor the kernel just gave us, owned by no one else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // The parent died between the two calls: the pidfd is of whoever adopted us.
+        if nix::unistd::getppid() == parent && parent.as_raw() != 1 {
+            watched.push(pidfd);
+        }
+    }
+    watched
+}
+
+/// A PID namespace of its own for what this supervisor starts: its first child becomes
+/// that namespace's init, and when the init ends the kernel kills every process left in
+/// it; nothing inside can name, let alone signal, a process outside. As root a PID
+/// namespace is enough; otherwise a user namespace that maps this user to itself comes with
+/// it. False where neither is allowed.
+fn own_pid_namespace() -> bool {
+    use nix::sched::{unshare, CloneFlags};
+    if unshare(CloneFlags::CLONE_NEWPID).is_ok() {
+        return true;
+    }
+    let (uid, gid) = (nix::unistd::getuid(), nix::unistd::getgid());
+    if unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWPID).is_err() {
+        return false;
+    }
+    std::fs::write("/proc/self/setgroups", "deny").is_ok()
+        && std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1")).is_ok()
+        && std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1")).is_ok()
+}
+
+/// The supervisor: start the program, wait for it, the worker's end or an order, and leave
 /// nothing behind. Runs single-threaded, before any runtime exists.
 pub fn run(args: SuperviseArgs) -> ExitCode {
-    match supervise(&args) {
+    let outcome = match args.namespace_init {
+        Some(fd) => be_init(&args, fd),
+        None => supervise(&args),
+    };
+    match outcome {
         Ok(status) => mirror(status),
         Err(e) => {
             eprintln!("assay supervisor: {e}");
@@ -520,156 +708,310 @@ pub fn run(args: SuperviseArgs) -> ExitCode {
     }
 }
 
-fn supervise(args: &SuperviseArgs) -> nix::Result<nix::sys::wait::WaitStatus> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
+/// Resource limits for the program, and the supervisor's own: it never dumps core into
+/// the program's folder, whatever the worker's limits.
+fn own_limits() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let core = getrlimit(Resource::RLIMIT_CORE).unwrap_or((0, 0));
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, core.1);
+    core
+}
+
+/// Spawn `command` with the mask cleared, the death signal armed and `limits` applied;
+/// `status_fd`: also hand it this descriptor as [`STATUS_FD`].
+fn spawn_child(
+    command: &[OsString],
+    limits: Limits,
+    core: (u64, u64),
+    status_fd: Option<i32>,
+) -> std::io::Result<i32> {
     let me = nix::unistd::getpid();
-    nix::sys::prctl::set_child_subreaper(true)?;
-    let mut mask = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGCHLD,
-    ] {
-        mask.add(s);
-    }
-    mask.thread_block()?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC)?;
-    let limits = Limits {
-        address_space: args.address_space,
-        no_core_dumps: args.no_core_dumps,
-    };
-    let mut cmd = std::process::Command::new(&args.command[0]);
-    cmd.args(&args.command[1..])
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
         .stdin(Stdio::null())
         .process_group(0);
-    // SAFETY: only async-signal-safe calls (sigprocmask, prctl, getppid, setrlimit).
+    // SAFETY: only async-signal-safe calls (sigprocmask, prctl, getppid, setrlimit, dup2).
     unsafe {
         cmd.pre_exec(move || {
             // A spawned program inherits the signal mask: it must get signals again.
             SigSet::empty().thread_set_mask()?;
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != me {
-                // The supervisor died before the death signal was armed.
-                return Err(std::io::Error::other("supervisor gone"));
+            // The supervisor died before the death signal was armed? (The init of a new
+            // PID namespace sees no parent at all: 0.)
+            let parent = nix::unistd::getppid().as_raw();
+            if parent != me.as_raw() && parent != 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_CORE,
+                core.0,
+                core.1,
+            );
             limits.apply();
+            if let Some(fd) = status_fd {
+                if libc::dup2(fd, STATUS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| {
         eprintln!(
             "assay supervisor: cannot start {}: {e}",
-            Path::new(&args.command[0]).display()
+            Path::new(&command[0]).display()
         );
-        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT))
+        e
     })?;
-    let program = Pid::from_raw(child.id() as i32);
+    let pid = child.id() as i32;
     // std's `Child` must not reap it: this loop does, with waitpid.
     std::mem::forget(child);
+    Ok(pid)
+}
+
+fn write_record(path: &Path, record: &Record) {
+    let tmp = path.with_extension("tmp");
+    let written = serde_json::to_vec(record)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        eprintln!("assay supervisor: cannot record {}: {e}", path.display());
+    }
+}
+
+fn supervise(args: &SuperviseArgs) -> std::io::Result<RawStatus> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let core = own_limits();
+    nix::sys::prctl::set_child_subreaper(true)?;
+    let signals = block_signals()?;
+    let worker = watch_worker();
+    let limits = Limits {
+        address_space: args.address_space,
+        no_core_dumps: args.no_core_dumps,
+    };
+    let namespace = !args.no_pid_namespace && own_pid_namespace();
+    // In a namespace: the init (this binary again) runs the program and reports its status
+    // through a pipe; without one, the program is the child.
+    let (status_read, status_write) = if namespace {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let child = if namespace {
+        let exe = std::env::current_exe()?;
+        let mut init: Vec<OsString> = vec![
+            exe.into_os_string(),
+            SUBCOMMAND.into(),
+            "--namespace-init".into(),
+            STATUS_FD.to_string().into(),
+        ];
+        if let Some(bytes) = args.address_space {
+            init.push("--address-space".into());
+            init.push(bytes.to_string().into());
+        }
+        if args.no_core_dumps {
+            init.push("--no-core-dumps".into());
+        }
+        init.push("--".into());
+        init.extend(args.command.iter().cloned());
+        let no_limits = Limits {
+            address_space: None,
+            no_core_dumps: false,
+        };
+        let fd = status_write.as_ref().map(|w| w.as_raw_fd());
+        spawn_child(&init, no_limits, core, fd)?
+    } else {
+        spawn_child(&args.command, limits, core, None)?
+    };
+    drop(status_write);
     let record = args.record.as_ref().and_then(|path| {
         let r = Record {
-            supervisor: process_id(me.as_raw())?,
-            group: process_id(program.as_raw())?,
+            supervisor: process_id(nix::unistd::getpid().as_raw())?,
+            group: process_id(child)?,
+            namespace,
         };
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&r).ok()?).ok()?;
-        std::fs::rename(&tmp, path).ok()?;
+        write_record(path, &r);
         Some(path.clone())
     });
-    let lifeline = std::io::stdin();
+    let child_pid = Pid::from_raw(child);
+    let ended = |status: RawStatus| -> RawStatus {
+        // The program's own status, passed on by the init when there is one.
+        match &status_read {
+            Some(r) => {
+                let mut buf = [0u8; 4];
+                match nix::unistd::read(r.as_raw_fd(), &mut buf) {
+                    Ok(4) => RawStatus(i32::from_ne_bytes(buf)),
+                    _ => status,
+                }
+            }
+            None => status,
+        }
+    };
+    // Stop everything: in a namespace, killing its init is enough (the kernel kills the
+    // rest); without one, the tree is walked.
+    let stop_all = || -> Option<RawStatus> {
+        if namespace {
+            let _ = kill(child_pid, Signal::SIGKILL);
+            wait_for(child).map(ended)
+        } else {
+            kill_tree(child).map(ended)
+        }
+    };
     let status = loop {
-        let mut fds = [
-            PollFd::new(lifeline.as_fd(), PollFlags::POLLIN),
-            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-        ];
+        let mut fds: Vec<PollFd> = std::iter::once(&signals as &dyn AsFd)
+            .chain(worker.iter().map(|w| w as &dyn AsFd))
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => break kill_tree(program).unwrap_or(Err(e)),
+            Err(_) => break stop_all().unwrap_or(RawStatus::killed()),
         }
-        let lifeline_event = fds[0].revents().unwrap_or(PollFlags::empty());
-        let signal_event = fds[1].revents().unwrap_or(PollFlags::empty());
-        if !lifeline_event.is_empty() {
-            let mut buf = [0u8; 64];
-            // End of file (or an error): the worker is gone.
-            if !matches!(nix::unistd::read(lifeline.as_raw_fd(), &mut buf), Ok(n) if n > 0) {
-                break kill_tree(program).unwrap_or(Ok(nix::sys::wait::WaitStatus::Signaled(
-                    program,
-                    Signal::SIGKILL,
-                    false,
-                )));
-            }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| !f.revents().unwrap_or(PollFlags::empty()).is_empty())
+            .collect();
+        drop(fds);
+        let gone = worker
+            .iter()
+            .zip(&ready[1..])
+            .any(|(w, ready)| *ready && worker_gone(w));
+        if gone {
+            break stop_all().unwrap_or(RawStatus::killed());
         }
-        if signal_event.is_empty() {
+        if !ready[0] {
             continue;
         }
         let Ok(Some(info)) = signals.read_signal() else {
             continue;
         };
-        match Signal::try_from(info.ssi_signo as i32) {
-            Ok(Signal::SIGCHLD) => {
-                if let Some(status) = reap(program) {
+        match info.ssi_signo as i32 {
+            libc::SIGCHLD => {
+                if let Some(status) = reap(child) {
                     // The program is done; whatever it left running goes too.
-                    let _ = kill_tree(program);
-                    break Ok(status);
+                    if !namespace {
+                        let _ = kill_tree(child);
+                    }
+                    break ended(status);
                 }
             }
-            Ok(Signal::SIGUSR1) => {
-                if let Some(status) = kill_tree(program) {
-                    break status;
+            libc::SIGUSR1 => break stop_all().unwrap_or(RawStatus::killed()),
+            signo if forwarded(signo as u32) => {
+                if namespace {
+                    // The init passes it on to the program's group.
+                    let _ = nix::sys::signal::kill(child_pid, Signal::try_from(signo).ok());
+                } else if let Ok(sig) = Signal::try_from(signo) {
+                    let _ = killpg(child_pid, sig);
                 }
             }
-            Ok(forwarded) => {
-                let _ = killpg(program, forwarded);
-            }
-            Err(_) => {}
+            _ => {}
         }
     };
     if let Some(path) = record {
         let _ = std::fs::remove_file(path);
     }
-    status
+    Ok(status)
 }
 
-/// Reap every child that has exited; the program's status if it was among them.
-fn reap(program: Pid) -> Option<nix::sys::wait::WaitStatus> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    let mut found = None;
+/// Whether the watched worker has ended: its pidfd is readable, or the lifeline pipe is at
+/// its end (or broken).
+fn worker_gone(worker: &OwnedFd) -> bool {
+    let mut buf = [0u8; 64];
+    match nix::unistd::read(worker.as_raw_fd(), &mut buf) {
+        // A pidfd is not readable: it polls readable once the process has exited.
+        Err(nix::errno::Errno::EINVAL) => true,
+        Ok(n) => n == 0,
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
+/// The init of a supervisor's PID namespace: start the program, pass signals on to its
+/// group, reap whatever ends here, and when the program ends, report its status and exit
+/// (and the kernel kills what is left in the namespace).
+fn be_init(args: &SuperviseArgs, status_fd: i32) -> std::io::Result<RawStatus> {
+    use std::os::fd::FromRawFd;
+    let core = own_limits();
+    let signals = block_signals()?;
+    let limits = Limits {
+        address_space: args.address_space,
+        no_core_dumps: args.no_core_dumps,
+    };
+    // SAFETY: the supervisor gave this process the descriptor under this number.
+    let status_out = unsafe { OwnedFd::from_raw_fd(status_fd) };
+    let _ = nix::fcntl::fcntl(
+        status_out.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let program = spawn_child(&args.command, limits, core, None)?;
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return found,
-            Ok(status) => {
-                if status.pid() == Some(program) {
-                    found = Some(status);
+        let Ok(Some(info)) = signals.read_signal() else {
+            continue;
+        };
+        match info.ssi_signo as i32 {
+            libc::SIGCHLD => {
+                if let Some(status) = reap(program) {
+                    let _ = nix::unistd::write(&status_out, &status.0.to_ne_bytes());
+                    // Exit normally: an init that raised the program's signal would not
+                    // die of it. The supervisor mirrors the status it was given.
+                    return Ok(RawStatus(0));
                 }
             }
+            signo if forwarded(signo as u32) => {
+                if let Ok(sig) = Signal::try_from(signo) {
+                    let _ = killpg(Pid::from_raw(program), sig);
+                }
+            }
+            _ => {}
         }
     }
 }
 
-/// Kill the program's group and every descendant (orphans come to this subreaper), reap
-/// them all; the program's status if it was reaped here.
-fn kill_tree(program: Pid) -> Option<nix::Result<nix::sys::wait::WaitStatus>> {
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+/// Reap every child that has exited; the status of `program` if it was among them.
+fn reap(program: i32) -> Option<RawStatus> {
+    let mut found = None;
+    while let Ok(Some((pid, status))) = wait_any(-1) {
+        if pid == program {
+            found = Some(status);
+        }
+    }
+    found
+}
+
+/// Wait for one child to end (it was sent SIGKILL), reaping others on the way.
+fn wait_for(child: i32) -> Option<RawStatus> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match wait_any(-1) {
+            Ok(Some((pid, status))) if pid == child => return Some(status),
+            Ok(Some(_)) => continue,
+            Ok(None) => std::thread::sleep(Duration::from_millis(2)),
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Without a namespace: kill the program's group and every process descended from this
+/// supervisor (orphans come to it, a subreaper), all of them in each round, and reap them;
+/// the program's status if it was reaped here.
+fn kill_tree(program: i32) -> Option<RawStatus> {
     let me = nix::unistd::getpid().as_raw();
     let mut program_status = None;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let _ = killpg(program, Signal::SIGKILL);
-        for (pid, ppid, _, _) in processes() {
-            if ppid == me {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+        let _ = killpg(Pid::from_raw(program), Signal::SIGKILL);
+        for pid in descendants_of(me) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(status) => {
-                    if status.pid() == Some(program) {
-                        program_status = Some(Ok(status));
+            match wait_any(-1) {
+                Ok(None) => break,
+                Ok(Some((pid, status))) => {
+                    if pid == program {
+                        program_status = Some(status);
                     }
                 }
                 // No child left at all: everything is gone.
@@ -679,27 +1021,48 @@ fn kill_tree(program: Pid) -> Option<nix::Result<nix::sys::wait::WaitStatus>> {
         if Instant::now() > deadline {
             return program_status;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// Exit as the program did: with its code, or of its signal.
-fn mirror(status: nix::sys::wait::WaitStatus) -> ExitCode {
-    use nix::sys::wait::WaitStatus;
-    match status {
-        WaitStatus::Exited(_, code) => ExitCode::from(code as u8),
-        WaitStatus::Signaled(_, signal, _) => {
-            let _ = SigSet::all().thread_unblock();
-            // SAFETY: restoring the default action of a signal before raising it.
-            unsafe {
-                let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
-            }
-            let _ = nix::sys::signal::raise(signal);
-            // A signal whose default is not to die (none that kill a program): say so.
-            ExitCode::from(128 + signal as u8)
-        }
-        _ => ExitCode::from(1),
+/// Every process below `root`, however deep, from one reading of `/proc`.
+fn descendants_of(root: i32) -> Vec<i32> {
+    let all = processes();
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    for (pid, ppid, _, _) in &all {
+        children.entry(*ppid).or_default().push(*pid);
     }
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            out.push(c);
+            frontier.push(c);
+        }
+    }
+    out
+}
+
+/// Exit as the program did: with its code, or of its signal.
+fn mirror(status: RawStatus) -> ExitCode {
+    let raw = status.0;
+    if libc::WIFEXITED(raw) {
+        return ExitCode::from(libc::WEXITSTATUS(raw) as u8);
+    }
+    if libc::WIFSIGNALED(raw) {
+        let signo = libc::WTERMSIG(raw);
+        // SAFETY: restoring the default action of a signal, unblocking it and raising it.
+        unsafe {
+            libc::signal(signo, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signo);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(signo);
+        }
+        return ExitCode::from((128 + signo) as u8);
+    }
+    ExitCode::from(1)
 }
 
 #[cfg(test)]
@@ -735,10 +1098,24 @@ mod tests {
         );
         let mut cleared = SupervisedCommand::new("sh");
         cleared.env_clear();
+        assert!(
+            cleared.resolve().unwrap().is_absolute(),
+            "no PATH: the C library's default"
+        );
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let tool = bin.join("mytool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut relative_path = SupervisedCommand::new("mytool");
+        relative_path
+            .env("PATH", "bin:/usr/bin")
+            .current_dir(dir.path());
         assert_eq!(
-            cleared.resolve().unwrap_err().kind(),
-            std::io::ErrorKind::NotFound,
-            "no PATH: nothing to search"
+            relative_path.resolve().unwrap(),
+            tool,
+            "a relative PATH entry is relative to the program's folder"
         );
     }
 }

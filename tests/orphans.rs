@@ -128,16 +128,21 @@ async fn a_worker_killed_with_minus_9_leaves_no_process_of_its_jobs_or_apps() {
     assert_eq!(state, PipelineState::Running, "the jobs will run elsewhere");
 }
 
-/// The supervisor is killed together with its worker: the program's group is left without
-/// anyone watching it. The worker's next start finds it in its spool and kills it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_worker_kills_what_a_dead_predecessor_left() {
+/// The supervisor is killed together with its worker. In a PID namespace of its own the
+/// kernel kills everything the program started with it; without one (`--no-pid-namespace`)
+/// the program's group is left without anyone watching it, and the worker's next start
+/// finds it in its spool and kills it. Either way nothing stays.
+async fn supervisor_and_worker_killed_together(namespace: bool, marker: &str) {
     let c = Cluster::new();
     let _server = c.server("1s").await;
-    let marker = format!("8{}", std::process::id() % 100_000);
-    let mut w = c.worker("again", 2, &[]);
+    let flags: &[&str] = if namespace {
+        &[]
+    } else {
+        &["--no-pid-namespace"]
+    };
+    let mut w = c.worker("again", 2, flags);
     let spec = format!(
-        "[pipeline]\nname = \"left\"\n[[stage]]\nname = \"cmd\"\nkind = \"command\"\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 801.{marker} & sleep 802.{marker} & wait\"]\n"
+        "[pipeline]\nname = \"left\"\n[[stage]]\nname = \"cmd\"\nkind = \"command\"\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 801.{marker} & setsid sleep 802.{marker} & wait\"]\n"
     );
     let id = c.submit(&spec).await;
     let wanted = vec![format!("801.{marker}"), format!("802.{marker}")];
@@ -153,9 +158,9 @@ async fn a_restarted_worker_kills_what_a_dead_predecessor_left() {
     )
     .unwrap();
     for pid in processes_with("__supervise") {
-        if std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|cmd| cmd.contains(&marker))
-        {
+        let ours = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|cmd| cmd.contains(marker) && !cmd.contains("namespace-init"));
+        if ours {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -163,19 +168,35 @@ async fn a_restarted_worker_kills_what_a_dead_predecessor_left() {
         }
     }
     w.kill9();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        left_running(&wanted),
-        wanted,
-        "with its supervisor gone, the group outlives the worker"
-    );
     let records = c.path("spool-again").join("procs");
-    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 1);
-    let _w = c.worker("again", 2, &[]);
+    if namespace {
+        wait_for_opt(Duration::from_secs(5), || async {
+            left_running(&wanted).is_empty()
+        })
+        .await;
+        assert_eq!(
+            left_running(&wanted),
+            Vec::<String>::new(),
+            "the namespace died with its supervisor"
+        );
+    } else {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            left_running(&wanted),
+            wanted,
+            "without a namespace what the program started outlives its supervisor"
+        );
+        assert_eq!(std::fs::read_dir(&records).unwrap().count(), 1);
+    }
+    // The restart kills the program's group from its record. (Without a namespace, one that
+    // also left the group, by setsid, went to init with its supervisor: no record names it.
+    // It is killed below so that the test leaves nothing; a namespace, the default, is what
+    // closes that gap.)
+    let _w = c.worker("again", 2, flags);
     wait_for(
-        "the restarted worker to kill them",
+        "the restarted worker to kill what was left",
         Duration::from_secs(10),
-        || async { left_running(&wanted).is_empty() },
+        || async { left_running(&wanted[..1]).is_empty() },
     )
     .await;
     // It then runs the job again, under a supervisor of its own.
@@ -188,12 +209,29 @@ async fn a_restarted_worker_kills_what_a_dead_predecessor_left() {
         c.wait_finished(id, MIN).await.pipeline.state,
         PipelineState::Cancelled
     );
-    wait_until_gone(
-        &wanted[0],
-        "the cancelled job's processes",
-        Duration::from_secs(10),
-    )
-    .await;
+    if !namespace {
+        for pid in processes_with(&wanted[1]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for m in &wanted {
+        wait_until_gone(m, "the cancelled job's processes", Duration::from_secs(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_killed_with_its_worker_takes_its_namespace_with_it() {
+    supervisor_and_worker_killed_together(true, &format!("81{}", std::process::id() % 100_000))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_namespace_a_restarted_worker_kills_what_a_dead_predecessor_left() {
+    supervisor_and_worker_killed_together(false, &format!("82{}", std::process::id() % 100_000))
+        .await;
 }
 
 /// What a spool holds that a finished run of the worker would not have: attempt folders,
@@ -288,23 +326,37 @@ async fn a_worker_killed_again_and_again_leaves_its_spool_as_it_found_it() {
     assert!(kills >= 3, "the worker was killed mid-run {kills} times");
 }
 
-/// A program that kills its own supervisor (same user: it can) takes its main process
-/// down with it (death signal); what else it started is killed as soon as the worker sees
+/// A program that tries to kill its own supervisor. In a namespace it cannot: its parent
+/// there is the namespace's init, which no signal from inside reaches, and the supervisor
+/// outside has no pid it can name. Without one it can (same user): its main process dies
+/// with it (death signal), and what else it started is killed as soon as the worker sees
 /// the supervisor gone with its record still there, not at the next start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_program_that_kills_its_supervisor_leaves_nothing_running() {
+async fn a_program_kills_its_supervisor(namespace: bool, marker: &str) {
     let c = Cluster::new();
     let _server = c.server("1s").await;
-    let marker = format!("7{}", std::process::id() % 100_000);
-    let _w = c.worker("w", 2, &[]);
+    let flags: &[&str] = if namespace {
+        &[]
+    } else {
+        &["--no-pid-namespace"]
+    };
+    let _w = c.worker("w", 2, flags);
     let spec = format!(
-        "[pipeline]\nname = \"rebel\"\n[[stage]]\nname = \"cmd\"\nkind = \"command\"\nmax_attempts = 1\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 771.{marker} & sleep 0.3; kill -9 $PPID; sleep 5\"]\n"
+        "[pipeline]\nname = \"rebel\"\n[[stage]]\nname = \"cmd\"\nkind = \"command\"\nmax_attempts = 1\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"sleep 771.{marker} & sleep 0.3; kill -9 $PPID; sleep 1\"]\n"
     );
     let id = c.submit(&spec).await;
     let detail = c.wait_finished(id, MIN).await;
-    assert_eq!(detail.pipeline.state, PipelineState::Failed);
     let job = c.jobs(id).await.remove(0);
-    assert_eq!(job.last_error.unwrap().code, "signal");
+    if namespace {
+        assert_eq!(
+            detail.pipeline.state,
+            PipelineState::Completed,
+            "{:?}",
+            job.last_error
+        );
+    } else {
+        assert_eq!(detail.pipeline.state, PipelineState::Failed);
+        assert_eq!(job.last_error.unwrap().code, "signal");
+    }
     wait_until_gone(
         &format!("771.{marker}"),
         "what the program started",
@@ -313,4 +365,94 @@ async fn a_program_that_kills_its_supervisor_leaves_nothing_running() {
     .await;
     let records = c.path("spool-w").join("procs");
     assert_eq!(std::fs::read_dir(records).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_cannot_kill_its_supervisor_in_its_namespace() {
+    a_program_kills_its_supervisor(true, &format!("71{}", std::process::id() % 100_000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_namespace_a_program_that_kills_its_supervisor_leaves_nothing_running() {
+    a_program_kills_its_supervisor(false, &format!("72{}", std::process::id() % 100_000)).await;
+}
+
+/// A program that opens its supervisor's end of the worker's lifeline for writing (through
+/// `/proc`, which it can: same user) keeps that pipe from ever closing; the supervisor also
+/// watches the worker itself (a pidfd, which nothing can copy), so a kill -9 of the worker
+/// still ends everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_lifeline_does_not_keep_anything_alive() {
+    let c = Cluster::new();
+    let _server = c.server("1s").await;
+    let marker = format!("91{}", std::process::id() % 100_000);
+    let mut w = c.worker("w", 2, &[]);
+    // Up the parents (through the namespace's init, if any) to the supervisor, and open
+    // its stdin, the lifeline, for writing.
+    let thief = c.path("thief.sh");
+    std::fs::write(
+        &thief,
+        r#"p=$(awk '/^PPid/{print $2}' /proc/self/status)
+while [ "$p" -gt 1 ]; do
+  arg() { tr '\0' '\n' < /proc/$p/cmdline | sed -n "$1p"; }
+  if [ "$(arg 2)" = "__supervise" ] && [ "$(arg 3)" != "--namespace-init" ]; then
+    exec 7>/proc/$p/fd/0; echo stole $p; break
+  fi
+  p=$(awk '/^PPid/{print $2}' /proc/$p/status)
+done
+"#,
+    )
+    .unwrap();
+    let spec = format!(
+        "[pipeline]\nname = \"thief\"\n[[stage]]\nname = \"cmd\"\nkind = \"command\"\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \". {}; sleep 951.{marker}\"]\n",
+        thief.display()
+    );
+    let id = c.submit(&spec).await;
+    let wanted = vec![format!("951.{marker}")];
+    // Its shell keeps the stolen write end (descriptor 7) while it sleeps: the same pipe
+    // as the supervisor's stdin.
+    let link = |pid: i32, fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    wait_for("the thief to hold the lifeline", MIN, || async {
+        let lifelines: Vec<_> = processes_with("__supervise")
+            .into_iter()
+            .filter_map(|p| link(p, 0))
+            .collect();
+        processes_with("thief.sh")
+            .into_iter()
+            .filter_map(|p| link(p, 7))
+            .any(|held| lifelines.contains(&held))
+    })
+    .await;
+    assert_eq!(c.jobs(id).await[0].state, JobState::Running);
+    w.kill9();
+    wait_for_opt(Duration::from_secs(5), || async {
+        left_running(&wanted).is_empty()
+    })
+    .await;
+    assert_eq!(
+        left_running(&wanted),
+        Vec::<String>::new(),
+        "the thief outlived its worker"
+    );
+}
+
+/// A program that dies of a signal the supervisor's own libraries do not name (a real-time
+/// one) is still seen to end, promptly: its job fails as a signal death, and its slot is
+/// free for the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_killed_by_any_signal_ends_its_job_at_once() {
+    let c = Cluster::new();
+    let _server = c.server("1s").await;
+    let _w = c.worker("w", 1, &[]);
+    let spec = "[pipeline]\nname = \"rt\"\n[[stage]]\nname = \"rt\"\nkind = \"command\"\nmax_attempts = 1\ntimeout = \"30s\"\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"kill -34 $$\"]\n[[stage]]\nname = \"next\"\nkind = \"command\"\n[stage.params]\nprogram = \"true\"\n";
+    let id = c.submit(spec).await;
+    let started = std::time::Instant::now();
+    let detail = c.wait_finished(id, MIN).await;
+    assert!(started.elapsed() < Duration::from_secs(20), "not a timeout");
+    assert_eq!(detail.pipeline.state, PipelineState::PartialSuccess);
+    let jobs = c.jobs(id).await;
+    let rt = jobs.iter().find(|j| j.stage == "rt").unwrap();
+    let error = rt.last_error.as_ref().unwrap();
+    assert_eq!(error.code, "signal", "{error:?}");
+    assert!(error.message.contains("34"), "{error:?}");
 }

@@ -4,7 +4,7 @@
 //! `not_available` with its install command, never as "no findings".
 
 use super::finding::{Finding, Location, Severity, ToolRun, ToolStatus};
-use crate::supervise::{KillOnDrop, SupervisedCommand};
+use crate::supervise::{output_within, SupervisedCommand};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -298,12 +298,9 @@ pub async fn version_of(program: &Path) -> Option<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let (child, handle) = cmd.spawn_tokio().ok()?;
-    let mut guard = KillOnDrop::new(handle.clone());
-    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+    let out = output_within(child, handle, Duration::from_secs(30))
         .await
-        .ok()?
-        .ok()?;
-    guard.disarm();
+        .ok()??;
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     let line = text
@@ -374,22 +371,17 @@ async fn run_one(
             return (run, Vec::new());
         }
     };
-    // Dropped (timed out, or the job stopped): the tool and what it started are killed.
-    let mut guard = KillOnDrop::new(handle.clone());
-    let output = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    // Dropped (the job stopped) or out of time: the tool and what it started are killed.
+    let output = output_within(child, handle, timeout).await;
     run.duration_ms = started.elapsed().as_millis() as u64;
     let output = match output {
-        Ok(Ok(o)) => {
-            guard.disarm();
-            handle.after_exit();
-            o
-        }
-        Ok(Err(e)) => {
+        Ok(Some(o)) => o,
+        Err(e) => {
             run.status = ToolStatus::Error;
             run.detail = Some(format!("waiting for {}: {e}", tool.name));
             return (run, Vec::new());
         }
-        Err(_) => {
+        Ok(None) => {
             run.status = ToolStatus::Timeout;
             run.detail = Some(format!("did not finish within {} s", timeout.as_secs()));
             return (run, Vec::new());

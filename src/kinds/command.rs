@@ -83,6 +83,12 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(cwd) = &p.cwd {
+        if !cwd.is_dir() {
+            return Err(Failure::permanent(
+                "bad_cwd",
+                format!("`cwd` = {} is not a folder", cwd.display()),
+            ));
+        }
         cmd.current_dir(cwd);
     }
     ctx.step("starting", None, Some(p.program.clone()));
