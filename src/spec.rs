@@ -724,6 +724,9 @@ struct UpstreamIndex {
     groups: Vec<(Vec<String>, Vec<usize>)>,
     /// (group, shared keys) → projection of an item on them → the group's jobs with it.
     by_values: Vec<(GroupKeys, ValueIndex)>,
+    /// Per set of downstream keys: for each group, the index in `by_values` to look the
+    /// item up in, or `None` when the group shares no key with it (all of it agrees).
+    routes: HashMap<Vec<String>, Vec<(usize, Option<usize>)>>,
 }
 
 impl UpstreamIndex {
@@ -735,12 +738,15 @@ impl UpstreamIndex {
         downstream: &[Map<String, Value>],
     ) -> Option<Self> {
         let mut groups: Vec<(Vec<String>, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<Vec<String>, usize> = HashMap::new();
         for i in range {
             let keys = key_set(&jobs[i].item);
-            // Few groups: the plan refuses stages with more than MAX_KEY_SETS of them.
-            match groups.iter_mut().find(|(k, _)| *k == keys) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((keys, vec![i])),
+            match group_of.get(&keys) {
+                Some(&g) => groups[g].1.push(i),
+                None => {
+                    group_of.insert(keys.clone(), groups.len());
+                    groups.push((keys, vec![i]));
+                }
             }
         }
         let mut downstream_sets: Vec<Vec<String>> = Vec::new();
@@ -758,27 +764,27 @@ impl UpstreamIndex {
         any_shared.then(|| UpstreamIndex {
             groups,
             by_values: Vec::new(),
+            routes: HashMap::new(),
         })
     }
 
-    /// Append the upstream jobs that `item` agrees with, in plan order.
-    fn extend_matches(
-        &mut self,
-        jobs: &[PlannedJob],
-        item: &Map<String, Value>,
-        out: &mut Vec<usize>,
-    ) {
-        let start = out.len();
-        let mut shared: Vec<String> = Vec::new();
-        for (g, (keys, members)) in self.groups.iter().enumerate() {
-            shared.clear();
-            shared.extend(keys.iter().filter(|k| item.contains_key(*k)).cloned());
+    /// For the items with these keys: per group, where to look (worked out once per set
+    /// of keys, not per job).
+    fn route(&mut self, jobs: &[PlannedJob], keys: Vec<String>) -> Vec<(usize, Option<usize>)> {
+        if let Some(route) = self.routes.get(&keys) {
+            return route.clone();
+        }
+        let mut route = Vec::with_capacity(self.groups.len());
+        for (g, (group_keys, members)) in self.groups.iter().enumerate() {
+            let shared: Vec<String> = group_keys
+                .iter()
+                .filter(|k| keys.binary_search(k).is_ok())
+                .cloned()
+                .collect();
             if shared.is_empty() {
-                out.extend_from_slice(members);
+                route.push((g, None));
                 continue;
             }
-            // A handful of (group, shared keys) pairs at most: a linear search allocates
-            // nothing per job.
             let at = match self
                 .by_values
                 .iter()
@@ -793,12 +799,33 @@ impl UpstreamIndex {
                             .or_default()
                             .push(m);
                     }
-                    self.by_values.push(((g, shared.clone()), index));
+                    self.by_values.push(((g, shared), index));
                     self.by_values.len() - 1
                 }
             };
-            if let Some(found) = self.by_values[at].1.get(&projection(item, &shared)) {
-                out.extend_from_slice(found);
+            route.push((g, Some(at)));
+        }
+        self.routes.insert(keys, route.clone());
+        route
+    }
+
+    /// Append the upstream jobs that `item` agrees with, in plan order.
+    fn extend_matches(
+        &mut self,
+        jobs: &[PlannedJob],
+        item: &Map<String, Value>,
+        out: &mut Vec<usize>,
+    ) {
+        let start = out.len();
+        for (g, at) in self.route(jobs, key_set(item)) {
+            match at {
+                None => out.extend_from_slice(&self.groups[g].1),
+                Some(at) => {
+                    let ((_, shared), index) = &self.by_values[at];
+                    if let Some(found) = index.get(&projection(item, shared)) {
+                        out.extend_from_slice(found);
+                    }
+                }
             }
         }
         if self.groups.len() > 1 {
@@ -807,9 +834,18 @@ impl UpstreamIndex {
     }
 }
 
-/// An item's values on `keys`, as one comparable string.
+/// An item's values on `keys`, as one comparable string (-0.0 written as 0.0: the two are
+/// equal as values).
 fn projection(item: &Map<String, Value>, keys: &[String]) -> String {
-    let values: Vec<&Value> = keys.iter().map(|k| &item[k]).collect();
+    let values: Vec<std::borrow::Cow<Value>> = keys
+        .iter()
+        .map(|k| match &item[k] {
+            Value::Number(n) if n.as_f64() == Some(0.0) && n.is_f64() => {
+                std::borrow::Cow::Owned(Value::from(0.0))
+            }
+            v => std::borrow::Cow::Borrowed(v),
+        })
+        .collect();
     serde_json::to_string(&values).expect("values serialize")
 }
 
@@ -1072,6 +1108,15 @@ name = "loose"
 kind = "noop"
 after = ["mixed"]
 items = [{ model = "a" }, { unrelated = 2 }]
+[[stage]]
+name = "signed"
+kind = "noop"
+items = [{ z = 0.0 }, { z = 1.5 }]
+[[stage]]
+name = "zero"
+kind = "noop"
+after = ["signed"]
+items = [{ z = -0.0 }]
 "#,
         )
         .unwrap();
@@ -1097,6 +1142,8 @@ items = [{ model = "a" }, { unrelated = 2 }]
         }
         let per_model = jobs.iter().find(|j| j.key == "per-model[model=b]").unwrap();
         assert_eq!(per_model.depends_on.len(), 4 + 2, "its lint and gen jobs");
+        let zero = jobs.iter().find(|j| j.stage == "zero").unwrap();
+        assert_eq!(zero.depends_on.len(), 1, "-0.0 and 0.0 agree");
         let other = jobs.iter().find(|j| j.key == "mixed[other=1]").unwrap();
         assert_eq!(other.depends_on.len(), 6, "shares no key: every gen job");
         assert!(plan.stage_waits.is_empty(), "{:?}", plan.stage_waits);

@@ -27,3 +27,12 @@ ALTER TABLE attempts ADD COLUMN token TEXT;
 -- id order (pages of the jobs list), and the next retry's time (every reconciler tick).
 CREATE INDEX jobs_pipeline ON jobs (pipeline_id);
 CREATE INDEX jobs_retrying ON jobs (run_after) WHERE state = 'retrying';
+
+-- The range of job ids a pipeline reserved, and each stage's part of it (a plan's jobs are
+-- written stage by stage under contiguous ids): claims skip the ranges of pipelines still
+-- being written and of stages at their concurrency limit by index range, instead of
+-- reading past each of their jobs. NULL for pipelines created before.
+ALTER TABLE pipelines ADD COLUMN first_job INTEGER;
+ALTER TABLE pipelines ADD COLUMN last_job INTEGER;
+ALTER TABLE stages ADD COLUMN first_job INTEGER;
+ALTER TABLE stages ADD COLUMN last_job INTEGER;

@@ -6,7 +6,7 @@ use super::*;
 use crate::domain::{FailureClass, MICROS_PER_MS, MICROS_PER_SEC};
 use crate::spec;
 use serde_json::json;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 pub const T0: Micros = 1_700_000_000 * MICROS_PER_SEC;
@@ -1877,6 +1877,512 @@ async fn create_and_expire_then(store: &dyn Store, toml: &str, t: Micros) {
     );
 }
 
+/// A late result revives what was skipped because of its job, but not what another dead job
+/// still blocks (by an edge or by a barrier): that stays skipped, and the pipeline is left
+/// finished, not reopened with nothing that can run.
+pub async fn a_late_result_revives_only_what_can_run(store: Arc<dyn Store>) {
+    worker(&*store, "w1").await;
+    let t = T0;
+    for (shape, waiting) in [
+        ("items = [{ k = 1 }]", "z[k=1]"),
+        ("items = [1, 2]", "z[item=1]"),
+    ] {
+        let z_items = if shape.contains('k') {
+            "items = [{ k = 1 }]"
+        } else {
+            "items = [1, 2]"
+        };
+        let upstream = if shape.contains('k') {
+            "items = [{ k = 1 }]\nmax_attempts = 1"
+        } else {
+            "max_attempts = 1"
+        };
+        let toml = pipeline_toml(&[
+            stage_toml("x", upstream),
+            stage_toml("y", upstream),
+            stage_toml("z", &format!("after = [\"x\", \"y\"]\n{z_items}")),
+        ]);
+        let (pid, _) = store
+            .create_pipeline(&new_pipeline(&toml, None), t)
+            .await
+            .unwrap();
+        let got = claim(&*store, "w1", 10, t).await;
+        let x = got.iter().find(|c| c.stage == "x").unwrap().clone();
+        let y = got.iter().find(|c| c.stage == "y").unwrap().clone();
+        report(
+            &*store,
+            vec![failed(&y, "w1", Failure::permanent("bad", "no"))],
+            t + MICROS_PER_SEC,
+        )
+        .await;
+        store
+            .reconcile(&policy(), t + 4 * MICROS_PER_SEC)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.pipeline(pid).await.unwrap().unwrap().state,
+            PipelineState::Failed
+        );
+        let acks = report(
+            &*store,
+            vec![completed(&x, "w1", json!({}))],
+            t + 5 * MICROS_PER_SEC,
+        )
+        .await;
+        assert_eq!(acks, vec![ReportAck::Accepted], "{shape}");
+        let z = job_by_key(&*store, pid, waiting).await;
+        let p = store.pipeline(pid).await.unwrap().unwrap();
+        assert_eq!(
+            (z.state, p.state),
+            (JobState::Skipped, PipelineState::PartialSuccess),
+            "{shape}: z still waits for the dead y ({} pending)",
+            z.pending_deps
+        );
+    }
+}
+
+/// A late result never moves a running pipeline's deadline, and none is taken once the
+/// deadline has passed.
+pub async fn a_late_result_keeps_the_deadline(store: Arc<dyn Store>) {
+    let toml = format!(
+        "[pipeline]\nname = \"t\"\ndeadline = \"10s\"\n{}{}",
+        stage_toml("x", "max_attempts = 1"),
+        stage_toml("long", "")
+    );
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    let deadline = store.pipeline(pid).await.unwrap().unwrap().deadline_at;
+    worker(&*store, "w1").await;
+    let got = claim(&*store, "w1", 10, T0).await;
+    let x = got.iter().find(|c| c.stage == "x").unwrap().clone();
+    let long = got.iter().find(|c| c.stage == "long").unwrap().clone();
+    let s = MICROS_PER_SEC;
+    beat(&*store, "w1", &long, T0 + 2 * s, 0).await;
+    store.reconcile(&policy(), T0 + 3 * s + 1).await.unwrap();
+    assert_eq!(
+        store.job(x.job_id).await.unwrap().unwrap().state,
+        JobState::Dead
+    );
+    beat(&*store, "w1", &long, T0 + 4 * s, 0).await;
+    let acks = report(&*store, vec![completed(&x, "w1", json!({}))], T0 + 5 * s).await;
+    assert_eq!(acks, vec![ReportAck::Accepted]);
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().deadline_at,
+        deadline
+    );
+    for t in [6, 8, 10] {
+        beat(&*store, "w1", &long, T0 + t * s, 0).await;
+    }
+    store.reconcile(&policy(), T0 + 11 * s).await.unwrap();
+    assert_eq!(
+        store.job(long.job_id).await.unwrap().unwrap().state,
+        JobState::Dead,
+        "the deadline it always had ended it"
+    );
+
+    // Past its deadline a pipeline takes no late result.
+    let toml = format!(
+        "[pipeline]\nname = \"t\"\ndeadline = \"3500ms\"\n{}",
+        stage_toml("only", "max_attempts = 3")
+    );
+    let t = T0 + 100 * s;
+    store
+        .create_pipeline(&new_pipeline(&toml, None), t)
+        .await
+        .unwrap();
+    let only = claim(&*store, "w1", 1, t).await.pop().unwrap();
+    store.reconcile(&policy(), t + 3_100_000).await.unwrap();
+    assert_eq!(
+        store.job(only.job_id).await.unwrap().unwrap().state,
+        JobState::Retrying
+    );
+    let acks = report(
+        &*store,
+        vec![completed(&only, "w1", json!({}))],
+        t + 3_600_000,
+    )
+    .await;
+    assert_eq!(acks, vec![ReportAck::Superseded]);
+}
+
+/// Nothing reaches into a pipeline that is still being written: its job ids are easy to
+/// guess, but it has no jobs yet.
+pub async fn a_pipeline_being_written_cannot_be_changed(store: Arc<dyn Store>) {
+    let items: Vec<String> = (0..12_000).map(|i| i.to_string()).collect();
+    let toml = pipeline_toml(&[
+        stage_toml("gen", &format!("items = [{}]", items.join(","))),
+        stage_toml(
+            "check",
+            &format!("after = [\"gen\"]\nitems = [{}]", items.join(",")),
+        ),
+    ]);
+    let new = new_pipeline(&toml, None);
+    let first = {
+        // The next id the store hands out is one past the highest so far.
+        let (probe, _) = store
+            .create_pipeline(
+                &new_pipeline(&pipeline_toml(&[stage_toml("p", "")]), None),
+                T0,
+            )
+            .await
+            .unwrap();
+        store
+            .jobs(&JobFilter {
+                pipeline_id: Some(probe),
+                ..Default::default()
+            })
+            .await
+            .unwrap()[0]
+            .id
+            + 1
+    };
+    let creating = {
+        let store = store.clone();
+        tokio::spawn(async move { store.create_pipeline(&new, T0).await.unwrap() })
+    };
+    while !creating.is_finished() {
+        match store.cancel_job(first, T0).await {
+            Err(StoreError::NotFound(_)) => {}
+            Ok(()) => {
+                assert!(
+                    creating.is_finished() || store.job(first).await.unwrap().is_some(),
+                    "a job of a pipeline being written was cancelled"
+                );
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(matches!(
+            store.retry_dead(&RetryTarget::Job(first), T0).await,
+            Err(StoreError::NotFound(_)) | Ok(0)
+        ));
+        tokio::task::yield_now().await;
+    }
+    let (pid, _) = creating.await.unwrap();
+    let events = store.events(Some(pid), 0, 10).await.unwrap();
+    assert_eq!(
+        events[0].kind, "pipeline_created",
+        "nothing happened to it before"
+    );
+}
+
+/// Claims read past neither the jobs of a stage at its concurrency limit nor those of a
+/// pipeline being written, and still find every job they may take.
+pub async fn claims_skip_full_stages_and_find_the_rest(store: Arc<dyn Store>) {
+    let items: Vec<String> = (0..3_000).map(|i| i.to_string()).collect();
+    let toml = pipeline_toml(&[
+        stage_toml(
+            "limited",
+            &format!("items = [{}]\nconcurrency = 2", items.join(",")),
+        ),
+        stage_toml("free", "items = [1, 2, 3]"),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let first = claim(&*store, "w", 4, T0).await;
+    let stages: Vec<&str> = first.iter().map(|c| c.stage.as_str()).collect();
+    assert_eq!(stages, vec!["limited", "limited", "free", "free"]);
+    let more = claim(&*store, "w", 10, T0).await;
+    assert_eq!(
+        more.len(),
+        1,
+        "the limited stage is full: only the last free job"
+    );
+    report(&*store, vec![completed(&first[0], "w", json!({}))], T0 + 1).await;
+    let again = claim(&*store, "w", 10, T0 + 2).await;
+    assert_eq!(again.len(), 1, "one slot of the limited stage came free");
+    assert_eq!(again[0].stage, "limited");
+    let stages = store.stages(pid).await.unwrap();
+    assert_eq!(stages[0].counts.running, 2);
+}
+
+/// A model of the engine, checked after every step of random operations on random specs
+/// (heterogeneous items, matrices, several upstream stages, barriers mixed with edges,
+/// breakers): claims, reports of every outcome, leases expiring, results arriving late,
+/// retries and cancellations. Every job's `pending_deps` is what it still waits for, no job
+/// runs or waits when it should not, and every run drains to a finished pipeline.
+pub async fn random_operations_keep_every_count_honest(store: Arc<dyn Store>) {
+    use rand::{Rng, SeedableRng};
+    worker(&*store, "w").await;
+    let mut now = T0;
+    for seed in 0..24u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let toml = random_spec(&mut rng);
+        let new = new_pipeline(&toml, None);
+        let (pid, _) = store.create_pipeline(&new, now).await.unwrap();
+        let ids: Vec<i64> = {
+            let listed = all_jobs(&*store, pid).await;
+            let by_key: HashMap<&str, i64> =
+                listed.iter().map(|j| (j.key.as_str(), j.id)).collect();
+            new.plan
+                .jobs
+                .iter()
+                .map(|j| by_key[j.key.as_str()])
+                .collect()
+        };
+        let mut held: Vec<ClaimedJob> = Vec::new();
+        let mut lost: Vec<ClaimedJob> = Vec::new();
+        let mut log = Vec::new();
+        let check = |log: &Vec<String>, problems: Vec<String>| {
+            assert!(
+                problems.is_empty(),
+                "seed {seed}\n{toml}\nlast steps:\n  {}\n{}",
+                log[log.len().saturating_sub(10)..].join("\n  "),
+                problems.join("\n")
+            );
+        };
+        for _ in 0..100 {
+            let roll = rng.gen_range(0..100);
+            if roll < 30 {
+                let got = claim(&*store, "w", rng.gen_range(1..=4), now).await;
+                log.push(format!(
+                    "claim {:?}",
+                    got.iter().map(|c| &c.key).collect::<Vec<_>>()
+                ));
+                held.extend(got.into_iter().filter(|c| c.pipeline_id == pid));
+            } else if roll < 65 && !held.is_empty() {
+                let c = held.remove(rng.gen_range(0..held.len()));
+                let r = match rng.gen_range(0..10) {
+                    0..=5 => completed(&c, "w", json!({})),
+                    6 => failed(&c, "w", Failure::permanent("bad", "no")),
+                    7 | 8 => failed(&c, "w", Failure::retryable("flaky", "again")),
+                    _ => Report {
+                        outcome: ReportOutcome::Released,
+                        ..completed(&c, "w", json!({}))
+                    },
+                };
+                let ack = report(&*store, vec![r], now).await;
+                log.push(format!("report {} -> {ack:?}", c.key));
+            } else if roll < 75 {
+                // Some leases expire: the others are heartbeated through it.
+                let (gone, kept): (Vec<_>, Vec<_>) =
+                    held.drain(..).partition(|_| rng.gen_bool(0.5));
+                held = kept;
+                now += 2 * MICROS_PER_SEC;
+                for c in &held {
+                    beat(&*store, "w", c, now, 0).await;
+                }
+                now += 1_500_000;
+                store.reconcile(&policy(), now).await.unwrap();
+                for c in &held {
+                    beat(&*store, "w", c, now, 0).await;
+                }
+                log.push(format!(
+                    "expire {:?}",
+                    gone.iter().map(|c| &c.key).collect::<Vec<_>>()
+                ));
+                lost.extend(gone);
+            } else if roll < 83 && !lost.is_empty() {
+                let c = lost.remove(rng.gen_range(0..lost.len()));
+                let r = if rng.gen_bool(0.85) {
+                    completed(&c, "w", json!({}))
+                } else {
+                    failed(&c, "w", Failure::permanent("bad", "late"))
+                };
+                let ack = report(&*store, vec![r], now).await;
+                log.push(format!("late {} -> {ack:?}", c.key));
+            } else if roll < 90 {
+                let target = if rng.gen_bool(0.5) {
+                    RetryTarget::Pipeline(pid)
+                } else {
+                    RetryTarget::Job(ids[rng.gen_range(0..ids.len())])
+                };
+                let n = store.retry_dead(&target, now).await.unwrap();
+                log.push(format!("retry {target:?} -> {n}"));
+            } else if roll < 92 {
+                let id = ids[rng.gen_range(0..ids.len())];
+                store.cancel_job(id, now).await.unwrap();
+                log.push(format!("cancel {id}"));
+            } else {
+                now += MICROS_PER_SEC;
+                for c in &held {
+                    beat(&*store, "w", c, now, 0).await;
+                }
+                store.reconcile(&policy(), now).await.unwrap();
+                log.push("tick".into());
+            }
+            check(&log, honesty_problems(&*store, pid, &new.plan, &ids).await);
+        }
+        // Drain: everything that can run completes, and the pipeline finishes.
+        for _ in 0..200 {
+            now += 2 * MICROS_PER_SEC;
+            let got = claim(&*store, "w", 100, now).await;
+            let mut all: Vec<Report> = got.iter().map(|c| completed(c, "w", json!({}))).collect();
+            all.extend(held.drain(..).map(|c| completed(&c, "w", json!({}))));
+            if !all.is_empty() {
+                report(&*store, all, now).await;
+            }
+            store.reconcile(&policy(), now).await.unwrap();
+            if store.pipeline(pid).await.unwrap().unwrap().state != PipelineState::Running {
+                break;
+            }
+        }
+        log.push("drained".into());
+        check(&log, honesty_problems(&*store, pid, &new.plan, &ids).await);
+        assert_ne!(
+            store.pipeline(pid).await.unwrap().unwrap().state,
+            PipelineState::Running,
+            "seed {seed}: still running after the drain\n{toml}"
+        );
+    }
+}
+
+async fn all_jobs(store: &dyn Store, pipeline: i64) -> Vec<Job> {
+    store
+        .jobs(&JobFilter {
+            pipeline_id: Some(pipeline),
+            limit: Some(100_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// What the store says that the plan and the jobs' states contradict.
+async fn honesty_problems(
+    store: &dyn Store,
+    pid: i64,
+    plan: &spec::Plan,
+    ids: &[i64],
+) -> Vec<String> {
+    let jobs = all_jobs(store, pid).await;
+    let by_id: HashMap<i64, &Job> = jobs.iter().map(|j| (j.id, j)).collect();
+    let state_of = |i: usize| by_id[&ids[i]].state;
+    let blocked =
+        |s: JobState| matches!(s, JobState::Dead | JobState::Cancelled | JobState::Skipped);
+    let mut stage_done: HashMap<&str, bool> = HashMap::new();
+    let mut stage_blocked: HashMap<&str, bool> = HashMap::new();
+    for (i, pj) in plan.jobs.iter().enumerate() {
+        *stage_done.entry(pj.stage.as_str()).or_insert(true) &= state_of(i) == JobState::Completed;
+        *stage_blocked.entry(pj.stage.as_str()).or_insert(false) |= blocked(state_of(i));
+    }
+    let mut problems = Vec::new();
+    for (i, pj) in plan.jobs.iter().enumerate() {
+        let job = by_id[&ids[i]];
+        let edges = pj
+            .depends_on
+            .iter()
+            .filter(|&&u| state_of(u) != JobState::Completed)
+            .count();
+        let barriers = plan
+            .barriers_of(&pj.stage)
+            .filter(|u| !stage_done[u])
+            .count();
+        let expected = (edges + barriers) as i64;
+        let tag = format!("{} ({:?})", pj.key, job.state);
+        if job.pending_deps != expected {
+            problems.push(format!(
+                "{tag}: pending_deps {} but waits for {expected}",
+                job.pending_deps
+            ));
+        }
+        let started = matches!(
+            job.state,
+            JobState::Available | JobState::Running | JobState::Completed
+        );
+        if started && expected > 0 && job.attempts == 0 {
+            problems.push(format!("{tag} with {expected} unfinished upstream"));
+        }
+        if job.state == JobState::Waiting {
+            if expected == 0 {
+                problems.push(format!("{tag} with nothing to wait for"));
+            }
+            let edge_blocked = pj.depends_on.iter().any(|&u| blocked(state_of(u)));
+            let barrier_blocked = plan.barriers_of(&pj.stage).any(|u| stage_blocked[u]);
+            if edge_blocked || barrier_blocked {
+                problems.push(format!("{tag} on an upstream that can no longer complete"));
+            }
+        }
+    }
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    let unfinished = jobs.iter().any(|j| !j.state.is_terminal());
+    if (p.state == PipelineState::Running) != unfinished {
+        problems.push(format!(
+            "pipeline {:?} with unfinished jobs: {unfinished}",
+            p.state
+        ));
+    }
+    problems
+}
+
+/// A small spec of random shape: 2 to 5 stages of single jobs, lists, matrices or
+/// heterogeneous items, each after some earlier ones, by item or by stage.
+fn random_spec(rng: &mut impl rand::Rng) -> String {
+    let n = rng.gen_range(2..=5);
+    let mut stages = Vec::new();
+    for s in 0..n {
+        let mut extra = String::new();
+        match rng.gen_range(0..5) {
+            0 => {}
+            1 => {
+                let k = rng.gen_range(1..=3);
+                let vals: Vec<String> = (0..k).map(|i| i.to_string()).collect();
+                extra += &format!("items = [{}]\n", vals.join(","));
+            }
+            2 => {
+                let mut axes = Vec::new();
+                if rng.gen_bool(0.7) {
+                    axes.push("m = [\"a\", \"b\"]");
+                }
+                if rng.gen_bool(0.6) {
+                    axes.push("t = [\"x\", \"y\"]");
+                }
+                if axes.is_empty() {
+                    axes.push("u = [1, 2]");
+                }
+                extra += &format!("matrix = {{ {} }}\n", axes.join(", "));
+            }
+            _ => {
+                let mut items = std::collections::BTreeSet::new();
+                for _ in 0..rng.gen_range(1..=4) {
+                    let mut parts = Vec::new();
+                    if rng.gen_bool(0.5) {
+                        parts.push(format!("m = \"{}\"", ["a", "b"][rng.gen_range(0..2)]));
+                    }
+                    if rng.gen_bool(0.5) {
+                        parts.push(format!("t = \"{}\"", ["x", "y"][rng.gen_range(0..2)]));
+                    }
+                    if parts.is_empty() {
+                        parts.push(format!("v = {}", rng.gen_range(0..3)));
+                    }
+                    items.insert(format!("{{ {} }}", parts.join(", ")));
+                }
+                extra += &format!(
+                    "items = [{}]\n",
+                    items.into_iter().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        if s > 0 && rng.gen_bool(0.85) {
+            let mut after: Vec<String> = (0..s)
+                .filter(|_| rng.gen_bool(0.5))
+                .map(|u| format!("\"s{u}\""))
+                .collect();
+            if after.is_empty() {
+                after.push(format!("\"s{}\"", s - 1));
+            }
+            extra += &format!("after = [{}]\n", after.join(", "));
+            if rng.gen_bool(0.3) {
+                extra += "wait = \"stage\"\n";
+            }
+        }
+        extra += &format!(
+            "max_attempts = {}\nbackoff = \"100ms\"\n",
+            rng.gen_range(1..=3)
+        );
+        if rng.gen_bool(0.3) {
+            extra += "breaker = 2\n";
+        }
+        stages.push(stage_toml(&format!("s{s}"), &extra));
+    }
+    pipeline_toml(&stages)
+}
+
 /// Instantiate the whole suite for a backend. `$make` is an async expression producing
 /// `(Arc<dyn Store>, guard)`, where the guard keeps the backend's resources alive.
 #[macro_export]
@@ -1899,7 +2405,11 @@ macro_rules! store_conformance_tests {
             old_events_of_finished_pipelines_are_pruned,
             a_stage_barrier_releases_once_and_skips_on_failure,
             a_large_pipeline_becomes_visible_and_claimable_at_once,
-            a_result_that_arrives_after_its_lease_expired_is_kept_if_no_newer_attempt_exists);
+            a_result_that_arrives_after_its_lease_expired_is_kept_if_no_newer_attempt_exists,
+            a_late_result_revives_only_what_can_run, a_late_result_keeps_the_deadline,
+            a_pipeline_being_written_cannot_be_changed,
+            claims_skip_full_stages_and_find_the_rest,
+            random_operations_keep_every_count_honest);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

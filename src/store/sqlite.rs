@@ -36,6 +36,7 @@ mod hot {
                AND p.state = 'running' AND p.cancel_requested = 0) \
            AND NOT EXISTS (SELECT 1 FROM json_each(?3) f \
                WHERE f.value ->> 0 = jobs.pipeline_id AND f.value ->> 1 = jobs.stage) \
+           AND id BETWEEN ?5 AND ?6 \
          ORDER BY id LIMIT ?4";
     pub const NEXT_RETRY: &str = "SELECT MIN(run_after) FROM jobs WHERE state = 'retrying'";
     pub const ANY_UNFINISHED: &str = "SELECT 1 FROM jobs WHERE pipeline_id = ?1 \
@@ -51,6 +52,21 @@ mod hot {
          FROM (SELECT job_id, COUNT(*) AS n FROM job_deps \
                WHERE upstream_id IN (SELECT value FROM json_each(?1)) GROUP BY job_id) c \
          WHERE jobs.id = c.job_id RETURNING jobs.id, jobs.state";
+    /// The waiting jobs that wait one by one on any of `?1` (a JSON list of job ids), each
+    /// with the key of one of them.
+    pub const WAITING_BY_EDGE: &str = "SELECT d.job_id AS id, MIN(u.key) AS cause FROM job_deps d \
+         JOIN jobs j ON j.id = d.job_id JOIN jobs u ON u.id = d.upstream_id \
+         WHERE d.upstream_id IN (SELECT value FROM json_each(?1)) AND j.state = 'waiting' \
+         GROUP BY d.job_id";
+    /// The waiting jobs of stages with an unreleased barrier on the stage of any of `?1`.
+    /// CROSS JOIN keeps the order: the few jobs, their barriers, then the waiting jobs of
+    /// those stages only (any other order reads every job of the pipeline).
+    pub const WAITING_BY_BARRIER: &str = "SELECT j.id AS id, f.cause AS cause FROM \
+           (SELECT pipeline_id, stage, MIN(key) AS cause FROM jobs \
+            WHERE id IN (SELECT value FROM json_each(?1)) GROUP BY pipeline_id, stage) f \
+         CROSS JOIN stage_waits w ON w.pipeline_id = f.pipeline_id AND w.upstream_stage = f.stage \
+           AND w.released = 0 \
+         CROSS JOIN jobs j ON j.pipeline_id = w.pipeline_id AND j.stage = w.stage AND j.state = 'waiting'";
     pub const QUIESCENT_WITH_WAITING: &str =
         "SELECT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state = 'waiting') \
          AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND state IN ('available','running','retrying'))";
@@ -254,6 +270,17 @@ async fn briefs_from(
         .collect()
 }
 
+/// A job, unless its pipeline is still being written (then it does not exist yet).
+async fn visible_job(conn: &mut SqliteConnection, id: i64) -> StoreResult<Option<Brief>> {
+    Ok(briefs_where(
+        conn,
+        "id = ?1 AND pipeline_id NOT IN (SELECT id FROM pipelines WHERE state = 'creating')",
+        &[id],
+    )
+    .await?
+    .pop())
+}
+
 async fn briefs_by_ids(conn: &mut SqliteConnection, ids: &[i64]) -> StoreResult<Vec<Brief>> {
     let sql = format!(
         "SELECT {BRIEF_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY id"
@@ -455,25 +482,14 @@ async fn skip_dependents(
     while !frontier.is_empty() {
         let ids = ids_json(frontier.iter().copied());
         let mut causes: BTreeMap<i64, String> = BTreeMap::new();
-        let by_edge = sqlx::query(
-            "SELECT d.job_id AS id, MIN(u.key) AS cause FROM job_deps d \
-             JOIN jobs j ON j.id = d.job_id JOIN jobs u ON u.id = d.upstream_id \
-             WHERE d.upstream_id IN (SELECT value FROM json_each(?1)) AND j.state = 'waiting' \
-             GROUP BY d.job_id",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        let by_barrier = sqlx::query(
-            "SELECT j.id AS id, f.cause AS cause FROM \
-               (SELECT pipeline_id, stage, MIN(key) AS cause FROM jobs \
-                WHERE id IN (SELECT value FROM json_each(?1)) GROUP BY pipeline_id, stage) f \
-             JOIN stage_waits w ON w.pipeline_id = f.pipeline_id AND w.upstream_stage = f.stage AND w.released = 0 \
-             JOIN jobs j ON j.pipeline_id = w.pipeline_id AND j.stage = w.stage AND j.state = 'waiting'",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
+        let by_edge = sqlx::query(hot::WAITING_BY_EDGE)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        let by_barrier = sqlx::query(hot::WAITING_BY_BARRIER)
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
         for row in by_edge.iter().chain(&by_barrier) {
             causes
                 .entry(row.try_get("id")?)
@@ -827,11 +843,35 @@ async fn repair_quiescent(
     Ok(skipped)
 }
 
-/// Put finished pipelines back to running (with a fresh deadline) because some of their
-/// jobs can run again.
+/// What reopening does to a pipeline's deadline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// A person retried it: it gets its whole deadline again.
+    Fresh,
+    /// A late result came back: its time is what it was.
+    Keep,
+}
+
+/// The id ranges left between `skip`ped ones (inclusive), in order.
+fn id_gaps(mut skip: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    skip.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut from = i64::MIN;
+    for (first, last) in skip {
+        if first > from {
+            gaps.push((from, first - 1));
+        }
+        from = from.max(last.saturating_add(1));
+    }
+    gaps.push((from, i64::MAX));
+    gaps
+}
+
+/// Put pipelines back to running because some of their jobs can run again.
 async fn reopen_pipelines(
     conn: &mut SqliteConnection,
     pipeline_ids: &[i64],
+    deadline: Deadline,
     now: Micros,
 ) -> StoreResult<()> {
     for id in pipeline_ids {
@@ -839,13 +879,19 @@ async fn reopen_pipelines(
             .bind(id)
             .fetch_one(&mut *conn)
             .await?;
-        sqlx::query(
-            "UPDATE pipelines SET state = 'running', finished_at = NULL, cancel_requested = 0, \
-             deadline_at = CASE WHEN deadline_ms IS NULL THEN NULL ELSE ?2 + deadline_ms * 1000 END \
-             WHERE id = ?1",
-        )
-        .bind(id)
-        .bind(now)
+        match deadline {
+            Deadline::Fresh => sqlx::query(
+                "UPDATE pipelines SET state = 'running', finished_at = NULL, cancel_requested = 0, \
+                 deadline_at = CASE WHEN deadline_ms IS NULL THEN NULL ELSE ?2 + deadline_ms * 1000 END \
+                 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(now),
+            Deadline::Keep => sqlx::query(
+                "UPDATE pipelines SET state = 'running', finished_at = NULL WHERE id = ?1",
+            )
+            .bind(id),
+        }
         .execute(&mut *conn)
         .await?;
         if previous != "running" {
@@ -866,11 +912,12 @@ async fn reopen_pipelines(
 /// A completed result whose lease expired before it arrived is still the job's result if
 /// no newer attempt has started: the attempt was recorded lost (the worker was cut off,
 /// not dead), the job waits to run again (or died of that loss alone), and the report
-/// carries that attempt's token.
+/// carries that attempt's token; not once the job is cancelled or past a deadline.
 async fn late_result_acceptable(
     conn: &mut SqliteConnection,
     job: &Brief,
     report: &Report,
+    now: Micros,
 ) -> StoreResult<bool> {
     let waits_again = matches!(
         job.state,
@@ -884,12 +931,15 @@ async fn late_result_acceptable(
     }
     let row = sqlx::query(
         "SELECT a.token, a.outcome, json_extract(j.last_error, '$.code') AS code, \
-         j.cancel_requested OR p.cancel_requested AS cancelled \
+         j.cancel_requested OR p.cancel_requested \
+           OR COALESCE(p.deadline_at < ?3, 0) OR COALESCE(s.deadline_at < ?3, 0) AS cancelled \
          FROM attempts a JOIN jobs j ON j.id = a.job_id JOIN pipelines p ON p.id = j.pipeline_id \
+         JOIN stages s ON s.pipeline_id = j.pipeline_id AND s.name = j.stage \
          WHERE a.job_id = ?1 AND a.number = ?2",
     )
     .bind(job.id)
     .bind(report.attempt)
+    .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(false) };
@@ -1154,10 +1204,37 @@ async fn begin_pipeline(
             });
         }
     }
+    // Reserve ids for the jobs: AUTOINCREMENT never hands out an id at or below the
+    // sequence, so no other pipeline can take one of these meanwhile.
+    let last: i64 = sqlx::query_scalar(
+        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0), \
+                    COALESCE((SELECT MAX(id) FROM jobs), 0))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let first_job = last + 1;
+    let reserved = last + new.plan.jobs.len() as i64;
+    let updated = sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'")
+        .bind(reserved)
+        .execute(&mut *conn)
+        .await?;
+    if updated.rows_affected() == 0 {
+        sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)")
+            .bind(reserved)
+            .execute(&mut *conn)
+            .await?;
+    }
+    // Each stage's jobs come one after the other in the plan, so each has a range of ids.
+    let mut ranges: HashMap<&str, (i64, i64)> = HashMap::new();
+    for (i, job) in new.plan.jobs.iter().enumerate() {
+        let id = first_job + i as i64;
+        let range = ranges.entry(job.stage.as_str()).or_insert((id, id));
+        range.1 = id;
+    }
     let deadline_at = new.spec.deadline_micros().map(|d| now + d);
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO pipelines (name, state, idempotency_key, spec_hash, spec, created_at, deadline_ms, deadline_at, budget) \
-         VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING id",
+        "INSERT INTO pipelines (name, state, idempotency_key, spec_hash, spec, created_at, deadline_ms, deadline_at, budget, \
+         first_job, last_job) VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
     )
     .bind(&new.spec.name)
     .bind(&new.idempotency_key)
@@ -1167,6 +1244,8 @@ async fn begin_pipeline(
     .bind(new.spec.deadline_ms)
     .bind(deadline_at)
     .bind(new.spec.budget.filter(|b| !b.is_unlimited()).map(|b| to_json(&b)))
+    .bind(first_job)
+    .bind(reserved)
     .fetch_one(&mut *conn)
     .await?;
     let stages: Vec<Value> = new
@@ -1186,15 +1265,18 @@ async fn begin_pipeline(
                 stage.retry.backoff_max_ms,
                 stage.breaker.threshold,
                 stage.deadline_ms,
-                stage.deadline_ms.map(|d| now + d * MICROS_PER_MS)
+                stage.deadline_ms.map(|d| now + d * MICROS_PER_MS),
+                ranges.get(stage.name.as_str()).map(|r| r.0),
+                ranges.get(stage.name.as_str()).map(|r| r.1)
             ])
         })
         .collect();
     sqlx::query(
         "INSERT INTO stages (pipeline_id, name, position, kind, concurrency, timeout_ms, max_attempts, \
-         backoff_base_ms, backoff_max_ms, breaker_threshold, deadline_ms, deadline_at) \
+         backoff_base_ms, backoff_max_ms, breaker_threshold, deadline_ms, deadline_at, first_job, last_job) \
          SELECT ?1, v.value ->> 0, v.value ->> 1, v.value ->> 2, v.value ->> 3, v.value ->> 4, v.value ->> 5, \
-                v.value ->> 6, v.value ->> 7, v.value ->> 8, v.value ->> 9, v.value ->> 10 FROM json_each(?2) v",
+                v.value ->> 6, v.value ->> 7, v.value ->> 8, v.value ->> 9, v.value ->> 10, \
+                v.value ->> 11, v.value ->> 12 FROM json_each(?2) v",
     )
     .bind(id)
     .bind(to_json(&stages))
@@ -1214,29 +1296,7 @@ async fn begin_pipeline(
     .bind(to_json(&waits))
     .execute(&mut *conn)
     .await?;
-    // Reserve ids for the jobs: AUTOINCREMENT never hands out an id at or below the
-    // sequence, so no other pipeline can take one of these meanwhile.
-    let last: i64 = sqlx::query_scalar(
-        "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'jobs'), 0), \
-                    COALESCE((SELECT MAX(id) FROM jobs), 0))",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let reserved = last + new.plan.jobs.len() as i64;
-    let updated = sqlx::query("UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'jobs'")
-        .bind(reserved)
-        .execute(&mut *conn)
-        .await?;
-    if updated.rows_affected() == 0 {
-        sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?1)")
-            .bind(reserved)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(Begun::New {
-        id,
-        first_job: last + 1,
-    })
+    Ok(Begun::New { id, first_job })
 }
 
 /// Insert a run of planned jobs, the first of which is job `first` of the plan, under
@@ -1572,7 +1632,7 @@ impl Store for SqliteStore {
         }
         // Stages that limit concurrency: how many more jobs each may start.
         let limited = sqlx::query(
-            "SELECT s.pipeline_id, s.name, s.concurrency - (SELECT COUNT(*) FROM jobs j \
+            "SELECT s.pipeline_id, s.name, s.first_job, s.last_job, s.concurrency - (SELECT COUNT(*) FROM jobs j \
                WHERE j.pipeline_id = s.pipeline_id AND j.stage = s.name AND j.state = 'running') AS room \
              FROM stages s JOIN pipelines p ON p.id = s.pipeline_id \
              WHERE p.state = 'running' AND s.concurrency IS NOT NULL",
@@ -1581,6 +1641,15 @@ impl Store for SqliteStore {
         .await?;
         let mut room: HashMap<(i64, String), i64> = HashMap::new();
         let mut full: Vec<Value> = Vec::new();
+        // Id ranges no claim can take from: stages at their limit, pipelines still written.
+        let mut skip: Vec<(i64, i64)> = sqlx::query(
+            "SELECT first_job, last_job FROM pipelines WHERE state = 'creating' AND first_job IS NOT NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("first_job")?, r.try_get("last_job")?)))
+        .collect::<StoreResult<_>>()?;
         for row in &limited {
             let key = (
                 row.try_get::<i64, _>("pipeline_id")?,
@@ -1589,40 +1658,89 @@ impl Store for SqliteStore {
             let r: i64 = row.try_get("room")?;
             if r <= 0 {
                 full.push(json!([key.0, key.1]));
+                let range: (Option<i64>, Option<i64>) =
+                    (row.try_get("first_job")?, row.try_get("last_job")?);
+                if let (Some(first), Some(last)) = range {
+                    skip.push((first, last));
+                }
             }
             room.insert(key, r);
         }
-        // One read per kind, each in id order straight from the claimable index (a list of
-        // kinds in one statement would sort every claimable job of those kinds first).
-        let mut candidates = Vec::new();
-        for kind in &req.kinds {
-            candidates.extend(
-                sqlx::query(hot::CLAIM_CANDIDATES)
-                    .bind(kind)
-                    .bind(now)
-                    .bind(to_json(&full))
-                    .bind(req.limit * 2)
-                    .fetch_all(&mut *tx)
-                    .await?,
-            );
-        }
-        candidates.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or(i64::MAX));
-        let mut chosen = Vec::with_capacity(req.limit as usize);
-        for row in &candidates {
-            if chosen.len() as i64 >= req.limit {
-                break;
+        let ranges: HashMap<(i64, String), (i64, i64)> = limited
+            .iter()
+            .filter_map(|row| {
+                let key = (row.try_get("pipeline_id").ok()?, row.try_get("name").ok()?);
+                Some((
+                    key,
+                    (
+                        row.try_get("first_job").ok()?,
+                        row.try_get("last_job").ok()?,
+                    ),
+                ))
+            })
+            .collect();
+        // One read per kind and gap between the skipped ranges, each in id order straight
+        // from the claimable index (a list of kinds in one statement would sort every
+        // claimable job of those kinds first); a later gap only holds later jobs, so a kind
+        // stops once it has enough. A stage that fills up while jobs are chosen is skipped
+        // in the next round, so its other jobs do not crowd out everyone else's.
+        let mut chosen: Vec<i64> = Vec::with_capacity(req.limit as usize);
+        for _round in 0..4 {
+            let wanted = ((req.limit - chosen.len() as i64) * 2) as usize;
+            let gaps = id_gaps(skip.clone());
+            let mut candidates = Vec::new();
+            for kind in &req.kinds {
+                let mut found = 0;
+                for (low, high) in &gaps {
+                    let rows = sqlx::query(hot::CLAIM_CANDIDATES)
+                        .bind(kind)
+                        .bind(now)
+                        .bind(to_json(&full))
+                        .bind((wanted - found) as i64)
+                        .bind(low)
+                        .bind(high)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    found += rows.len();
+                    candidates.extend(rows);
+                    if found >= wanted {
+                        break;
+                    }
+                }
             }
-            let key = (
-                row.try_get::<i64, _>("pipeline_id")?,
-                row.try_get::<String, _>("stage")?,
-            );
-            if let Some(r) = room.get_mut(&key) {
-                if *r <= 0 {
+            candidates.sort_by_key(|row| row.try_get::<i64, _>("id").unwrap_or(i64::MAX));
+            let mut filled = false;
+            for row in &candidates {
+                if chosen.len() as i64 >= req.limit {
+                    break;
+                }
+                let id: i64 = row.try_get("id")?;
+                if chosen.contains(&id) {
                     continue;
                 }
-                *r -= 1;
+                let key = (
+                    row.try_get::<i64, _>("pipeline_id")?,
+                    row.try_get::<String, _>("stage")?,
+                );
+                if let Some(r) = room.get_mut(&key) {
+                    if *r <= 0 {
+                        continue;
+                    }
+                    *r -= 1;
+                    if *r == 0 {
+                        filled = true;
+                        full.push(json!([key.0, key.1]));
+                        if let Some(range) = ranges.get(&key) {
+                            skip.push(*range);
+                        }
+                    }
+                }
+                chosen.push(id);
             }
-            chosen.push(row.try_get::<i64, _>("id")?);
+            let exhausted = candidates.len() < wanted;
+            if chosen.len() as i64 >= req.limit || !filled || exhausted {
+                break;
+            }
         }
         if chosen.is_empty() {
             tx.commit().await?;
@@ -1801,7 +1919,7 @@ impl Store for SqliteStore {
             };
             let leased = job.state == JobState::Running
                 && job.lease_token.as_deref() == Some(report.token.as_str());
-            let arrived_late = !leased && late_result_acceptable(&mut tx, job, report).await?;
+            let arrived_late = !leased && late_result_acceptable(&mut tx, job, report, now).await?;
             let owns = (leased || arrived_late) && seen_in_batch.insert(job.id);
             if owns && arrived_late {
                 tracing::info!(job = job.id, attempt = report.attempt, "a result that arrived after its lease expired is accepted: no newer attempt started");
@@ -1956,7 +2074,9 @@ impl Store for SqliteStore {
                     .into_iter()
                     .collect();
                 revive_skipped_dependents(&mut tx, late_dead.clone(), now).await?;
-                reopen_pipelines(&mut tx, &pipelines, now).await?;
+                reopen_pipelines(&mut tx, &pipelines, Deadline::Keep, now).await?;
+                // A revived job that also waits on another dead job still cannot run.
+                skip_blocked_waiting(&mut tx, &pipelines, now).await?;
             }
             sqlx::query(
                 "INSERT INTO events (pipeline_id, job_id, at, kind, data) \
@@ -2167,9 +2287,8 @@ impl Store for SqliteStore {
 
     async fn cancel_job(&self, job_id: i64, now: Micros) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
-        let job = briefs_by_ids(&mut tx, &[job_id])
+        let job = visible_job(&mut tx, job_id)
             .await?
-            .pop()
             .ok_or_else(|| StoreError::NotFound(format!("job {job_id}")))?;
         match job.state {
             JobState::Running => {
@@ -2199,11 +2318,10 @@ impl Store for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let dead = match target {
             RetryTarget::Job(id) => {
-                let found = briefs_by_ids(&mut tx, &[*id]).await?;
-                if found.is_empty() {
-                    return Err(StoreError::NotFound(format!("job {id}")));
-                }
-                found
+                let found = visible_job(&mut tx, *id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(format!("job {id}")))?;
+                Some(found)
                     .into_iter()
                     .filter(|b| b.state == JobState::Dead)
                     .collect::<Vec<_>>()
@@ -2287,7 +2405,7 @@ impl Store for SqliteStore {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        reopen_pipelines(&mut tx, &pipelines, now).await?;
+        reopen_pipelines(&mut tx, &pipelines, Deadline::Fresh, now).await?;
         // A revived job whose other upstream jobs are dead still cannot run.
         skip_blocked_waiting(&mut tx, &pipelines, now).await?;
         finalize(&mut tx, pipelines.iter().copied(), now).await?;
@@ -2682,6 +2800,7 @@ impl Store for SqliteStore {
             "INSERT INTO llm_calls (pipeline_id, job_id, attempt, provider, model, model_resolved, result, \
              error, prompt_tokens, completion_tokens, cost_usd, saved_usd, at, call_id) \
              SELECT pipeline_id, id, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 FROM jobs WHERE id = ?1 \
+               AND pipeline_id NOT IN (SELECT id FROM pipelines WHERE state = 'creating') \
              ON CONFLICT (call_id) DO NOTHING",
         )
         .bind(call.job_id)
@@ -2817,6 +2936,16 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn the_gaps_between_skipped_ranges_cover_everything_else() {
+        assert_eq!(id_gaps(vec![]), vec![(i64::MIN, i64::MAX)]);
+        assert_eq!(
+            id_gaps(vec![(10, 20), (5, 7), (15, 30), (31, 40)]),
+            vec![(i64::MIN, 4), (8, 9), (41, i64::MAX)]
+        );
+        assert_eq!(id_gaps(vec![(i64::MIN, 0)]), vec![(1, i64::MAX)]);
+    }
+
     #[tokio::test]
     async fn hot_statements_read_through_indexes() {
         let dir = tempfile::tempdir().unwrap();
@@ -2839,7 +2968,7 @@ mod tests {
             hot::ATTEMPT_OVERDUE
         );
         let statements: Vec<(&str, String, usize)> = vec![
-            ("claim candidates", hot::CLAIM_CANDIDATES.into(), 4),
+            ("claim candidates", hot::CLAIM_CANDIDATES.into(), 6),
             ("next retry", hot::NEXT_RETRY.into(), 0),
             ("any unfinished", hot::ANY_UNFINISHED.into(), 1),
             ("stage completed", hot::ANY_NOT_COMPLETED_IN_STAGE.into(), 2),
@@ -2849,6 +2978,8 @@ mod tests {
                 2,
             ),
             ("quiescent", hot::QUIESCENT_WITH_WAITING.into(), 1),
+            ("waiting by edge", hot::WAITING_BY_EDGE.into(), 1),
+            ("waiting by barrier", hot::WAITING_BY_BARRIER.into(), 1),
             ("leases expired", expired, 1),
             ("attempts overdue", overdue, 2),
             ("events of a pipeline", hot::EVENTS_OF_PIPELINE.into(), 3),
@@ -2888,6 +3019,15 @@ mod tests {
                     "{name} scans: {step}\n{plan:#?}"
                 );
             }
+            // A pipeline's jobs are many: reading them by pipeline alone is a scan in all
+            // but name.
+            let by_pipeline_only = plan
+                .iter()
+                .any(|step| step.starts_with("SEARCH j ") && step.ends_with("(pipeline_id=?)"));
+            assert!(
+                !by_pipeline_only,
+                "{name} reads every job of a pipeline: {plan:#?}"
+            );
             let paged =
                 name.starts_with("claim") || name.starts_with("jobs") || name.starts_with("events");
             assert!(
