@@ -141,18 +141,25 @@ fn study_spec(
 
 /// Two stages of `n` jobs, the second waiting for the whole first (a barrier).
 fn barrier_spec(n: usize) -> String {
-    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    let items = items.join(",");
+    barrier_spec_of(n, n)
+}
+
+/// A stage of `upstream` jobs, then one of `waiting` jobs that waits for all of it.
+fn barrier_spec_of(upstream: usize, waiting: usize) -> String {
+    let items = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
     format!(
         "[pipeline]\nname = \"barrier\"\n{}{}",
         stage(
             "a",
-            &format!("{PROBE_KIND}\nitems = [{items}]"),
+            &format!("{PROBE_KIND}\nitems = [{}]", items(upstream)),
             PROBE_PARAMS
         ),
         stage(
             "b",
-            &format!("{PROBE_KIND}\nafter = [\"a\"]\nwait = \"stage\"\nitems = [{items}]"),
+            &format!(
+                "{PROBE_KIND}\nafter = [\"a\"]\nwait = \"stage\"\nitems = [{}]",
+                items(waiting)
+            ),
             PROBE_PARAMS
         )
     )
@@ -368,7 +375,15 @@ impl Probe {
     /// many it got.
     async fn claim_and_finish(&self, limit: i64) -> Result<(Duration, usize)> {
         let t = Instant::now();
-        let (claimed, _) = self
+        let claimed = self.claim(limit).await?;
+        let took = t.elapsed();
+        let n = claimed.len();
+        self.finish(claimed).await?;
+        Ok((took, n))
+    }
+
+    async fn claim(&self, limit: i64) -> Result<Vec<crate::store::ClaimedJob>> {
+        Ok(self
             .client
             .claim(&ClaimBody {
                 worker_id: self.id.clone(),
@@ -376,26 +391,61 @@ impl Probe {
                 limit,
                 wait_ms: 0,
             })
-            .await?;
-        let took = t.elapsed();
-        let n = claimed.len();
-        if n > 0 {
-            let reports = claimed
-                .into_iter()
-                .map(|c| Report {
-                    job_id: c.job_id,
-                    attempt: c.attempt,
-                    token: c.token,
-                    worker_id: self.id.clone(),
-                    outcome: ReportOutcome::Completed {
-                        result: serde_json::json!({}),
-                        artifacts: vec![],
-                    },
-                })
-                .collect();
-            self.client.report(reports).await?;
+            .await?
+            .0)
+    }
+
+    /// Report the jobs completed; how long the server took.
+    async fn finish(&self, claimed: Vec<crate::store::ClaimedJob>) -> Result<Duration> {
+        let t = Instant::now();
+        if claimed.is_empty() {
+            return Ok(t.elapsed());
         }
-        Ok((took, n))
+        let reports = claimed
+            .into_iter()
+            .map(|c| Report {
+                job_id: c.job_id,
+                attempt: c.attempt,
+                token: c.token,
+                worker_id: self.id.clone(),
+                outcome: ReportOutcome::Completed {
+                    result: serde_json::json!({}),
+                    artifacts: vec![],
+                },
+            })
+            .collect();
+        self.client.report(reports).await?;
+        Ok(t.elapsed())
+    }
+
+    /// Heartbeat every few milliseconds (from a task of its own) until `done` resolves,
+    /// and until the heartbeat in flight then is answered; `done`'s result and the
+    /// heartbeats' latencies (µs).
+    async fn heartbeats_during<T>(
+        &self,
+        done: impl std::future::Future<Output = T>,
+    ) -> Result<(T, Vec<f64>)> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let beating = {
+            let (probe, stop) = (
+                Probe {
+                    client: self.client.clone(),
+                    id: self.id.clone(),
+                },
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut beats = Vec::new();
+                while !stop.is_cancelled() {
+                    beats.push(probe.heartbeat().await?.as_micros() as f64);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Ok::<_, anyhow::Error>(beats)
+            })
+        };
+        let out = done.await;
+        stop.cancel();
+        Ok((out, beating.await??))
     }
 }
 
@@ -575,16 +625,8 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         4,
         Generation::ForProbe,
     );
-    let submission = tokio::spawn({
-        let client = client.clone();
-        async move { timed_submit(&client, spec).await }
-    });
-    let mut beats = Vec::new();
-    while !submission.is_finished() {
-        beats.push(probe.heartbeat().await?.as_micros() as f64);
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let (queue, took) = submission.await??;
+    let (submitted, beats) = probe.heartbeats_during(timed_submit(&client, spec)).await?;
+    let (queue, took) = submitted?;
     let queued = client.pipeline(queue).await?.pipeline.counts.total() as usize;
     println!(
         "submit: {} jobs, {} dependencies ({} apps × generate → 4 analyzers) in {:.3} s",
@@ -641,7 +683,32 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
     }
     wait_finished(&client, queue, Duration::from_millis(20)).await?;
 
-    // 5. Opening a pipeline in the dashboard: a 10-job grid and a 10,000-job grid.
+    // 5. A barrier opening on a large stage: one report releases all of it.
+    let waiting = args.queue_apps * 4;
+    let (opening, _) = timed_submit(&client, barrier_spec_of(1, waiting)).await?;
+    let upstream = probe.claim(1).await?;
+    let (took, beats) = probe.heartbeats_during(probe.finish(upstream)).await?;
+    let took = took?;
+    let released = client.pipeline(opening).await?.pipeline.counts.available;
+    println!(
+        "a barrier opening: the report that completes the last upstream job makes {} jobs available in {:.3} s",
+        thousands(released as usize),
+        took.as_secs_f64()
+    );
+    println!("{}", latency_line("  heartbeats answered meanwhile", beats));
+    let t = Instant::now();
+    let (cancelled, beats) = probe
+        .heartbeats_during(client.cancel_pipeline(opening))
+        .await?;
+    cancelled?;
+    println!(
+        "cancelling those {} jobs: {:.3} s",
+        thousands(released as usize),
+        t.elapsed().as_secs_f64()
+    );
+    println!("{}", latency_line("  heartbeats answered meanwhile", beats));
+
+    // 6. Opening a pipeline in the dashboard: a 10-job grid and a 10,000-job grid.
     for (models, templates, tools) in [(1, 1, 10), (10, 100, 10)] {
         let jobs = models * templates * tools;
         let id = submit(&client, grid_spec("grid", models, templates, tools)).await?;
@@ -662,7 +729,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         );
     }
 
-    // 6. A job on an idle system.
+    // 7. A job on an idle system.
     let mut idle = Vec::with_capacity(args.latency_samples);
     for _ in 0..args.latency_samples {
         let id = submit(&client, noop_spec("latency", 1)).await?;

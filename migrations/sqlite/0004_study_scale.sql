@@ -36,3 +36,8 @@ ALTER TABLE pipelines ADD COLUMN first_job INTEGER;
 ALTER TABLE pipelines ADD COLUMN last_job INTEGER;
 ALTER TABLE stages ADD COLUMN first_job INTEGER;
 ALTER TABLE stages ADD COLUMN last_job INTEGER;
+
+-- A released barrier counts its stage's jobs down a chunk of ids at a time (each chunk a
+-- short transaction; the reconciler finishes one a crash cut short): the last job id
+-- counted down so far. NULL until released, or for stages without an id range.
+ALTER TABLE stage_waits ADD COLUMN applied_to INTEGER;

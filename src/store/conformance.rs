@@ -1651,6 +1651,59 @@ pub async fn a_stage_barrier_releases_once_and_skips_on_failure(store: Arc<dyn S
     );
 }
 
+/// A barrier opening on a stage larger than one write makes all of it available by the
+/// time the report that opened it is answered, each job counted down once.
+pub async fn a_barrier_opens_on_a_large_stage_all_at_once(store: Arc<dyn Store>) {
+    let items: Vec<String> = (0..5_000).map(|i| i.to_string()).collect();
+    let toml = pipeline_toml(&[
+        stage_toml("a", "items = [1, 2]"),
+        stage_toml(
+            "b",
+            &format!(
+                "after = [\"a\"]\nwait = \"stage\"\nitems = [{}]",
+                items.join(",")
+            ),
+        ),
+        stage_toml("c", "after = [\"b\"]\nwait = \"stage\""),
+    ]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    worker(&*store, "w").await;
+    let a = claim(&*store, "w", 10, T0).await;
+    assert_eq!(a.len(), 2);
+    report(&*store, vec![completed(&a[0], "w", json!({}))], T0 + 1).await;
+    assert_eq!(store.stages(pid).await.unwrap()[1].counts.waiting, 5_000);
+    report(&*store, vec![completed(&a[1], "w", json!({}))], T0 + 2).await;
+    let stages = store.stages(pid).await.unwrap();
+    assert_eq!(stages[1].counts.available, 5_000);
+    assert_eq!(stages[2].counts.waiting, 1);
+    let b = all_jobs(&*store, pid).await;
+    assert!(
+        b.iter()
+            .filter(|j| j.stage == "b")
+            .all(|j| j.pending_deps == 0),
+        "each counted down once"
+    );
+    loop {
+        let got = claim(&*store, "w", 2_000, T0 + 3).await;
+        if got.is_empty() {
+            break;
+        }
+        report(
+            &*store,
+            got.iter().map(|c| completed(c, "w", json!({}))).collect(),
+            T0 + 3,
+        )
+        .await;
+    }
+    assert_eq!(
+        store.pipeline(pid).await.unwrap().unwrap().state,
+        PipelineState::Completed
+    );
+}
+
 pub async fn a_large_pipeline_becomes_visible_and_claimable_at_once(store: Arc<dyn Store>) {
     let items: Vec<String> = (0..12_000).map(|i| i.to_string()).collect();
     let toml = pipeline_toml(&[
@@ -2409,6 +2462,7 @@ macro_rules! store_conformance_tests {
             a_late_result_revives_only_what_can_run, a_late_result_keeps_the_deadline,
             a_pipeline_being_written_cannot_be_changed,
             claims_skip_full_stages_and_find_the_rest,
+            a_barrier_opens_on_a_large_stage_all_at_once,
             random_operations_keep_every_count_honest);
     };
     (@each $make:expr; $($name:ident),+) => {

@@ -534,13 +534,14 @@ async fn skip_with_causes(
 
 /// After jobs completed: count down their dependents, release the barriers of stages that
 /// have now completed as a whole, and make the ready jobs available.
+/// Whether a barrier was released whose stage is left to count down (`finish_releases`).
 async fn release_dependents(
     conn: &mut SqliteConnection,
     completed: &[i64],
     now: Micros,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     if completed.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let ids = ids_json(completed.iter().copied());
     // One pass over the dependents: count each down by its completed upstream jobs, and
@@ -567,8 +568,9 @@ async fn release_dependents(
     .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
+    let mut more = false;
     for row in &awaited {
-        release_barriers_if_complete(
+        more |= release_barriers_if_complete(
             conn,
             row.try_get("pipeline_id")?,
             &row.try_get::<String, _>("upstream_stage")?,
@@ -576,7 +578,7 @@ async fn release_dependents(
         )
         .await?;
     }
-    Ok(())
+    Ok(more)
 }
 
 /// If every job of `upstream` has completed, release (once) the barriers of the stages
@@ -586,46 +588,118 @@ async fn release_barriers_if_complete(
     pipeline_id: i64,
     upstream: &str,
     now: Micros,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     let unfinished: Option<i64> = sqlx::query_scalar(hot::ANY_NOT_COMPLETED_IN_STAGE)
         .bind(pipeline_id)
         .bind(upstream)
         .fetch_optional(&mut *conn)
         .await?;
     if unfinished.is_some() {
-        return Ok(());
+        return Ok(false);
     }
+    // Released now; the stage's jobs are counted down from its first id on, a chunk at a
+    // time: this transaction does the first chunk, `finish_releases` the rest.
     let released: Vec<String> = sqlx::query_scalar(
-        "UPDATE stage_waits SET released = 1 WHERE pipeline_id = ?1 AND upstream_stage = ?2 \
-         AND released = 0 RETURNING stage",
+        "UPDATE stage_waits SET released = 1, applied_to = (SELECT s.first_job - 1 FROM stages s \
+           WHERE s.pipeline_id = stage_waits.pipeline_id AND s.name = stage_waits.stage) \
+         WHERE pipeline_id = ?1 AND upstream_stage = ?2 AND released = 0 RETURNING stage",
     )
     .bind(pipeline_id)
     .bind(upstream)
     .fetch_all(&mut *conn)
     .await?;
+    let mut more = false;
     for stage in released {
-        // Every job of the stage, whatever its state: a skipped one that is retried later
-        // must not wait for this barrier again.
-        sqlx::query(
-            "UPDATE jobs SET pending_deps = pending_deps - 1 WHERE pipeline_id = ?1 AND stage = ?2",
-        )
-        .bind(pipeline_id)
-        .bind(&stage)
-        .execute(&mut *conn)
-        .await?;
-        let mut ready: Vec<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'available', run_after = ?3 WHERE pipeline_id = ?1 AND stage = ?2 \
-             AND state = 'waiting' AND pending_deps <= 0 RETURNING id",
-        )
-        .bind(pipeline_id)
-        .bind(&stage)
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
-        ready.sort_unstable();
-        emit_states(conn, &ready, json!({}), false, now).await?;
+        more |= count_down_barrier(conn, pipeline_id, &stage, upstream, now).await?;
     }
-    Ok(())
+    Ok(more)
+}
+
+/// One chunk of a released barrier: the next ids of its stage have one thing less to wait
+/// for (every job, whatever its state: a skipped one retried later must not wait for the
+/// barrier again), and those with nothing left become available. A stage without an id
+/// range (created before ranges were kept) is done in one go. Whether more is left.
+async fn count_down_barrier(
+    conn: &mut SqliteConnection,
+    pipeline_id: i64,
+    stage: &str,
+    upstream: &str,
+    now: Micros,
+) -> StoreResult<bool> {
+    let row = sqlx::query(
+        "SELECT w.applied_to, s.last_job FROM stage_waits w JOIN stages s \
+           ON s.pipeline_id = w.pipeline_id AND s.name = w.stage \
+         WHERE w.pipeline_id = ?1 AND w.stage = ?2 AND w.upstream_stage = ?3 AND w.released = 1",
+    )
+    .bind(pipeline_id)
+    .bind(stage)
+    .bind(upstream)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(false) };
+    let (applied, last): (Option<i64>, Option<i64>) =
+        (row.try_get("applied_to")?, row.try_get("last_job")?);
+    let (from, to) = match (applied, last) {
+        (Some(applied), Some(last)) if applied >= last => return Ok(false),
+        (Some(applied), Some(last)) => (applied + 1, last.min(applied + JOBS_PER_CHUNK as i64)),
+        _ => (i64::MIN, i64::MAX),
+    };
+    sqlx::query(
+        "UPDATE jobs SET pending_deps = pending_deps - 1 \
+         WHERE id BETWEEN ?3 AND ?4 AND pipeline_id = ?1 AND stage = ?2",
+    )
+    .bind(pipeline_id)
+    .bind(stage)
+    .bind(from)
+    .bind(to)
+    .execute(&mut *conn)
+    .await?;
+    let mut ready: Vec<i64> = sqlx::query_scalar(
+        "UPDATE jobs SET state = 'available', run_after = ?5 WHERE id BETWEEN ?3 AND ?4 \
+         AND pipeline_id = ?1 AND stage = ?2 AND state = 'waiting' AND pending_deps <= 0 RETURNING id",
+    )
+    .bind(pipeline_id)
+    .bind(stage)
+    .bind(from)
+    .bind(to)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    ready.sort_unstable();
+    emit_states(conn, &ready, json!({}), false, now).await?;
+    sqlx::query(
+        "UPDATE stage_waits SET applied_to = ?4 WHERE pipeline_id = ?1 AND stage = ?2 AND upstream_stage = ?3",
+    )
+    .bind(pipeline_id)
+    .bind(stage)
+    .bind(upstream)
+    .bind(to)
+    .execute(&mut *conn)
+    .await?;
+    Ok(last.is_some_and(|last| to < last))
+}
+
+/// Released barriers whose stage is not counted down all the way yet.
+async fn unfinished_releases(
+    conn: &mut SqliteConnection,
+) -> StoreResult<Vec<(i64, String, String)>> {
+    sqlx::query(
+        "SELECT w.pipeline_id, w.stage, w.upstream_stage FROM pipelines p \
+         CROSS JOIN stage_waits w ON w.pipeline_id = p.id \
+         JOIN stages s ON s.pipeline_id = w.pipeline_id AND s.name = w.stage \
+         WHERE p.state = 'running' AND w.released = 1 AND w.applied_to < s.last_job",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok((
+            r.try_get("pipeline_id")?,
+            r.try_get("stage")?,
+            r.try_get("upstream_stage")?,
+        ))
+    })
+    .collect()
 }
 
 /// Jobs skipped because of any of `revived` (which can run again) wait again, and theirs,
@@ -812,6 +886,15 @@ async fn repair_quiescent(
         for upstream in &awaited {
             release_barriers_if_complete(conn, id, upstream, now).await?;
         }
+        // The recount below counts every released barrier as done.
+        sqlx::query(
+            "UPDATE stage_waits SET applied_to = (SELECT s.last_job FROM stages s \
+               WHERE s.pipeline_id = stage_waits.pipeline_id AND s.name = stage_waits.stage) \
+             WHERE pipeline_id = ?1 AND released = 1",
+        )
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
         let recounted = sqlx::query(
             "UPDATE jobs SET pending_deps = \
                (SELECT COUNT(*) FROM job_deps d JOIN jobs u ON u.id = d.upstream_id \
@@ -951,6 +1034,32 @@ async fn late_result_acceptable(
         && outcome == AttemptOutcome::Lost.as_str()
         && !cancelled
         && (job.state != JobState::Dead || code.as_deref() == Some("worker_lost")))
+}
+
+/// Cancel up to a chunk of the idle jobs with ids below `below` of a pipeline whose
+/// cancellation was asked for, the most downstream first (so that none is skipped instead
+/// of cancelled); finalize it once none is left. Where the next chunk starts, if any.
+async fn cancel_idle_chunk(
+    conn: &mut SqliteConnection,
+    pipeline_id: i64,
+    below: i64,
+    now: Micros,
+) -> StoreResult<Option<i64>> {
+    let idle = briefs_where(
+        conn,
+        &format!(
+            "id IN (SELECT id FROM jobs INDEXED BY jobs_pipeline WHERE pipeline_id = ?1 AND id < ?2 \
+             AND state IN ('waiting','available','retrying') ORDER BY id DESC LIMIT {JOBS_PER_CHUNK})"
+        ),
+        &[pipeline_id, below],
+    )
+    .await?;
+    finish_unsuccessfully(conn, &idle, JobState::Cancelled, None, now).await?;
+    if idle.len() < JOBS_PER_CHUNK {
+        finalize(conn, [pipeline_id], now).await?;
+        return Ok(None);
+    }
+    Ok(idle.iter().map(|j| j.id).min())
 }
 
 /// Record a failed attempt of a running job and decide retry or dead; drives the stage
@@ -1403,6 +1512,25 @@ async fn publish_pipeline(
 }
 
 impl SqliteStore {
+    /// Count released barriers' stages down to the end, a chunk per transaction, so that
+    /// opening a barrier on a large stage never holds the writer for long.
+    async fn finish_releases(&self, now: Micros) -> StoreResult<()> {
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let pending = unfinished_releases(&mut tx).await?;
+            let mut more = false;
+            for (pipeline, stage, upstream) in &pending {
+                more |= count_down_barrier(&mut tx, *pipeline, stage, upstream, now).await?;
+            }
+            let touched: BTreeSet<i64> = pending.iter().map(|p| p.0).collect();
+            finalize(&mut tx, touched, now).await?;
+            tx.commit().await?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
     /// A plan small enough for one short transaction is written in one.
     fn fits_one_transaction(new: &NewPipeline) -> bool {
         new.plan.jobs.len() <= JOBS_PER_CHUNK && new.plan.dependencies() <= DEPS_PER_CHUNK
@@ -1912,6 +2040,7 @@ impl Store for SqliteStore {
         let mut seen_in_batch = BTreeSet::new();
         let mut late = Vec::new();
         let mut late_dead = Vec::new();
+        let mut released_barrier = false;
         for report in reports {
             let Some(job) = current.get(&report.job_id) else {
                 acks.push(ReportAck::Unknown);
@@ -2102,7 +2231,7 @@ impl Store for SqliteStore {
             .bind(to_json(&succeeded_workers))
             .execute(&mut *tx)
             .await?;
-            release_dependents(&mut tx, &completed_ids, now).await?;
+            released_barrier = release_dependents(&mut tx, &completed_ids, now).await?;
         }
         if !artifacts.is_empty() {
             sqlx::query(
@@ -2115,6 +2244,9 @@ impl Store for SqliteStore {
         }
         finalize(&mut tx, touched, now).await?;
         tx.commit().await?;
+        if released_barrier {
+            self.finish_releases(now).await?;
+        }
         Ok(acks)
     }
 
@@ -2229,7 +2361,23 @@ impl Store for SqliteStore {
             touched.insert(pipeline_id);
         }
 
-        // 5. The backstop: no pipeline is left with waiting jobs and nothing they could
+        // 5. Barriers released and cancellations asked for whose chunks a crash cut short
+        //    go on, a chunk per tick.
+        for (pipeline, stage, upstream) in unfinished_releases(&mut tx).await? {
+            count_down_barrier(&mut tx, pipeline, &stage, &upstream, now).await?;
+            touched.insert(pipeline);
+        }
+        let cancelling: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM pipelines WHERE state = 'running' AND cancel_requested = 1",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in cancelling {
+            cancel_idle_chunk(&mut tx, id, i64::MAX, now).await?;
+            touched.insert(id);
+        }
+
+        // 6. The backstop: no pipeline is left with waiting jobs and nothing they could
         //    be waiting for, and any running pipeline with nothing left to do is finalized.
         let running: Vec<i64> =
             sqlx::query_scalar("SELECT id FROM pipelines WHERE state = 'running'")
@@ -2249,10 +2397,12 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         if found.is_none() {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM pipelines WHERE id = ?1")
-                .bind(pipeline_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM pipelines WHERE id = ?1 AND state != 'creating'",
+            )
+            .bind(pipeline_id)
+            .fetch_optional(&mut *tx)
+            .await?;
             return match exists {
                 Some(_) => Ok(()),
                 None => Err(StoreError::NotFound(format!("pipeline {pipeline_id}"))),
@@ -2273,16 +2423,19 @@ impl Store for SqliteStore {
         .bind(pipeline_id)
         .execute(&mut *tx)
         .await?;
-        let idle = briefs_where(
-            &mut tx,
-            "pipeline_id = ?1 AND state IN ('waiting','available','retrying')",
-            &[pipeline_id],
-        )
-        .await?;
-        finish_unsuccessfully(&mut tx, &idle, JobState::Cancelled, None, now).await?;
-        finalize(&mut tx, [pipeline_id], now).await?;
         tx.commit().await?;
-        Ok(())
+        // Nothing of it is claimable any more; its idle jobs are cancelled a chunk at a
+        // time (a crash in between leaves the rest to the reconciler).
+        let mut below = i64::MAX;
+        loop {
+            let mut tx = self.writer.begin().await?;
+            let next = cancel_idle_chunk(&mut tx, pipeline_id, below, now).await?;
+            tx.commit().await?;
+            match next {
+                Some(id) => below = id,
+                None => return Ok(()),
+            }
+        }
     }
 
     async fn cancel_job(&self, job_id: i64, now: Micros) -> StoreResult<()> {
