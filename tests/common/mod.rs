@@ -325,7 +325,8 @@ impl InProcess {
 /// A loopback TCP proxy between workers and the server that misbehaves on demand: it
 /// resets a share of the connections it relays (at once, or after passing on a few bytes:
 /// a request or an answer cut in the middle), resets every connection while blocked, and
-/// can reset the connection that carries the next heartbeat.
+/// can reset the connection that carries the next heartbeat. `resets` counts the resets it
+/// made, not connections that ended because a side went away.
 pub struct Proxy {
     pub port: u16,
     pub url: String,
@@ -371,7 +372,9 @@ impl Proxy {
                     };
                     let Some(outbound) = outbound else {
                         // Blocked, or the server is down: the client's connection is reset.
-                        reset_count.fetch_add(1, Ordering::Relaxed);
+                        if refuse {
+                            reset_count.fetch_add(1, Ordering::Relaxed);
+                        }
                         let _ = inbound.set_zero_linger();
                         return;
                     };
@@ -379,13 +382,17 @@ impl Proxy {
                     let (mut ro, mut wo) = tokio::io::split(outbound);
                     let passed = AtomicU64::new(0);
                     let cut_after = reset.then_some(after);
+                    // Ok(true): cut here on purpose; an error: one side went away (a
+                    // killed process, a reset from the other side), passed on as a reset.
                     let cut = tokio::select! {
-                        r = relay(&mut ri, &mut wo, &passed, cut_after, Some(&drop_next)) => r.unwrap_or(true),
-                        r = relay(&mut ro, &mut wi, &passed, cut_after, None) => r.unwrap_or(true),
-                        _ = blocked.wait_for(|b| *b) => true,
+                        r = relay(&mut ri, &mut wo, &passed, cut_after, Some(&drop_next)) => r,
+                        r = relay(&mut ro, &mut wi, &passed, cut_after, None) => r,
+                        _ = blocked.wait_for(|b| *b) => Ok(true),
                     };
-                    if cut {
+                    if matches!(cut, Ok(true)) {
                         reset_count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !matches!(cut, Ok(false)) {
                         let _ = ri.unsplit(wi).set_zero_linger();
                     }
                 });
