@@ -150,6 +150,15 @@ impl Failure {
         self
     }
 
+    /// A lost worker says nothing against the job: it may run again at once, elsewhere,
+    /// without a backoff.
+    pub fn worker_lost(message: impl Into<String>) -> Self {
+        Failure {
+            retry_after_ms: Some(0),
+            ..Failure::retryable("worker_lost", message)
+        }
+    }
+
     pub fn retryable(code: &str, message: impl Into<String>) -> Self {
         Failure {
             class: FailureClass::Retryable,

@@ -327,6 +327,22 @@ impl Launch {
     }
 }
 
+/// How programs will be kept in check here, for the worker to say when it starts: `None`
+/// when they run without a supervisor, else whether each gets a PID namespace.
+pub fn namespaces_available() -> Option<bool> {
+    let exe = supervisor()?;
+    if NO_PID_NAMESPACES.load(std::sync::atomic::Ordering::Relaxed) {
+        return Some(false);
+    }
+    let probed = std::process::Command::new(exe)
+        .args([SUBCOMMAND, "--probe-namespace", "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    Some(probed.is_ok_and(|s| s.success()))
+}
+
 /// How the worker stops a started program: softly, or its whole tree at once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handle {
@@ -582,6 +598,9 @@ pub struct SuperviseArgs {
     /// Run the program without a PID namespace of its own.
     #[arg(long)]
     no_pid_namespace: bool,
+    /// Only say whether a PID namespace can be made here (exit 0) or not (exit 3).
+    #[arg(long, hide = true)]
+    probe_namespace: bool,
     /// (Inside the supervisor's PID namespace) be its init: start the program, pass
     /// signals on, and write the program's wait status to this descriptor.
     #[arg(long, hide = true)]
@@ -695,6 +714,9 @@ fn own_pid_namespace() -> bool {
 /// The supervisor: start the program, wait for it, the worker's end or an order, and leave
 /// nothing behind. Runs single-threaded, before any runtime exists.
 pub fn run(args: SuperviseArgs) -> ExitCode {
+    if args.probe_namespace {
+        return ExitCode::from(if own_pid_namespace() { 0 } else { 3 });
+    }
     let outcome = match args.namespace_init {
         Some(fd) => be_init(&args, fd),
         None => supervise(&args),

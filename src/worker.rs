@@ -311,6 +311,17 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         });
     }
     kinds::set_scratch_root(&spool.scratch);
+    match crate::supervise::namespaces_available() {
+        Some(true) => tracing::info!("job programs run in PID namespaces of their own"),
+        Some(false) => tracing::warn!(
+            "job programs run without PID namespaces (not permitted here, or --no-pid-namespace): \
+             they still die with this worker, but one that kills its own supervisor can leave a \
+             daemon it moved to a session of its own running"
+        ),
+        None => {
+            tracing::warn!("job programs run without a supervisor: they may outlive this worker")
+        }
+    }
 
     // Nothing runs yet: apps no job used for a week, and staging folders a killed run left,
     // can go.
@@ -782,10 +793,11 @@ async fn heartbeat_loop(
             worker_id: worker_id.clone(),
             leases,
         };
-        // A heartbeat stuck longer than an interval is retried, not waited for: the
-        // lease is only two intervals long.
+        // A heartbeat without an answer after a third of an interval is given up and tried
+        // again, not waited for: sent an interval after the last one that got through, the
+        // retry still lands within the lease (two intervals less two reconciler ticks).
         match client
-            .heartbeat(&hb, every.max(Duration::from_millis(200)))
+            .heartbeat(&hb, (every / 3).max(Duration::from_millis(100)))
             .await
         {
             Ok(reply) => {

@@ -110,8 +110,9 @@ async fn across_a_server_restart_the_bound_counts_from_the_servers_start() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_heartbeat_lost_to_the_network_costs_no_lease() {
+/// One heartbeat reset by the network (`stall`: false), or held without an answer
+/// (`stall`: true), and then the job's lease must still hold.
+async fn one_heartbeat_lost(stall: bool) {
     let c = Cluster::new();
     let _server = c.server("1s").await;
     let proxy = Proxy::start(c.port, 0.0).await;
@@ -121,9 +122,17 @@ async fn one_heartbeat_lost_to_the_network_costs_no_lease() {
     // Past the heartbeat that carried the job's progress: the next one is a plain one,
     // which nothing but a retry would follow within the lease.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    proxy.drop_next_heartbeat();
-    wait_for("a heartbeat to be dropped", MIN, || async {
-        proxy.heartbeat_dropped()
+    if stall {
+        proxy.stall_next_heartbeat();
+    } else {
+        proxy.drop_next_heartbeat();
+    }
+    wait_for("a heartbeat to be lost", MIN, || async {
+        if stall {
+            proxy.heartbeat_stalled()
+        } else {
+            proxy.heartbeat_dropped()
+        }
     })
     .await;
     let detail = c.wait_finished(id, MIN).await;
@@ -137,6 +146,16 @@ async fn one_heartbeat_lost_to_the_network_costs_no_lease() {
         "the heartbeat was tried again within the lease\n{}",
         c.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_heartbeat_lost_to_the_network_costs_no_lease() {
+    one_heartbeat_lost(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_heartbeat_left_unanswered_costs_no_lease() {
+    one_heartbeat_lost(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

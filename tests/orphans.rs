@@ -192,11 +192,16 @@ async fn supervisor_and_worker_killed_together(namespace: bool, marker: &str) {
     // also left the group, by setsid, went to init with its supervisor: no record names it.
     // It is killed below so that the test leaves nothing; a namespace, the default, is what
     // closes that gap.)
+    let left: Vec<i32> = processes_with(&wanted[0]);
     let _w = c.worker("again", 2, flags);
     wait_for(
         "the restarted worker to kill what was left",
         Duration::from_secs(10),
-        || async { left_running(&wanted[..1]).is_empty() },
+        || async {
+            // Those processes, not the job's next run, which starts at once.
+            left.iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        },
     )
     .await;
     // It then runs the job again, under a supervisor of its own.

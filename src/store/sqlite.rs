@@ -1049,13 +1049,13 @@ async fn cancel_idle_chunk(
         conn,
         &format!(
             "id IN (SELECT id FROM jobs INDEXED BY jobs_pipeline WHERE pipeline_id = ?1 AND id < ?2 \
-             AND state IN ('waiting','available','retrying') ORDER BY id DESC LIMIT {JOBS_PER_CHUNK})"
+             AND state IN ('waiting','available','retrying') ORDER BY id DESC LIMIT {CANCELS_PER_CHUNK})"
         ),
         &[pipeline_id, below],
     )
     .await?;
     finish_unsuccessfully(conn, &idle, JobState::Cancelled, None, now).await?;
-    if idle.len() < JOBS_PER_CHUNK {
+    if idle.len() < CANCELS_PER_CHUNK {
         finalize(conn, [pipeline_id], now).await?;
         return Ok(None);
     }
@@ -1278,6 +1278,8 @@ const SUBMISSION_WAIT: Duration = Duration::from_secs(300);
 /// Rows per transaction when a pipeline is written or deleted: each transaction holds the
 /// one writer for a few milliseconds, so heartbeats, claims and reports go on in between.
 const JOBS_PER_CHUNK: usize = 2_000;
+/// Cancelling a job also cancels its attempt and skips what waits on it: smaller chunks.
+const CANCELS_PER_CHUNK: usize = 1_000;
 const DEPS_PER_CHUNK: usize = 10_000;
 
 enum Begun {
@@ -1693,10 +1695,10 @@ impl Store for SqliteStore {
             .iter()
             .map(brief_from_row)
             .collect::<StoreResult<_>>()?;
-        let failure = Failure::retryable(
-            "worker_lost",
-            format!("worker `{}` restarted while running this job", w.id),
-        );
+        let failure = Failure::worker_lost(format!(
+            "worker `{}` restarted while running this job",
+            w.id
+        ));
         for job in &orphans {
             fail_running(
                 &mut tx,
@@ -2270,13 +2272,10 @@ impl Store for SqliteStore {
                 .await?;
                 stats.cancelled_jobs_closed += 1;
             } else {
-                let failure = Failure::retryable(
-                    "worker_lost",
-                    format!(
-                        "worker `{}` stopped heartbeating; its lease expired",
-                        job.worker_id.as_deref().unwrap_or("?")
-                    ),
-                );
+                let failure = Failure::worker_lost(format!(
+                    "worker `{}` stopped heartbeating; its lease expired",
+                    job.worker_id.as_deref().unwrap_or("?")
+                ));
                 fail_running(&mut tx, job, AttemptOutcome::Lost, &failure, policy, now).await?;
                 stats.leases_expired += 1;
             }

@@ -334,6 +334,7 @@ pub struct Proxy {
     pub resets: std::sync::Arc<std::sync::atomic::AtomicU64>,
     blocked: tokio::sync::watch::Sender<bool>,
     drop_heartbeat: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stall_heartbeat: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -347,8 +348,13 @@ impl Proxy {
         let resets = Arc::new(AtomicU64::new(0));
         let (blocked, blocked_rx) = tokio::sync::watch::channel(false);
         let drop_heartbeat = Arc::new(AtomicBool::new(false));
-        let (count, reset_count, drop_next) =
-            (connections.clone(), resets.clone(), drop_heartbeat.clone());
+        let stall_heartbeat = Arc::new(AtomicBool::new(false));
+        let (count, reset_count, drop_next, stall_next) = (
+            connections.clone(),
+            resets.clone(),
+            drop_heartbeat.clone(),
+            stall_heartbeat.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -359,7 +365,8 @@ impl Proxy {
                     let mut rng = rand::thread_rng();
                     (rng.gen_bool(reset_share), rng.gen_range(0..2_048usize))
                 };
-                let (reset_count, drop_next) = (reset_count.clone(), drop_next.clone());
+                let (reset_count, drop_next, stall_next) =
+                    (reset_count.clone(), drop_next.clone(), stall_next.clone());
                 let mut blocked = blocked_rx.clone();
                 tokio::spawn(async move {
                     let refuse = *blocked.borrow();
@@ -385,7 +392,7 @@ impl Proxy {
                     // Ok(true): cut here on purpose; an error: one side went away (a
                     // killed process, a reset from the other side), passed on as a reset.
                     let cut = tokio::select! {
-                        r = relay(&mut ri, &mut wo, &passed, cut_after, Some(&drop_next)) => r,
+                        r = relay(&mut ri, &mut wo, &passed, cut_after, Some((&drop_next, &stall_next))) => r,
                         r = relay(&mut ro, &mut wi, &passed, cut_after, None) => r,
                         _ = blocked.wait_for(|b| *b) => Ok(true),
                     };
@@ -405,7 +412,21 @@ impl Proxy {
             resets,
             blocked,
             drop_heartbeat,
+            stall_heartbeat,
         }
+    }
+
+    /// Hold the next heartbeat request, unanswered, until its sender gives up on it.
+    pub fn stall_next_heartbeat(&self) {
+        self.stall_heartbeat
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the heartbeat asked for by `stall_next_heartbeat` was held yet.
+    pub fn heartbeat_stalled(&self) -> bool {
+        !self
+            .stall_heartbeat
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Reset every connection, open or new, until `unblock`.
@@ -432,13 +453,18 @@ impl Proxy {
 }
 
 /// Copy `from` to `to`. Ok(true) when the connection is to be reset: past `cut_after`
-/// bytes (both ways together), or a heartbeat when `drop_heartbeat` is set (once).
+/// bytes (both ways together), or a heartbeat when the first flag of `heartbeats` is set
+/// (once); a heartbeat when the second is set is held, not passed on, until the sender
+/// closes the connection.
 async fn relay<R, W>(
     from: &mut R,
     to: &mut W,
     passed: &std::sync::atomic::AtomicU64,
     cut_after: Option<usize>,
-    drop_heartbeat: Option<&std::sync::atomic::AtomicBool>,
+    heartbeats: Option<(
+        &std::sync::atomic::AtomicBool,
+        &std::sync::atomic::AtomicBool,
+    )>,
 ) -> std::io::Result<bool>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -456,12 +482,16 @@ where
         if cut_after.is_some_and(|cut| total > cut) {
             return Ok(true);
         }
-        if let Some(flag) = drop_heartbeat {
+        if let Some((drop, stall)) = heartbeats {
             let heartbeat = buf[..n]
                 .windows(26)
                 .any(|w| w == b"POST /api/v1/workers/heart");
-            if heartbeat && flag.swap(false, Ordering::SeqCst) {
+            if heartbeat && drop.swap(false, Ordering::SeqCst) {
                 return Ok(true);
+            }
+            if heartbeat && stall.swap(false, Ordering::SeqCst) {
+                while from.read(&mut buf).await? > 0 {}
+                return Ok(false);
             }
         }
         to.write_all(&buf[..n]).await?;
