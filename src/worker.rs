@@ -132,9 +132,55 @@ struct Spool {
     work: PathBuf,
     procs: PathBuf,
     scratch: PathBuf,
+    /// Batches the server could not be reached to take.
+    stuck: StuckDeliveries,
     /// Held while the worker runs: a second worker on this spool would take the first
     /// one's processes and files for a dead predecessor's.
     _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// How many batches are waiting to be retried because the server could not be reached.
+/// While any is, the worker claims nothing: a job whose lease lapsed while its result
+/// waited here is claimable again at once, and claiming it back before delivering would
+/// run it twice instead of keeping the finished result.
+#[derive(Default)]
+struct StuckDeliveries {
+    count: std::sync::atomic::AtomicUsize,
+    cleared: tokio::sync::Notify,
+}
+
+impl StuckDeliveries {
+    fn stuck(&self) -> StuckGuard<'_> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        StuckGuard(self)
+    }
+
+    /// Return once no delivery is stuck; `Err` if `stop` fired first.
+    async fn wait_clear(&self, stop: &CancellationToken) -> Result<(), ()> {
+        loop {
+            let cleared = self.cleared.notified();
+            tokio::pin!(cleared);
+            cleared.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = cleared => {}
+                _ = stop.cancelled() => return Err(()),
+            }
+        }
+    }
+}
+
+/// A stuck delivery, counted until it ends either way.
+struct StuckGuard<'a>(&'a StuckDeliveries);
+
+impl Drop for StuckGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.cleared.notify_waiters();
+        }
+    }
 }
 
 impl Spool {
@@ -158,6 +204,7 @@ impl Spool {
             work: root.join("work"),
             procs: root.join("procs"),
             scratch: root.join("scratch"),
+            stuck: StuckDeliveries::default(),
             _lock: lock,
         };
         for dir in [&spool.batches, &spool.work, &spool.procs, &spool.scratch] {
@@ -518,6 +565,9 @@ async fn claim_loop(shared: &ClaimShared<'_>, pool: Pool, shutdown: &Cancellatio
             p = slots.clone().acquire_owned() => p.expect("semaphore never closes"),
             _ = shutdown.cancelled() => break,
         };
+        if shared.spool.stuck.wait_clear(shutdown).await.is_err() {
+            break;
+        }
         let mut permits = vec![first];
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
@@ -907,6 +957,7 @@ async fn deliver(
     stop: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::default();
+    let mut stuck = None;
     loop {
         match try_deliver(client, &batch.entries).await {
             Ok(acks) => {
@@ -928,6 +979,9 @@ async fn deliver(
             }
             Err(e) if e.is_transient() || e.code() == Some(crate::api::ErrorCode::MissingBlob) => {
                 tracing::warn!(error = %e, results = batch.entries.len(), "cannot deliver results yet; they are spooled and will be retried");
+                if e.is_transient() {
+                    stuck.get_or_insert_with(|| spool.stuck.stuck());
+                }
                 if backoff.wait(stop).await.is_err() {
                     return false;
                 }

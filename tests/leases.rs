@@ -164,7 +164,8 @@ async fn a_result_delivered_after_its_lease_expired_is_kept() {
     let _server = c.server("1s").await;
     let proxy = Proxy::start(c.port, 0.0).await;
     let _w = c.worker_at(&proxy.url, "w", "spool-w", 1, &[]);
-    // A long backoff: nothing claims the job again before the result arrives.
+    // A lost job is claimable again at once; the only worker holds its result and
+    // delivers it before it claims anything.
     let id = c.submit(&one_sleep(1_500, "backoff = \"60s\"")).await;
     running_on(&c, id, "w").await;
     // Cut off while the job finishes: its lease expires, its result waits in the spool.
