@@ -1,28 +1,41 @@
 //! Job processes and analyzed apps never outlive the worker that started them.
 //!
 //! Each is started through a small supervisor: the `assay` binary itself, as
-//! `assay __supervise … -- PROGRAM ARGS`. The worker process holds the write end of a pipe,
-//! the *lifeline*, for as long as it lives, and every supervisor reads the other end as its
-//! stdin. However the worker ends (kill -9 included), the kernel closes the write end and
-//! every supervisor sees end-of-file at once: it kills its program's process group and
-//! every process descended from it, then exits. A supervisor is a child subreaper, so a
-//! daemon that double-forked or called `setsid` is still its descendant and is found. The
-//! program itself gets `PR_SET_PDEATHSIG(SIGKILL)`, for the case where the supervisor is
-//! the one killed.
+//! `assay __supervise … -- PROGRAM ARGS`, single-threaded, before any runtime. The
+//! supervisor watches the worker two ways: a pidfd of its parent (readable when the worker
+//! has exited; nothing can copy it) and the *lifeline*, a pipe whose write end only the
+//! worker process holds, as its stdin (at end of file when the worker is gone).
+//!
+//! It gives the program a PID namespace of its own (with a user namespace mapping the
+//! worker's user to itself where a PID namespace alone is not permitted). Its child there is
+//! the namespace's init (`__supervise --namespace-init`, the same binary): it starts the
+//! program, passes signals on to its process group, reaps orphans, and when the program
+//! ends reports its wait status through a pipe and exits; the kernel then kills every
+//! process left in the namespace. When the worker dies, or it is told to, the supervisor
+//! kills the init, which ends the namespace the same way. From inside, no process outside
+//! can be signalled. The init gets `PR_SET_PDEATHSIG(SIGKILL)`, for the case where the
+//! supervisor itself is killed.
+//!
+//! Without namespaces (not permitted, or `assay worker --no-pid-namespace`) the supervisor
+//! runs the program itself, as a child subreaper: orphans of the program's tree come to it,
+//! and it kills the program's group and every descendant it finds, a whole level at a time.
 //!
 //! Second line: each supervisor records what it started in a file under the worker's
-//! spool (`procs/`) and removes it when it is done. A worker that starts on that spool
-//! kills whatever the records of a dead predecessor still name (checked by start time, so
-//! a reused pid is never hit), before it does anything else.
+//! spool (`procs/`) and removes it when it is done. A record still there after its
+//! supervisor exited means the supervisor was killed: the worker kills what the record
+//! names at once, and a worker that starts on that spool does so for a dead predecessor's
+//! records, before it does anything else (checked by start time, so a reused pid is never
+//! hit).
 //!
-//! Between a worker and a supervisor (by the supervisor's pid): SIGTERM, SIGINT and SIGHUP
-//! are passed on to the program's process group; SIGUSR1 kills the whole tree at once. The
-//! supervisor exits with the program's exit code, or dies of the signal that killed it, so
-//! a supervised program looks to the worker like the program itself.
+//! Between a worker and a supervisor (by the supervisor's pid): SIGTERM, SIGINT, SIGHUP,
+//! SIGQUIT and SIGUSR2 are passed on to the program's process group; SIGUSR1 kills
+//! everything at once. The supervisor exits with the program's exit code, or dies of the
+//! signal that killed it (any signal, real-time ones included), so a supervised program
+//! looks to the worker like the program itself.
 //!
 //! Without a supervisor binary (a test that runs job kinds in its own process and says
 //! none, see [`use_this_binary`]) programs start directly in a process group of their own
-//! with the death signal set: everything but the lifeline and the records still holds.
+//! with the death signal set.
 
 use nix::sys::signal::{kill, killpg, SigSet, Signal};
 use nix::unistd::Pid;
