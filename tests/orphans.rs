@@ -59,8 +59,24 @@ fn markers(marker: &str) -> Vec<String> {
     .collect()
 }
 
+/// Every marker is an argument of a running program itself: not just named in the script
+/// of the shell that is about to start it, nor in the command line of its supervisor
+/// (killed before the shell forked, there would be nothing to find left over).
 fn all_running(markers: &[String]) -> bool {
-    markers.iter().all(|m| !processes_with(m).is_empty())
+    let programs: Vec<Vec<String>> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|cmd| {
+            cmd.split(|b| *b == 0)
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|args| !args.iter().any(|a| a.contains("__supervise")))
+        .collect();
+    markers
+        .iter()
+        .all(|m| programs.iter().any(|args| args.contains(m)))
 }
 
 fn left_running(markers: &[String]) -> Vec<String> {
@@ -69,6 +85,15 @@ fn left_running(markers: &[String]) -> Vec<String> {
         .filter(|m| !processes_with(m).is_empty())
         .cloned()
         .collect()
+}
+
+/// Wait up to a few seconds for every process named by `markers` to be gone, then assert it.
+async fn assert_all_gone(markers: &[String], why: &str) {
+    wait_for_opt(Duration::from_secs(5), || async {
+        left_running(markers).is_empty()
+    })
+    .await;
+    assert_eq!(left_running(markers), Vec::<String>::new(), "{why}");
 }
 
 fn spec(app: &Path, marker: &str) -> String {
@@ -114,16 +139,11 @@ async fn a_worker_killed_with_minus_9_leaves_no_process_of_its_jobs_or_apps() {
         "the job and the app run under supervisors"
     );
     w.kill9();
-    wait_for_opt(Duration::from_secs(5), || async {
-        left_running(&wanted).is_empty()
-    })
+    assert_all_gone(
+        &wanted,
+        &format!("processes outlived their worker\n{}", c.logs()),
+    )
     .await;
-    assert_eq!(
-        left_running(&wanted),
-        Vec::<String>::new(),
-        "processes outlived their worker\n{}",
-        c.logs()
-    );
     let state = c.client.pipeline(id).await.unwrap().pipeline.state;
     assert_eq!(state, PipelineState::Running, "the jobs will run elsewhere");
 }
@@ -170,15 +190,7 @@ async fn supervisor_and_worker_killed_together(namespace: bool, marker: &str) {
     w.kill9();
     let records = c.path("spool-again").join("procs");
     if namespace {
-        wait_for_opt(Duration::from_secs(5), || async {
-            left_running(&wanted).is_empty()
-        })
-        .await;
-        assert_eq!(
-            left_running(&wanted),
-            Vec::<String>::new(),
-            "the namespace died with its supervisor"
-        );
+        assert_all_gone(&wanted, "the namespace died with its supervisor").await;
     } else {
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
@@ -430,15 +442,7 @@ done
     .await;
     assert_eq!(c.jobs(id).await[0].state, JobState::Running);
     w.kill9();
-    wait_for_opt(Duration::from_secs(5), || async {
-        left_running(&wanted).is_empty()
-    })
-    .await;
-    assert_eq!(
-        left_running(&wanted),
-        Vec::<String>::new(),
-        "the thief outlived its worker"
-    );
+    assert_all_gone(&wanted, "the thief outlived its worker").await;
 }
 
 /// A program that dies of a signal the supervisor's own libraries do not name (a real-time
