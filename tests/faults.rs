@@ -3,7 +3,9 @@
 
 mod common;
 
+use assay::api::SubmitRequest;
 use assay::domain::{AttemptOutcome, JobState, PipelineState};
+use assay::store::JobFilter;
 use common::*;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -480,4 +482,77 @@ async fn a_second_server_on_the_same_data_directory_is_refused() {
         c.client.health().await.is_ok(),
         "the first server is untouched"
     );
+}
+
+/// All the server's logs so far, whole.
+fn server_logs(c: &Cluster) -> String {
+    std::fs::read_dir(c.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("server-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_writing_a_large_pipeline_keeps_none_of_it() {
+    let c = Cluster::new();
+    let mut server = c.server("1s").await;
+    // 15,000 apps, each generated then checked: written in chunks, not one transaction.
+    let models: Vec<String> = (0..100).map(|m| format!("\"m{m}\"")).collect();
+    let templates: Vec<String> = (0..150).map(|t| format!("\"t{t}\"")).collect();
+    let matrix = format!(
+        "matrix = {{ model = [{}], template = [{}] }}",
+        models.join(","),
+        templates.join(",")
+    );
+    let spec = format!(
+        "[pipeline]\nname = \"study\"\n[[stage]]\nname = \"gen\"\nkind = \"noop\"\n{matrix}\n\
+         [[stage]]\nname = \"check\"\nkind = \"noop\"\nafter = [\"gen\"]\n{matrix}\n"
+    );
+    let request = SubmitRequest {
+        spec: spec.clone(),
+        file_name: None,
+        idempotency_key: Some("study-1".into()),
+    };
+    let submitting = {
+        let (client, request) = (c.client.clone(), request.clone());
+        tokio::spawn(async move { client.submit(&request).await })
+    };
+    wait_for("the pipeline's chunks to be written", MIN, || async {
+        server_logs(&c).contains("writing a large pipeline in chunks")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.kill9();
+    assert!(
+        submitting.await.unwrap().is_err(),
+        "the submission finished before the kill; the test needs a larger pipeline"
+    );
+
+    let _server = c.server("1s").await;
+    assert!(
+        server_logs(&c).contains("discarded pipelines whose submission a crash cut short"),
+        "{}",
+        c.logs()
+    );
+    assert!(c.client.pipelines(10).await.unwrap().is_empty());
+    let every_job = JobFilter {
+        limit: Some(10),
+        ..Default::default()
+    };
+    assert!(
+        c.client.jobs(&every_job).await.unwrap().is_empty(),
+        "no job of the half-written pipeline is left"
+    );
+    // Submitted again under the same key, it is written whole, once.
+    let again = c.client.submit(&request).await.unwrap();
+    assert!(again.created);
+    let detail = c.client.pipeline(again.pipeline_id).await.unwrap();
+    assert_eq!(detail.pipeline.counts.total(), 30_000);
+    assert_eq!(
+        c.client.submit(&request).await.unwrap().pipeline_id,
+        again.pipeline_id
+    );
+    assert_eq!(c.client.pipelines(10).await.unwrap().len(), 1);
 }

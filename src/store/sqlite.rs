@@ -1564,6 +1564,12 @@ impl SqliteStore {
         now: Micros,
     ) -> StoreResult<()> {
         let jobs = new.plan.jobs.len();
+        tracing::info!(
+            pipeline = id,
+            jobs,
+            dependencies = new.plan.dependencies(),
+            "writing a large pipeline in chunks; it becomes visible when all of it is written"
+        );
         for start in (0..jobs).step_by(JOBS_PER_CHUNK) {
             let mut tx = self.writer.begin().await?;
             let range = start..(start + JOBS_PER_CHUNK).min(jobs);
