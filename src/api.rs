@@ -24,6 +24,12 @@ pub enum ErrorCode {
     /// The request collides with work in progress (e.g. the same idempotency key is still
     /// being written); retrying later can succeed.
     Conflict,
+    /// No token, or one that is unknown or revoked.
+    Unauthorized,
+    /// The token is valid but its scopes do not allow this.
+    Forbidden,
+    /// The request's Host or Origin is not this server's.
+    ForeignOrigin,
     Internal,
 }
 
@@ -39,9 +45,22 @@ impl ErrorCode {
             ErrorCode::MissingBlob => "missing_blob",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ForeignOrigin => "foreign_origin",
             ErrorCode::Internal => "internal",
         }
     }
+}
+
+/// `GET /whoami`: what the request's token may do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WhoAmI {
+    /// Whether this server requires tokens at all.
+    pub auth: bool,
+    pub token_id: Option<i64>,
+    pub name: Option<String>,
+    pub scopes: Vec<crate::domain::Scope>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -35,6 +35,129 @@ struct ServerArg {
     /// URL of the Assay server.
     #[arg(long, env = "ASSAY_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// A file holding the API token to send (else the ASSAY_TOKEN variable, if set). There
+    /// is no flag for the token itself: a command line is visible to every user.
+    #[arg(long, env = "ASSAY_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+impl ServerArg {
+    /// The API token: from --token-file, else from ASSAY_TOKEN.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "cannot read the token file {} (--token-file)",
+                    path.display()
+                )
+            })?;
+            let token = text.trim();
+            if token.is_empty() {
+                anyhow::bail!("the token file {} is empty (--token-file)", path.display());
+            }
+            return Ok(Some(token.to_string()));
+        }
+        Ok(std::env::var("ASSAY_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()))
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::with_token(&self.server, self.token()?.as_deref()))
+    }
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it (it is shown this once; only its hash is kept).
+    Create {
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+        /// What it may do (comma-separated): read, submit (also read), admin (also
+        /// submit), worker (a worker's rights only).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<String>,
+        /// Who or what it is for, shown by `assay token list`.
+        #[arg(long, default_value = "unnamed")]
+        name: String,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        id: i64,
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+    },
+}
+
+async fn token_command(action: TokenAction) -> Result<u8> {
+    use crate::domain::Scope;
+    let data_dir = match &action {
+        TokenAction::Create { data_dir, .. }
+        | TokenAction::List { data_dir, .. }
+        | TokenAction::Revoke { data_dir, .. } => data_dir.clone(),
+    };
+    // A typo must not create a new, empty database that no server reads.
+    if !data_dir.join("assay.db").exists() {
+        bail!(
+            "no Assay database in {}: pass the --data-dir the server runs with (start the server once to create it)",
+            data_dir.display()
+        );
+    }
+    let store = server::open_store(&data_dir).await?;
+    match action {
+        TokenAction::Create { scope, name, .. } => {
+            let scopes = scope
+                .iter()
+                .map(|s| s.trim().parse::<Scope>())
+                .collect::<Result<Vec<_>, _>>()
+                .context("--scope")?;
+            let token = server::auth::new_token();
+            let id = store
+                .create_token(
+                    &name,
+                    &server::auth::token_hash(&token),
+                    &scopes,
+                    crate::domain::now_micros(),
+                )
+                .await?;
+            eprintln!("token {id} ({name}) created; it is shown only now:");
+            println!("{token}");
+        }
+        TokenAction::List { json, .. } => {
+            let tokens = store.tokens().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+            } else {
+                for t in tokens {
+                    let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+                    println!(
+                        "{:>4}  {:<20} {:<24} {}",
+                        t.id,
+                        t.name,
+                        scopes.join(","),
+                        if t.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    );
+                }
+            }
+        }
+        TokenAction::Revoke { id, .. } => {
+            store.revoke_token(id, crate::domain::now_micros()).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(0)
 }
 
 #[derive(Subcommand)]
@@ -80,6 +203,20 @@ enum Command {
         /// kept; `off` keeps them forever. A running pipeline keeps its whole history.
         #[arg(long, default_value = "30d", value_parser = parse_retention)]
         event_retention: Retention,
+        /// Require API tokens also on loopback (beyond loopback they always are, unless
+        /// --insecure-no-auth). Tokens: `assay token create`.
+        #[arg(long, conflicts_with = "insecure_no_auth")]
+        auth: bool,
+        /// Serve beyond loopback without tokens: anyone who reaches the port can run jobs on
+        /// the workers. Only for a network that is yours alone.
+        #[arg(long)]
+        insecure_no_auth: bool,
+    },
+    /// Create, list and revoke API tokens. Works on the data directory, also while the
+    /// server runs (a revoked token stops working within 2 s).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
     },
     /// Run a worker that pulls jobs from a server until SIGTERM.
     Worker {
@@ -366,10 +503,20 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             listen,
             heartbeat,
             event_retention,
+            auth,
+            insecure_no_auth,
         } => {
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
+            if auth {
+                config.require_auth = true;
+            }
+            if insecure_no_auth {
+                config.require_auth = false;
+                config.insecure_no_auth = true;
+                tracing::warn!("serving without authentication (--insecure-no-auth)");
+            }
             let running = server::start(config, shutdown).await?;
             println!(
                 "assay server listening on http://{addr}; dashboard: http://{addr}/",
@@ -378,6 +525,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             running.wait().await;
             Ok(0)
         }
+        Command::Token { action } => token_command(action).await,
         Command::Worker {
             server,
             concurrency,
@@ -397,6 +545,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 crate::supervise::disable_pid_namespaces();
             }
             let mut config = WorkerConfig::new(&server.server, spool_dir);
+            config.token = server.token()?.map(worker::Secret);
             config.concurrency = concurrency;
             config.generate_concurrency = generate_concurrency.max(1);
             config.shutdown_grace = grace;
@@ -423,7 +572,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             idempotency_key,
             json,
         } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             let req = read_spec(&spec, idempotency_key)?;
             let resp = client.submit(&req).await?;
             if json {
@@ -443,7 +592,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             server,
             json,
         } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             match pipeline {
                 Some(id) => {
                     let detail = client.pipeline(id).await?;
@@ -485,7 +634,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             plain,
             json,
         } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             let stop = shutdown_on_signals();
             if json {
                 let mut after = 0;
@@ -519,7 +668,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             job,
             server,
         } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             match (pipeline, job) {
                 (_, Some(job)) => {
                     let j = client.cancel_job(job).await?;
@@ -552,7 +701,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             job,
             server,
         } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             let retried = match (pipeline, job) {
                 (_, Some(job)) => client.retry_job(job).await?.retried,
                 (Some(id), None) => client.retry_pipeline(id).await?.retried,
@@ -574,7 +723,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             server,
             json,
         } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             let jobs = client
                 .jobs(&JobFilter {
                     pipeline_id: pipeline,
@@ -615,7 +764,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Explain { job, server, json } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             let e = client.explain(job).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&e)?);
@@ -685,14 +834,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             output,
             server,
         } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             let to = output.unwrap_or_else(|| PathBuf::from(&name));
             let n = client.download_artifact(job, &name, &to).await?;
             println!("wrote {} ({n} bytes)", to.display());
             Ok(0)
         }
         Command::Workers { server, json } => {
-            let client = Client::new(&server.server);
+            let client = server.client()?;
             let workers = client.workers().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&workers)?);
@@ -734,7 +883,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     crate::exports::analysis_jobs(&store, pipeline).await?
                 }
                 None => {
-                    let client = Client::new(&server.server);
+                    let client = server.client()?;
                     client.pipeline(pipeline).await?;
                     all_jobs(|after| {
                         let client = client.clone();
@@ -789,7 +938,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                         .with_context(|| format!("no pipeline {pipeline} in {}", dir.display()))?;
                     gathered.export(format, crate::domain::now_micros())?
                 }
-                None => Client::new(&server.server).export(pipeline, format).await?,
+                None => server.client()?.export(pipeline, format).await?,
             };
             let to = output.unwrap_or_else(|| PathBuf::from(format.download_name(pipeline)));
             if to.as_os_str() == "-" {

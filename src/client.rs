@@ -58,7 +58,22 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str) -> Self {
+        Client::with_token(server, None)
+    }
+
+    /// A client that sends `token` (an API token) with every request.
+    pub fn with_token(server: &str, token: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            if let Ok(mut value) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            {
+                value.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
@@ -112,6 +127,10 @@ impl Client {
 
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/health").await
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        self.get("/whoami").await
     }
 
     pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitResponse, ClientError> {

@@ -89,6 +89,35 @@ impl JobState {
 }
 
 string_enum!(
+    /// What an API token may do. `read` sees pipelines, jobs, results and artifacts;
+    /// `submit` also submits, cancels and retries; `admin` also manages tokens and workers;
+    /// `worker` is a worker's: register, claim, heartbeat, report, upload and fetch blobs,
+    /// call models through the server's gate. A person's scopes grant no worker rights and
+    /// a worker's grant no person's.
+    Scope {
+        Read => "read",
+        Submit => "submit",
+        Admin => "admin",
+        Worker => "worker",
+    }
+);
+
+impl Scope {
+    /// Whether holding `self` grants what `needed` asks for: admin ⊇ submit ⊇ read;
+    /// worker stands alone.
+    pub fn grants(self, needed: Scope) -> bool {
+        use Scope::*;
+        matches!(
+            (self, needed),
+            (Admin, Admin | Submit | Read)
+                | (Submit, Submit | Read)
+                | (Read, Read)
+                | (Worker, Worker)
+        )
+    }
+}
+
+string_enum!(
     PipelineState {
         Running => "running",
         Completed => "completed",

@@ -43,6 +43,18 @@ pub struct WorkerConfig {
     /// How long one claim waits on the server for work (a long-poll). Shutdown waits
     /// for an outstanding claim, so this bounds how long stopping takes.
     pub claim_wait: Duration,
+    /// The API token (scope `worker`) sent with every request, if the server needs one.
+    pub token: Option<Secret>,
+}
+
+/// A value that never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl WorkerConfig {
@@ -58,6 +70,7 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(15),
             claim_wait: Duration::from_secs(2),
+            token: None,
         }
     }
 }
@@ -78,6 +91,17 @@ pub enum WorkerError {
     },
     #[error("the spool directory {0} is in use by another worker (one worker per spool; stop it or pick another --spool-dir)")]
     SpoolInUse(PathBuf),
+    #[error("the server refused this worker: {0}")]
+    Refused(String),
+}
+
+/// The server does not take this worker's token (missing, unknown, revoked, or without
+/// the `worker` scope): nothing it does will succeed until a person fixes that.
+fn refused(e: &crate::client::ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(crate::api::ErrorCode::Unauthorized | crate::api::ErrorCode::Forbidden)
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,7 +367,7 @@ impl Spool {
 pub const APP_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let client = Client::new(&config.server);
+    let client = Client::with_token(&config.server, config.token.as_ref().map(|t| t.0.as_str()));
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let running: RunningMap = Arc::default();
     let heartbeat_ms = Arc::new(AtomicI64::new(1_000));
@@ -376,6 +400,18 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         Ok(0) => {}
         Ok(n) => tracing::info!(folders = n, "pruned unused app folders"),
         Err(e) => tracing::warn!(error = %e, "pruning unused app folders failed"),
+    }
+
+    // A wrong token is said at once, not retried forever (unreachable: the loops below wait).
+    match client.whoami().await {
+        Ok(me) if me.auth && !me.scopes.contains(&crate::domain::Scope::Worker) => {
+            return Err(WorkerError::Refused(format!(
+                "its token ({}) lacks the `worker` scope; create one with `assay token create --scope worker`",
+                me.name.unwrap_or_default()
+            )));
+        }
+        Err(e) if refused(&e) => return Err(WorkerError::Refused(e.to_string())),
+        _ => {}
     }
 
     // Deliver what an earlier run of this worker finished *before* registering:
@@ -415,6 +451,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
                 }
                 break;
             }
+            Err(e) if refused(&e) => return Err(WorkerError::Refused(e.to_string())),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot register with the server; retrying");
                 if backoff.wait(&shutdown).await.is_err() {
@@ -977,9 +1014,15 @@ async fn deliver(
                 }
                 return true;
             }
-            Err(e) if e.is_transient() || e.code() == Some(crate::api::ErrorCode::MissingBlob) => {
+            // A token revoked meanwhile refuses the result, not the work: it stays spooled
+            // until a worker with a good token delivers it.
+            Err(e)
+                if e.is_transient()
+                    || refused(&e)
+                    || e.code() == Some(crate::api::ErrorCode::MissingBlob) =>
+            {
                 tracing::warn!(error = %e, results = batch.entries.len(), "cannot deliver results yet; they are spooled and will be retried");
-                if e.is_transient() {
+                if e.is_transient() || refused(&e) {
                     stuck.get_or_insert_with(|| spool.stuck.stuck());
                 }
                 if backoff.wait(stop).await.is_err() {

@@ -27,6 +27,7 @@ async fn setup() -> (tempfile::TempDir, Router) {
         shutdown: CancellationToken::new(),
         llm: Default::default(),
         started_at: assay::domain::now_micros(),
+        auth: Default::default(),
     };
     (dir, app(state))
 }

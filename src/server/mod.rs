@@ -2,6 +2,7 @@
 //! shutdown token stops all of it: the listener drains in-flight requests, long-polls
 //! return at once, and the reconciler finishes its pass.
 
+pub mod auth;
 pub mod blobs;
 mod dashboard;
 pub mod llm_gate;
@@ -29,6 +30,11 @@ pub struct ServerConfig {
     pub reconcile_every: Duration,
     /// How long the events of finished pipelines are kept (`None`: forever).
     pub event_retention: Option<Duration>,
+    /// Every request but the health check and the dashboard's page needs an API token.
+    /// On by default beyond loopback.
+    pub require_auth: bool,
+    /// Serve beyond loopback without tokens all the same (`--insecure-no-auth`).
+    pub insecure_no_auth: bool,
 }
 
 /// Events of finished pipelines are kept this long unless told otherwise.
@@ -47,6 +53,8 @@ impl ServerConfig {
                 LeasePolicy::default().heartbeat_ms,
             ) as u64),
             event_retention: Some(DEFAULT_EVENT_RETENTION),
+            require_auth: !listen.ip().is_loopback(),
+            insecure_no_auth: false,
         }
     }
 
@@ -97,6 +105,8 @@ pub struct AppState {
     pub llm: Arc<llm_gate::LlmGate>,
     /// When this server started (its leases' startup grace counts from here).
     pub started_at: crate::domain::Micros,
+    /// Whether requests need tokens, and which.
+    pub auth: Arc<auth::Auth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +127,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("the data directory {0} is in use by another Assay server (one server per data directory; stop it or pick another --data-dir)")]
     DataDirInUse(PathBuf),
+    #[error("refusing to listen on {0} without authentication: anyone who can reach it could run jobs on the workers. Create a token (`assay token create --data-dir DIR --scope admin`) and leave authentication on, listen on loopback (127.0.0.1), or pass --insecure-no-auth if the network is yours alone")]
+    AuthRequired(SocketAddr),
 }
 
 /// Two servers on one SQLite database would each think they own every lease: refuse.
@@ -165,8 +177,17 @@ pub async fn start(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<RunningServer, ServerError> {
+    if !config.require_auth && !config.insecure_no_auth && !config.listen.ip().is_loopback() {
+        return Err(ServerError::AuthRequired(config.listen));
+    }
     let lock = lock_data_dir(&config.data_dir)?;
     let store = open_store(&config.data_dir).await?;
+    if config.require_auth && store.tokens().await?.iter().all(|t| t.revoked_at.is_some()) {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "authentication is on and no token exists yet: create one with              `assay token create --data-dir DIR --scope admin` (it works while the server runs)"
+        );
+    }
     // A submission cut short by a crash was never visible: nothing of it may stay.
     let discarded = store.discard_unfinished_submissions().await?;
     if discarded > 0 {
@@ -199,6 +220,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         llm: Arc::default(),
         started_at,
+        auth: Arc::new(auth::Auth::new(config.require_auth)),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -25,6 +25,7 @@ const EXPLAINED_DEPENDENCIES: i64 = 200;
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health))
+        .route("/whoami", get(whoami))
         .route("/pipelines", get(list_pipelines).post(submit))
         .route("/pipelines/{id}", get(get_pipeline))
         .route("/pipelines/{id}/cancel", post(cancel_pipeline))
@@ -65,7 +66,25 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .nest(API_PREFIX, api)
         .merge(super::dashboard::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::auth::authorize,
+        ))
         .with_state(state)
+}
+
+/// The token a request carried and what it may do; `auth: false` when the server does
+/// not require tokens.
+async fn whoami(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<super::auth::Principal>>,
+) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        auth: state.auth.required(),
+        token_id: principal.as_ref().map(|p| p.token_id),
+        name: principal.as_ref().map(|p| p.name.clone()),
+        scopes: principal.map(|p| p.0.scopes).unwrap_or_default(),
+    })
 }
 
 /// Extractors whose rejections answer in the API's error format (`invalid_request`).

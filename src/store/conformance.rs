@@ -2121,6 +2121,47 @@ pub async fn a_pipeline_being_written_cannot_be_changed(store: Arc<dyn Store>) {
     );
 }
 
+pub async fn tokens_are_found_by_hash_and_revoked_once(store: Arc<dyn Store>) {
+    use crate::domain::Scope;
+    let a = store
+        .create_token("ci", "aa11", &[Scope::Read, Scope::Submit], T0)
+        .await
+        .unwrap();
+    let b = store
+        .create_token("worker-1", "bb22", &[Scope::Worker], T0 + 1)
+        .await
+        .unwrap();
+    assert_ne!(a, b);
+    let found = store.token_by_hash("aa11").await.unwrap().unwrap();
+    assert_eq!(
+        (found.id, found.name.as_str(), found.scopes.clone()),
+        (a, "ci", vec![Scope::Read, Scope::Submit])
+    );
+    assert_eq!(found.revoked_at, None);
+    assert!(store.token_by_hash("cc33").await.unwrap().is_none());
+    assert!(
+        store
+            .create_token("again", "aa11", &[Scope::Admin], T0)
+            .await
+            .is_err(),
+        "one hash, one token"
+    );
+    store.revoke_token(a, T0 + 5).await.unwrap();
+    store.revoke_token(a, T0 + 9).await.unwrap();
+    let revoked = store.token_by_hash("aa11").await.unwrap().unwrap();
+    assert_eq!(
+        revoked.revoked_at,
+        Some(T0 + 5),
+        "the first revocation holds"
+    );
+    assert!(matches!(
+        store.revoke_token(a + b + 100, T0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let listed: Vec<i64> = store.tokens().await.unwrap().iter().map(|t| t.id).collect();
+    assert_eq!(listed, vec![b, a], "newest first");
+}
+
 /// Claims read past neither the jobs of a stage at its concurrency limit nor those of a
 /// pipeline being written, and still find every job they may take.
 pub async fn claims_skip_full_stages_and_find_the_rest(store: Arc<dyn Store>) {
@@ -2463,7 +2504,8 @@ macro_rules! store_conformance_tests {
             a_pipeline_being_written_cannot_be_changed,
             claims_skip_full_stages_and_find_the_rest,
             a_barrier_opens_on_a_large_stage_all_at_once,
-            random_operations_keep_every_count_honest);
+            random_operations_keep_every_count_honest,
+            tokens_are_found_by_hash_and_revoked_once);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

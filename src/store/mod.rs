@@ -173,6 +173,16 @@ pub struct WorkerRow {
     pub running: i64,
 }
 
+/// An API token as stored: never the token itself, only its SHA-256 (hex).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenRow {
+    pub id: i64,
+    pub name: String,
+    pub scopes: Vec<crate::domain::Scope>,
+    pub created_at: Micros,
+    pub revoked_at: Option<Micros>,
+}
+
 /// Knobs the server applies to every claim.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LeasePolicy {
@@ -578,4 +588,19 @@ pub trait Store: Send + Sync + 'static {
     async fn cached_answer(&self, key: &str) -> StoreResult<Option<Value>>;
     /// Store a successful answer; the first one stored under a key wins.
     async fn cache_answer(&self, key: &str, answer: &Value, now: Micros) -> StoreResult<()>;
+
+    /// Keep a new API token by its hash; returns its id.
+    async fn create_token(
+        &self,
+        name: &str,
+        hash: &str,
+        scopes: &[crate::domain::Scope],
+        now: Micros,
+    ) -> StoreResult<i64>;
+    /// The token with this hash, revoked or not.
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>>;
+    /// Every token, newest first.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
+    /// Revoke a token; revoking it again keeps the first time. `NotFound` if there is none.
+    async fn revoke_token(&self, id: i64, now: Micros) -> StoreResult<()>;
 }

@@ -992,6 +992,18 @@ async fn reopen_pipelines(
     Ok(())
 }
 
+const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, revoked_at";
+
+fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRow> {
+    Ok(TokenRow {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        scopes: parse_json(Some(row.try_get("scopes")?))?.unwrap_or_default(),
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
 /// A completed result whose lease expired before it arrived is still the job's result if
 /// no newer attempt has started: the attempt was recorded lost (the worker was cut off,
 /// not dead), the job waits to run again (or died of that loss alone), and the report
@@ -2919,6 +2931,61 @@ impl Store for SqliteStore {
             .iter()
             .map(event_from_row)
             .collect()
+    }
+
+    async fn create_token(
+        &self,
+        name: &str,
+        hash: &str,
+        scopes: &[crate::domain::Scope],
+        now: Micros,
+    ) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO api_tokens (name, hash, scopes, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(to_json(&scopes))
+        .bind(now)
+        .fetch_one(&self.writer)
+        .await?)
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> StoreResult<Option<TokenRow>> {
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE hash = ?1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.reader)
+        .await?
+        .as_ref()
+        .map(token_from_row)
+        .transpose()
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRow>> {
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY id DESC"
+        ))
+        .fetch_all(&self.reader)
+        .await?
+        .iter()
+        .map(token_from_row)
+        .collect()
+    }
+
+    async fn revoke_token(&self, id: i64, now: Micros) -> StoreResult<()> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("token {id}")));
+        }
+        Ok(())
     }
 
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>> {

@@ -99,22 +99,25 @@ impl Cluster {
     }
 
     pub async fn server(&self, heartbeat: &str) -> Proc {
+        self.server_with(heartbeat, &[]).await
+    }
+
+    /// A server started with more flags (e.g. `--auth`).
+    pub async fn server_with(&self, heartbeat: &str, extra: &[&str]) -> Proc {
         let listen = format!("127.0.0.1:{}", self.port);
         let data = self.path("server");
         let log = self.path(&format!("server-{}.log", uuid::Uuid::new_v4()));
-        let p = spawn(
+        let mut args = vec![
             "server",
-            &[
-                "server",
-                "--listen",
-                &listen,
-                "--heartbeat",
-                heartbeat,
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-            &log,
-        );
+            "--listen",
+            &listen,
+            "--heartbeat",
+            heartbeat,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let p = spawn("server", &args, &log);
         wait_for("server health", Duration::from_secs(30), || async {
             self.client.health().await.is_ok()
         })

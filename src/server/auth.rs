@@ -1,0 +1,291 @@
+//! Who may do what: API tokens with scopes, checked on every request when the server
+//! requires them (always when it listens beyond loopback, unless it was told
+//! `--insecure-no-auth`).
+//!
+//! A token is 32 random bytes, shown once when it is created; the store keeps only its
+//! SHA-256. Tokens are high-entropy, so a plain hash is what protects them at rest (a slow
+//! password hash would add nothing but latency to every heartbeat). Lookups are cached
+//! for [`CACHE_TTL`]: a revoked token stops working within that long.
+
+use super::AppState;
+use crate::api::{ErrorCode, API_PREFIX};
+use crate::domain::Scope;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a token lookup is trusted before the store is asked again.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// Tokens remembered at most; past this the cache starts over (a flood of made-up tokens
+/// cannot grow it without bound).
+const CACHE_ENTRIES: usize = 10_000;
+/// Every token starts with this, so that it is recognisable in a leaked file or log.
+pub const TOKEN_PREFIX: &str = "assay_";
+
+/// A new random token, to be shown once.
+pub fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+/// What the store keeps of a token.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: the health check and the dashboard's static page (it holds no data; what
+    /// it fetches is checked).
+    Open,
+    /// A token with one of these scopes.
+    AnyOf(&'static [Scope]),
+}
+
+/// The scope a route asks for. Anything not listed asks for `admin`, so a route added
+/// without a thought for it is closed, not open.
+pub fn required(method: &Method, path: &str) -> Need {
+    use Scope::*;
+    let Some(api) = path.strip_prefix(API_PREFIX) else {
+        // The dashboard: its page and assets.
+        return if *method == Method::GET || *method == Method::HEAD {
+            Need::Open
+        } else {
+            Need::AnyOf(&[Admin])
+        };
+    };
+    let segments: Vec<&str> = api.trim_matches('/').split('/').collect();
+    let read = *method == Method::GET || *method == Method::HEAD;
+    match (read, *method == Method::POST, segments.as_slice()) {
+        (true, _, ["health"]) => Need::Open,
+        (true, _, ["whoami"]) => Need::AnyOf(&[Read, Worker]),
+        (_, _, ["workers", "register" | "claim" | "heartbeat" | "report"]) => {
+            Need::AnyOf(&[Worker])
+        }
+        (false, true, ["workers", _, "stopped"]) => Need::AnyOf(&[Worker]),
+        (true, _, ["blobs", _]) => Need::AnyOf(&[Read, Worker]),
+        (false, false, ["blobs", _]) if *method == Method::PUT => Need::AnyOf(&[Worker]),
+        (_, _, ["llm", "acquire" | "calls"]) => Need::AnyOf(&[Worker]),
+        (_, _, ["llm", "answers", _]) => Need::AnyOf(&[Worker]),
+        (true, _, ["llm", "limits"]) => Need::AnyOf(&[Read, Worker]),
+        (false, true, ["pipelines"]) => Need::AnyOf(&[Submit]),
+        (false, true, ["pipelines" | "jobs", _, "cancel" | "retry"]) => Need::AnyOf(&[Submit]),
+        (true, _, _) => Need::AnyOf(&[Read]),
+        _ => Need::AnyOf(&[Admin]),
+    }
+}
+
+/// The server's side of authentication: whether tokens are required, and a short-lived
+/// cache of lookups.
+pub struct Auth {
+    required: bool,
+    cache: Mutex<HashMap<String, (Option<Principal>, Instant)>>,
+}
+
+/// Who sent a request: the token it carried. Handlers find it in the request's
+/// extensions when the server requires tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub token_id: i64,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Auth {
+    pub fn new(required: bool) -> Self {
+        Auth {
+            required,
+            cache: Mutex::default(),
+        }
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// Who a live token stands for, `None` for an unknown or revoked one.
+    async fn principal(
+        &self,
+        state: &AppState,
+        token: &str,
+    ) -> Result<Option<Principal>, Response> {
+        let hash = token_hash(token);
+        if let Some((scopes, at)) = self.cache.lock().expect("auth cache").get(&hash) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(scopes.clone());
+            }
+        }
+        let row = state.store.token_by_hash(&hash).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot look up a token");
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Internal,
+                "cannot check the token right now; try again",
+            )
+        })?;
+        let principal = row.filter(|t| t.revoked_at.is_none()).map(|t| Principal {
+            token_id: t.id,
+            name: t.name,
+            scopes: t.scopes,
+        });
+        let mut cache = self.cache.lock().expect("auth cache");
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(hash, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+}
+
+impl Default for Auth {
+    /// Tokens not required: a server on loopback that was not asked for them.
+    fn default() -> Self {
+        Auth::new(false)
+    }
+}
+
+fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = crate::api::ErrorBody {
+        error: crate::api::ErrorDetail {
+            code,
+            message: message.into(),
+        },
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The token a request carries: `Authorization: Bearer …`.
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Middleware: let a request through only with a token whose scopes grant its route.
+pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if !state.auth.required {
+        return next.run(req).await;
+    }
+    let Need::AnyOf(allowed) = required(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let Some(token) = bearer(&req) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "this server requires an API token: send `Authorization: Bearer <token>` (the CLI \
+             and workers read ASSAY_TOKEN or --token-file); an admin creates one with \
+             `assay token create --scope …`",
+        );
+    };
+    let principal = match state.auth.principal(&state, token).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => return refuse(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "this token is unknown or revoked; ask an admin for a new one (`assay token create`)",
+        ),
+        Err(response) => return response,
+    };
+    let granted = allowed
+        .iter()
+        .any(|needed| principal.scopes.iter().any(|held| held.grants(*needed)));
+    if granted {
+        req.extensions_mut().insert(principal);
+        return next.run(req).await;
+    }
+    let held: Vec<&str> = principal.scopes.iter().map(|s| s.as_str()).collect();
+    let needed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+    refuse(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!(
+            "{} {} needs a token with scope {}; this one has {}",
+            req.method(),
+            req.uri().path(),
+            needed.join(" or "),
+            if held.is_empty() {
+                "none".to_string()
+            } else {
+                held.join(", ")
+            }
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn need(method: Method, path: &str) -> Need {
+        required(&method, &format!("{API_PREFIX}{path}"))
+    }
+
+    #[test]
+    fn every_route_asks_for_the_scope_it_should() {
+        use Scope::*;
+        let any = Need::AnyOf;
+        assert_eq!(need(Method::GET, "/health"), Need::Open);
+        assert_eq!(need(Method::GET, "/whoami"), any(&[Read, Worker]));
+        assert_eq!(required(&Method::GET, "/"), Need::Open);
+        assert_eq!(required(&Method::GET, "/assets/app.js"), Need::Open);
+        assert_eq!(required(&Method::POST, "/"), any(&[Admin]));
+        assert_eq!(need(Method::GET, "/pipelines"), any(&[Read]));
+        assert_eq!(
+            need(Method::GET, "/pipelines/3/export/findings.json"),
+            any(&[Read])
+        );
+        assert_eq!(need(Method::POST, "/pipelines"), any(&[Submit]));
+        assert_eq!(need(Method::POST, "/pipelines/3/cancel"), any(&[Submit]));
+        assert_eq!(need(Method::POST, "/jobs/3/retry"), any(&[Submit]));
+        for path in [
+            "/workers/register",
+            "/workers/claim",
+            "/workers/heartbeat",
+            "/workers/report",
+            "/workers/w1/stopped",
+            "/llm/acquire",
+            "/llm/calls",
+        ] {
+            assert_eq!(need(Method::POST, path), any(&[Worker]), "{path}");
+        }
+        assert_eq!(need(Method::GET, "/workers"), any(&[Read]));
+        assert_eq!(need(Method::PUT, "/blobs/abc"), any(&[Worker]));
+        assert_eq!(need(Method::GET, "/blobs/abc"), any(&[Read, Worker]));
+        assert_eq!(need(Method::HEAD, "/blobs/abc"), any(&[Read, Worker]));
+        assert_eq!(need(Method::GET, "/llm/answers/k"), any(&[Worker]));
+        // Unknown routes and methods are closed.
+        assert_eq!(need(Method::DELETE, "/pipelines/3"), any(&[Admin]));
+        assert_eq!(need(Method::POST, "/tokens"), any(&[Admin]));
+    }
+
+    #[test]
+    fn scopes_nest_except_the_workers() {
+        use Scope::*;
+        assert!(Admin.grants(Submit) && Admin.grants(Read) && Submit.grants(Read));
+        assert!(!Read.grants(Submit) && !Submit.grants(Admin));
+        assert!(!Admin.grants(Worker) && !Worker.grants(Read) && Worker.grants(Worker));
+    }
+
+    #[test]
+    fn tokens_are_random_and_only_their_hash_is_kept() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() > 40);
+        assert_eq!(
+            token_hash(&a),
+            token_hash(&format!("{a}\n")),
+            "a file's newline is not part of it"
+        );
+        assert_ne!(token_hash(&a), token_hash(&b));
+        assert!(!token_hash(&a).contains(&a));
+    }
+}

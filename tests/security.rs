@@ -1,0 +1,263 @@
+//! Security tests: the probes an attacker on the network would try, against real `assay`
+//! processes, each asserting the refusal.
+
+mod common;
+
+use assay::api::{SubmitRequest, API_PREFIX};
+use assay::client::Client;
+use assay::domain::{PipelineState, Scope};
+use common::*;
+use std::time::Duration;
+
+const MIN: Duration = Duration::from_secs(60);
+
+const ONE_NOOP: &str = "[pipeline]\nname = \"one\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n";
+
+fn request(spec: &str) -> SubmitRequest {
+    SubmitRequest {
+        spec: spec.into(),
+        file_name: None,
+        idempotency_key: None,
+    }
+}
+
+/// `assay token create` on the server's data directory; the token it printed.
+fn create_token(c: &Cluster, scopes: &str, name: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["token", "create", "--data-dir"])
+        .arg(c.path("server"))
+        .args(["--scope", scopes, "--name", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn token_file(c: &Cluster, token: &str) -> String {
+    let path = c.path(&format!("token-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn code(e: &assay::client::ClientError) -> Option<&'static str> {
+    e.code().map(|c| c.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_nothing_is_read_submitted_or_claimed() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &["--auth"]).await;
+    // The health check and the dashboard's page are open; they hold no data.
+    assert!(c.client.health().await.is_ok());
+    let page = reqwest::get(format!("{}/", c.url)).await.unwrap();
+    assert_eq!(page.status(), 200);
+
+    let e = c.client.submit(&request(ONE_NOOP)).await.unwrap_err();
+    assert_eq!(code(&e), Some("unauthorized"), "{e}");
+    assert!(
+        e.to_string().contains("assay token create"),
+        "says how: {e}"
+    );
+    let e = c.client.pipelines(10).await.unwrap_err();
+    assert_eq!(code(&e), Some("unauthorized"));
+    let bogus = Client::with_token(&c.url, Some("assay_0000"));
+    let e = bogus.pipelines(10).await.unwrap_err();
+    assert_eq!(code(&e), Some("unauthorized"));
+
+    // Every route, by every method, refuses a request without a token.
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        ("POST", "/pipelines"),
+        ("POST", "/pipelines/1/cancel"),
+        ("POST", "/jobs/1/retry"),
+        ("GET", "/jobs"),
+        ("GET", "/workers"),
+        ("POST", "/workers/register"),
+        ("POST", "/workers/claim"),
+        ("POST", "/workers/report"),
+        ("POST", "/workers/w/stopped"),
+        ("PUT", "/blobs/00"),
+        ("GET", "/blobs/00"),
+        ("PUT", "/llm/answers/k"),
+        ("GET", "/stream"),
+        ("DELETE", "/pipelines/1"),
+    ] {
+        let url = format!("{}{API_PREFIX}{path}", c.url);
+        let resp = http
+            .request(method.parse().unwrap(), &url)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path}");
+    }
+
+    // A worker without a token says so and stops, instead of retrying forever.
+    let mut w = c.worker("w", 1, &[]);
+    let exited = w.wait_exit(MIN);
+    assert_eq!(exited, Some(1), "{}", c.logs());
+    assert!(c.logs().contains("the server refused this worker"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_token_does_only_what_its_scopes_allow() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &["--auth"]).await;
+    let reader = Client::with_token(&c.url, Some(&create_token(&c, "read", "dashboard")));
+    let submitter = Client::with_token(&c.url, Some(&create_token(&c, "submit", "ci")));
+    let worker_token = create_token(&c, "worker", "worker-1");
+    let worker_client = Client::with_token(&c.url, Some(&worker_token));
+
+    let me = reader.whoami().await.unwrap();
+    assert!(me.auth);
+    assert_eq!(
+        (me.name.as_deref(), me.scopes),
+        (Some("dashboard"), vec![Scope::Read])
+    );
+    assert!(reader.pipelines(10).await.unwrap().is_empty());
+    let e = reader.submit(&request(ONE_NOOP)).await.unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"), "{e}");
+    assert!(e.to_string().contains("submit"), "names the scope: {e}");
+    // A worker's token is not a person's, nor the other way round.
+    let e = worker_client.pipelines(10).await.unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"));
+    let e = submitter
+        .register(&assay::store::WorkerRegistration {
+            id: "impostor".into(),
+            name: "x".into(),
+            kinds: vec!["noop".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"));
+    // A person's token cannot run a worker either.
+    let mut w = c.worker(
+        "person",
+        1,
+        &[
+            "--token-file",
+            &token_file(&c, &create_token(&c, "admin", "root")),
+        ],
+    );
+    assert_eq!(w.wait_exit(MIN), Some(1));
+    assert!(
+        c.logs().contains("lacks the `worker` scope"),
+        "{}",
+        c.logs()
+    );
+
+    // The right tokens run a pipeline end to end.
+    let id = submitter
+        .submit(&request(ONE_NOOP))
+        .await
+        .unwrap()
+        .pipeline_id;
+    let _w = c.worker("w", 1, &["--token-file", &token_file(&c, &worker_token)]);
+    let start = std::time::Instant::now();
+    loop {
+        let p = reader.pipeline(id).await.unwrap().pipeline;
+        if p.state.is_terminal() {
+            assert_eq!(p.state, PipelineState::Completed, "{}", c.logs());
+            break;
+        }
+        assert!(start.elapsed() < MIN, "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_stops_working_and_tokens_are_kept_hashed() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &["--auth"]).await;
+    let token = create_token(&c, "read", "laptop");
+    let client = Client::with_token(&c.url, Some(&token));
+    assert!(client.pipelines(1).await.is_ok());
+    let listed = std::process::Command::new(BIN)
+        .args(["token", "list", "--json", "--data-dir"])
+        .arg(c.path("server"))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("laptop") && !listed.contains(&token));
+    let id = client.whoami().await.unwrap().token_id.unwrap();
+    let revoked = std::process::Command::new(BIN)
+        .args(["token", "revoke", &id.to_string(), "--data-dir"])
+        .arg(c.path("server"))
+        .status()
+        .unwrap();
+    assert!(revoked.success());
+    wait_for(
+        "the revocation to take effect",
+        Duration::from_secs(10),
+        || async {
+            client
+                .pipelines(1)
+                .await
+                .is_err_and(|e| e.code().map(|c| c.as_str()) == Some("unauthorized"))
+        },
+    )
+    .await;
+    // Nothing on disk holds the token itself.
+    for entry in walk(&c.path("server")) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "{} holds the token",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[tokio::test]
+async fn a_server_beyond_loopback_without_authentication_refuses_to_start() {
+    use assay::server::{start, ServerConfig, ServerError};
+    let dir = tempfile::tempdir().unwrap();
+    let beyond: std::net::SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let config = ServerConfig::new(dir.path().to_path_buf(), beyond);
+    assert!(
+        config.require_auth,
+        "beyond loopback, tokens are required by default"
+    );
+    // Told not to require them, it refuses before it binds: nothing listens.
+    let mut open = config.clone();
+    open.require_auth = false;
+    let refused = start(open, tokio_util::sync::CancellationToken::new()).await;
+    let Err(e @ ServerError::AuthRequired(_)) = refused else {
+        panic!("a server beyond loopback without authentication started");
+    };
+    assert!(
+        e.to_string().contains("--insecure-no-auth"),
+        "says how: {e}"
+    );
+    assert!(
+        !ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap()).require_auth,
+        "on loopback tokens are asked for with --auth"
+    );
+    let out = std::process::Command::new(BIN)
+        .args([
+            "server",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-no-auth",
+            "--auth",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the two flags conflict");
+}
