@@ -211,6 +211,10 @@ enum Command {
         /// the workers. Only for a network that is yours alone.
         #[arg(long)]
         insecure_no_auth: bool,
+        /// A name this server is reached by (repeatable); IP addresses and `localhost`
+        /// always work. Requests naming any other host are refused (DNS rebinding).
+        #[arg(long)]
+        public_host: Vec<String>,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -505,10 +509,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             event_retention,
             auth,
             insecure_no_auth,
+            public_host,
         } => {
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
+            config.public_hosts = public_host;
             if auth {
                 config.require_auth = true;
             }

@@ -28,6 +28,7 @@ async fn setup() -> (tempfile::TempDir, Router) {
         llm: Default::default(),
         started_at: assay::domain::now_micros(),
         auth: Default::default(),
+        hosts: Default::default(),
     };
     (dir, app(state))
 }

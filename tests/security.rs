@@ -261,3 +261,81 @@ async fn a_server_beyond_loopback_without_authentication_refuses_to_start() {
         .unwrap();
     assert!(!out.status.success(), "the two flags conflict");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_of_other_sites_change_nothing_and_foreign_host_names_are_refused() {
+    let c = Cluster::new();
+    // On loopback without tokens: what a page in the user's own browser could reach.
+    let _server = c.server("1s").await;
+    let spec = "[pipeline]\nname = \"long\"\n[[stage]]\nname = \"a\"\nkind = \"sleep\"\n[stage.params]\nms = 60000\n";
+    let id = c.submit(spec).await;
+    let http = reqwest::Client::new();
+    let cancel = format!("{}{API_PREFIX}/pipelines/{id}/cancel", c.url);
+    // A page on another port of localhost, and one on another site.
+    for (header, value) in [
+        ("origin", "http://localhost:9999".to_string()),
+        ("origin", "null".to_string()),
+        ("sec-fetch-site", "cross-site".to_string()),
+        ("sec-fetch-site", "same-site".to_string()),
+    ] {
+        let resp = http
+            .post(&cancel)
+            .header(header, &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{header}: {value}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "foreign_origin");
+    }
+    let e = reqwest::Client::new()
+        .post(format!("{}{API_PREFIX}/pipelines", c.url))
+        .header("origin", "http://evil.example")
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(e.status(), 403);
+    assert_eq!(
+        c.client.pipeline(id).await.unwrap().pipeline.state,
+        PipelineState::Running,
+        "nothing was cancelled"
+    );
+    assert_eq!(
+        c.client.pipelines(10).await.unwrap().len(),
+        1,
+        "nothing was submitted"
+    );
+
+    // DNS rebinding: a page whose name now resolves to this server still names itself.
+    let rebound = http
+        .get(format!("{}{API_PREFIX}/pipelines", c.url))
+        .header("host", format!("evil.example:{}", c.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 421);
+    assert!(rebound.text().await.unwrap().contains("--public-host"));
+
+    // The dashboard itself, from its own origin, may.
+    let own = http
+        .post(&cancel)
+        .header("origin", &c.url)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+
+    // Every response tells browsers not to frame, sniff or run it.
+    for path in ["/".to_string(), format!("{API_PREFIX}/pipelines")] {
+        let resp = http.get(format!("{}{path}", c.url)).send().await.unwrap();
+        let h = resp.headers();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(!csp.contains("script-src 'unsafe-inline'"), "{path}: {csp}");
+    }
+}

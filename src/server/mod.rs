@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod blobs;
 mod dashboard;
+pub mod guard;
 pub mod llm_gate;
 mod routes;
 mod stream;
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub require_auth: bool,
     /// Serve beyond loopback without tokens all the same (`--insecure-no-auth`).
     pub insecure_no_auth: bool,
+    /// Names the server answers to besides IP addresses and `localhost` (`--public-host`).
+    pub public_hosts: Vec<String>,
 }
 
 /// Events of finished pipelines are kept this long unless told otherwise.
@@ -55,6 +58,7 @@ impl ServerConfig {
             event_retention: Some(DEFAULT_EVENT_RETENTION),
             require_auth: !listen.ip().is_loopback(),
             insecure_no_auth: false,
+            public_hosts: Vec::new(),
         }
     }
 
@@ -107,6 +111,8 @@ pub struct AppState {
     pub started_at: crate::domain::Micros,
     /// Whether requests need tokens, and which.
     pub auth: Arc<auth::Auth>,
+    /// The names requests may address this server by.
+    pub hosts: guard::Hosts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +227,7 @@ pub async fn start(
         llm: Arc::default(),
         started_at,
         auth: Arc::new(auth::Auth::new(config.require_auth)),
+        hosts: guard::Hosts::new(config.public_hosts.clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

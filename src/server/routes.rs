@@ -70,6 +70,10 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             super::auth::authorize,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.hosts.clone(),
+            super::guard::guard,
+        ))
         .with_state(state)
 }
 
