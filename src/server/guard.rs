@@ -40,7 +40,7 @@ impl Hosts {
         let name = host_name(host).to_ascii_lowercase();
         name == "localhost"
             || name.parse::<IpAddr>().is_ok()
-            || self.names.iter().any(|n| *n == name)
+            || self.names.contains(&name)
     }
 }
 
