@@ -30,7 +30,13 @@ function h(tag, attrs, ...children) {
 }
 
 async function api(path, options) {
-  const resp = await fetch(API + path, options);
+  options = options || {};
+  const method = (options.method || "GET").toUpperCase();
+  if (method !== "GET" && method !== "HEAD") {
+    // A change made with the session cookie must say it comes from this page (CSRF).
+    options.headers = Object.assign({ "x-assay-csrf": "1" }, options.headers || {});
+  }
+  const resp = await fetch(API + path, Object.assign({ credentials: "same-origin" }, options));
   const text = await resp.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = null; }
@@ -123,7 +129,30 @@ function throttled(fn, ms) {
 }
 
 function showError(err) {
+  if (err.code === "unauthorized") return loginForm(err.message);
   return h("pre", { class: "error" }, err.code ? `${err.code}: ${err.message}` : String(err));
+}
+
+// The server asks for a token: trade one for a session cookie (HttpOnly, so this page
+// never keeps the token), then draw the page again.
+function loginForm(message) {
+  const input = h("input", { type: "password", name: "token", autocomplete: "off", placeholder: "assay_…", "data-login": "token" });
+  const result = h("div");
+  const form = h("form", { class: "login", "data-login": "form", onsubmit: async e => {
+    e.preventDefault();
+    try {
+      await post("/session", { token: input.value.trim() });
+      input.value = "";
+      route();
+    } catch (err) {
+      result.replaceChildren(h("pre", { class: "error" }, `${err.code}: ${err.message}`));
+    }
+  } },
+  h("h2", {}, "Log in"),
+  h("p", { class: "muted" }, message),
+  h("p", { class: "muted" }, "Paste an API token (scope read, or submit to change things); an admin creates one with `assay token create`."),
+  input, " ", h("button", { type: "submit" }, "Log in"), result);
+  return form;
 }
 
 // ---------------------------------------------------------------- pipelines

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{free_port, wait_for, Cluster, Proc, BIN};
+use common::{create_token, free_port, wait_for, Cluster, Proc, BIN};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -761,4 +761,61 @@ async fn a_ten_thousand_job_pipeline_opens_folded_and_a_chip_lists_its_apps_jobs
         "{keys:?}"
     );
     b.client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_the_dashboard_logs_in_with_a_token_and_keeps_only_a_session() {
+    let cluster = Cluster::new();
+    let _server = cluster.server_with("1s", &["--auth"]).await;
+    let token = create_token(&cluster, "submit", "browser");
+    let b = browser().await;
+    b.client.goto(&format!("{}/", cluster.url)).await.unwrap();
+    present(&b, "[data-login=form]").await;
+    screenshot(&b, "login").await;
+    // A wrong token is refused on the page.
+    b.client
+        .execute(
+            "document.querySelector('[data-login=token]').value = 'assay_wrong';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    click(&b, "[data-login=form] button").await;
+    present(&b, "[data-login=form] .error").await;
+    b.client
+        .execute(
+            "document.querySelector('[data-login=token]').value = arguments[0];",
+            vec![json!(token)],
+        )
+        .await
+        .unwrap();
+    click(&b, "[data-login=form] button").await;
+    present(&b, "#new-pipeline").await;
+    // The page holds a session, never the token: the cookie is HttpOnly.
+    let cookies = js(&b, "return document.cookie;").await;
+    assert!(!cookies.as_str().unwrap().contains("assay_session"));
+    let page_text = js(&b, "return document.documentElement.outerHTML;").await;
+    assert!(!page_text.as_str().unwrap().contains(&token));
+    // A change made with the cookie alone (what a forged form would send) is refused;
+    // the dashboard's own requests carry the CSRF header.
+    let without = js(
+        &b,
+        "return fetch('/api/v1/pipelines', {method: 'POST', headers: {'content-type': 'application/json'}, body: '{}'}).then(r => r.status);",
+    )
+    .await;
+    assert_eq!(without, json!(403));
+    let with = js(
+        &b,
+        "return fetch('/api/v1/pipelines', {method: 'POST', headers: {'content-type': 'application/json', 'x-assay-csrf': '1'}, body: JSON.stringify({spec: '[pipeline]\\nname = \"x\"\\n[[stage]]\\nname = \"a\"\\nkind = \"noop\"\\n'})}).then(r => r.status);",
+    )
+    .await;
+    assert_eq!(with, json!(201), "{}", cluster.logs());
+    // Logging out ends the session: the page asks for the token again.
+    js(
+        &b,
+        "return fetch('/api/v1/session', {method: 'DELETE', headers: {'x-assay-csrf': '1'}}).then(r => r.status);",
+    )
+    .await;
+    b.client.refresh().await.unwrap();
+    present(&b, "[data-login=form]").await;
 }

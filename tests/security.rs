@@ -21,22 +21,6 @@ fn request(spec: &str) -> SubmitRequest {
     }
 }
 
-/// `assay token create` on the server's data directory; the token it printed.
-fn create_token(c: &Cluster, scopes: &str, name: &str) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(["token", "create", "--data-dir"])
-        .arg(c.path("server"))
-        .args(["--scope", scopes, "--name", name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 fn token_file(c: &Cluster, token: &str) -> String {
     let path = c.path(&format!("token-{}", uuid::Uuid::new_v4()));
     std::fs::write(&path, format!("{token}\n")).unwrap();

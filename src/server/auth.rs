@@ -65,6 +65,7 @@ pub fn required(method: &Method, path: &str) -> Need {
     match (read, *method == Method::POST, segments.as_slice()) {
         (true, _, ["health"]) => Need::Open,
         (true, _, ["whoami"]) => Need::AnyOf(&[Read, Worker]),
+        (false, _, ["session"]) => Need::Open,
         (_, _, ["workers", "register" | "claim" | "heartbeat" | "report"]) => {
             Need::AnyOf(&[Worker])
         }
@@ -86,7 +87,20 @@ pub fn required(method: &Method, path: &str) -> Need {
 pub struct Auth {
     required: bool,
     cache: Mutex<HashMap<String, (Option<Principal>, Instant)>>,
+    /// Dashboard sessions: session id → (the token's hash, when the session ends). Kept in
+    /// memory: a restarted server asks the browser to log in again.
+    sessions: Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// The dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "assay_session";
+/// How long a dashboard session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at most (expired ones are dropped first).
+const SESSIONS: usize = 10_000;
+/// A cookie-borne request that changes something must carry this header: a form or a
+/// page of another site cannot add it (no CORS is offered), the dashboard always does.
+pub const CSRF_HEADER: &str = "x-assay-csrf";
 
 /// Who sent a request: the token it carried. Handlers find it in the request's
 /// extensions when the server requires tokens.
@@ -102,6 +116,7 @@ impl Auth {
         Auth {
             required,
             cache: Mutex::default(),
+            sessions: Mutex::default(),
         }
     }
 
@@ -109,13 +124,31 @@ impl Auth {
         self.required
     }
 
-    /// Who a live token stands for, `None` for an unknown or revoked one.
-    async fn principal(
+    /// The token behind a live session.
+    fn session(&self, id: &str) -> Option<String> {
+        let sessions = self.sessions.lock().expect("sessions");
+        let (hash, until) = sessions.get(id)?;
+        (Instant::now() < *until).then(|| hash.clone())
+    }
+
+    fn open_session(&self, hash: String) -> Option<String> {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let now = Instant::now();
+        sessions.retain(|_, (_, until)| *until > now);
+        if sessions.len() >= SESSIONS {
+            return None;
+        }
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        sessions.insert(id.clone(), (hash, now + SESSION_TTL));
+        Some(id)
+    }
+
+    /// Who a live token (by its hash) stands for, `None` for an unknown or revoked one.
+    async fn principal_by_hash(
         &self,
         state: &AppState,
-        token: &str,
+        hash: String,
     ) -> Result<Option<Principal>, Response> {
-        let hash = token_hash(token);
         if let Some((scopes, at)) = self.cache.lock().expect("auth cache").get(&hash) {
             if at.elapsed() < CACHE_TTL {
                 return Ok(scopes.clone());
@@ -169,6 +202,85 @@ fn bearer(req: &Request) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// The dashboard's session id, from its cookie.
+fn session_cookie(req: &Request) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct LoginBody {
+    pub token: String,
+}
+
+/// `POST /session`: trade a token for a dashboard session (an HttpOnly, Secure,
+/// SameSite=Strict cookie); the token itself is not kept by the browser.
+pub async fn login(
+    State(state): State<AppState>,
+    axum::Json(body): axum::Json<LoginBody>,
+) -> Response {
+    let hash = token_hash(&body.token);
+    let principal = match state.auth.principal_by_hash(&state, hash.clone()).await {
+        Ok(Some(principal)) => principal,
+        Ok(None) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "this token is unknown or revoked",
+            )
+        }
+        Err(response) => return response,
+    };
+    if principal.scopes == [Scope::Worker] {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "a worker's token cannot open the dashboard; use one with scope read",
+        );
+    }
+    let Some(session) = state.auth.open_session(hash) else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "too many open dashboard sessions; try again later",
+        );
+    };
+    let cookie = format!(
+        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        SESSION_TTL.as_secs()
+    );
+    (
+        [(header::SET_COOKIE, cookie)],
+        axum::Json(crate::api::WhoAmI {
+            auth: true,
+            token_id: Some(principal.token_id),
+            name: Some(principal.name),
+            scopes: principal.scopes,
+        }),
+    )
+        .into_response()
+}
+
+/// `DELETE /session`: end the dashboard session.
+pub async fn logout(State(state): State<AppState>, req: Request) -> Response {
+    if let Some(session) = session_cookie(&req) {
+        state
+            .auth
+            .sessions
+            .lock()
+            .expect("sessions")
+            .remove(&session);
+    }
+    let cookie = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], StatusCode::NO_CONTENT).into_response()
+}
+
 /// Middleware: let a request through only with a token whose scopes grant its route.
 pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if !state.auth.required {
@@ -177,16 +289,35 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
     let Need::AnyOf(allowed) = required(req.method(), req.uri().path()) else {
         return next.run(req).await;
     };
-    let Some(token) = bearer(&req) else {
+    let hash = if let Some(token) = bearer(&req) {
+        token_hash(token)
+    } else if let Some(session) = session_cookie(&req) {
+        let Some(hash) = state.auth.session(&session) else {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "the dashboard session has ended; log in again with your token",
+            );
+        };
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+        if !safe && !req.headers().contains_key(CSRF_HEADER) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("a change made with the dashboard's session must carry the {CSRF_HEADER} header"),
+            );
+        }
+        hash
+    } else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "this server requires an API token: send `Authorization: Bearer <token>` (the CLI \
-             and workers read ASSAY_TOKEN or --token-file); an admin creates one with \
-             `assay token create --scope …`",
+             and workers read ASSAY_TOKEN or --token-file; the dashboard asks for it); an \
+             admin creates one with `assay token create --scope …`",
         );
     };
-    let principal = match state.auth.principal(&state, token).await {
+    let principal = match state.auth.principal_by_hash(&state, hash).await {
         Ok(Some(principal)) => principal,
         Ok(None) => return refuse(
             StatusCode::UNAUTHORIZED,

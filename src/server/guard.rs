@@ -38,9 +38,7 @@ impl Hosts {
     /// Whether a Host header (name or address, with or without a port) is this server.
     pub fn allows(&self, host: &str) -> bool {
         let name = host_name(host).to_ascii_lowercase();
-        name == "localhost"
-            || name.parse::<IpAddr>().is_ok()
-            || self.names.contains(&name)
+        name == "localhost" || name.parse::<IpAddr>().is_ok() || self.names.contains(&name)
     }
 }
 

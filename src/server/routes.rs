@@ -26,6 +26,10 @@ pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .route("/whoami", get(whoami))
+        .route(
+            "/session",
+            post(super::auth::login).delete(super::auth::logout),
+        )
         .route("/pipelines", get(list_pipelines).post(submit))
         .route("/pipelines/{id}", get(get_pipeline))
         .route("/pipelines/{id}/cancel", post(cancel_pipeline))

@@ -500,3 +500,19 @@ where
         to.write_all(&buf[..n]).await?;
     }
 }
+
+/// `assay token create` on the server's data directory; the token it printed.
+pub fn create_token(c: &Cluster, scopes: &str, name: &str) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["token", "create", "--data-dir"])
+        .arg(c.path("server"))
+        .args(["--scope", scopes, "--name", name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
