@@ -39,6 +39,10 @@ struct ServerArg {
     /// is no flag for the token itself: a command line is visible to every user.
     #[arg(long, env = "ASSAY_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// PEM certificates to trust for an HTTPS server whose certificate no public
+    /// authority signed (e.g. the one given to `assay server --tls-cert`).
+    #[arg(long, env = "ASSAY_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl ServerArg {
@@ -63,8 +67,24 @@ impl ServerArg {
             .filter(|t| !t.is_empty()))
     }
 
+    fn ca(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).with_context(|| {
+                    format!("cannot read the CA file {} (--ca-file)", path.display())
+                })
+            })
+            .transpose()
+    }
+
     fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::with_token(&self.server, self.token()?.as_deref()))
+        Client::with_options(
+            &self.server,
+            self.token()?.as_deref(),
+            self.ca()?.as_deref(),
+        )
+        .context("--ca-file")
     }
 }
 
@@ -215,6 +235,13 @@ enum Command {
         /// always work. Requests naming any other host are refused (DNS rebinding).
         #[arg(long)]
         public_host: Vec<String>,
+        /// Serve HTTPS with this certificate (PEM: the server's certificate, then its
+        /// chain); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -510,11 +537,16 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             auth,
             insecure_no_auth,
             public_host,
+            tls_cert,
+            tls_key,
         } => {
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
             config.public_hosts = public_host;
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                config.tls = Some(server::TlsFiles { cert, key });
+            }
             if auth {
                 config.require_auth = true;
             }
@@ -523,9 +555,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 config.insecure_no_auth = true;
                 tracing::warn!("serving without authentication (--insecure-no-auth)");
             }
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let running = server::start(config, shutdown).await?;
             println!(
-                "assay server listening on http://{addr}; dashboard: http://{addr}/",
+                "assay server listening on {scheme}://{addr}; dashboard: {scheme}://{addr}/",
                 addr = running.addr
             );
             running.wait().await;
@@ -552,6 +589,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             let mut config = WorkerConfig::new(&server.server, spool_dir);
             config.token = server.token()?.map(worker::Secret);
+            config.ca_pem = server.ca()?;
             config.concurrency = concurrency;
             config.generate_concurrency = generate_concurrency.max(1);
             config.shutdown_grace = grace;

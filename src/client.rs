@@ -63,6 +63,16 @@ impl Client {
 
     /// A client that sends `token` (an API token) with every request.
     pub fn with_token(server: &str, token: Option<&str>) -> Self {
+        Client::with_options(server, token, None).expect("no CA to parse")
+    }
+
+    /// A client that also trusts `ca_pem` (PEM certificates) for an HTTPS server whose
+    /// certificate is not signed by a public authority.
+    pub fn with_options(
+        server: &str,
+        token: Option<&str>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, ClientError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = token {
             if let Ok(mut value) =
@@ -72,17 +82,31 @@ impl Client {
                 headers.insert(reqwest::header::AUTHORIZATION, value);
             }
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                ClientError::Protocol(format!("cannot read the CA certificates: {e}"))
+            })?;
+            if certs.is_empty() {
+                return Err(ClientError::Protocol(
+                    "the CA file holds no PEM certificate".into(),
+                ));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()
             .expect("HTTP client builds");
-        Client {
+        Ok(Client {
             http,
             base: format!("{}{}", server.trim_end_matches('/'), API_PREFIX),
-        }
+        })
     }
 
     pub fn base(&self) -> &str {

@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     pub claim_wait: Duration,
     /// The API token (scope `worker`) sent with every request, if the server needs one.
     pub token: Option<Secret>,
+    /// PEM certificates to trust for an HTTPS server (`--ca-file`).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// A value that never shows in `Debug` output or logs.
@@ -71,6 +73,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(15),
             claim_wait: Duration::from_secs(2),
             token: None,
+            ca_pem: None,
         }
     }
 }
@@ -93,6 +96,8 @@ pub enum WorkerError {
     SpoolInUse(PathBuf),
     #[error("the server refused this worker: {0}")]
     Refused(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// The server does not take this worker's token (missing, unknown, revoked, or without
@@ -367,7 +372,12 @@ impl Spool {
 pub const APP_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let client = Client::with_token(&config.server, config.token.as_ref().map(|t| t.0.as_str()));
+    let client = Client::with_options(
+        &config.server,
+        config.token.as_ref().map(|t| t.0.as_str()),
+        config.ca_pem.as_deref(),
+    )
+    .map_err(|e| WorkerError::Setup(format!("--ca-file: {e}")))?;
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let running: RunningMap = Arc::default();
     let heartbeat_ms = Arc::new(AtomicI64::new(1_000));

@@ -323,3 +323,64 @@ async fn pages_of_other_sites_change_nothing_and_foreign_host_names_are_refused(
         assert!(!csp.contains("script-src 'unsafe-inline'"), "{path}: {csp}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_tokens_travel_encrypted_and_a_worker_runs_jobs() {
+    let c = Cluster::new();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert_path, key_path) = (c.path("cert.pem"), c.path("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let (cert_arg, key_arg) = (cert_path.to_str().unwrap(), key_path.to_str().unwrap());
+
+    // A missing key is said, not served around.
+    let mut bad = c.start_server(
+        "1s",
+        &["--tls-cert", cert_arg, "--tls-key", "/nonexistent/key.pem"],
+    );
+    assert_eq!(bad.wait_exit(MIN), Some(1));
+    assert!(c.logs().contains("--tls-key"), "{}", c.logs());
+
+    let _server = c.start_server(
+        "1s",
+        &["--auth", "--tls-cert", cert_arg, "--tls-key", key_arg],
+    );
+    let https = format!("https://127.0.0.1:{}", c.port);
+    let ca = std::fs::read(&cert_path).unwrap();
+    let anonymous = Client::with_options(&https, None, Some(&ca)).unwrap();
+    wait_for("the HTTPS server", MIN, || async {
+        anonymous.health().await.is_ok()
+    })
+    .await;
+    let admin = create_token(&c, "submit", "ci");
+    let client = Client::with_options(&https, Some(&admin), Some(&ca)).unwrap();
+    assert_eq!(client.whoami().await.unwrap().name.as_deref(), Some("ci"));
+    // Without the CA the certificate is not trusted; in clear, nothing is served.
+    let untrusting = Client::with_token(&https, Some(&admin));
+    assert!(untrusting.health().await.is_err());
+    assert!(
+        c.client.health().await.is_err(),
+        "plain HTTP on the TLS port"
+    );
+
+    let id = client.submit(&request(ONE_NOOP)).await.unwrap().pipeline_id;
+    let worker_token = token_file(&c, &create_token(&c, "worker", "w"));
+    let _w = c.worker_at(
+        &https,
+        "w",
+        "spool-w",
+        1,
+        &["--token-file", &worker_token, "--ca-file", cert_arg],
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let p = client.pipeline(id).await.unwrap().pipeline;
+        if p.state.is_terminal() {
+            assert_eq!(p.state, PipelineState::Completed, "{}", c.logs());
+            break;
+        }
+        assert!(start.elapsed() < MIN, "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

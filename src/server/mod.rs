@@ -9,6 +9,7 @@ pub mod guard;
 pub mod llm_gate;
 mod routes;
 mod stream;
+pub mod tls;
 
 pub use routes::app;
 
@@ -38,6 +39,14 @@ pub struct ServerConfig {
     pub insecure_no_auth: bool,
     /// Names the server answers to besides IP addresses and `localhost` (`--public-host`).
     pub public_hosts: Vec<String>,
+    /// Serve HTTPS with this certificate chain and private key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Events of finished pipelines are kept this long unless told otherwise.
@@ -59,6 +68,7 @@ impl ServerConfig {
             require_auth: !listen.ip().is_loopback(),
             insecure_no_auth: false,
             public_hosts: Vec::new(),
+            tls: None,
         }
     }
 
@@ -133,6 +143,8 @@ pub enum ServerError {
     Serve(std::io::Error),
     #[error("the data directory {0} is in use by another Assay server (one server per data directory; stop it or pick another --data-dir)")]
     DataDirInUse(PathBuf),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("refusing to listen on {0} without authentication: anyone who can reach it could run jobs on the workers. Create a token (`assay token create --data-dir DIR --scope admin`) and leave authentication on, listen on loopback (127.0.0.1), or pass --insecure-no-auth if the network is yours alone")]
     AuthRequired(SocketAddr),
 }
@@ -186,6 +198,10 @@ pub async fn start(
     if !config.require_auth && !config.insecure_no_auth && !config.listen.ip().is_loopback() {
         return Err(ServerError::AuthRequired(config.listen));
     }
+    let acceptor = match &config.tls {
+        Some(files) => Some(tls::acceptor(&files.cert, &files.key)?),
+        None => None,
+    };
     let lock = lock_data_dir(&config.data_dir)?;
     let store = open_store(&config.data_dir).await?;
     if config.require_auth && store.tokens().await?.iter().all(|t| t.revoked_at.is_some()) {
@@ -239,26 +255,40 @@ pub async fn start(
     let tasks = TaskTracker::new();
     let router = app(state.clone());
     let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server stopped with an error");
+    match acceptor {
+        Some(acceptor) => {
+            let listener = tls::TlsListener::new(listener, acceptor).map_err(ServerError::Serve)?;
+            tasks.spawn(serve(listener, router, stop));
         }
-    });
+        None => {
+            tasks.spawn(serve(listener, router, stop));
+        }
+    }
     tasks.spawn(reconcile_loop(state.clone(), config.reconcile_every));
     if let Some(keep) = config.event_retention {
         tasks.spawn(prune_loop(state.clone(), keep));
     }
     tasks.close();
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "server listening");
+    tracing::info!(%addr, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "server listening");
     Ok(RunningServer {
         addr,
         state,
         tasks,
         _lock: lock,
     })
+}
+
+async fn serve<L>(listener: L, router: axum::Router, stop: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "HTTP server stopped with an error");
+    }
 }
 
 /// Deletes the events of pipelines that finished more than `keep` ago, a batch at a

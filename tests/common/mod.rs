@@ -104,6 +104,16 @@ impl Cluster {
 
     /// A server started with more flags (e.g. `--auth`).
     pub async fn server_with(&self, heartbeat: &str, extra: &[&str]) -> Proc {
+        let p = self.start_server(heartbeat, extra);
+        wait_for("server health", Duration::from_secs(30), || async {
+            self.client.health().await.is_ok()
+        })
+        .await;
+        p
+    }
+
+    /// A server process, not waited for.
+    pub fn start_server(&self, heartbeat: &str, extra: &[&str]) -> Proc {
         let listen = format!("127.0.0.1:{}", self.port);
         let data = self.path("server");
         let log = self.path(&format!("server-{}.log", uuid::Uuid::new_v4()));
@@ -117,12 +127,7 @@ impl Cluster {
             data.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let p = spawn("server", &args, &log);
-        wait_for("server health", Duration::from_secs(30), || async {
-            self.client.health().await.is_ok()
-        })
-        .await;
-        p
+        spawn("server", &args, &log)
     }
 
     pub fn worker(&self, id: &str, concurrency: usize, extra: &[&str]) -> Proc {
