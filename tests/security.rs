@@ -384,3 +384,75 @@ async fn over_tls_tokens_travel_encrypted_and_a_worker_runs_jobs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_id_cannot_be_taken_over_by_another_token() {
+    use assay::api::ClaimBody;
+    use assay::store::{Heartbeat, WorkerRegistration};
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &["--auth"]).await;
+    let owner_token = create_token(&c, "worker", "rightful");
+    let submitter = Client::with_token(&c.url, Some(&create_token(&c, "submit", "ci")));
+    let spec = "[pipeline]\nname = \"long\"\n[[stage]]\nname = \"a\"\nkind = \"sleep\"\n[stage.params]\nms = 60000\n";
+    let id = submitter.submit(&request(spec)).await.unwrap().pipeline_id;
+    let _w = c.worker(
+        "victim",
+        1,
+        &["--token-file", &token_file(&c, &owner_token)],
+    );
+    wait_for("the job to run on its worker", MIN, || async {
+        submitter
+            .pipeline(id)
+            .await
+            .is_ok_and(|d| d.pipeline.counts.running == 1)
+    })
+    .await;
+    // Another worker token, with the id read from GET /workers.
+    let attacker = Client::with_token(&c.url, Some(&create_token(&c, "worker", "rogue")));
+    let victim = submitter.workers().await.unwrap()[0].id.clone();
+    assert_eq!(victim, "victim");
+    let e = attacker
+        .register(&WorkerRegistration {
+            id: victim.clone(),
+            name: "rogue".into(),
+            kinds: vec!["sleep".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"), "{e}");
+    assert!(e.to_string().contains("belongs to another token"));
+    let e = attacker
+        .heartbeat(
+            &Heartbeat {
+                worker_id: victim.clone(),
+                leases: vec![],
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"));
+    let e = attacker
+        .claim(&ClaimBody {
+            worker_id: victim.clone(),
+            kinds: vec!["sleep".into()],
+            limit: 1,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"));
+    let e = attacker.worker_stopped(&victim).await.unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"));
+    // Its job runs on, untouched.
+    let detail = submitter.pipeline(id).await.unwrap();
+    assert_eq!(detail.pipeline.counts.running, 1, "{}", c.logs());
+    let jobs = submitter
+        .jobs(&assay::store::JobFilter {
+            pipeline_id: Some(id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs[0].failed_attempts, 0);
+}

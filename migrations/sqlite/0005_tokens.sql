@@ -9,3 +9,10 @@ CREATE TABLE api_tokens (
     created_at  INTEGER NOT NULL,
     revoked_at  INTEGER
 );
+
+-- Which token a worker id belongs to: the first token that used it. Another token
+-- cannot register, claim, heartbeat or report under that id.
+CREATE TABLE worker_owners (
+    worker_id TEXT    PRIMARY KEY,
+    token_id  INTEGER NOT NULL
+);

@@ -90,6 +90,8 @@ pub struct Auth {
     /// Dashboard sessions: session id → (the token's hash, when the session ends). Kept in
     /// memory: a restarted server asks the browser to log in again.
     sessions: Mutex<HashMap<String, (String, Instant)>>,
+    /// Worker id → the token that owns it (an owner never changes, so this never goes stale).
+    owners: Mutex<HashMap<String, i64>>,
 }
 
 /// The dashboard's session cookie.
@@ -117,6 +119,7 @@ impl Auth {
             required,
             cache: Mutex::default(),
             sessions: Mutex::default(),
+            owners: Mutex::default(),
         }
     }
 
@@ -141,6 +144,39 @@ impl Auth {
         let id = hex::encode(rand::random::<[u8; 32]>());
         sessions.insert(id.clone(), (hash, now + SESSION_TTL));
         Some(id)
+    }
+
+    /// Whether `principal` may act as the worker `worker_id`: the id belongs to the first
+    /// token that used it. Always when tokens are not required.
+    pub async fn owns_worker(
+        &self,
+        state: &AppState,
+        principal: Option<&Principal>,
+        worker_id: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        if !self.required {
+            return Ok(true);
+        }
+        let Some(principal) = principal else {
+            return Ok(false);
+        };
+        let known = self.owners.lock().expect("owners").get(worker_id).copied();
+        let owner = match known {
+            Some(owner) => owner,
+            None => {
+                let owner = state
+                    .store
+                    .bind_worker(worker_id, principal.token_id)
+                    .await?;
+                let mut owners = self.owners.lock().expect("owners");
+                if owners.len() >= CACHE_ENTRIES {
+                    owners.clear();
+                }
+                owners.insert(worker_id.to_string(), owner);
+                owner
+            }
+        };
+        Ok(owner == principal.token_id)
     }
 
     /// Who a live token (by its hash) stands for, `None` for an unknown or revoked one.

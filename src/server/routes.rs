@@ -696,6 +696,7 @@ async fn list_breakers(State(s): State<AppState>) -> ApiResult<Vec<crate::store:
 
 async fn register_worker(
     State(s): State<AppState>,
+    caller: Caller,
     AppJson(w): AppJson<WorkerRegistration>,
 ) -> ApiResult<serde_json::Value> {
     if w.id.trim().is_empty() {
@@ -705,6 +706,7 @@ async fn register_worker(
             "worker id is empty",
         ));
     }
+    must_own(&s, &caller, &w.id).await?;
     s.store.register_worker(&w, now_micros()).await?;
     Ok(Json(
         serde_json::json!({"registered": w.id, "heartbeat_ms": heartbeat_ms(&s)}),
@@ -713,10 +715,29 @@ async fn register_worker(
 
 async fn worker_stopped(
     State(s): State<AppState>,
+    caller: Caller,
     AppPath(id): AppPath<String>,
 ) -> ApiResult<serde_json::Value> {
+    must_own(&s, &caller, &id).await?;
     s.store.worker_stopped(&id, now_micros()).await?;
     Ok(Json(serde_json::json!({"stopped": id})))
+}
+
+type Caller = Option<axum::Extension<super::auth::Principal>>;
+
+/// Refuse a request that names a worker id another token owns.
+async fn must_own(s: &AppState, caller: &Caller, worker_id: &str) -> Result<(), ApiError> {
+    if s.auth.owns_worker(s, caller.as_deref(), worker_id).await? {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!(
+            "worker id `{worker_id}` belongs to another token; a worker acts only under an id \
+             its own token registered first (pick another --id)"
+        ),
+    ))
 }
 
 fn heartbeat_ms(s: &AppState) -> i64 {
@@ -725,8 +746,10 @@ fn heartbeat_ms(s: &AppState) -> i64 {
 
 async fn claim(
     State(s): State<AppState>,
+    caller: Caller,
     AppJson(body): AppJson<ClaimBody>,
 ) -> ApiResult<ClaimResponse> {
+    must_own(&s, &caller, &body.worker_id).await?;
     let req = crate::store::ClaimRequest {
         worker_id: body.worker_id,
         kinds: body.kinds,
@@ -777,8 +800,10 @@ fn micros_to_duration(m: Micros) -> Duration {
 
 async fn heartbeat(
     State(s): State<AppState>,
+    caller: Caller,
     AppJson(hb): AppJson<HeartbeatBody>,
 ) -> ApiResult<crate::store::HeartbeatReply> {
+    must_own(&s, &caller, &hb.worker_id).await?;
     let reply = s.store.heartbeat(&hb, &s.lease, now_micros()).await?;
     if hb.leases.iter().any(|l| l.progress.is_some()) {
         s.signals.events_changed();
@@ -788,8 +813,14 @@ async fn heartbeat(
 
 async fn report(
     State(s): State<AppState>,
+    caller: Caller,
     AppJson(body): AppJson<ReportBody>,
 ) -> Result<Response, ApiError> {
+    let workers: std::collections::BTreeSet<&str> =
+        body.reports.iter().map(|r| r.worker_id.as_str()).collect();
+    for worker in workers {
+        must_own(&s, &caller, worker).await?;
+    }
     // A result must never point at bytes the server does not have.
     let mut missing = Vec::new();
     for r in &body.reports {

@@ -2160,6 +2160,11 @@ pub async fn tokens_are_found_by_hash_and_revoked_once(store: Arc<dyn Store>) {
     ));
     let listed: Vec<i64> = store.tokens().await.unwrap().iter().map(|t| t.id).collect();
     assert_eq!(listed, vec![b, a], "newest first");
+    // A worker id belongs to the first token that used it.
+    assert_eq!(store.bind_worker("w-1", b).await.unwrap(), b);
+    assert_eq!(store.bind_worker("w-1", a).await.unwrap(), b);
+    assert_eq!(store.bind_worker("w-1", b).await.unwrap(), b);
+    assert_eq!(store.bind_worker("w-2", a).await.unwrap(), a);
 }
 
 /// Claims read past neither the jobs of a stage at its concurrency limit nor those of a

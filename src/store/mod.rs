@@ -603,4 +603,6 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
     /// Revoke a token; revoking it again keeps the first time. `NotFound` if there is none.
     async fn revoke_token(&self, id: i64, now: Micros) -> StoreResult<()>;
+    /// The token that owns `worker_id`: `token_id`, if the id had no owner yet.
+    async fn bind_worker(&self, worker_id: &str, token_id: i64) -> StoreResult<i64>;
 }

@@ -2988,6 +2988,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn bind_worker(&self, worker_id: &str, token_id: i64) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO worker_owners (worker_id, token_id) VALUES (?1, ?2) \
+             ON CONFLICT (worker_id) DO UPDATE SET worker_id = worker_id RETURNING token_id",
+        )
+        .bind(worker_id)
+        .bind(token_id)
+        .fetch_one(&self.writer)
+        .await?)
+    }
+
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>> {
         sqlx::query(
             "SELECT w.id, w.name, w.kinds, w.started_at, w.last_seen, w.consecutive_failures, \
