@@ -373,21 +373,6 @@ impl Client {
         }
     }
 
-    pub async fn cache_answer(
-        &self,
-        key: &str,
-        answer: serde_json::Value,
-    ) -> Result<(), ClientError> {
-        let url = self.url(&format!("/llm/answers/{key}"));
-        let req = self
-            .http
-            .put(&url)
-            .json(&CachedAnswer { answer })
-            .timeout(Duration::from_secs(60));
-        let _: serde_json::Value = self.send(req, &url).await?;
-        Ok(())
-    }
-
     /// One export of a pipeline (`crate::report::ExportFormat`), whole.
     pub async fn export(
         &self,

@@ -683,24 +683,40 @@ async fn llm_acquire_long_polls_until_a_slot_is_given_back() {
 }
 
 #[tokio::test]
-async fn llm_answers_round_trip_and_keys_are_checked() {
+async fn llm_answers_are_cached_only_with_a_call_of_the_attempt_holding_the_job() {
     let (_dir, app) = setup().await;
     let key = sha256_hex(b"a request");
     let uri = format!("/api/v1/llm/answers/{key}");
-
     let (status, body) = get(&app, &uri).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(code(&body), "not_found", "{body}");
 
+    // No raw writes.
     let answer = json!({"model": "small-2025", "content": "hello", "usage": {"prompt_tokens": 3}});
-    let (status, body) = put(&app, &uri, &json!({ "answer": answer })).await;
+    let (status, _) = put(&app, &uri, &json!({ "answer": answer })).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    let id = submit(&app, TWO_NOOPS).await;
+    let (_, jobs) = get(&app, &format!("/api/v1/jobs?pipeline={id}")).await;
+    let idle = jobs[1]["id"].as_i64().unwrap();
+    let with_answer = |job: i64, answer: &Value| json!({"call": paid_call(job, "small", 0.001), "answer": {"key": key, "answer": answer}});
+    // A call for a job nobody holds is recorded, its answer is not kept.
+    let planted = json!({"content": "rm -rf /"});
+    let (status, body) = post(&app, "/api/v1/llm/calls", &with_answer(idle, &planted)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = get(&app, &uri).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a planted answer was cached");
+
+    // The attempt that holds its job: kept, and the first answer wins.
+    register(&app, "w1", &["noop"]).await;
+    let claimed = claim(&app, "w1", &["noop"], 10).await;
+    let held = claimed.jobs[0].job_id;
+    let (status, body) = post(&app, "/api/v1/llm/calls", &with_answer(held, &answer)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, body) = get(&app, &uri).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["answer"], answer, "{body}");
-
-    let (status, body) = put(&app, &uri, &json!({"answer": {"content": "later"}})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _) = post(&app, "/api/v1/llm/calls", &with_answer(held, &planted)).await;
     let (_, body) = get(&app, &uri).await;
     assert_eq!(body["answer"], answer, "the first answer wins: {body}");
 
@@ -709,9 +725,6 @@ async fn llm_answers_round_trip_and_keys_are_checked() {
     for bad in [short, not_hex.as_str(), "nope"] {
         let uri = format!("/api/v1/llm/answers/{bad}");
         let (status, body) = get(&app, &uri).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
-        assert_eq!(code(&body), "invalid_request", "{bad}: {body}");
-        let (status, body) = put(&app, &uri, &json!({ "answer": answer })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert_eq!(code(&body), "invalid_request", "{bad}: {body}");
     }

@@ -58,7 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/llm/acquire", post(llm_acquire))
         .route("/llm/calls", post(llm_call))
         .route("/llm/limits", get(llm_limits))
-        .route("/llm/answers/{key}", get(get_answer).put(put_answer))
+        .route("/llm/answers/{key}", get(get_answer))
         .layer(DefaultBodyLimit::max(JSON_LIMIT))
         .route(
             "/blobs/{digest}",
@@ -952,14 +952,34 @@ async fn llm_acquire(
 
 async fn llm_call(
     State(s): State<AppState>,
+    caller: Caller,
     AppJson(body): AppJson<CallBody>,
 ) -> ApiResult<serde_json::Value> {
     let now = now_micros();
     // The answer first, then the record, then the slot: a waiting call sees the spending
     // before it gets the slot, and a paid answer is kept before it counts as paid.
+    // The cache is written only here, with a call the attempt that holds the job made:
+    // nobody can plant an answer for another job's request.
     if let Some(a) = &body.answer {
         valid_answer_key(&a.key)?;
-        s.store.cache_answer(&a.key, &a.answer, now).await?;
+        let job = s.store.job(body.call.job_id).await?;
+        let holds = job
+            .as_ref()
+            .is_some_and(|j| j.state == JobState::Running && j.attempts == body.call.attempt);
+        let owner = job.as_ref().and_then(|j| j.worker_id.as_deref());
+        let allowed = match (holds, owner) {
+            (true, Some(worker)) => s.auth.owns_worker(&s, caller.as_deref(), worker).await?,
+            _ => false,
+        };
+        if allowed {
+            s.store.cache_answer(&a.key, &a.answer, now).await?;
+        } else {
+            tracing::info!(
+                job = body.call.job_id,
+                attempt = body.call.attempt,
+                "an answer from an attempt that does not hold its job is not cached"
+            );
+        }
     }
     // Idempotent by call id: a retried report neither counts the call twice nor teaches
     // the limiter twice.
@@ -1005,18 +1025,6 @@ async fn get_answer(
         Some(answer) => Ok(Json(CachedAnswer { answer })),
         None => Err(ApiError::not_found(format!("answer {key}"))),
     }
-}
-
-async fn put_answer(
-    State(s): State<AppState>,
-    AppPath(key): AppPath<String>,
-    AppJson(body): AppJson<CachedAnswer>,
-) -> ApiResult<serde_json::Value> {
-    valid_answer_key(&key)?;
-    s.store
-        .cache_answer(&key, &body.answer, now_micros())
-        .await?;
-    Ok(Json(serde_json::json!({"stored": true})))
 }
 
 #[derive(Deserialize)]
