@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The request's Host or Origin is not this server's.
     ForeignOrigin,
+    /// The spec uses a job kind this server does not allow.
+    KindNotAllowed,
     Internal,
 }
 
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ForeignOrigin => "foreign_origin",
+            ErrorCode::KindNotAllowed => "kind_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }

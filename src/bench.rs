@@ -465,6 +465,9 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
             format!("127.0.0.1:{port}"),
             "--data-dir".into(),
             data_dir.join("server").display().to_string(),
+            // The probe's jobs are of kind `command` (no bench worker takes them).
+            "--allow-kinds".into(),
+            "all".into(),
         ],
     )?;
     let server_pid = server.id().context("the server's pid")?;

@@ -117,6 +117,25 @@ enum TokenAction {
     },
 }
 
+/// `--allow-kinds`: known kinds, or `all`.
+fn allowed_kinds(kinds: Vec<String>) -> Result<Vec<String>> {
+    if kinds.iter().any(|k| k == "all") {
+        return Ok(crate::kinds::KNOWN_KINDS
+            .iter()
+            .map(|k| k.to_string())
+            .collect());
+    }
+    for k in &kinds {
+        if !crate::kinds::KNOWN_KINDS.contains(&k.as_str()) {
+            bail!(
+                "--allow-kinds: unknown job kind `{k}`; known: {} (or `all`)",
+                crate::kinds::KNOWN_KINDS.join(", ")
+            );
+        }
+    }
+    Ok(kinds)
+}
+
 async fn token_command(action: TokenAction) -> Result<u8> {
     use crate::domain::Scope;
     let data_dir = match &action {
@@ -242,6 +261,10 @@ enum Command {
         /// The certificate's private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// The job kinds specs may use (comma-separated, or `all`). Default: every kind but
+        /// `command`, which runs a program the spec chooses.
+        #[arg(long, value_delimiter = ',')]
+        allow_kinds: Option<Vec<String>>,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -539,11 +562,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             public_host,
             tls_cert,
             tls_key,
+            allow_kinds,
         } => {
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
             config.public_hosts = public_host;
+            if let Some(kinds) = allow_kinds {
+                config.allowed_kinds = allowed_kinds(kinds)?;
+            }
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
                 config.tls = Some(server::TlsFiles { cert, key });
             }
@@ -1144,11 +1171,13 @@ async fn run_embedded(
     });
     let stop = shutdown_on_signals();
     let server_stop = CancellationToken::new();
-    let server = server::start(
-        ServerConfig::new(data_dir.join("server"), listen),
-        server_stop.clone(),
-    )
-    .await?;
+    // The embedded run is the user's own spec on the user's own machine: every kind.
+    let mut server_config = ServerConfig::new(data_dir.join("server"), listen);
+    server_config.allowed_kinds = crate::kinds::KNOWN_KINDS
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let server = server::start(server_config, server_stop.clone()).await?;
     let url = format!("http://{}", server.addr);
     let mut config = WorkerConfig::new(&url, data_dir.join("spool"));
     // A stable id: after a crash, the next run delivers this worker's spooled results

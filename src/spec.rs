@@ -135,6 +135,16 @@ pub const MAX_JOBS: usize = 1_000_000;
 /// fans in across many jobs can reach this.
 pub const MAX_DEPENDENCIES: usize = 2_000_000;
 
+/// The most stages one pipeline may have (a real study has a handful).
+pub const MAX_STAGES: usize = 200;
+/// Instructions one templated param string may take to render (`{{ model }}` takes a
+/// few): a loop in a param cannot hold the server.
+pub const TEMPLATE_FUEL: u64 = 20_000;
+/// The longest string a template may render to.
+pub const MAX_RENDERED_BYTES: usize = 64 * 1024;
+/// How long planning one spec may take before it is refused as too costly.
+pub const MAX_PLANNING: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The most different sets of keys the items of one stage may have (a matrix has one): each
 /// is a group every downstream item is matched against.
 pub const MAX_KEY_SETS: usize = 64;
@@ -258,6 +268,17 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
         });
     }
 
+    if raw.stages.len() > MAX_STAGES {
+        return Err(loc.err(
+            &raw.stages[MAX_STAGES].name,
+            "stage",
+            format!(
+                "the spec declares {} stages; a pipeline may have at most {MAX_STAGES}",
+                raw.stages.len()
+            ),
+            "fold stages that do the same work into one stage with a matrix or items",
+        ));
+    }
     let mut seen = HashSet::new();
     let mut stages = Vec::with_capacity(raw.stages.len());
     let mut planned = 0usize;
@@ -640,6 +661,7 @@ impl Spec {
         let mut stage_jobs: HashMap<&str, std::ops::Range<usize>> = HashMap::new();
         let mut keys = HashSet::new();
         let mut dependencies = 0usize;
+        let started = std::time::Instant::now();
         for stage in &self.stages {
             let params = StageParams::compile(&stage.params)
                 .map_err(|e| format!("stage `{}`: {e}", stage.name))?;
@@ -660,7 +682,15 @@ impl Spec {
                 }
             }
             let first = plan.jobs.len();
-            for item in &stage.items {
+            for (n, item) in stage.items.iter().enumerate() {
+                if n % 1024 == 0 && started.elapsed() > MAX_PLANNING {
+                    return Err(format!(
+                        "planning this spec took over {} s (at stage `{}`); refused as too costly: \
+                         simplify the templates in its params or split it into several pipelines",
+                        MAX_PLANNING.as_secs(),
+                        stage.name
+                    ));
+                }
                 let key = job_key(&stage.name, item);
                 if !keys.insert(key.clone()) {
                     return Err(format!(
@@ -872,6 +902,7 @@ impl<'a> StageParams<'a> {
             }
         }
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         let templated = add(&mut env, params)?;
         Ok(StageParams {
             params,
@@ -889,6 +920,14 @@ impl<'a> StageParams<'a> {
     }
 }
 
+/// A template as an error message quotes it: its start.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(80) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
@@ -901,11 +940,30 @@ fn render_with(
     ctx: &minijinja::Value,
 ) -> Result<Value, String> {
     Ok(match v {
-        Value::String(s) if is_template(s) => Value::String(
-            env.get_template(s)
+        Value::String(s) if is_template(s) => {
+            let rendered = env
+                .get_template(s)
                 .and_then(|t| t.render(ctx))
-                .map_err(|e| format!("template `{s}`: {e}"))?,
-        ),
+                .map_err(|e| {
+                    let why = if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                        format!(
+                            "it takes more than {TEMPLATE_FUEL} steps to render (a param is a \
+                             short template, e.g. `{{{{ model }}}}`, not a program)"
+                        )
+                    } else {
+                        e.to_string()
+                    };
+                    format!("template `{}`: {why}", clip(s))
+                })?;
+            if rendered.len() > MAX_RENDERED_BYTES {
+                return Err(format!(
+                    "template `{}` renders to {} bytes; a param may be at most {MAX_RENDERED_BYTES}",
+                    clip(s),
+                    rendered.len()
+                ));
+            }
+            Value::String(rendered)
+        }
         Value::Array(a) => Value::Array(
             a.iter()
                 .map(|x| render_with(env, x, ctx))
@@ -1195,6 +1253,50 @@ items = [{ z = -0.0 }]
         assert_eq!(
             plan.jobs[last.depends_on[0]].key,
             "gen[model=m19,template=t999]"
+        );
+    }
+
+    #[test]
+    fn a_template_bomb_in_a_param_is_refused_and_says_why() {
+        let bomb = "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"b\"\nkind = \"noop\"\nitems = [1]\n\
+            [stage.params]\nv = \"{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}\"\n";
+        let spec = parse("bomb.toml", bomb).unwrap();
+        let e = spec.plan().unwrap_err();
+        assert!(
+            e.contains("stage `b`") && e.contains("steps to render"),
+            "{e}"
+        );
+        let wide =
+            "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"w\"\nkind = \"noop\"\nitems = [1]\n\
+            [stage.params]\nv = \"{{ range(30000) | join(',') }}\"\n";
+        let e = parse("wide.toml", wide).unwrap().plan().unwrap_err();
+        assert!(
+            e.contains("renders to") && e.contains("at most 65536"),
+            "{e}"
+        );
+        // An ordinary template is untouched by the limits.
+        let fine = "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"f\"\nkind = \"noop\"\nitems = [{ model = \"m\" }]\n\
+            [stage.params]\nv = \"{{ model | upper }}-{% for i in range(3) %}{{ i }}{% endfor %}\"\n";
+        let plan = parse("fine.toml", fine).unwrap().plan().unwrap();
+        assert_eq!(plan.jobs[0].params["v"], "M-012");
+    }
+
+    #[test]
+    fn a_spec_of_thousands_of_stages_is_refused_while_it_is_read() {
+        let mut text = String::from("[pipeline]\nname = \"x\"\n");
+        for i in 0..5_000 {
+            let after = if i == 0 {
+                String::new()
+            } else {
+                format!("after = [\"s{}\"]\n", i - 1)
+            };
+            text += &format!("[[stage]]\nname = \"s{i}\"\nkind = \"noop\"\n{after}");
+        }
+        let (_, field, message) = invalid(&text);
+        assert_eq!(field, "stage");
+        assert!(
+            message.contains("5000 stages") && message.contains("at most 200"),
+            "{message}"
         );
     }
 

@@ -29,6 +29,12 @@ async fn setup() -> (tempfile::TempDir, Router) {
         started_at: assay::domain::now_micros(),
         auth: Default::default(),
         hosts: Default::default(),
+        allowed_kinds: std::sync::Arc::new(
+            assay::kinds::KNOWN_KINDS
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+        ),
     };
     (dir, app(state))
 }

@@ -456,3 +456,56 @@ async fn a_worker_id_cannot_be_taken_over_by_another_token() {
         .unwrap();
     assert_eq!(jobs[0].failed_attempts, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_runs_no_program_a_spec_chooses_unless_allowed() {
+    let c = Cluster::new();
+    // As `assay server` starts by default.
+    let _server = c.server_with("1s", &[]).await;
+    let rce = "[pipeline]\nname = \"rce\"\n[[stage]]\nname = \"pwn\"\nkind = \"command\"\n[stage.params]\nprogram = \"sh\"\nargs = [\"-c\", \"id\"]\n";
+    let e = c.client.submit(&request(rce)).await.unwrap_err();
+    assert_eq!(code(&e), Some("kind_not_allowed"), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("stage `pwn`") && message.contains("--allow-kinds"),
+        "{message}"
+    );
+    assert!(c.client.pipelines(10).await.unwrap().is_empty());
+    // Other kinds run as before.
+    c.submit(ONE_NOOP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bombs_in_a_spec_are_refused_and_the_server_keeps_answering() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &[]).await;
+    let axes: Vec<String> = (0..9)
+        .map(|a| format!("a{a} = [0,1,2,3,4,5,6,7,8,9]"))
+        .collect();
+    let fan_out = format!(
+        "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"huge\"\nkind = \"noop\"\nmatrix = {{ {} }}\n",
+        axes.join(", ")
+    );
+    let template = "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"b\"\nkind = \"noop\"\nitems = [1]\n\
+        [stage.params]\nv = \"{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}\"\n";
+    let mut chain = String::from("[pipeline]\nname = \"x\"\n");
+    for i in 0..5_000 {
+        let after = if i == 0 {
+            String::new()
+        } else {
+            format!("after = [\"s{}\"]\n", i - 1)
+        };
+        chain += &format!("[[stage]]\nname = \"s{i}\"\nkind = \"noop\"\n{after}");
+    }
+    for (what, spec, says) in [
+        ("fan-out", fan_out.as_str(), "at most 1,000,000"),
+        ("template", template, "steps to render"),
+        ("stages", chain.as_str(), "at most 200"),
+    ] {
+        let e = c.client.submit(&request(spec)).await.unwrap_err();
+        assert_eq!(code(&e), Some("invalid_spec"), "{what}: {e}");
+        assert!(e.to_string().contains(says), "{what}: {e}");
+        assert!(c.client.health().await.is_ok(), "{what}");
+    }
+    assert!(c.client.pipelines(10).await.unwrap().is_empty());
+}

@@ -65,6 +65,10 @@ fn parse(params: &Value) -> Result<(CommandParams, Duration), String> {
     Ok((p, grace))
 }
 
+/// What a `command` job gets of the worker's environment: where programs are, and how to
+/// speak. Anything else it needs, the spec's `env` says.
+const PASSED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TZ"];
+
 pub fn validate(params: &Value) -> Result<(), String> {
     parse(params).map(|_| ())
 }
@@ -74,6 +78,15 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let io = |what: &str, e: std::io::Error| Failure::retryable("io", format!("{what}: {e}"));
     // Under a supervisor: the program and everything it starts die with this worker.
     let mut cmd = SupervisedCommand::new(&p.program);
+    // The spec's environment, not the worker's (which may hold provider keys): a few
+    // harmless variables pass, the rest is what the spec declares.
+    cmd.env_clear();
+    for var in PASSED_ENV {
+        if let Some(value) = std::env::var_os(var) {
+            cmd.env(var, value);
+        }
+    }
+    cmd.env("HOME", &ctx.output_dir);
     cmd.args(&p.args)
         .envs(&p.env)
         .env("ASSAY_OUTPUT_DIR", &ctx.output_dir)
@@ -261,6 +274,33 @@ mod tests {
             server: None,
             waited_ms: Default::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_job_sees_the_specs_environment_not_the_workers() {
+        // Cargo gives every test process variables of its own: the job must not see them.
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let c = ctx(
+            dir.path(),
+            json!({
+                "program": "sh",
+                "args": ["-c", "env > \"$ASSAY_OUTPUT_DIR/env.txt\""],
+                "env": {"DECLARED": "yes"},
+            }),
+        );
+        run(&c).await.unwrap();
+        let env = std::fs::read_to_string(c.output_dir.join("env.txt")).unwrap();
+        assert!(env.contains("DECLARED=yes"), "{env}");
+        assert!(env.contains("PATH="), "{env}");
+        assert!(
+            !env.contains("CARGO_PKG_NAME"),
+            "the worker's variables leaked: {env}"
+        );
+        assert!(
+            env.contains(&format!("HOME={}", c.output_dir.display())),
+            "{env}"
+        );
     }
 
     #[tokio::test]

@@ -33,6 +33,19 @@ pub const KNOWN_KINDS: &[&str] = &[
     "blob",
 ];
 
+/// Kinds that run a program the spec chooses: a server allows them only when told
+/// (`assay server --allow-kinds`).
+pub const PROGRAM_KINDS: &[&str] = &["command"];
+
+/// What a server allows unless told otherwise: every kind but those in [`PROGRAM_KINDS`].
+pub fn default_allowed_kinds() -> Vec<String> {
+    KNOWN_KINDS
+        .iter()
+        .filter(|k| !PROGRAM_KINDS.contains(k))
+        .map(|k| k.to_string())
+        .collect()
+}
+
 pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
     let params = &inputs::with_placeholder_app(params);
     match kind {

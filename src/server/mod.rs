@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub public_hosts: Vec<String>,
     /// Serve HTTPS with this certificate chain and private key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// The job kinds a spec may use (`--allow-kinds`); by default every kind but those that
+    /// run a program the spec chooses.
+    pub allowed_kinds: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +72,7 @@ impl ServerConfig {
             insecure_no_auth: false,
             public_hosts: Vec::new(),
             tls: None,
+            allowed_kinds: crate::kinds::default_allowed_kinds(),
         }
     }
 
@@ -123,6 +127,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// The names requests may address this server by.
     pub hosts: guard::Hosts,
+    /// The job kinds a submitted spec may use.
+    pub allowed_kinds: Arc<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -244,6 +250,7 @@ pub async fn start(
         started_at,
         auth: Arc::new(auth::Auth::new(config.require_auth)),
         hosts: guard::Hosts::new(config.public_hosts.clone()),
+        allowed_kinds: Arc::new(config.allowed_kinds.clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

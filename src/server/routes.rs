@@ -226,11 +226,29 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// A submitted spec, read and planned; errors name the file, line and field.
-fn plan_submission(req: SubmitRequest) -> Result<NewPipeline, ApiError> {
+fn plan_submission(req: SubmitRequest, allowed: &[String]) -> Result<NewPipeline, ApiError> {
     let file = req.file_name.as_deref().unwrap_or("spec.toml");
     let invalid =
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidSpec, message);
     let spec = crate::spec::parse(file, &req.spec).map_err(|e| invalid(e.to_string()))?;
+    if let Some(stage) = spec.stages.iter().find(|s| !allowed.contains(&s.kind)) {
+        let why = if crate::kinds::PROGRAM_KINDS.contains(&stage.kind.as_str()) {
+            " (it runs a program the spec chooses, as the worker's user)"
+        } else {
+            ""
+        };
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::KindNotAllowed,
+            format!(
+                "{file}: stage `{}` uses kind `{}`, which this server does not allow{why}; \
+                 allowed here: {}. An admin allows it with `assay server --allow-kinds …`",
+                stage.name,
+                stage.kind,
+                allowed.join(", ")
+            ),
+        ));
+    }
     let plan = spec.plan().map_err(|e| invalid(format!("{file}: {e}")))?;
     Ok(NewPipeline {
         idempotency_key: req.idempotency_key,
@@ -246,7 +264,8 @@ async fn submit(
     AppJson(req): AppJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     // Reading and planning a study-sized spec is CPU work: off the async threads.
-    let new = tokio::task::spawn_blocking(move || plan_submission(req)).await??;
+    let allowed = s.allowed_kinds.clone();
+    let new = tokio::task::spawn_blocking(move || plan_submission(req, &allowed)).await??;
     // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
     // writing short (it would be discarded, and the retry would start over).
     let store = s.store.clone();

@@ -98,8 +98,9 @@ impl Cluster {
         self.dir.path().join(p)
     }
 
+    /// A server that allows every kind (the tests run `command` jobs).
     pub async fn server(&self, heartbeat: &str) -> Proc {
-        self.server_with(heartbeat, &[]).await
+        self.server_with(heartbeat, &["--allow-kinds", "all"]).await
     }
 
     /// A server started with more flags (e.g. `--auth`).
