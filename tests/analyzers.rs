@@ -94,7 +94,8 @@ async fn static_analysis_finds_every_planted_defect() {
             out.path(),
             scratch.path(),
         )
-        .await;
+        .await
+        .unwrap();
         for run in &result.runs {
             assert!(
                 !matches!(
@@ -428,7 +429,8 @@ async fn merged_sarif_passes_the_official_validator() {
         out.path(),
         out.path(),
     )
-    .await;
+    .await
+    .unwrap();
     let pool = AppPool::new(PortAllocator::default());
     let running = pool
         .acquire(&app, &out.path().join("app.log"))

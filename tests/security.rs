@@ -509,3 +509,64 @@ async fn bombs_in_a_spec_are_refused_and_the_server_keeps_answering() {
     }
     assert!(c.client.pipelines(10).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
+    use assay::report::ExportFormat;
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &[]).await;
+    let app = c.path("app");
+    std::fs::create_dir_all(app.join("backend")).unwrap();
+    std::fs::write(
+        app.join("backend/app.py"),
+        "import os\nos.system(input())\n",
+    )
+    .unwrap();
+    let secret = c.path("secret.txt");
+    std::fs::write(&secret, "SECRET-LINE-4711\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", app.join("backend/passwd.py")).unwrap();
+    std::os::unix::fs::symlink(&secret, app.join("backend/secret.py")).unwrap();
+    std::fs::hard_link(&secret, app.join("backend/linked.py")).unwrap();
+    let spec = format!(
+        "[pipeline]\nname = \"links\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\nitems = [1]\n\
+         [stage.params]\napp = \"{}\"\ntools = [\"bandit\", \"ruff\"]\n",
+        app.display()
+    );
+    let id = c.submit(&spec).await;
+    let _w = c.worker("w", 1, &["--no-cache"]);
+    let detail = c.wait_finished(id, 3 * MIN).await;
+    assert_eq!(
+        detail.pipeline.state,
+        PipelineState::Completed,
+        "{}",
+        c.logs()
+    );
+    let job = c.jobs(id).await.remove(0);
+    let result = serde_json::to_string(&job.result).unwrap();
+    let mut everything = result.clone();
+    for format in [
+        ExportFormat::Json,
+        ExportFormat::FindingsCsv,
+        ExportFormat::Html,
+    ] {
+        everything += &String::from_utf8_lossy(&c.client.export(id, format).await.unwrap());
+    }
+    for leaked in ["root:x:0:0", "SECRET-LINE-4711"] {
+        assert!(!everything.contains(leaked), "{leaked} reached the results");
+    }
+    // The app's own code was analyzed, and what was left out is reported against the model.
+    assert!(result.contains("backend/app.py"), "{result}");
+    for (path, rule) in [
+        ("backend/passwd.py", "assay/symlink"),
+        ("backend/secret.py", "assay/symlink"),
+        ("backend/linked.py", "assay/hard-link"),
+    ] {
+        let findings = job.result.as_ref().unwrap()["findings"].as_array().unwrap();
+        assert!(
+            findings
+                .iter()
+                .any(|f| f["location"]["path"] == path && f["rule"] == rule),
+            "{path}: {result}"
+        );
+    }
+}

@@ -490,6 +490,11 @@ fn walk(
             skipped.push(format!("{rel} (too large: {} bytes)", meta.len()));
             continue;
         }
+        // A second name of a file that may live outside the app.
+        if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+            skipped.push(format!("{rel} (hard link)"));
+            continue;
+        }
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         if bytes.contains(&0) {
             skipped.push(format!("{rel} (binary)"));

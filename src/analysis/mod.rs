@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod catalog;
+pub mod confine;
 pub mod dynamic;
 pub mod finding;
 pub mod judge;

@@ -136,46 +136,49 @@ pub struct StaticOutcome {
     pub findings: Vec<Finding>,
 }
 
-/// Run `tools` over `app_dir` in parallel. Raw outputs go to `out_dir` as
-/// `static-<tool>.out`; scratch files (rules, configs) go to `scratch`.
+/// Run `tools` over a confined copy of `app_dir` (see [`super::confine`]) in parallel. Raw
+/// outputs go to `out_dir` as `static-<tool>.out`; the copy and scratch files (rules,
+/// configs) go to `scratch`. What the copy left out is reported as findings.
 pub async fn run_all(
     app_dir: &Path,
     tools: &[&'static Tool],
     timeout: Duration,
     out_dir: &Path,
     scratch: &Path,
-) -> StaticOutcome {
-    let langs = detect_languages(app_dir);
+) -> std::io::Result<StaticOutcome> {
+    let (app, into) = (app_dir.to_path_buf(), scratch.join("app"));
+    let copy = tokio::task::spawn_blocking(move || super::confine::confined_copy(&app, &into))
+        .await
+        .map_err(std::io::Error::other)??;
+    let root = copy.root.clone();
+    let langs = {
+        let root = root.clone();
+        tokio::task::spawn_blocking(move || detect_languages(&root))
+            .await
+            .map_err(std::io::Error::other)?
+    };
     let runs = futures::future::join_all(
         tools
             .iter()
-            .map(|t| run_one(t, app_dir, langs, timeout, out_dir, scratch)),
+            .map(|t| run_one(t, &root, langs, timeout, out_dir, scratch)),
     )
     .await;
-    let mut all = Vec::new();
+    let mut all = copy.findings("static");
     let mut tool_runs = Vec::new();
     for (run, findings) in runs {
         all.extend(findings);
         tool_runs.push(run);
     }
-    for f in &mut all {
-        attach_snippet(app_dir, f);
-    }
-    StaticOutcome {
+    let findings = tokio::task::spawn_blocking(move || {
+        super::confine::attach_snippets(&root, &mut all);
+        all
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    Ok(StaticOutcome {
         runs: tool_runs,
-        findings: all,
-    }
-}
-
-fn attach_snippet(app_dir: &Path, f: &mut Finding) {
-    let Some(line) = f.location.line else { return };
-    let Ok(text) = std::fs::read_to_string(app_dir.join(&f.location.path)) else {
-        return;
-    };
-    if let Some(l) = text.lines().nth(line.saturating_sub(1) as usize) {
-        f.snippet = Some(l.trim().chars().take(240).collect());
-        f.fingerprint = super::finding::fingerprint(f);
-    }
+        findings,
+    })
 }
 
 struct Invocation {
@@ -821,7 +824,8 @@ mod tests {
             dir.path(),
             dir.path(),
         )
-        .await;
+        .await
+        .unwrap();
         assert_eq!(out.runs[0].status, ToolStatus::NotAvailable);
         assert!(out.runs[0]
             .detail

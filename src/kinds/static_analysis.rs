@@ -77,7 +77,9 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
         Some(format!("{} tools", p.tools.len())),
     );
     let outcome = tokio::select! {
-        o = static_tools::run_all(&app, &p.tools, p.timeout, &ctx.output_dir, scratch.path()) => o,
+        o = static_tools::run_all(&app, &p.tools, p.timeout, &ctx.output_dir, scratch.path()) => {
+            o.map_err(|e| Failure::retryable("io", format!("copying the app for analysis: {e}")))?
+        }
         _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "static analysis was stopped")),
     };
     let findings = merge(outcome.findings);
