@@ -32,6 +32,8 @@ pub enum ErrorCode {
     ForeignOrigin,
     /// The spec uses a job kind this server does not allow.
     KindNotAllowed,
+    /// The request body (or an upload) is over its limit.
+    TooLarge,
     Internal,
 }
 
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ForeignOrigin => "foreign_origin",
             ErrorCode::KindNotAllowed => "kind_not_allowed",
+            ErrorCode::TooLarge => "too_large",
             ErrorCode::Internal => "internal",
         }
     }

@@ -265,6 +265,9 @@ enum Command {
         /// `command`, which runs a program the spec chooses.
         #[arg(long, value_delimiter = ',')]
         allow_kinds: Option<Vec<String>>,
+        /// The largest blob (an artifact, an app archive) the server stores, in bytes.
+        #[arg(long, default_value_t = server::blobs::DEFAULT_MAX_BLOB_BYTES)]
+        max_blob_bytes: u64,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -563,11 +566,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             tls_cert,
             tls_key,
             allow_kinds,
+            max_blob_bytes,
         } => {
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
             config.public_hosts = public_host;
+            config.max_blob_bytes = max_blob_bytes;
             if let Some(kinds) = allow_kinds {
                 config.allowed_kinds = allowed_kinds(kinds)?;
             }

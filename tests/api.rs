@@ -1228,3 +1228,31 @@ async fn a_large_pipelines_grid_is_counted_by_the_database() {
     );
     assert!(grid["last_event_id"].as_i64().unwrap() > 0);
 }
+
+#[tokio::test]
+async fn a_body_over_its_routes_limit_is_refused_with_the_limits() {
+    let (_dir, app) = setup().await;
+    // A claim is a few bytes; a megabyte of one is refused before it is parsed.
+    let padding = "x".repeat(1024 * 1024);
+    let (status, body) = post(
+        &app,
+        "/api/v1/workers/claim",
+        &json!({"worker_id": padding, "kinds": [], "limit": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(code(&body), "too_large", "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("specs 16 MiB"));
+    // A spec of a megabyte is fine.
+    let items: Vec<String> = (0..100_000).map(|i| format!("\"item-{i}\"")).collect();
+    let spec = format!(
+        "[pipeline]\nname = \"big\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\nitems = [{}]\n",
+        items.join(",")
+    );
+    assert!(spec.len() > 1024 * 1024);
+    let (status, body) = post(&app, "/api/v1/pipelines", &submit_req(&spec, None)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

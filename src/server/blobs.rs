@@ -15,6 +15,8 @@ pub enum BlobError {
     HashMismatch { expected: String, actual: String },
     #[error("upload interrupted: {0}")]
     Interrupted(String),
+    #[error("the blob is larger than {limit} bytes, the most this server stores in one (assay server --max-blob-bytes)")]
+    TooLarge { limit: u64 },
     #[error("blob storage: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -22,7 +24,12 @@ pub enum BlobError {
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     root: PathBuf,
+    max_bytes: u64,
 }
+
+/// The largest blob stored unless told otherwise: an app archive or a tool's output is
+/// megabytes.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub fn is_digest(s: &str) -> bool {
     s.len() == 64
@@ -36,7 +43,14 @@ impl BlobStore {
         std::fs::create_dir_all(root.join("tmp"))?;
         Ok(BlobStore {
             root: root.to_path_buf(),
+            max_bytes: DEFAULT_MAX_BLOB_BYTES,
         })
+    }
+
+    /// Refuse blobs over `max_bytes`.
+    pub fn with_limit(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
     }
 
     pub fn path(&self, digest: &str) -> Result<PathBuf, BlobError> {
@@ -72,8 +86,13 @@ impl BlobStore {
             let mut size = 0u64;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| BlobError::Interrupted(e.to_string()))?;
-                hasher.update(&chunk);
                 size += chunk.len() as u64;
+                if size > self.max_bytes {
+                    return Err(BlobError::TooLarge {
+                        limit: self.max_bytes,
+                    });
+                }
+                hasher.update(&chunk);
                 file.write_all(&chunk).await?;
             }
             file.sync_all().await?;
@@ -127,6 +146,26 @@ mod tests {
                 .map(|p| Ok(bytes::Bytes::from_static(p)))
                 .collect::<Vec<_>>(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_blob_over_the_limit_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap().with_limit(8);
+        let digest = hex::encode(Sha256::digest(b"hello world"));
+        let e = blobs
+            .put(&digest, chunks(&[b"hello ", b"world"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, BlobError::TooLarge { limit: 8 }), "{e}");
+        assert!(e.to_string().contains("--max-blob-bytes"));
+        assert_eq!(blobs.contains(&digest).await.unwrap(), None);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        let small = hex::encode(Sha256::digest(b"hi"));
+        assert_eq!(blobs.put(&small, chunks(&[b"hi"])).await.unwrap(), 2);
     }
 
     #[tokio::test]

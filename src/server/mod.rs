@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// The job kinds a spec may use (`--allow-kinds`); by default every kind but those that
     /// run a program the spec chooses.
     pub allowed_kinds: Vec<String>,
+    /// The largest blob (artifact, app archive) the server stores (`--max-blob-bytes`).
+    pub max_blob_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +75,7 @@ impl ServerConfig {
             public_hosts: Vec::new(),
             tls: None,
             allowed_kinds: crate::kinds::default_allowed_kinds(),
+            max_blob_bytes: blobs::DEFAULT_MAX_BLOB_BYTES,
         }
     }
 
@@ -236,10 +239,12 @@ pub async fn start(
         );
     }
     let blob_dir = config.data_dir.join("blobs");
-    let blobs = BlobStore::open(&blob_dir).map_err(|source| ServerError::DataDir {
-        path: blob_dir,
-        source,
-    })?;
+    let blobs = BlobStore::open(&blob_dir)
+        .map_err(|source| ServerError::DataDir {
+            path: blob_dir,
+            source,
+        })?
+        .with_limit(config.max_blob_bytes);
     let state = AppState {
         store,
         blobs,

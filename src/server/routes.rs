@@ -18,7 +18,13 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 const MAX_LONG_POLL: Duration = Duration::from_secs(30);
-const JSON_LIMIT: usize = 64 * 1024 * 1024;
+/// Request bodies: most routes take small JSON; these take more.
+const SMALL_LIMIT: usize = 64 * 1024;
+const SPEC_LIMIT: usize = 16 * 1024 * 1024;
+const HEARTBEAT_LIMIT: usize = 16 * 1024 * 1024;
+const CALL_LIMIT: usize = 16 * 1024 * 1024;
+/// A worker's batches are cut at 8 MiB of JSON; reports also carry results.
+const REPORT_LIMIT: usize = 64 * 1024 * 1024;
 /// Upstream jobs an explanation lists; a fan-in over thousands is summed up by the count.
 const EXPLAINED_DEPENDENCIES: i64 = 200;
 
@@ -30,7 +36,13 @@ pub fn app(state: AppState) -> Router {
             "/session",
             post(super::auth::login).delete(super::auth::logout),
         )
-        .route("/pipelines", get(list_pipelines).post(submit))
+        .route(
+            "/pipelines",
+            get(list_pipelines).post(axum::handler::Handler::layer(
+                submit,
+                DefaultBodyLimit::max(SPEC_LIMIT),
+            )),
+        )
         .route("/pipelines/{id}", get(get_pipeline))
         .route("/pipelines/{id}/cancel", post(cancel_pipeline))
         .route("/pipelines/{id}/retry", post(retry_pipeline))
@@ -46,8 +58,14 @@ pub fn app(state: AppState) -> Router {
         .route("/workers/register", post(register_worker))
         .route("/workers/{id}/stopped", post(worker_stopped))
         .route("/workers/claim", post(claim))
-        .route("/workers/heartbeat", post(heartbeat))
-        .route("/workers/report", post(report))
+        .route(
+            "/workers/heartbeat",
+            post(heartbeat).layer(DefaultBodyLimit::max(HEARTBEAT_LIMIT)),
+        )
+        .route(
+            "/workers/report",
+            post(report).layer(DefaultBodyLimit::max(REPORT_LIMIT)),
+        )
         .route("/pipelines/{id}/usage", get(pipeline_usage))
         .route("/pipelines/{id}/grid", get(pipeline_grid))
         .route("/pipelines/{id}/waiting", get(pipeline_waiting))
@@ -56,10 +74,13 @@ pub fn app(state: AppState) -> Router {
         .route("/pipelines/{id}/compare", get(pipeline_compare))
         .route("/pipelines/{id}/export/{file}", get(pipeline_export))
         .route("/llm/acquire", post(llm_acquire))
-        .route("/llm/calls", post(llm_call))
+        .route(
+            "/llm/calls",
+            post(llm_call).layer(DefaultBodyLimit::max(CALL_LIMIT)),
+        )
         .route("/llm/limits", get(llm_limits))
         .route("/llm/answers/{key}", get(get_answer))
-        .layer(DefaultBodyLimit::max(JSON_LIMIT))
+        .layer(DefaultBodyLimit::max(SMALL_LIMIT))
         .route(
             "/blobs/{digest}",
             put(put_blob)
@@ -112,6 +133,15 @@ macro_rules! invalid_request_from {
     ($($rejection:ty),+) => {$(
         impl From<$rejection> for ApiError {
             fn from(r: $rejection) -> Self {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    return ApiError::new(
+                        r.status(),
+                        ErrorCode::TooLarge,
+                        "the request body is larger than this route takes (specs 16 MiB, \
+                         heartbeats and model calls 16 MiB, reports 64 MiB, other requests \
+                         64 KiB); split the work into smaller requests",
+                    );
+                }
                 ApiError::new(r.status(), ErrorCode::InvalidRequest, r.body_text())
             }
         }
@@ -689,6 +719,11 @@ async fn put_blob(
         Err(e @ BlobError::BadDigest(_)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,
+            e.to_string(),
+        )),
+        Err(e @ BlobError::TooLarge { .. }) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
             e.to_string(),
         )),
         Err(e @ BlobError::Interrupted(_)) => Err(ApiError::new(
