@@ -27,6 +27,20 @@ fn token_file(c: &Cluster, token: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// Wait, asking through `client` (with its token), for the pipeline to complete.
+async fn assert_completes(c: &Cluster, client: &Client, id: i64) {
+    let start = std::time::Instant::now();
+    loop {
+        let p = client.pipeline(id).await.unwrap().pipeline;
+        if p.state.is_terminal() {
+            assert_eq!(p.state, PipelineState::Completed, "{}", c.logs());
+            return;
+        }
+        assert!(start.elapsed() < MIN, "{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn code(e: &assay::client::ClientError) -> Option<&'static str> {
     e.code().map(|c| c.as_str())
 }
@@ -140,16 +154,7 @@ async fn each_token_does_only_what_its_scopes_allow() {
         .unwrap()
         .pipeline_id;
     let _w = c.worker("w", 1, &["--token-file", &token_file(&c, &worker_token)]);
-    let start = std::time::Instant::now();
-    loop {
-        let p = reader.pipeline(id).await.unwrap().pipeline;
-        if p.state.is_terminal() {
-            assert_eq!(p.state, PipelineState::Completed, "{}", c.logs());
-            break;
-        }
-        assert!(start.elapsed() < MIN, "{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_completes(&c, &reader, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,16 +378,7 @@ async fn over_tls_tokens_travel_encrypted_and_a_worker_runs_jobs() {
         1,
         &["--token-file", &worker_token, "--ca-file", cert_arg],
     );
-    let start = std::time::Instant::now();
-    loop {
-        let p = client.pipeline(id).await.unwrap().pipeline;
-        if p.state.is_terminal() {
-            assert_eq!(p.state, PipelineState::Completed, "{}", c.logs());
-            break;
-        }
-        assert!(start.elapsed() < MIN, "{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_completes(&c, &client, id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
