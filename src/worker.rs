@@ -219,6 +219,9 @@ impl Spool {
             move |source| WorkerError::Spool { path, source }
         };
         std::fs::create_dir_all(root).map_err(io(root))?;
+        // Results, apps and logs are no other local user's to read, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700)).map_err(io(root))?;
         let lock_path = root.join("worker.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -440,6 +440,42 @@ async fn a_worker_id_cannot_be_taken_over_by_another_token() {
     assert_eq!(code(&e), Some("forbidden"));
     let e = attacker.worker_stopped(&victim).await.unwrap_err();
     assert_eq!(code(&e), Some("forbidden"));
+    // Nor may it take model slots for the victim's job, or record calls (and spending) on it.
+    let job_id = submitter
+        .jobs(&assay::store::JobFilter {
+            pipeline_id: Some(id),
+            ..Default::default()
+        })
+        .await
+        .unwrap()[0]
+        .id;
+    let rogue = create_token(&c, "worker", "rogue-2");
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        (
+            "/llm/acquire",
+            serde_json::json!({"job_id": job_id, "provider": "p", "model": "m", "hold_ms": 600000}),
+        ),
+        (
+            "/llm/calls",
+            serde_json::json!({"call": {"call_id": "evil", "job_id": job_id, "attempt": 1,
+                "provider": "p", "model": "m", "result": "paid", "cost_usd": 1000000.0}}),
+        ),
+    ] {
+        let resp = http
+            .post(format!("{}{API_PREFIX}{path}", c.url))
+            .bearer_auth(&rogue)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{path}");
+    }
+    assert_eq!(
+        submitter.usage(id).await.unwrap().usage.total.calls,
+        0,
+        "no call was recorded"
+    );
     // Its job runs on, untouched.
     let detail = submitter.pipeline(id).await.unwrap();
     assert_eq!(detail.pipeline.counts.running, 1, "{}", c.logs());

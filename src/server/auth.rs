@@ -75,6 +75,8 @@ pub fn required(method: &Method, path: &str) -> Need {
         (_, _, ["llm", "acquire" | "calls"]) => Need::AnyOf(&[Worker]),
         (_, _, ["llm", "answers", _]) => Need::AnyOf(&[Worker]),
         (true, _, ["llm", "limits"]) => Need::AnyOf(&[Read, Worker]),
+        // A worker finds an upstream job's app through its record and artifacts.
+        (true, _, ["jobs", _] | ["jobs", _, "artifacts", _]) => Need::AnyOf(&[Read, Worker]),
         (false, true, ["pipelines"]) => Need::AnyOf(&[Submit]),
         (false, true, ["pipelines" | "jobs", _, "cancel" | "retry"]) => Need::AnyOf(&[Submit]),
         (true, _, _) => Need::AnyOf(&[Read]),
@@ -98,8 +100,10 @@ pub struct Auth {
 pub const SESSION_COOKIE: &str = "assay_session";
 /// How long a dashboard session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Sessions kept at most (expired ones are dropped first).
+/// Sessions kept at most (expired ones are dropped first, then the oldest).
 const SESSIONS: usize = 10_000;
+/// Sessions one token may have open (browsers, tabs that logged in again).
+const SESSIONS_PER_TOKEN: usize = 16;
 /// A cookie-borne request that changes something must carry this header: a form or a
 /// page of another site cannot add it (no CORS is offered), the dashboard always does.
 pub const CSRF_HEADER: &str = "x-assay-csrf";
@@ -134,12 +138,26 @@ impl Auth {
         (Instant::now() < *until).then(|| hash.clone())
     }
 
+    /// A new session for the token; the token's oldest goes past [`SESSIONS_PER_TOKEN`], and
+    /// the oldest of all when the table is full, so no one token can lock the others out.
     fn open_session(&self, hash: String) -> Option<String> {
         let mut sessions = self.sessions.lock().expect("sessions");
         let now = Instant::now();
         sessions.retain(|_, (_, until)| *until > now);
+        let oldest = |sessions: &HashMap<String, (String, Instant)>, of: Option<&str>| {
+            sessions
+                .iter()
+                .filter(|(_, (h, _))| of.is_none_or(|of| h == of))
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(id, _)| id.clone())
+        };
+        while sessions.values().filter(|(h, _)| *h == hash).count() >= SESSIONS_PER_TOKEN {
+            let id = oldest(&sessions, Some(&hash))?;
+            sessions.remove(&id);
+        }
         if sessions.len() >= SESSIONS {
-            return None;
+            let id = oldest(&sessions, None)?;
+            sessions.remove(&id);
         }
         let id = hex::encode(rand::random::<[u8; 32]>());
         sessions.insert(id.clone(), (hash, now + SESSION_TTL));
@@ -273,7 +291,7 @@ pub async fn login(
         }
         Err(response) => return response,
     };
-    if principal.scopes == [Scope::Worker] {
+    if !principal.scopes.iter().any(|s| s.grants(Scope::Read)) {
         return refuse(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -429,6 +447,12 @@ mod tests {
         assert_eq!(need(Method::GET, "/blobs/abc"), any(&[Read, Worker]));
         assert_eq!(need(Method::HEAD, "/blobs/abc"), any(&[Read, Worker]));
         assert_eq!(need(Method::GET, "/llm/answers/k"), any(&[Worker]));
+        assert_eq!(need(Method::GET, "/jobs/3"), any(&[Read, Worker]));
+        assert_eq!(
+            need(Method::GET, "/jobs/3/artifacts/app.tar"),
+            any(&[Read, Worker])
+        );
+        assert_eq!(need(Method::GET, "/jobs"), any(&[Read]));
         // Unknown routes and methods are closed.
         assert_eq!(need(Method::DELETE, "/pipelines/3"), any(&[Admin]));
         assert_eq!(need(Method::POST, "/tokens"), any(&[Admin]));

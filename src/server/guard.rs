@@ -45,7 +45,18 @@ impl Hosts {
 /// `example.org:7878` → `example.org`; `[::1]:7878` → `::1`.
 fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        // `[::1]` or `[::1]:7878`, nothing else after the bracket.
+        return match rest.split_once(']') {
+            Some((addr, "")) => addr,
+            Some((addr, port))
+                if port
+                    .strip_prefix(':')
+                    .is_some_and(|p| p.chars().all(|c| c.is_ascii_digit())) =>
+            {
+                addr
+            }
+            _ => host,
+        };
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
@@ -72,6 +83,15 @@ fn refuse(status: StatusCode, message: String) -> Response {
 /// Middleware: the Host and Origin checks, then the headers.
 pub async fn guard(State(hosts): State<Hosts>, req: Request, next: Next) -> Response {
     let headers = req.headers();
+    if headers
+        .get(header::HOST)
+        .is_some_and(|h| h.to_str().is_err())
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the Host header is not ASCII".to_string(),
+        );
+    }
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -95,7 +115,8 @@ pub async fn guard(State(hosts): State<Hosts>, req: Request, next: Next) -> Resp
         let from_elsewhere = match (origin, &host) {
             // A browser names the page that sent it; "null" is an opaque origin.
             (Some(origin), Some(host)) => {
-                origin_authority(origin).is_none_or(|a| !a.eq_ignore_ascii_case(host))
+                let web = origin.starts_with("http://") || origin.starts_with("https://");
+                !web || origin_authority(origin).is_none_or(|a| !a.eq_ignore_ascii_case(host))
             }
             (Some(_), None) => true,
             (None, _) => false,
@@ -103,8 +124,9 @@ pub async fn guard(State(hosts): State<Hosts>, req: Request, next: Next) -> Resp
         let fetch_site = headers
             .get("sec-fetch-site")
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("none");
-        if from_elsewhere || matches!(fetch_site, "cross-site" | "same-site") {
+            .unwrap_or("none")
+            .to_ascii_lowercase();
+        if from_elsewhere || matches!(fetch_site.as_str(), "cross-site" | "same-site") {
             return refuse(
                 StatusCode::FORBIDDEN,
                 format!(
@@ -112,7 +134,7 @@ pub async fn guard(State(hosts): State<Hosts>, req: Request, next: Next) -> Resp
                      dashboard, or a client that is not a browser, may change things",
                     req.method(),
                     req.uri().path(),
-                    origin.unwrap_or(fetch_site)
+                    origin.unwrap_or(&fetch_site)
                 ),
             );
         }

@@ -165,6 +165,9 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::Fil
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
+    // The database, blobs and answers are no other local user's to read, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -760,6 +760,17 @@ async fn register_worker(
             "worker id is empty",
         ));
     }
+    let fine = |c: char| c.is_ascii_alphanumeric() || "._:-".contains(c);
+    if w.id.len() > 128 || !w.id.chars().all(fine) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!(
+                "worker id `{}` may only hold letters, digits and `._:-`, at most 128 of them",
+                w.id.escape_debug()
+            ),
+        ));
+    }
     must_own(&s, &caller, &w.id).await?;
     s.store.register_worker(&w, now_micros()).await?;
     Ok(Json(
@@ -778,6 +789,14 @@ async fn worker_stopped(
 }
 
 type Caller = Option<axum::Extension<super::auth::Principal>>;
+
+fn not_holder(job: i64) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!("job {job} is not held by a worker of this token"),
+    )
+}
 
 /// Refuse a request that names a worker id another token owns.
 async fn must_own(s: &AppState, caller: &Caller, worker_id: &str) -> Result<(), ApiError> {
@@ -923,6 +942,7 @@ const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(10);
 
 async fn llm_acquire(
     State(s): State<AppState>,
+    caller: Caller,
     AppJson(body): AppJson<AcquireBody>,
 ) -> ApiResult<AcquireResponse> {
     let stop = |code: &str, message: String| {
@@ -945,6 +965,12 @@ async fn llm_acquire(
             .await?
             .ok_or_else(|| ApiError::not_found(format!("job {}", body.job_id)))?;
         let stale = body.attempt.is_some_and(|a| a != job.attempts);
+        if let Some(worker) = &job.worker_id {
+            // Only the worker that holds the job may take slots for it.
+            must_own(&s, &caller, worker).await?;
+        } else if s.auth.required() {
+            return Err(not_holder(job.id));
+        }
         if job.state != JobState::Running || job.cancel_requested || stale {
             return Ok(stop(
                 "not_running",
@@ -1010,6 +1036,14 @@ async fn llm_call(
     AppJson(body): AppJson<CallBody>,
 ) -> ApiResult<serde_json::Value> {
     let now = now_micros();
+    if s.auth.required() {
+        // Only the worker that ran the attempt may record its calls (and spend its budget).
+        let attempts = s.store.attempts(body.call.job_id).await?;
+        let Some(attempt) = attempts.iter().find(|a| a.number == body.call.attempt) else {
+            return Err(not_holder(body.call.job_id));
+        };
+        must_own(&s, &caller, &attempt.worker_id).await?;
+    }
     // The answer first, then the record, then the slot: a waiting call sees the spending
     // before it gets the slot, and a paid answer is kept before it counts as paid.
     // The cache is written only here, with a call the attempt that holds the job made:
