@@ -57,8 +57,19 @@ async fn browser() -> Browser {
     let chromium = executable("ASSAY_CHROMIUM", "/usr/bin/chromium");
     let chromedriver = executable("ASSAY_CHROMEDRIVER", "/usr/bin/chromedriver");
     let port = free_port();
+    // In a PID namespace of its own whose init is chromedriver (`--kill-child`: it dies with
+    // this test's handle): when it ends, the kernel ends Chromium and its crash handlers too,
+    // which otherwise outlive a killed chromedriver.
     let driver = Proc {
-        child: Command::new(chromedriver)
+        child: Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--pid",
+                "--fork",
+                "--kill-child",
+            ])
+            .arg(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
