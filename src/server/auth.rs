@@ -237,14 +237,9 @@ impl Default for Auth {
     }
 }
 
+/// An error in the API's format (the same as every handler's).
 fn refuse(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
-    let body = crate::api::ErrorBody {
-        error: crate::api::ErrorDetail {
-            code,
-            message: message.into(),
-        },
-    };
-    (status, axum::Json(body)).into_response()
+    super::routes::ApiError::new(status, code, message).into_response()
 }
 
 /// The token a request carries: `Authorization: Bearer …`.

@@ -71,13 +71,7 @@ fn origin_authority(origin: &str) -> Option<&str> {
 }
 
 fn refuse(status: StatusCode, message: String) -> Response {
-    let body = crate::api::ErrorBody {
-        error: crate::api::ErrorDetail {
-            code: ErrorCode::ForeignOrigin,
-            message,
-        },
-    };
-    (status, axum::Json(body)).into_response()
+    super::routes::ApiError::new(status, ErrorCode::ForeignOrigin, message).into_response()
 }
 
 /// Middleware: the Host and Origin checks, then the headers.
