@@ -15,6 +15,7 @@ pub mod kinds;
 pub mod progress;
 pub mod report;
 pub mod results;
+pub mod sandbox;
 pub mod server;
 pub mod spec;
 pub mod store;

@@ -111,8 +111,9 @@ pub struct SupervisedCommand {
     cwd: Option<PathBuf>,
     stdout: Option<Stdio>,
     stderr: Option<Stdio>,
-    address_space: Option<u64>,
-    no_core_dumps: bool,
+    limits: Limits,
+    /// A network namespace to run in (see [`SupervisedCommand::network_namespace`]).
+    network: Option<Arc<OwnedFd>>,
 }
 
 impl SupervisedCommand {
@@ -125,8 +126,8 @@ impl SupervisedCommand {
             cwd: None,
             stdout: None,
             stderr: None,
-            address_space: None,
-            no_core_dumps: false,
+            limits: Limits::default(),
+            network: None,
         }
     }
 
@@ -186,12 +187,34 @@ impl SupervisedCommand {
 
     /// Limit the program's address space (`RLIMIT_AS`), in bytes; 0 leaves it unlimited.
     pub fn address_space_limit(&mut self, bytes: u64) -> &mut Self {
-        self.address_space = (bytes > 0).then_some(bytes);
+        self.limits.address_space = (bytes > 0).then_some(bytes);
         self
     }
 
     pub fn no_core_dumps(&mut self) -> &mut Self {
-        self.no_core_dumps = true;
+        self.limits.no_core_dumps = true;
+        self
+    }
+
+    /// The rest of the program's resource limits (`RLIMIT_NPROC`, `RLIMIT_CPU`,
+    /// `RLIMIT_FSIZE`); what `limits` leaves `None` is left as it is.
+    pub fn limits(
+        &mut self,
+        processes: Option<u64>,
+        cpu_seconds: Option<u64>,
+        file_size: Option<u64>,
+    ) -> &mut Self {
+        self.limits.processes = processes;
+        self.limits.cpu_seconds = cpu_seconds;
+        self.limits.file_size = file_size;
+        self
+    }
+
+    /// Start the program (and its supervisor) in this network namespace, given as an open
+    /// `/proc/…/ns/net`: the supervisor needs no network, and the program sees only what
+    /// the namespace has. Needs `CAP_SYS_ADMIN` (the worker runs as root).
+    pub fn network_namespace(&mut self, namespace: Arc<OwnedFd>) -> &mut Self {
+        self.network = Some(namespace);
         self
     }
 
@@ -253,12 +276,7 @@ impl SupervisedCommand {
                     cmd.arg("--record").arg(&path);
                     record = Some(Arc::from(path));
                 }
-                if let Some(bytes) = self.address_space {
-                    cmd.arg("--address-space").arg(bytes.to_string());
-                }
-                if self.no_core_dumps {
-                    cmd.arg("--no-core-dumps");
-                }
+                cmd.args(self.limits.to_args());
                 if NO_PID_NAMESPACES.load(std::sync::atomic::Ordering::Relaxed) {
                     cmd.arg("--no-pid-namespace");
                 }
@@ -269,10 +287,7 @@ impl SupervisedCommand {
             _ => {
                 let mut cmd = std::process::Command::new(&program);
                 cmd.args(&self.args).stdin(Stdio::null());
-                let limits = Limits {
-                    address_space: self.address_space,
-                    no_core_dumps: self.no_core_dumps,
-                };
+                let limits = self.limits;
                 // SAFETY: only async-signal-safe calls (prctl, setrlimit) before exec.
                 unsafe {
                     cmd.pre_exec(move || {
@@ -296,6 +311,16 @@ impl SupervisedCommand {
         }
         if let Some(err) = self.stderr.take() {
             cmd.stderr(err);
+        }
+        if let Some(namespace) = self.network.clone() {
+            // SAFETY: setns is a plain system call, async-signal-safe; the descriptor stays
+            // open (held by `namespace`, moved into the closure) until after the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
         }
         // The worker signals the supervisor (or, unsupervised, the program's group); a
         // group of its own keeps a terminal's Ctrl-C away from it.
@@ -471,13 +496,45 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Limits {
     address_space: Option<u64>,
     no_core_dumps: bool,
+    processes: Option<u64>,
+    cpu_seconds: Option<u64>,
+    file_size: Option<u64>,
 }
 
 impl Limits {
+    fn from_args(args: &SuperviseArgs) -> Limits {
+        Limits {
+            address_space: args.address_space,
+            no_core_dumps: args.no_core_dumps,
+            processes: args.processes,
+            cpu_seconds: args.cpu_seconds,
+            file_size: args.file_size,
+        }
+    }
+
+    /// The `__supervise` arguments that carry these limits.
+    fn to_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut number = |flag: &str, value: Option<u64>| {
+            if let Some(v) = value {
+                args.push(flag.into());
+                args.push(v.to_string().into());
+            }
+        };
+        number("--address-space", self.address_space);
+        number("--processes", self.processes);
+        number("--cpu-seconds", self.cpu_seconds);
+        number("--file-size", self.file_size);
+        if self.no_core_dumps {
+            args.push("--no-core-dumps".into());
+        }
+        args
+    }
+
     /// Between fork and exec: async-signal-safe calls only.
     fn apply(&self) {
         use nix::sys::resource::{setrlimit, Resource};
@@ -486,6 +543,16 @@ impl Limits {
         }
         if self.no_core_dumps {
             let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+        }
+        if let Some(n) = self.processes {
+            let _ = setrlimit(Resource::RLIMIT_NPROC, n, n);
+        }
+        if let Some(seconds) = self.cpu_seconds {
+            // The soft limit sends SIGXCPU first; a second later the hard one kills.
+            let _ = setrlimit(Resource::RLIMIT_CPU, seconds, seconds + 1);
+        }
+        if let Some(bytes) = self.file_size {
+            let _ = setrlimit(Resource::RLIMIT_FSIZE, bytes, bytes);
         }
     }
 }
@@ -608,6 +675,15 @@ pub struct SuperviseArgs {
     address_space: Option<u64>,
     #[arg(long)]
     no_core_dumps: bool,
+    /// `RLIMIT_NPROC` for the program (per user: the sandbox gives each app a user of its own).
+    #[arg(long)]
+    processes: Option<u64>,
+    /// `RLIMIT_CPU`, in seconds.
+    #[arg(long)]
+    cpu_seconds: Option<u64>,
+    /// `RLIMIT_FSIZE`, in bytes.
+    #[arg(long)]
+    file_size: Option<u64>,
     /// Run the program without a PID namespace of its own.
     #[arg(long)]
     no_pid_namespace: bool,
@@ -821,10 +897,7 @@ fn supervise(args: &SuperviseArgs) -> std::io::Result<RawStatus> {
     nix::sys::prctl::set_child_subreaper(true)?;
     let signals = block_signals()?;
     let worker = watch_worker();
-    let limits = Limits {
-        address_space: args.address_space,
-        no_core_dumps: args.no_core_dumps,
-    };
+    let limits = Limits::from_args(args);
     let namespace = !args.no_pid_namespace && own_pid_namespace();
     // In a namespace: the init (this binary again) runs the program and reports its status
     // through a pipe; without one, the program is the child.
@@ -842,19 +915,10 @@ fn supervise(args: &SuperviseArgs) -> std::io::Result<RawStatus> {
             "--namespace-init".into(),
             STATUS_FD.to_string().into(),
         ];
-        if let Some(bytes) = args.address_space {
-            init.push("--address-space".into());
-            init.push(bytes.to_string().into());
-        }
-        if args.no_core_dumps {
-            init.push("--no-core-dumps".into());
-        }
+        init.extend(limits.to_args());
         init.push("--".into());
         init.extend(args.command.iter().cloned());
-        let no_limits = Limits {
-            address_space: None,
-            no_core_dumps: false,
-        };
+        let no_limits = Limits::default();
         let fd = status_write.as_ref().map(|w| w.as_raw_fd());
         spawn_child(&init, no_limits, core, fd)?
     } else {
@@ -970,10 +1034,7 @@ fn be_init(args: &SuperviseArgs, status_fd: i32) -> std::io::Result<RawStatus> {
     use std::os::fd::FromRawFd;
     let core = own_limits();
     let signals = block_signals()?;
-    let limits = Limits {
-        address_space: args.address_space,
-        no_core_dumps: args.no_core_dumps,
-    };
+    let limits = Limits::from_args(args);
     // SAFETY: the supervisor gave this process the descriptor under this number.
     let status_out = unsafe { OwnedFd::from_raw_fd(status_fd) };
     let _ = nix::fcntl::fcntl(

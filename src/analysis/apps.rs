@@ -37,6 +37,14 @@ pub enum AppError {
     },
     #[error("this worker cannot run Docker Compose apps: {0} (install Docker with the compose plugin, or run the app with run.command)")]
     ComposeUnavailable(String),
+    #[error(
+        "run.compose is refused: a compose file can ask for privileged containers and host \
+         mounts, so model-written ones are not run; give run.command instead (a worker \
+         started with --no-sandbox runs compose files, for apps you trust)"
+    )]
+    ComposeRefused,
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -47,7 +55,7 @@ impl AppError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            AppError::Manifest { .. } | AppError::ComposeUnavailable(_)
+            AppError::Manifest { .. } | AppError::ComposeUnavailable(_) | AppError::ComposeRefused
         )
     }
 }
@@ -282,8 +290,20 @@ pub struct RunningApp {
     pub log: PathBuf,
     pub manifest: AppManifest,
     process: Process,
+    /// Set when the pool killed the app for running past its wall-time limit.
+    expired: std::sync::atomic::AtomicBool,
+    /// Dropped after the app is stopped (fields drop after `Drop::drop`): the forwarder,
+    /// the network namespace and the sandbox's files.
+    _sandbox: Option<SandboxParts>,
     _port: PortLease,
     _scratch: tempfile::TempDir,
+}
+
+/// What a sandboxed instance holds besides its processes.
+struct SandboxParts {
+    _forwarder: crate::sandbox::Forwarder,
+    _network: Arc<crate::sandbox::AppNetwork>,
+    _etc: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for RunningApp {
@@ -296,19 +316,42 @@ impl std::fmt::Debug for RunningApp {
 /// dependencies live, e.g. a virtualenv's `bin`; default: the local `.tools/venv/bin`
 /// when present, made absolute) before the worker's own PATH.
 fn app_path() -> std::ffi::OsString {
-    let mut dirs: Vec<PathBuf> = match std::env::var_os("ASSAY_APP_PATH") {
+    let mut dirs = interpreter_dirs();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
+
+/// `ASSAY_APP_PATH`'s folders, or the local `.tools/venv/bin` when present.
+fn interpreter_dirs() -> Vec<PathBuf> {
+    match std::env::var_os("ASSAY_APP_PATH") {
         Some(p) => std::env::split_paths(&p).collect(),
         None => std::path::absolute(".tools/venv/bin")
             .ok()
             .filter(|p| p.is_dir())
             .into_iter()
             .collect(),
-    };
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
     }
-    std::env::join_paths(dirs).unwrap_or_default()
 }
+
+/// A recipe's own `PATH` goes first; Assay's follows, so the interpreters stay found.
+fn joined_path(recipe: &RunRecipe, ours: std::ffi::OsString) -> std::ffi::OsString {
+    match recipe.env.get("PATH") {
+        Some(own) if !own.is_empty() => {
+            let mut path = std::ffi::OsString::from(own);
+            path.push(":");
+            path.push(ours);
+            path
+        }
+        _ => ours,
+    }
+}
+
+/// The wall-time limit of an app instance: however many jobs hold it, it is killed
+/// after this long (a job holding an app forever is a bug, and an app must not outlive
+/// the study).
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -324,13 +367,29 @@ impl RunningApp {
         log: &Path,
     ) -> Result<RunningApp, AppError> {
         let manifest = load_manifest(dir)?;
+        let sandboxed = crate::sandbox::enabled();
+        if sandboxed {
+            crate::sandbox::check()?;
+        }
         let port = ports.allocate()?;
         let scratch = crate::kinds::scratch_dir()?;
         let log_file = std::fs::File::create(log)?;
         let recipe = &manifest.run;
-        let process = match &recipe.compose {
-            Some(file) => Self::start_compose(dir, file, &manifest, port.port, log_file)?,
-            None => Self::start_command(dir, &manifest, port.port, scratch.path(), log_file)?,
+        let (process, sandbox) = match &recipe.compose {
+            Some(_) if sandboxed => return Err(AppError::ComposeRefused),
+            Some(file) => (
+                Self::start_compose(dir, file, &manifest, port.port, log_file)?,
+                None,
+            ),
+            None if sandboxed => {
+                let (process, parts) =
+                    Self::start_sandboxed(dir, &manifest, port.port, scratch.path(), log_file)?;
+                (process, Some(parts))
+            }
+            None => (
+                Self::start_command(dir, &manifest, port.port, scratch.path(), log_file)?,
+                None,
+            ),
         };
         let app = RunningApp {
             dir: dir.to_path_buf(),
@@ -338,6 +397,8 @@ impl RunningApp {
             log: log.to_path_buf(),
             manifest: manifest.clone(),
             process,
+            expired: Default::default(),
+            _sandbox: sandbox,
             _port: port,
             _scratch: scratch,
         };
@@ -347,6 +408,82 @@ impl RunningApp {
         Ok(app)
     }
 
+    /// The app in a sandbox (see [`crate::sandbox`]): its own network namespace reached
+    /// through a forwarder on `port`, bubblewrap's mount and PID namespaces, a user of its
+    /// own, limits, a capped log.
+    fn start_sandboxed(
+        dir: &Path,
+        manifest: &AppManifest,
+        port: u16,
+        scratch: &Path,
+        log_file: std::fs::File,
+    ) -> Result<(Process, SandboxParts), AppError> {
+        use crate::sandbox::{self as sb, SandboxLimits};
+        let recipe = &manifest.run;
+        let limits = SandboxLimits::default();
+        // Held from here: the port lock keeps other Assay processes off it, this keeps
+        // everyone else off it.
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        let network = Arc::new(sb::AppNetwork::new()?);
+        let etc = crate::kinds::scratch_dir()?;
+        let interpreters = interpreter_dirs();
+        let jail = sb::Jail {
+            app_dir: dir,
+            scratch,
+            etc: etc.path(),
+            uid: sb::APP_UID_BASE + u32::from(port),
+            read_only: sb::interpreter_mounts(&interpreters),
+        };
+        jail.prepare()?;
+        let mut path: Vec<PathBuf> = interpreters;
+        path.extend(std::env::split_paths(sb::SANDBOX_PATH));
+        let path = joined_path(recipe, std::env::join_paths(path).unwrap_or_default());
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let write = std::fs::File::from(write);
+        let memory = recipe.memory_mb.saturating_mul(1024 * 1024);
+        let mut cmd = SupervisedCommand::new("bwrap");
+        cmd.args(jail.bwrap_args(&recipe.command))
+            .env_clear()
+            .envs(inherited(APP_ENV_ALLOWED))
+            .envs(&recipe.env)
+            .env("HOME", "/tmp")
+            .env("TMPDIR", "/tmp")
+            .env("ASSAY_SCRATCH_DIR", "/tmp")
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PATH", path)
+            .env(&recipe.port_env, port.to_string())
+            .stdout(write.try_clone()?)
+            .stderr(write)
+            .network_namespace(network.namespace())
+            .address_space_limit(memory)
+            .limits(
+                Some(limits.processes),
+                Some(limits.cpu_seconds),
+                Some(limits.file_size),
+            )
+            .no_core_dumps();
+        let (child, handle) = cmd.spawn().map_err(|source| AppError::Spawn {
+            command: format!("bwrap … {}", recipe.command.join(" ")),
+            source,
+        })?;
+        sb::capped_log(read, log_file, limits.log_bytes)?;
+        let forwarder = sb::Forwarder::start(listener, network.clone(), port)?;
+        Ok((
+            Process::Group {
+                child: Mutex::new(child),
+                handle,
+            },
+            SandboxParts {
+                _forwarder: forwarder,
+                _network: network,
+                _etc: etc,
+            },
+        ))
+    }
+
+    /// The app as a process group of ours, unconfined but for its environment and limits
+    /// (`--no-sandbox`: apps you trust only).
     fn start_command(
         dir: &Path,
         manifest: &AppManifest,
@@ -370,7 +507,7 @@ impl RunningApp {
             .env("TMPDIR", scratch)
             .env("ASSAY_SCRATCH_DIR", scratch)
             .env("PYTHONUNBUFFERED", "1")
-            .env("PATH", app_path())
+            .env("PATH", joined_path(recipe, app_path()))
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .address_space_limit(memory)
@@ -485,6 +622,9 @@ impl RunningApp {
             Process::Group { child, .. } => {
                 let mut child = child.lock().expect("child lock");
                 match child.try_wait() {
+                    Ok(Some(_)) if self.expired.load(std::sync::atomic::Ordering::Relaxed) => {
+                        Some("killed: it ran past its wall-time limit".into())
+                    }
                     Ok(Some(status)) => Some(status.to_string()),
                     Ok(None) => None,
                     Err(e) => Some(format!("unknown ({e})")),
@@ -497,6 +637,20 @@ impl RunningApp {
                     Ok(_) => Some("no Compose service is running".into()),
                     Err(e) => Some(format!("unknown ({e})")),
                 }
+            }
+        }
+    }
+
+    /// Kill the app (its whole tree) now, unless it has already exited: the wall-time limit.
+    /// Under the child's lock, so that a stop that reaps it meanwhile cannot make this
+    /// signal a reused pid.
+    fn expire(&self) {
+        if let Process::Group { child, handle } = &self.process {
+            let mut child = child.lock().expect("child lock");
+            if let Ok(None) = child.try_wait() {
+                self.expired
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                handle.kill();
             }
         }
     }
@@ -569,6 +723,7 @@ pub struct AppPool {
     ports: PortAllocator,
     apps: tokio::sync::Mutex<HashMap<PathBuf, Weak<RunningApp>>>,
     linger: Duration,
+    max_lifetime: Duration,
 }
 
 /// How long an app stays up after its last job let go, for the next job that needs it
@@ -612,7 +767,14 @@ impl AppPool {
             ports,
             apps: Default::default(),
             linger: DEFAULT_LINGER,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
+    }
+
+    /// Each instance's wall-time limit (default [`DEFAULT_MAX_LIFETIME`]).
+    pub fn with_max_lifetime(mut self, limit: Duration) -> Self {
+        self.max_lifetime = limit;
+        self
     }
 
     pub fn with_linger(mut self, linger: Duration) -> Self {
@@ -640,6 +802,15 @@ impl AppPool {
             }
         }
         let app = Arc::new(RunningApp::start(&dir, &self.ports, log).await?);
+        let watched = Arc::downgrade(&app);
+        let limit = self.max_lifetime;
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            if let Some(app) = watched.upgrade() {
+                // Stopping may block; and this may hold the last reference.
+                let _ = tokio::task::spawn_blocking(move || app.expire()).await;
+            }
+        });
         apps.insert(dir, Arc::downgrade(&app));
         apps.retain(|_, weak| weak.strong_count() > 0);
         Ok(lease(app))
@@ -787,22 +958,14 @@ mod tests {
         );
     }
 
-    /// This machine kind has the Docker client but no Compose plugin or engine: a Compose
-    /// app must fail at once with a permanent, explained error, not hang or pass as clean.
+    /// A model-written compose file can ask for `privileged: true` and host mounts: in
+    /// the sandbox it is refused at once, permanently, with the way out named.
     #[tokio::test]
-    async fn a_compose_app_without_docker_compose_is_a_clear_permanent_error() {
-        let compose_works = std::process::Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if compose_works {
-            eprintln!("docker compose is available here; this test covers machines without it");
-            return;
-        }
+    async fn a_compose_app_is_refused_in_the_sandbox() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("compose.yml"),
-            "services:\n  web:\n    image: nginx\n    ports: [\"${PORT}:80\"]\n",
+            "services:\n  web:\n    image: nginx\n    privileged: true\n    volumes: [\"/:/host\"]\n",
         )
         .unwrap();
         std::fs::write(
@@ -814,9 +977,9 @@ mod tests {
         let err = RunningApp::start(dir.path(), &ports, &dir.path().join("app.log"))
             .await
             .unwrap_err();
-        assert!(matches!(err, AppError::ComposeUnavailable(_)), "{err}");
+        assert!(matches!(err, AppError::ComposeRefused), "{err}");
         assert!(!err.is_retryable());
-        assert!(err.to_string().contains("install Docker"), "{err}");
+        assert!(err.to_string().contains("run.command"), "{err}");
     }
 
     #[tokio::test]

@@ -1,0 +1,295 @@
+//! Untrusted apps run sandboxed: a hostile app, written the way an attacker would, tries
+//! to read the worker's secrets, reach the Assay server and another app, rewrite its own
+//! code and leave a daemon behind; every attempt must fail.
+
+use assay::analysis::apps::{AppPool, PortAllocator, RunningApp, MANIFEST};
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+/// The attacker's app: it tries everything at start, then serves what it found.
+const HOSTILE_APP: &str = r##"
+import json, os, socket, subprocess, sys, http.server
+
+found = {}
+
+def try_(name, fn):
+    try:
+        found[name] = fn()
+    except Exception as e:
+        found[name] = "refused: " + type(e).__name__
+
+# The worker's environment, through /proc: by the pid it was told, and by scanning.
+def worker_environ():
+    return open("/proc/%s/environ" % os.environ["WORKER_PID"], "rb").read().decode("latin-1")
+try_("worker_environ", worker_environ)
+readable = {}
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            readable[pid] = open("/proc/%s/environ" % pid, "rb").read().decode("latin-1")
+        except Exception:
+            pass
+found["environs_of_others"] = readable
+found["pids_visible"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+found["uid"] = os.getuid()
+
+def connect(port):
+    s = socket.create_connection(("127.0.0.1", int(port)), timeout=2)
+    s.sendall(b"POST /api/v1/pipelines HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.close()
+    return "connected"
+try_("server", lambda: connect(os.environ["SERVER_PORT"]))
+try_("other_app", lambda: connect(os.environ["OTHER_APP_PORT"]))
+try_("internet", lambda: socket.create_connection(("1.1.1.1", 80), timeout=2) and "connected")
+
+def write_code():
+    with open(os.path.join(os.getcwd(), "app.py"), "a") as f:
+        f.write("# pwned\n")
+    return "written"
+try_("own_code", write_code)
+try_("new_file_in_app", lambda: open("pwned.txt", "w").write("x") and "written")
+try_("worker_secret_file", lambda: open(os.environ["SECRET_FILE"]).read())
+try_("shadow", lambda: open("/etc/shadow").read()[:10])
+try_("scratch", lambda: open("/tmp/db.sqlite", "w").write("ok") and "written")
+
+# A daemon in a session of its own, meant to outlive the job.
+subprocess.Popen(["sh", "-c", "sleep 1000; echo %s" % os.environ["MARKER"]],
+                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps(found).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+# Binds every address, as LLM-written apps do.
+http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"##;
+
+fn write_app(dir: &Path, env: &[(&str, String)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("app.py"), HOSTILE_APP).unwrap();
+    let env: String = env
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    std::fs::write(
+        dir.join(MANIFEST),
+        format!("template = \"hostile\"\n[run]\ncommand = [\"python3\", \"app.py\"]\nhealth = \"/\"\n[run.env]\n{env}"),
+    )
+    .unwrap();
+}
+
+fn plain_app(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join(MANIFEST),
+        "template = \"plain\"\n[run]\ncommand = [\"python3\", \"-m\", \"http.server\", \"--bind\", \"0.0.0.0\", \"8000\"]\nport_env = \"IGNORED\"\nhealth = \"/\"\n",
+    )
+    .unwrap();
+}
+
+/// Processes whose command line holds `marker`, anywhere on the machine.
+fn processes_with(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+fn sandbox_or_skip() -> bool {
+    // SAFETY: set before any thread of this test binary starts programs.
+    unsafe { std::env::set_var("ASSAY_SUPERVISOR", env!("CARGO_BIN_EXE_assay")) };
+    match assay::sandbox::check() {
+        Ok(()) => true,
+        Err(e) if std::env::var_os("ASSAY_REQUIRE_SANDBOX").is_some() => panic!("{e}"),
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_app_cannot_read_secrets_reach_out_write_its_code_or_outlive_its_job() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let secret = format!("sk-secret-{}", uuid::Uuid::new_v4().simple());
+    // The worker's environment holds a key (this test process is the worker here).
+    // SAFETY: no other thread reads the environment at this point.
+    unsafe { std::env::set_var("PROVIDER_API_KEY", &secret) };
+    let secret_file = root.path().join("keys/token");
+    std::fs::create_dir_all(secret_file.parent().unwrap()).unwrap();
+    std::fs::write(&secret_file, &secret).unwrap();
+
+    // The Assay server stands for any service on the host's loopback.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    server.set_nonblocking(true).unwrap();
+    let ports = PortAllocator::new(root.path().join("ports"), 28_600, 28_640);
+    let other_dir = root.path().join("other");
+    plain_app(&other_dir);
+    let other = RunningApp::start(&other_dir, &ports, &root.path().join("other.log"))
+        .await
+        .expect("a plain app hard-coding port 8000 starts");
+    let other_port = other.base_url.rsplit(':').next().unwrap().to_string();
+
+    let marker = format!("marker{}", uuid::Uuid::new_v4().simple());
+    let app_dir = root.path().join("hostile");
+    write_app(
+        &app_dir,
+        &[
+            ("WORKER_PID", std::process::id().to_string()),
+            (
+                "SERVER_PORT",
+                server.local_addr().unwrap().port().to_string(),
+            ),
+            ("OTHER_APP_PORT", other_port),
+            ("SECRET_FILE", secret_file.display().to_string()),
+            ("MARKER", marker.clone()),
+        ],
+    );
+    let code_before = std::fs::read(app_dir.join("app.py")).unwrap();
+    let app = RunningApp::start(&app_dir, &ports, &root.path().join("hostile.log"))
+        .await
+        .expect("the hostile app starts");
+    let found: serde_json::Value = reqwest::get(&app.base_url)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    eprintln!("{found:#}");
+
+    let refused = |what: &str| {
+        let v = found[what].as_str().unwrap_or_default();
+        assert!(v.starts_with("refused"), "{what}: {v}");
+    };
+    refused("worker_environ");
+    assert!(
+        !found.to_string().contains(&secret),
+        "the key leaked: {found}"
+    );
+    let visible = found["pids_visible"].as_array().unwrap();
+    assert!(
+        visible.iter().all(|p| p.as_i64().unwrap() < 10),
+        "only its own few processes: {visible:?}"
+    );
+    assert!(
+        found["uid"].as_u64().unwrap() >= u64::from(assay::sandbox::APP_UID_BASE),
+        "an unprivileged user of its own: {}",
+        found["uid"]
+    );
+    refused("server");
+    refused("other_app");
+    refused("internet");
+    refused("own_code");
+    refused("new_file_in_app");
+    refused("worker_secret_file");
+    refused("shadow");
+    assert_eq!(
+        found["scratch"], "written",
+        "its scratch folder is writable"
+    );
+    let mut buf = [0u8; 64];
+    match server.accept() {
+        Ok((mut s, _)) => panic!(
+            "the server was reached: {:?}",
+            s.read(&mut buf)
+                .map(|n| String::from_utf8_lossy(&buf[..n]).to_string())
+        ),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+    assert_eq!(std::fs::read(app_dir.join("app.py")).unwrap(), code_before);
+    assert!(!app_dir.join("pwned.txt").exists());
+    let log = std::fs::read_to_string(root.path().join("hostile.log")).unwrap();
+    assert!(!log.contains(&secret), "{log}");
+
+    assert!(
+        !processes_with(&marker).is_empty(),
+        "the daemon runs while the app does"
+    );
+    drop(app);
+    drop(other);
+    assert_eq!(
+        processes_with(&marker),
+        Vec::<i32>::new(),
+        "nothing the app started outlives it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_that_hard_code_one_port_run_side_by_side() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let ports = PortAllocator::new(root.path().join("ports"), 28_650, 28_690);
+    let mut apps = Vec::new();
+    for name in ["a", "b"] {
+        let dir = root.path().join(name);
+        plain_app(&dir);
+        std::fs::write(dir.join("index.html"), format!("app {name}")).unwrap();
+        apps.push(
+            RunningApp::start(&dir, &ports, &root.path().join(format!("{name}.log")))
+                .await
+                .unwrap(),
+        );
+    }
+    for (app, name) in apps.iter().zip(["a", "b"]) {
+        let body = reqwest::get(format!("{}/index.html", app.base_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, format!("app {name}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_past_its_wall_time_is_killed_and_says_so() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(MANIFEST),
+        "template = \"x\"\n[run]\ncommand = [\"sh\", \"-c\", \"exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n",
+    )
+    .unwrap();
+    let pool = AppPool::new(PortAllocator::new(
+        root.path().join("ports"),
+        28_700,
+        28_720,
+    ))
+    .with_max_lifetime(Duration::from_secs(2));
+    let lease = pool
+        .acquire(&dir, &root.path().join("app.log"))
+        .await
+        .unwrap();
+    assert!(lease.ensure_alive().is_ok());
+    let mut err = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(e) = lease.ensure_alive() {
+            err = Some(e.to_string());
+            break;
+        }
+    }
+    let err = err.expect("killed after its wall time");
+    assert!(err.contains("wall-time limit"), "{err}");
+}
