@@ -227,6 +227,10 @@ enum Command {
         /// Run every analysis again instead of reusing identical earlier ones.
         #[arg(long)]
         no_cache: bool,
+        /// Start analyzed apps without the sandbox (for apps you trust only; see README,
+        /// Security).
+        #[arg(long)]
+        no_sandbox: bool,
     },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
@@ -304,6 +308,10 @@ enum Command {
         /// supervisor can leave processes running until the worker sees it.
         #[arg(long)]
         no_pid_namespace: bool,
+        /// Start analyzed apps without the sandbox: they then run as this worker's user,
+        /// on the machine's network. For apps you trust only.
+        #[arg(long)]
+        no_sandbox: bool,
     },
     /// Submit a pipeline spec to a server.
     Submit {
@@ -548,9 +556,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             fresh,
             plain,
             no_cache,
+            no_sandbox,
         } => {
             if no_cache {
                 crate::kinds::cache::disable();
+            }
+            if no_sandbox {
+                crate::sandbox::disable();
             }
             let slots = (workers, generate_workers);
             run_embedded(&spec, &data_dir, slots, listen, fresh, plain).await
@@ -611,10 +623,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             grace,
             no_cache,
             no_pid_namespace,
+            no_sandbox,
         } => {
             let shutdown = shutdown_on_signals();
             if no_cache {
                 crate::kinds::cache::disable();
+            }
+            if no_sandbox {
+                crate::sandbox::disable();
             }
             if no_pid_namespace {
                 crate::supervise::disable_pid_namespaces();
@@ -1194,6 +1210,24 @@ async fn run_embedded(
     config.shutdown_grace = Duration::from_secs(2);
     config.drain_timeout = Duration::from_secs(5);
     config.claim_wait = Duration::from_millis(250);
+    // Without a sandbox here, the embedded worker leaves app kinds alone, unless the spec
+    // needs them: then the run stops now, saying how to get one, instead of waiting forever.
+    if crate::sandbox::enabled() {
+        if let Err(e) = crate::sandbox::check() {
+            let file = spec.display().to_string();
+            let starts_apps = crate::spec::parse(&file, &req.spec).is_ok_and(|s| {
+                s.stages
+                    .iter()
+                    .any(|st| crate::kinds::APP_KINDS.contains(&st.kind.as_str()))
+            });
+            if starts_apps {
+                bail!("{file} starts apps (dynamic or performance stages): {e}");
+            }
+            config
+                .kinds
+                .retain(|k| !crate::kinds::APP_KINDS.contains(&k.as_str()));
+        }
+    }
     let worker_stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker::run(config, worker_stop.clone()));
     let client = Client::new(&url);

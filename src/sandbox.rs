@@ -235,7 +235,28 @@ impl Jail<'_> {
                 dest.as_ref(),
             ]);
         }
+        // bwrap makes the folders above a mount point as private as their originals
+        // (`/root` is 0700): made first, world-traversable, the app's user can reach in.
+        let mut made: Vec<PathBuf> = Vec::new();
         for dir in &self.read_only {
+            for ancestor in dir
+                .ancestors()
+                .skip(1)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+            {
+                if ancestor == Path::new("/") || made.iter().any(|m| m == ancestor) {
+                    continue;
+                }
+                made.push(ancestor.to_path_buf());
+                push(&[
+                    "--perms".as_ref(),
+                    "0755".as_ref(),
+                    "--dir".as_ref(),
+                    ancestor.as_os_str(),
+                ]);
+            }
             push(&["--ro-bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
         }
         push(&[
@@ -243,6 +264,13 @@ impl Jail<'_> {
             "/proc".as_ref(),
             "--dev".as_ref(),
             "/dev".as_ref(),
+            // Shared memory (Python's multiprocessing wants it), bounded: tmpfs is memory.
+            "--perms".as_ref(),
+            "1777".as_ref(),
+            "--size".as_ref(),
+            SHM_BYTES.as_ref(),
+            "--tmpfs".as_ref(),
+            "/dev/shm".as_ref(),
             "--ro-bind".as_ref(),
             self.app_dir.as_os_str(),
             "/app".as_ref(),
@@ -277,6 +305,9 @@ impl Jail<'_> {
         args
     }
 }
+
+/// The size of an app's `/dev/shm`.
+const SHM_BYTES: &str = "67108864";
 
 /// Read-only from the host's `/etc`: what programs need to load libraries, verify TLS,
 /// know the time zone and MIME types. Never `shadow`, never the host's `hosts`.

@@ -276,7 +276,7 @@ impl SupervisedCommand {
                     cmd.arg("--record").arg(&path);
                     record = Some(Arc::from(path));
                 }
-                cmd.args(self.limits.to_args());
+                cmd.args(self.limits.as_args());
                 if NO_PID_NAMESPACES.load(std::sync::atomic::Ordering::Relaxed) {
                     cmd.arg("--no-pid-namespace");
                 }
@@ -517,7 +517,7 @@ impl Limits {
     }
 
     /// The `__supervise` arguments that carry these limits.
-    fn to_args(&self) -> Vec<OsString> {
+    fn as_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut number = |flag: &str, value: Option<u64>| {
             if let Some(v) = value {
@@ -915,7 +915,7 @@ fn supervise(args: &SuperviseArgs) -> std::io::Result<RawStatus> {
             "--namespace-init".into(),
             STATUS_FD.to_string().into(),
         ];
-        init.extend(limits.to_args());
+        init.extend(limits.as_args());
         init.push("--".into());
         init.extend(args.command.iter().cloned());
         let no_limits = Limits::default();

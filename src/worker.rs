@@ -407,6 +407,27 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         }
     }
 
+    let runs_apps = config
+        .kinds
+        .iter()
+        .any(|k| kinds::APP_KINDS.contains(&k.as_str()));
+    if runs_apps && crate::sandbox::enabled() {
+        crate::sandbox::check().map_err(|e| {
+            WorkerError::Setup(format!(
+                "{e}; or leave the kinds that start apps ({}) out of --kinds",
+                kinds::APP_KINDS.join(", ")
+            ))
+        })?;
+        tracing::info!(
+            "analyzed apps run sandboxed (own network, mount and PID namespaces, own user)"
+        );
+    } else if runs_apps {
+        tracing::warn!(
+            "analyzed apps run WITHOUT a sandbox (--no-sandbox): they can read what this \
+             worker's user can read and reach the network; only for apps you trust"
+        );
+    }
+
     // Nothing runs yet: apps no job used for a week, and staging folders a killed run left,
     // can go.
     match kinds::inputs::prune_apps(&spool.work, APP_RETENTION) {

@@ -77,6 +77,24 @@ fn location(method: &str, path: &str) -> Location {
     }
 }
 
+/// The most of one answer's body a probe reads: more than any page an app sends a probe;
+/// an app that answers with a gigabyte (or forever) must not make the worker hold it.
+pub const MAX_PROBE_BODY: usize = 1 << 20;
+
+/// The body's first `cap` bytes, as text (lossy); the rest is never read.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = cap - buf.len();
+        if chunk.len() >= room {
+            buf.extend_from_slice(&chunk[..room]);
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 impl Probe {
     async fn send(
         &mut self,
@@ -100,7 +118,7 @@ impl Probe {
         let resp = req.send().await.ok()?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap_or_default();
+        let body = read_capped(resp, MAX_PROBE_BODY).await;
         let answer = Answer {
             status,
             headers,
@@ -858,6 +876,32 @@ fn source_files(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An app that answers forever: the probe keeps its first MiB and moves on.
+    #[tokio::test]
+    async fn an_endless_answer_is_read_only_up_to_the_cap() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n")
+                .await;
+            let chunk = vec![b'a'; 64 * 1024];
+            while s.write_all(&chunk).await.is_ok() {}
+        });
+        let resp = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            read_capped(resp, MAX_PROBE_BODY),
+        )
+        .await
+        .expect("reading stops at the cap");
+        assert_eq!(body.len(), MAX_PROBE_BODY);
+    }
 
     #[test]
     fn path_parameters_are_filled_from_what_was_created() {

@@ -33,6 +33,9 @@ pub const KNOWN_KINDS: &[&str] = &[
     "blob",
 ];
 
+/// Kinds that start the analyzed app: they run it in the sandbox ([`crate::sandbox`]).
+pub const APP_KINDS: &[&str] = &["dynamic", "performance"];
+
 /// Kinds that run a program the spec chooses: a server allows them only when told
 /// (`assay server --allow-kinds`).
 pub const PROGRAM_KINDS: &[&str] = &["command"];
