@@ -17,6 +17,16 @@ pub fn policy() -> LeasePolicy {
         lease_ms: 3_000,
         quarantine_after: 3,
         quarantine_ms: 10_000,
+        max_lost_attempts: MAX_LOST_ATTEMPTS,
+    }
+}
+
+/// A job may be lost only once here, so that tests of what follows a job's death by loss
+/// reach it in one step.
+fn lose_once() -> LeasePolicy {
+    LeasePolicy {
+        max_lost_attempts: 1,
+        ..policy()
     }
 }
 
@@ -856,15 +866,14 @@ pub async fn reconciler_finalizes_stragglers(store: Arc<dyn Store>) {
     report(&*store, vec![completed(&claimed[0], "w", json!({}))], T0).await;
     // The other worker dies: the lease expires, attempts are exhausted, the pipeline ends.
     let stats = store
-        .reconcile(&policy(), T0 + 10 * MICROS_PER_SEC)
+        .reconcile(&lose_once(), T0 + 10 * MICROS_PER_SEC)
         .await
         .unwrap();
     assert_eq!((stats.leases_expired, stats.pipelines_finalized), (1, 1));
-    let p = store.pipeline(pid).await.unwrap().unwrap();
-    assert_eq!(p.state, PipelineState::PartialSuccess);
-    assert!(p.finished_at.is_some());
     let job = store.job(claimed[1].job_id).await.unwrap().unwrap();
-    assert_eq!(job.last_error.unwrap().code, "worker_lost");
+    let error = job.last_error.unwrap();
+    assert_eq!(error.code, "worker_lost");
+    assert!(error.message.contains("lost 1 times"), "{}", error.message);
     assert_eq!(
         store.attempts(job.id).await.unwrap()[0].outcome,
         AttemptOutcome::Lost
@@ -1038,6 +1047,67 @@ pub async fn lost_workers_do_not_open_the_breaker(store: Arc<dyn Store>) {
         "a crashed worker is not the stage's fault"
     );
     assert_eq!(stages[0].counts.dead, 0);
+}
+
+/// A worker that claims every job and never heartbeats (the attack that killed 296 of 300
+/// jobs of someone else's pipeline): each job loses one attempt that does not count against
+/// it, the worker and every worker id of its token are quarantined, and an honest worker
+/// then does all the work.
+pub async fn a_worker_that_claims_and_vanishes_kills_no_job(store: Arc<dyn Store>) {
+    use crate::domain::Scope;
+    let toml = pipeline_toml(&[stage_toml(
+        "a",
+        "matrix = { n = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] }\nmax_attempts = 1\nbreaker = 3",
+    )]);
+    let (pid, _) = store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    let rogue_token = store
+        .create_token("rogue", "ee55", &[Scope::Worker], T0)
+        .await
+        .unwrap();
+    for id in ["rogue", "rogue-2"] {
+        worker(&*store, id).await;
+        store.bind_worker(id, rogue_token).await.unwrap();
+    }
+    assert_eq!(claim(&*store, "rogue", 100, T0).await.len(), 10);
+    let now = T0 + 10 * MICROS_PER_SEC;
+    let policy = policy();
+    let stats = store.reconcile(&policy, now).await.unwrap();
+    assert_eq!(stats.leases_expired, 10);
+    let stages = store.stages(pid).await.unwrap();
+    assert_eq!(stages[0].counts.dead, 0, "no job is dead of it");
+    assert!(!stages[0].breaker_open);
+    for id in ["rogue", "rogue-2"] {
+        assert!(
+            claim(&*store, id, 100, now).await.is_empty(),
+            "{id}: quarantined with its token"
+        );
+    }
+    worker(&*store, "honest").await;
+    let jobs = claim(&*store, "honest", 100, now).await;
+    assert_eq!(jobs.len(), 10, "every job runs again at once");
+    assert!(jobs.iter().all(|j| j.attempt == 2));
+    report(
+        &*store,
+        jobs.iter()
+            .map(|j| completed(j, "honest", json!({})))
+            .collect(),
+        now,
+    )
+    .await;
+    store.reconcile(&policy, now + 1).await.unwrap();
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::Completed);
+    // The quarantine ends.
+    let later = now + (policy.quarantine_ms + 1) * MICROS_PER_MS;
+    let toml2 = pipeline_toml(&[stage_toml("b", "")]);
+    store
+        .create_pipeline(&new_pipeline(&toml2, None), later)
+        .await
+        .unwrap();
+    assert_eq!(claim(&*store, "rogue-2", 1, later).await.len(), 1);
 }
 
 fn llm_call(job_id: i64, model: &str, result: CallResult) -> LlmCall {
@@ -1870,7 +1940,7 @@ pub async fn a_result_that_arrives_after_its_lease_expired_is_kept_if_no_newer_a
     let t = T0 + 100 * MICROS_PER_SEC;
     let x = claim(&*store, "w1", 1, t).await.pop().unwrap();
     store
-        .reconcile(&policy(), t + 4 * MICROS_PER_SEC)
+        .reconcile(&lose_once(), t + 4 * MICROS_PER_SEC)
         .await
         .unwrap();
     assert_eq!(
@@ -1969,7 +2039,7 @@ pub async fn a_late_result_revives_only_what_can_run(store: Arc<dyn Store>) {
         )
         .await;
         store
-            .reconcile(&policy(), t + 4 * MICROS_PER_SEC)
+            .reconcile(&lose_once(), t + 4 * MICROS_PER_SEC)
             .await
             .unwrap();
         assert_eq!(
@@ -2013,7 +2083,7 @@ pub async fn a_late_result_keeps_the_deadline(store: Arc<dyn Store>) {
     let long = got.iter().find(|c| c.stage == "long").unwrap().clone();
     let s = MICROS_PER_SEC;
     beat(&*store, "w1", &long, T0 + 2 * s, 0).await;
-    store.reconcile(&policy(), T0 + 3 * s + 1).await.unwrap();
+    store.reconcile(&lose_once(), T0 + 3 * s + 1).await.unwrap();
     assert_eq!(
         store.job(x.job_id).await.unwrap().unwrap().state,
         JobState::Dead
@@ -2510,7 +2580,8 @@ macro_rules! store_conformance_tests {
             claims_skip_full_stages_and_find_the_rest,
             a_barrier_opens_on_a_large_stage_all_at_once,
             random_operations_keep_every_count_honest,
-            tokens_are_found_by_hash_and_revoked_once);
+            tokens_are_found_by_hash_and_revoked_once,
+            a_worker_that_claims_and_vanishes_kills_no_job);
     };
     (@each $make:expr; $($name:ident),+) => {
         $(

@@ -183,6 +183,10 @@ pub struct TokenRow {
     pub revoked_at: Option<Micros>,
 }
 
+/// How many lost attempts (its worker stopped heartbeating, or restarted) a job may have
+/// by default before it is given up; they do not count against its `max_attempts`.
+pub const MAX_LOST_ATTEMPTS: i64 = 5;
+
 /// Knobs the server applies to every claim.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct LeasePolicy {
@@ -194,6 +198,13 @@ pub struct LeasePolicy {
     /// Consecutive retryable failures after which a worker is quarantined; 0 disables.
     pub quarantine_after: i64,
     pub quarantine_ms: i64,
+    /// Lost attempts after which a job is given up ([`MAX_LOST_ATTEMPTS`]).
+    #[serde(default = "default_max_lost_attempts")]
+    pub max_lost_attempts: i64,
+}
+
+fn default_max_lost_attempts() -> i64 {
+    MAX_LOST_ATTEMPTS
 }
 
 impl LeasePolicy {
@@ -221,6 +232,7 @@ impl LeasePolicy {
             lease_ms: 2 * heartbeat_ms - 2 * Self::reconcile_tick_ms(heartbeat_ms),
             quarantine_after: 5,
             quarantine_ms: 30_000,
+            max_lost_attempts: MAX_LOST_ATTEMPTS,
         }
     }
 }

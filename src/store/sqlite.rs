@@ -1074,6 +1074,12 @@ async fn cancel_idle_chunk(
     Ok(idle.iter().map(|j| j.id).min())
 }
 
+/// A worker's quarantine, in a `RETURNING` of `workers`: its own, or its token's, whichever
+/// ends later (0: none).
+const QUARANTINED_UNTIL: &str = "MAX(COALESCE(quarantined_until, 0), COALESCE((SELECT t.quarantined_until \
+     FROM worker_owners o JOIN api_tokens t ON t.id = o.token_id WHERE o.worker_id = workers.id), 0)) \
+     AS quarantined_until";
+
 /// Record a failed attempt of a running job and decide retry or dead; drives the stage
 /// breaker and the worker's quarantine count.
 async fn fail_running(
@@ -1117,9 +1123,41 @@ async fn fail_running(
             note_worker_failure(conn, worker, lease, now).await?;
         }
     }
-    let failed_attempts = job.failed_attempts + 1;
-    let fate = if breaker_open != 0 {
+    // A lost attempt is not the job's failure: it does not use up the job's attempts, so a
+    // worker that claims and vanishes (crashed, cut off, or hostile) cannot kill other
+    // people's jobs. It is retried at once, up to `max_lost_attempts` times in all (a job
+    // that is lost every time may be what kills its workers).
+    let lost = outcome == AttemptOutcome::Lost;
+    let (failed_attempts, lost_attempts) = if lost {
+        let n: i64 = sqlx::query_scalar(
+            "UPDATE jobs SET lost_attempts = lost_attempts + 1 WHERE id = ?1 RETURNING lost_attempts",
+        )
+        .bind(job.id)
+        .fetch_one(&mut *conn)
+        .await?;
+        (job.failed_attempts, n)
+    } else {
+        (job.failed_attempts + 1, 0)
+    };
+    let lost_too_often;
+    let lost_too_many = lost && lost_attempts >= lease.max_lost_attempts;
+    let failure = if lost_too_many {
+        lost_too_often = Failure {
+            message: format!(
+                "{}; lost {lost_attempts} times in all (every worker running it stopped or was \
+                 killed): it may be what kills them; `assay retry` runs it again",
+                failure.message
+            ),
+            ..failure.clone()
+        };
+        &lost_too_often
+    } else {
+        failure
+    };
+    let fate = if breaker_open != 0 || lost_too_many {
         AfterFailure::Dead
+    } else if lost {
+        AfterFailure::RetryAt(now)
     } else {
         after_failure(&policy.retry, failed_attempts, failure, now, rand::random())
     };
@@ -1198,6 +1236,47 @@ async fn note_worker_failure(
             .execute(&mut *conn)
             .await?;
         }
+    }
+    Ok(())
+}
+
+/// A lease of `worker` expired. Enough in a row (without a completed job between them)
+/// quarantine the worker and the token that owns it: every worker id of that token stops
+/// getting work for the quarantine time. A worker that claims and never heartbeats can so
+/// take each job once, not again and again.
+async fn note_lease_expired(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    lease: &LeasePolicy,
+    now: Micros,
+) -> StoreResult<()> {
+    let expired: Option<i64> = sqlx::query_scalar(
+        "UPDATE workers SET leases_expired = leases_expired + 1 WHERE id = ?1 RETURNING leases_expired",
+    )
+    .bind(worker)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(n) = expired else { return Ok(()) };
+    if lease.quarantine_after > 0 && n >= lease.quarantine_after {
+        let until = now + lease.quarantine_ms * MICROS_PER_MS;
+        sqlx::query("UPDATE workers SET quarantined_until = ?2, leases_expired = 0 WHERE id = ?1")
+            .bind(worker)
+            .bind(until)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "UPDATE api_tokens SET quarantined_until = ?2 \
+             WHERE id = (SELECT token_id FROM worker_owners WHERE worker_id = ?1)",
+        )
+        .bind(worker)
+        .bind(until)
+        .execute(&mut *conn)
+        .await?;
+        tracing::warn!(
+            worker,
+            expired = n,
+            "worker quarantined with its token: its leases expired again and again"
+        );
     }
     Ok(())
 }
@@ -1762,9 +1841,9 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.writer.begin().await?;
-        let worker = sqlx::query(
-            "UPDATE workers SET last_seen = ?2 WHERE id = ?1 RETURNING quarantined_until",
-        )
+        let worker = sqlx::query(&format!(
+            "UPDATE workers SET last_seen = ?2 WHERE id = ?1 RETURNING {QUARANTINED_UNTIL}"
+        ))
         .bind(&req.worker_id)
         .bind(now)
         .fetch_optional(&mut *tx)
@@ -1962,9 +2041,9 @@ impl Store for SqliteStore {
         now: Micros,
     ) -> StoreResult<HeartbeatReply> {
         let mut tx = self.writer.begin().await?;
-        let worker = sqlx::query(
-            "UPDATE workers SET last_seen = ?2 WHERE id = ?1 RETURNING quarantined_until",
-        )
+        let worker = sqlx::query(&format!(
+            "UPDATE workers SET last_seen = ?2 WHERE id = ?1 RETURNING {QUARANTINED_UNTIL}"
+        ))
         .bind(&hb.worker_id)
         .bind(now)
         .fetch_optional(&mut *tx)
@@ -2245,7 +2324,8 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
             sqlx::query(
-                "UPDATE workers SET consecutive_failures = 0 WHERE consecutive_failures > 0 \
+                "UPDATE workers SET consecutive_failures = 0, leases_expired = 0 \
+                 WHERE (consecutive_failures > 0 OR leases_expired > 0) \
                  AND id IN (SELECT value FROM json_each(?1))",
             )
             .bind(to_json(&succeeded_workers))
@@ -2295,6 +2375,9 @@ impl Store for SqliteStore {
                     job.worker_id.as_deref().unwrap_or("?")
                 ));
                 fail_running(&mut tx, job, AttemptOutcome::Lost, &failure, policy, now).await?;
+                if let Some(worker) = &job.worker_id {
+                    note_lease_expired(&mut tx, worker, policy, now).await?;
+                }
                 stats.leases_expired += 1;
             }
         }
