@@ -864,12 +864,16 @@ pub async fn reconciler_finalizes_stragglers(store: Arc<dyn Store>) {
     worker(&*store, "w").await;
     let claimed = claim(&*store, "w", 2, T0).await;
     report(&*store, vec![completed(&claimed[0], "w", json!({}))], T0).await;
-    // The other worker dies: the lease expires, attempts are exhausted, the pipeline ends.
+    // The other worker dies: the lease expires, the job may not be lost again, the
+    // pipeline ends.
     let stats = store
         .reconcile(&lose_once(), T0 + 10 * MICROS_PER_SEC)
         .await
         .unwrap();
     assert_eq!((stats.leases_expired, stats.pipelines_finalized), (1, 1));
+    let p = store.pipeline(pid).await.unwrap().unwrap();
+    assert_eq!(p.state, PipelineState::PartialSuccess);
+    assert!(p.finished_at.is_some());
     let job = store.job(claimed[1].job_id).await.unwrap().unwrap();
     let error = job.last_error.unwrap();
     assert_eq!(error.code, "worker_lost");
