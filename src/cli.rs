@@ -272,6 +272,10 @@ enum Command {
         /// The largest blob (an artifact, an app archive) the server stores, in bytes.
         #[arg(long, default_value_t = server::blobs::DEFAULT_MAX_BLOB_BYTES)]
         max_blob_bytes: u64,
+        /// The most all blobs together may take, in bytes (0: no quota). An upload past it
+        /// is refused with 507; blobs no artifact names are deleted after an hour.
+        #[arg(long, default_value_t = server::blobs::DEFAULT_BLOB_QUOTA)]
+        blob_quota: u64,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -579,12 +583,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             tls_key,
             allow_kinds,
             max_blob_bytes,
+            blob_quota,
         } => {
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
             config.public_hosts = public_host;
             config.max_blob_bytes = max_blob_bytes;
+            config.blob_quota = (blob_quota > 0).then_some(blob_quota);
             if let Some(kinds) = allow_kinds {
                 config.allowed_kinds = allowed_kinds(kinds)?;
             }

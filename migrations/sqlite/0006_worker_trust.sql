@@ -5,3 +5,6 @@
 ALTER TABLE jobs ADD COLUMN lost_attempts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE workers ADD COLUMN leases_expired INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE api_tokens ADD COLUMN quarantined_until INTEGER;
+
+-- Blob garbage collection asks which stored blobs an artifact still names.
+CREATE INDEX artifacts_sha256 ON artifacts (sha256);

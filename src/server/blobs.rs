@@ -17,6 +17,8 @@ pub enum BlobError {
     Interrupted(String),
     #[error("the blob is larger than {limit} bytes, the most this server stores in one (assay server --max-blob-bytes)")]
     TooLarge { limit: u64 },
+    #[error("blob storage is full: {used} of {quota} bytes are used (assay server --blob-quota raises it; unreferenced blobs are collected after an hour)")]
+    QuotaExceeded { used: u64, quota: u64 },
     #[error("blob storage: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -25,7 +27,19 @@ pub enum BlobError {
 pub struct BlobStore {
     root: PathBuf,
     max_bytes: u64,
+    /// The most all blobs together may take; `None`: no quota.
+    quota: Option<u64>,
+    /// Bytes stored now (blobs and uploads in progress), counted at open and kept since.
+    used: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// The quota unless told otherwise (`assay server --blob-quota`).
+pub const DEFAULT_BLOB_QUOTA: u64 = 100 * 1024 * 1024 * 1024;
+
+/// An unreferenced blob is kept this long: an upload comes seconds before the report
+/// that names it, and a blob no report names after this is garbage (a cut-off worker's, or
+/// a hostile one's).
+pub const UNREFERENCED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The largest blob stored unless told otherwise: an app archive or a tool's output is
 /// megabytes.
@@ -41,10 +55,73 @@ impl BlobStore {
     pub fn open(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join("sha256"))?;
         std::fs::create_dir_all(root.join("tmp"))?;
+        // Uploads a killed server left half written.
+        for entry in std::fs::read_dir(root.join("tmp"))?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let used: u64 = stored_files(root)?.iter().map(|(_, size, _)| size).sum();
         Ok(BlobStore {
             root: root.to_path_buf(),
             max_bytes: DEFAULT_MAX_BLOB_BYTES,
+            quota: Some(DEFAULT_BLOB_QUOTA),
+            used: std::sync::Arc::new(used.into()),
         })
+    }
+
+    /// All blobs together may take at most `quota` bytes (`None`: no quota).
+    pub fn with_quota(mut self, quota: Option<u64>) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// Bytes stored now.
+    pub fn used(&self) -> u64 {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Delete every blob older than `grace` that `referenced` does not name (it is given
+    /// digests in batches and returns those still referenced). Returns (blobs, bytes)
+    /// deleted. A blob uploaded meanwhile is younger than the grace, so it is never taken.
+    pub async fn collect_garbage<F, Fut>(
+        &self,
+        grace: std::time::Duration,
+        referenced: F,
+    ) -> std::io::Result<(usize, u64)>
+    where
+        F: Fn(Vec<String>) -> Fut,
+        Fut: std::future::Future<Output = Option<std::collections::BTreeSet<String>>>,
+    {
+        let root = self.root.clone();
+        let files = tokio::task::spawn_blocking(move || stored_files(&root))
+            .await
+            .map_err(std::io::Error::other)??;
+        let cutoff = std::time::SystemTime::now() - grace;
+        let old: Vec<(String, u64)> = files
+            .into_iter()
+            .filter(|(_, _, modified)| *modified < cutoff)
+            .map(|(digest, size, _)| (digest, size))
+            .collect();
+        let (mut removed, mut bytes) = (0, 0);
+        for batch in old.chunks(500) {
+            let digests: Vec<String> = batch.iter().map(|(d, _)| d.clone()).collect();
+            // The store could not say: keep everything this round.
+            let Some(keep) = referenced(digests).await else {
+                break;
+            };
+            for (digest, size) in batch {
+                if keep.contains(digest) {
+                    continue;
+                }
+                let path = self.root.join("sha256").join(&digest[..2]).join(digest);
+                if tokio::fs::remove_file(&path).await.is_ok() {
+                    removed += 1;
+                    bytes += size;
+                    self.used
+                        .fetch_sub(*size, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        Ok((removed, bytes))
     }
 
     /// Refuse blobs over `max_bytes`.
@@ -76,6 +153,8 @@ impl BlobStore {
         E: std::fmt::Display,
     {
         let target = self.path(expected)?;
+        let mut counted_bytes = 0u64;
+        let counted = &mut counted_bytes;
         let tmp = self
             .root
             .join("tmp")
@@ -92,6 +171,20 @@ impl BlobStore {
                         limit: self.max_bytes,
                     });
                 }
+                // Counted while it streams, so that many uploads at once cannot pass the
+                // quota together.
+                let before = self
+                    .used
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                *counted += chunk.len() as u64;
+                if let Some(quota) = self.quota {
+                    if before + chunk.len() as u64 > quota {
+                        return Err(BlobError::QuotaExceeded {
+                            used: before,
+                            quota,
+                        });
+                    }
+                }
                 hasher.update(&chunk);
                 file.write_all(&chunk).await?;
             }
@@ -106,15 +199,47 @@ impl BlobStore {
             if let Some(parent) = target.parent() {
                 tokio::fs::create_dir_all(parent).await?;
             }
+            let existed = tokio::fs::metadata(&target).await.is_ok();
             tokio::fs::rename(&tmp, &target).await?;
-            Ok(size)
+            // The same content again replaces itself: counted once.
+            Ok((size, existed))
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+        match result {
+            Ok((size, existed)) => {
+                if existed {
+                    self.used
+                        .fetch_sub(counted_bytes, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(size)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                self.used
+                    .fetch_sub(counted_bytes, std::sync::atomic::Ordering::Relaxed);
+                Err(e)
+            }
         }
-        result
     }
+}
+
+/// Every stored blob: (digest, size, modified).
+fn stored_files(root: &Path) -> std::io::Result<Vec<(String, u64, std::time::SystemTime)>> {
+    let mut files = Vec::new();
+    for shard in std::fs::read_dir(root.join("sha256"))?.flatten() {
+        let Ok(entries) = std::fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if is_digest(&name) && meta.is_file() {
+                let modified = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                files.push((name, meta.len(), modified));
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// Hash a file without reading it into memory.
@@ -166,6 +291,49 @@ mod tests {
         );
         let small = hex::encode(Sha256::digest(b"hi"));
         assert_eq!(blobs.put(&small, chunks(&[b"hi"])).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_quota_holds_and_garbage_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path()).unwrap().with_quota(Some(20));
+        let a = hex::encode(Sha256::digest(b"0123456789"));
+        blobs.put(&a, chunks(&[b"01234", b"56789"])).await.unwrap();
+        blobs.put(&a, chunks(&[b"0123456789"])).await.unwrap();
+        assert_eq!(blobs.used(), 10, "the same content is counted once");
+        let b = hex::encode(Sha256::digest(b"abcdefghijk"));
+        let e = blobs.put(&b, chunks(&[b"abcdefghijk"])).await.unwrap_err();
+        assert!(
+            matches!(e, BlobError::QuotaExceeded { quota: 20, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--blob-quota"), "{e}");
+        assert_eq!(blobs.used(), 10, "a refused upload leaves nothing counted");
+        assert_eq!(blobs.contains(&b).await.unwrap(), None);
+        let c = hex::encode(Sha256::digest(b"xy"));
+        blobs.put(&c, chunks(&[b"xy"])).await.unwrap();
+        // Young blobs are never collected; old unreferenced ones are.
+        let none = blobs
+            .collect_garbage(std::time::Duration::from_secs(3600), |_| async {
+                Some(Default::default())
+            })
+            .await
+            .unwrap();
+        assert_eq!(none, (0, 0));
+        let keep_a = a.clone();
+        let gone = blobs
+            .collect_garbage(std::time::Duration::ZERO, move |digests| {
+                let keep_a = keep_a.clone();
+                async move { Some(digests.into_iter().filter(|d| *d == keep_a).collect()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(gone, (1, 2));
+        assert_eq!(blobs.contains(&a).await.unwrap(), Some(10));
+        assert_eq!(blobs.contains(&c).await.unwrap(), None);
+        assert_eq!(blobs.used(), 10);
+        // Counted again from disk when opened.
+        assert_eq!(BlobStore::open(dir.path()).unwrap().used(), 10);
     }
 
     #[tokio::test]

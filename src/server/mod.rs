@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub allowed_kinds: Vec<String>,
     /// The largest blob (artifact, app archive) the server stores (`--max-blob-bytes`).
     pub max_blob_bytes: u64,
+    /// The most all blobs together may take (`--blob-quota`; `None`: no quota).
+    pub blob_quota: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +78,7 @@ impl ServerConfig {
             tls: None,
             allowed_kinds: crate::kinds::default_allowed_kinds(),
             max_blob_bytes: blobs::DEFAULT_MAX_BLOB_BYTES,
+            blob_quota: Some(blobs::DEFAULT_BLOB_QUOTA),
         }
     }
 
@@ -247,7 +250,8 @@ pub async fn start(
             path: blob_dir,
             source,
         })?
-        .with_limit(config.max_blob_bytes);
+        .with_limit(config.max_blob_bytes)
+        .with_quota(config.blob_quota);
     let state = AppState {
         store,
         blobs,
@@ -280,6 +284,7 @@ pub async fn start(
         }
     }
     tasks.spawn(reconcile_loop(state.clone(), config.reconcile_every));
+    tasks.spawn(blob_gc_loop(state.clone()));
     if let Some(keep) = config.event_retention {
         tasks.spawn(prune_loop(state.clone(), keep));
     }
@@ -303,6 +308,38 @@ where
         .await;
     if let Err(e) = served {
         tracing::error!(error = %e, "HTTP server stopped with an error");
+    }
+}
+
+/// How often unreferenced blobs are looked for.
+const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
+
+/// Deletes blobs no artifact names once they are older than
+/// [`blobs::UNREFERENCED_GRACE`]: uploads whose report never came (a worker cut off for
+/// good, or a hostile one filling the disk).
+async fn blob_gc_loop(state: AppState) {
+    let mut ticker = tokio::time::interval(BLOB_GC_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let store = state.store.clone();
+        let swept = state
+            .blobs
+            .collect_garbage(blobs::UNREFERENCED_GRACE, |digests| {
+                let store = store.clone();
+                async move { store.referenced_blobs(&digests).await.ok() }
+            })
+            .await;
+        match swept {
+            Ok((0, _)) => {}
+            Ok((blobs, bytes)) => tracing::info!(blobs, bytes, "unreferenced blobs deleted"),
+            Err(e) => {
+                tracing::warn!(error = %e, "blob garbage collection failed; retrying next pass")
+            }
+        }
     }
 }
 

@@ -726,6 +726,11 @@ async fn put_blob(
             ErrorCode::TooLarge,
             e.to_string(),
         )),
+        Err(e @ BlobError::QuotaExceeded { .. }) => Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::TooLarge,
+            e.to_string(),
+        )),
         Err(e @ BlobError::Interrupted(_)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidRequest,

@@ -920,6 +920,17 @@ pub async fn artifacts_are_recorded(store: Arc<dyn Store>) {
         (stored[0].name.as_str(), stored[0].size, stored[0].attempt),
         ("out.json", 12, 1)
     );
+    // Blob collection keeps what an artifact names, and only that.
+    let unnamed = "cd".repeat(32);
+    let referenced = store
+        .referenced_blobs(&["ab".repeat(32), unnamed.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        referenced.into_iter().collect::<Vec<_>>(),
+        vec!["ab".repeat(32)]
+    );
+    assert!(store.referenced_blobs(&[]).await.unwrap().is_empty());
 }
 
 pub async fn retry_revives_only_what_can_run(store: Arc<dyn Store>) {

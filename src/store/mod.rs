@@ -561,6 +561,12 @@ pub trait Store: Send + Sync + 'static {
     async fn unfinished_upstream(&self, job_id: i64, limit: i64)
         -> StoreResult<(Vec<String>, i64)>;
     async fn artifacts(&self, job_id: i64) -> StoreResult<Vec<Artifact>>;
+    /// Which of these blob digests some artifact names (blob garbage collection keeps
+    /// those).
+    async fn referenced_blobs(
+        &self,
+        digests: &[String],
+    ) -> StoreResult<std::collections::BTreeSet<String>>;
     async fn events(
         &self,
         pipeline_id: Option<i64>,

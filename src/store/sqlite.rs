@@ -2977,6 +2977,16 @@ impl Store for SqliteStore {
         Ok((keys, total))
     }
 
+    async fn referenced_blobs(&self, digests: &[String]) -> StoreResult<BTreeSet<String>> {
+        let found: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT sha256 FROM artifacts WHERE sha256 IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(to_json(&digests))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(found.into_iter().collect())
+    }
+
     async fn artifacts(&self, job_id: i64) -> StoreResult<Vec<Artifact>> {
         sqlx::query("SELECT job_id, attempt, name, sha256, size FROM artifacts WHERE job_id = ?1 ORDER BY attempt, name")
             .bind(job_id)
