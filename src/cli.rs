@@ -227,6 +227,10 @@ enum Command {
         /// Run every analysis again instead of reusing identical earlier ones.
         #[arg(long)]
         no_cache: bool,
+        /// Also allow apps (and template folders) named by path inside DIR (repeatable);
+        /// the spec's folder and the current folder always are.
+        #[arg(long = "app-root", value_name = "DIR")]
+        app_roots: Vec<PathBuf>,
     },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
@@ -304,6 +308,17 @@ enum Command {
         /// supervisor can leave processes running until the worker sees it.
         #[arg(long)]
         no_pid_namespace: bool,
+        /// A folder whose apps jobs may name by path (repeatable; ASSAY_APP_ROOTS takes a
+        /// colon-separated list). A spec's `app` (and template folder) must resolve, links
+        /// followed, inside one; without any, only apps fetched from upstream jobs
+        /// (`app_from`) are analyzed.
+        #[arg(
+            long = "app-root",
+            value_name = "DIR",
+            env = "ASSAY_APP_ROOTS",
+            value_delimiter = ':'
+        )]
+        app_roots: Vec<PathBuf>,
     },
     /// Submit a pipeline spec to a server.
     Submit {
@@ -548,12 +563,19 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             fresh,
             plain,
             no_cache,
+            app_roots,
         } => {
             if no_cache {
                 crate::kinds::cache::disable();
             }
             let slots = (workers, generate_workers);
-            run_embedded(&spec, &data_dir, slots, listen, fresh, plain).await
+            let run = RunOptions {
+                listen,
+                fresh,
+                plain,
+                app_roots,
+            };
+            run_embedded(&spec, &data_dir, slots, run).await
         }
         Command::Server {
             data_dir,
@@ -611,6 +633,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             grace,
             no_cache,
             no_pid_namespace,
+            app_roots,
         } => {
             let shutdown = shutdown_on_signals();
             if no_cache {
@@ -625,6 +648,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             config.concurrency = concurrency;
             config.generate_concurrency = generate_concurrency.max(1);
             config.shutdown_grace = grace;
+            config.app_roots = app_roots;
             if let Some(id) = id {
                 config.id = id;
             }
@@ -1156,17 +1180,40 @@ fn read_spec(path: &Path, idempotency_key: Option<String>) -> Result<SubmitReque
     })
 }
 
+/// `assay run`'s settings besides the spec, the data directory and the slots.
+struct RunOptions {
+    listen: SocketAddr,
+    fresh: bool,
+    plain: bool,
+    /// `--app-root`, beyond the spec's folder and the current one.
+    app_roots: Vec<PathBuf>,
+}
+
 /// `assay run`: the embedded default. Server and workers live in this process and share
 /// its runtime and its one shutdown token.
 async fn run_embedded(
     spec: &Path,
     data_dir: &Path,
     (workers, generate_workers): (usize, usize),
-    listen: SocketAddr,
-    fresh: bool,
-    plain: bool,
+    run: RunOptions,
 ) -> Result<u8> {
+    let RunOptions {
+        listen,
+        fresh,
+        plain,
+        app_roots,
+    } = run;
     let mut req = read_spec(spec, None)?;
+    // The spec's folder and the current one hold the apps a spec of one's own names (the
+    // examples name `examples/apps/…` from the repository's root).
+    let spec_dir = match spec.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut roots = vec![spec_dir, PathBuf::from(".")];
+    roots.extend(app_roots);
+    // Checked before anything starts: a wrong --app-root is said at once.
+    crate::kinds::app_roots::AppRoots::new(&roots).context("--app-root")?;
     // The same spec in the same data directory is the same run: resume it.
     let digest = hex::encode(Sha256::digest(req.spec.as_bytes()));
     req.idempotency_key = Some(if fresh {
@@ -1189,6 +1236,7 @@ async fn run_embedded(
     // and hands back what it was running at once instead of waiting for leases to expire.
     config.id = format!("local-{}", worker::hostname());
     config.name = "embedded".into();
+    config.app_roots = roots;
     config.concurrency = workers.max(1);
     config.generate_concurrency = generate_workers.max(1);
     config.shutdown_grace = Duration::from_secs(2);

@@ -370,7 +370,7 @@ cache = false
     );
     let cluster = Cluster::new();
     let _server = cluster.server("500ms").await;
-    let _worker = cluster.worker("w1", 2, &[]);
+    let _worker = cluster.worker("w1", 2, &["--app-root", &examples_apps()]);
     let pipeline = cluster.submit(&spec).await;
     let detail = cluster
         .wait_finished(pipeline, Duration::from_secs(180))
@@ -472,6 +472,11 @@ cache = false
     b.client.close().await.unwrap();
 }
 
+/// The sample apps' folder, which the analyzing workers are given as their app root.
+fn examples_apps() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/examples/apps").to_string()
+}
+
 /// Two "models" that are two real example apps, analyzed by real tools: enough for a
 /// ranking, a chart and a heatmap.
 fn compare_spec() -> String {
@@ -512,7 +517,7 @@ fn cli_export(args: &[&str], to: &std::path::Path) {
 async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
     let cluster = Cluster::new();
     let mut server = cluster.server("500ms").await;
-    let _worker = cluster.worker("w1", 2, &[]);
+    let _worker = cluster.worker("w1", 2, &["--app-root", &examples_apps()]);
     // A run that holds a worker slot: the workers page shows it running, and its stage's
     // breaker.
     let hold = cluster

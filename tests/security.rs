@@ -565,7 +565,8 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
         app.display()
     );
     let id = c.submit(&spec).await;
-    let _w = c.worker("w", 1, &["--no-cache"]);
+    let root = c.dir.path().to_str().unwrap();
+    let _w = c.worker("w", 1, &["--no-cache", "--app-root", root]);
     let detail = c.wait_finished(id, 3 * MIN).await;
     assert_eq!(
         detail.pipeline.state,
@@ -601,4 +602,120 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
             "{path}: {result}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reads_and_runs_only_app_folders_inside_its_roots() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &[]).await;
+    let root = c.path("apps");
+    let good = root.join("good");
+    std::fs::create_dir_all(good.join("backend")).unwrap();
+    std::fs::write(
+        good.join("backend/app.py"),
+        "import os\nos.system(input())\n",
+    )
+    .unwrap();
+    // Outside the root: a folder with a secret and a run recipe that leaves a mark, and a
+    // link to it from inside the root.
+    let outside = c.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.py"), "KEY = 'SECRET-LINE-4711'\n").unwrap();
+    let marker = c.path("recipe-ran");
+    std::fs::write(
+        outside.join("assay-app.toml"),
+        format!(
+            "template = \"todo-api\"\n[run]\ncommand = [\"sh\", \"-c\", \"touch {}\"]\nport_env = \"PORT\"\nhealth = \"/\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let stage = |name: &str, kind: &str, app: &std::path::Path, extra: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\nkind = \"{kind}\"\nmax_attempts = 3\nbackoff = \"100ms\"\n\
+             [stage.params]\napp = \"{}\"\ncache = false\n{extra}",
+            app.display()
+        )
+    };
+    let spec = format!(
+        "[pipeline]\nname = \"roots\"\n{}{}{}{}{}",
+        stage(
+            "etc",
+            "static",
+            std::path::Path::new("/etc"),
+            "tools = [\"ruff\"]\n"
+        ),
+        stage(
+            "link",
+            "static",
+            &root.join("escape"),
+            "tools = [\"ruff\"]\n"
+        ),
+        stage(
+            "recipe",
+            "performance",
+            &root.join("escape"),
+            "duration = \"1s\"\n"
+        ),
+        stage("dotdot", "dynamic", &root.join("good/../../outside"), ""),
+        stage("good", "static", &good, "tools = [\"ruff\"]\n"),
+    );
+    let id = c.submit(&spec).await;
+    let _w = c.worker("w", 2, &["--app-root", root.to_str().unwrap()]);
+    let detail = c.wait_finished(id, 3 * MIN).await;
+    assert_eq!(
+        detail.pipeline.state,
+        PipelineState::PartialSuccess,
+        "{}",
+        c.logs()
+    );
+    let canonical_root = root.canonicalize().unwrap().display().to_string();
+    for job in c.jobs(id).await {
+        if job.stage == "good" {
+            assert_eq!(job.state, assay::domain::JobState::Completed, "{job:?}");
+            let result = serde_json::to_string(&job.result).unwrap();
+            assert!(result.contains("backend/app.py"), "{result}");
+            continue;
+        }
+        assert_eq!(
+            job.state,
+            assay::domain::JobState::Dead,
+            "{}: {job:?}",
+            job.stage
+        );
+        assert_eq!(
+            job.attempts, 1,
+            "{}: refused once, never retried",
+            job.stage
+        );
+        let error = job.last_error.as_ref().unwrap();
+        assert_eq!(error.code, "app_not_allowed", "{}: {error:?}", job.stage);
+        assert_eq!(error.class, assay::domain::FailureClass::Permanent);
+        assert!(
+            error.message.contains(&canonical_root) && error.message.contains("--app-root"),
+            "{}: names the roots and the fix: {}",
+            job.stage,
+            error.message
+        );
+    }
+    let etc = c
+        .jobs(id)
+        .await
+        .into_iter()
+        .find(|j| j.stage == "etc")
+        .unwrap();
+    assert!(etc.last_error.unwrap().message.contains("`/etc`"));
+    assert!(
+        !marker.exists(),
+        "the recipe of a folder outside the roots ran"
+    );
+    let everything = String::from_utf8_lossy(
+        &c.client
+            .export(id, assay::report::ExportFormat::Json)
+            .await
+            .unwrap(),
+    )
+    .to_string();
+    assert!(!everything.contains("SECRET-LINE-4711"));
 }
