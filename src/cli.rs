@@ -1191,6 +1191,14 @@ struct RunOptions {
 
 /// `assay run`: the embedded default. Server and workers live in this process and share
 /// its runtime and its one shutdown token.
+///
+/// The embedded server allows every kind, `command` included (the spec is the user's
+/// own), so it must not serve whoever else reaches its port: any local process, the apps
+/// it analyzes among them. It requires tokens, and the only ones it knows at first are
+/// two it mints now and holds in memory ([`server::auth::MemoryToken`]): an admin token
+/// for this process's client and a worker token for its workers. The user's browser gets
+/// a one-time login link instead of a token; tokens made with `assay token create` on the
+/// data directory work too (for the CLI while the run goes on).
 async fn run_embedded(
     spec: &Path,
     data_dir: &Path,
@@ -1229,6 +1237,27 @@ async fn run_embedded(
         .iter()
         .map(|k| k.to_string())
         .collect();
+    let admin_token = server::auth::new_token();
+    let worker_token = server::auth::new_token();
+    server_config.require_auth = true;
+    server_config.memory_tokens = vec![
+        server::auth::MemoryToken::new(
+            &admin_token,
+            server::auth::Principal {
+                token_id: server::auth::RUN_ADMIN_TOKEN_ID,
+                name: "assay run".into(),
+                scopes: vec![crate::domain::Scope::Admin],
+            },
+        ),
+        server::auth::MemoryToken::new(
+            &worker_token,
+            server::auth::Principal {
+                token_id: server::auth::RUN_WORKER_TOKEN_ID,
+                name: "assay run's workers".into(),
+                scopes: vec![crate::domain::Scope::Worker],
+            },
+        ),
+    ];
     let server = server::start(server_config, server_stop.clone()).await?;
     let url = format!("http://{}", server.addr);
     let mut config = WorkerConfig::new(&url, data_dir.join("spool"));
@@ -1236,6 +1265,7 @@ async fn run_embedded(
     // and hands back what it was running at once instead of waiting for leases to expire.
     config.id = format!("local-{}", worker::hostname());
     config.name = "embedded".into();
+    config.token = Some(worker::Secret(worker_token));
     config.app_roots = roots;
     config.concurrency = workers.max(1);
     config.generate_concurrency = generate_workers.max(1);
@@ -1244,19 +1274,25 @@ async fn run_embedded(
     config.claim_wait = Duration::from_millis(250);
     let worker_stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker::run(config, worker_stop.clone()));
-    let client = Client::new(&url);
+    let client = Client::with_token(&url, Some(&admin_token));
     let resp = client.submit(&req).await?;
+    // The fragment never reaches a server or a Referer; the page trades the code for a
+    // session cookie and drops it from the address bar.
+    let dashboard = format!(
+        "{url}/#/pipelines/{}?login={}",
+        resp.pipeline_id,
+        server.state.auth.one_time_login(&admin_token)
+    );
     if resp.created {
         eprintln!(
-            "pipeline {} started; dashboard: {url}/#/pipelines/{}",
-            resp.pipeline_id, resp.pipeline_id
+            "pipeline {} started; dashboard (the link logs one browser in, once): {dashboard}",
+            resp.pipeline_id
         );
     } else {
         eprintln!(
-            "resuming pipeline {} (same spec in {}; --fresh starts anew); dashboard: {url}/#/pipelines/{}",
+            "resuming pipeline {} (same spec in {}; --fresh starts anew); dashboard (the link logs one browser in, once): {dashboard}",
             resp.pipeline_id,
             data_dir.display(),
-            resp.pipeline_id
         );
     }
     let display = if plain {
