@@ -1221,7 +1221,7 @@ async fn run_embedded(
     let mut roots = vec![spec_dir, PathBuf::from(".")];
     roots.extend(app_roots);
     // Checked before anything starts: a wrong --app-root is said at once.
-    crate::kinds::app_roots::AppRoots::new(&roots).context("--app-root")?;
+    crate::kinds::app_roots::AppRoots::new(&roots)?;
     // The same spec in the same data directory is the same run: resume it.
     let digest = hex::encode(Sha256::digest(req.spec.as_bytes()));
     req.idempotency_key = Some(if fresh {

@@ -740,7 +740,11 @@ impl JobRun {
         // Before the kind or the analysis cache reads anything: a folder the spec names
         // must lie inside this worker's roots.
         if prepared.is_ok() {
-            prepared = self.app_roots.confine(&job.params).map(|p| params = p);
+            match self.app_roots.confine(&job.params) {
+                Ok(Some(confined)) => params = confined,
+                Ok(None) => {}
+                Err(f) => prepared = Err(f),
+            }
         }
         if prepared.is_ok() && job.params.get("app_from").is_some() {
             progress_tx.send_replace(Some(Progress {

@@ -136,13 +136,14 @@ impl AppRoots {
     }
 
     /// `params` with every literal folder param checked and replaced by its canonical
-    /// path. `app` is left alone when `app_from` is given: the worker fetches that app.
-    pub fn confine(&self, params: &Value) -> Result<Value, Failure> {
+    /// path; `None` when they name no folder (most jobs: they are not copied). `app` is
+    /// left alone when `app_from` is given: the worker fetches that app.
+    pub fn confine(&self, params: &Value) -> Result<Option<Value>, Failure> {
         let Some(obj) = params.as_object() else {
-            return Ok(params.clone());
+            return Ok(None);
         };
         let fetched = obj.contains_key("app_from");
-        let mut out = obj.clone();
+        let mut out = None;
         for &param in FOLDER_PARAMS {
             if param == "app" && fetched {
                 continue;
@@ -152,12 +153,12 @@ impl AppRoots {
                 continue;
             };
             let allowed = self.allow(param, Path::new(path))?;
-            out.insert(
+            out.get_or_insert_with(|| obj.clone()).insert(
                 param.to_string(),
                 Value::String(allowed.to_string_lossy().into_owned()),
             );
         }
-        Ok(Value::Object(out))
+        Ok(out.map(Value::Object))
     }
 }
 
@@ -182,7 +183,7 @@ mod tests {
     use crate::domain::FailureClass;
     use serde_json::json;
 
-    fn refused(r: Result<Value, Failure>) -> Failure {
+    fn refused(r: Result<Option<Value>, Failure>) -> Failure {
         let f = r.expect_err("refused");
         assert_eq!(f.class, FailureClass::Permanent, "{f:?}");
         f
@@ -201,6 +202,7 @@ mod tests {
 
         let ok = roots
             .confine(&json!({"app": root.join("todo"), "tools": ["bandit"]}))
+            .unwrap()
             .unwrap();
         assert_eq!(ok["app"], json!(canonical_root.join("todo")));
         assert_eq!(
@@ -209,7 +211,10 @@ mod tests {
             "other params pass as they are"
         );
         // A link inside the root to a folder inside it runs as the folder it names.
-        let ok = roots.confine(&json!({"app": root.join("alias")})).unwrap();
+        let ok = roots
+            .confine(&json!({"app": root.join("alias")}))
+            .unwrap()
+            .unwrap();
         assert_eq!(ok["app"], json!(canonical_root.join("todo")));
 
         let f = refused(roots.confine(&json!({"app": "/etc"})));
@@ -259,10 +264,9 @@ mod tests {
         assert!(f.message.contains("without --app-root"), "{}", f.message);
         // `app_from`: the worker unpacks the app into its own folder, whatever `app` says.
         let params = json!({"app_from": "generate", "app": "/etc"});
-        assert_eq!(roots.confine(&params).unwrap(), params);
+        assert_eq!(roots.confine(&params).unwrap(), None, "passes unchanged");
         // Params that name no folder pass.
-        let params = json!({"ms": 10});
-        assert_eq!(roots.confine(&params).unwrap(), params);
+        assert_eq!(roots.confine(&json!({"ms": 10})).unwrap(), None);
     }
 
     #[test]
