@@ -844,6 +844,22 @@ function route() {
   const hash = location.hash.replace(/^#/, "") || "/";
   const [path, query] = hash.split("?");
   const params = new URLSearchParams(query || "");
+  // A one-time login link (`assay run` prints one): trade the code for a session, and
+  // take it out of the address bar and the history before anything else.
+  const code = params.get("login");
+  if (code) {
+    params.delete("login");
+    const rest = params.toString();
+    history.replaceState(null, "", "#" + path + (rest ? "?" + rest : ""));
+    const mine = routeCount;
+    post("/session", { token: code }).then(() => { if (!stale(mine)) route(); }, async err => {
+      if (stale(mine)) return;
+      // Used already, but this browser may hold the session it opened.
+      const me = await api("/whoami").catch(() => null);
+      if (me) route(); else main.replaceChildren(loginForm(err.message));
+    });
+    return;
+  }
   for (const a of document.querySelectorAll("header nav a")) {
     a.classList.toggle("active", (a.dataset.nav === "workers") === path.startsWith("/workers"));
   }

@@ -231,6 +231,10 @@ enum Command {
         /// Security).
         #[arg(long)]
         no_sandbox: bool,
+        /// Also allow apps (and template folders) named by path inside DIR (repeatable);
+        /// the spec's folder and the current folder always are.
+        #[arg(long = "app-root", value_name = "DIR")]
+        app_roots: Vec<PathBuf>,
     },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
@@ -316,6 +320,17 @@ enum Command {
         /// on the machine's network. For apps you trust only.
         #[arg(long)]
         no_sandbox: bool,
+        /// A folder whose apps jobs may name by path (repeatable; ASSAY_APP_ROOTS takes a
+        /// colon-separated list). A spec's `app` (and template folder) must resolve, links
+        /// followed, inside one; without any, only apps fetched from upstream jobs
+        /// (`app_from`) are analyzed.
+        #[arg(
+            long = "app-root",
+            value_name = "DIR",
+            env = "ASSAY_APP_ROOTS",
+            value_delimiter = ':'
+        )]
+        app_roots: Vec<PathBuf>,
     },
     /// Submit a pipeline spec to a server.
     Submit {
@@ -561,6 +576,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             plain,
             no_cache,
             no_sandbox,
+            app_roots,
         } => {
             if no_cache {
                 crate::kinds::cache::disable();
@@ -569,7 +585,13 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 crate::sandbox::disable();
             }
             let slots = (workers, generate_workers);
-            run_embedded(&spec, &data_dir, slots, listen, fresh, plain).await
+            let run = RunOptions {
+                listen,
+                fresh,
+                plain,
+                app_roots,
+            };
+            run_embedded(&spec, &data_dir, slots, run).await
         }
         Command::Server {
             data_dir,
@@ -630,6 +652,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             no_cache,
             no_pid_namespace,
             no_sandbox,
+            app_roots,
         } => {
             let shutdown = shutdown_on_signals();
             if no_cache {
@@ -647,6 +670,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             config.concurrency = concurrency;
             config.generate_concurrency = generate_concurrency.max(1);
             config.shutdown_grace = grace;
+            config.app_roots = app_roots;
             if let Some(id) = id {
                 config.id = id;
             }
@@ -1178,17 +1202,48 @@ fn read_spec(path: &Path, idempotency_key: Option<String>) -> Result<SubmitReque
     })
 }
 
+/// `assay run`'s settings besides the spec, the data directory and the slots.
+struct RunOptions {
+    listen: SocketAddr,
+    fresh: bool,
+    plain: bool,
+    /// `--app-root`, beyond the spec's folder and the current one.
+    app_roots: Vec<PathBuf>,
+}
+
 /// `assay run`: the embedded default. Server and workers live in this process and share
 /// its runtime and its one shutdown token.
+///
+/// The embedded server allows every kind, `command` included (the spec is the user's
+/// own), so it must not serve whoever else reaches its port: any local process, the apps
+/// it analyzes among them. It requires tokens, and the only ones it knows at first are
+/// two it mints now and holds in memory ([`server::auth::MemoryToken`]): an admin token
+/// for this process's client and a worker token for its workers. The user's browser gets
+/// a one-time login link instead of a token; tokens made with `assay token create` on the
+/// data directory work too (for the CLI while the run goes on).
 async fn run_embedded(
     spec: &Path,
     data_dir: &Path,
     (workers, generate_workers): (usize, usize),
-    listen: SocketAddr,
-    fresh: bool,
-    plain: bool,
+    run: RunOptions,
 ) -> Result<u8> {
+    let RunOptions {
+        listen,
+        fresh,
+        plain,
+        app_roots,
+    } = run;
     let mut req = read_spec(spec, None)?;
+    // The spec's folder and the current one hold the apps a spec of one's own names (the
+    // examples name `examples/apps/…` from the repository's root).
+    let spec_dir = match spec.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut roots = vec![spec_dir, PathBuf::from(".")];
+    roots.extend(app_roots);
+    // Checked before anything starts: a wrong --app-root is said at once.
+    crate::kinds::app_roots::AppRoots::new(&roots)?;
     // The same spec in the same data directory is the same run: resume it.
     let digest = hex::encode(Sha256::digest(req.spec.as_bytes()));
     req.idempotency_key = Some(if fresh {
@@ -1204,6 +1259,27 @@ async fn run_embedded(
         .iter()
         .map(|k| k.to_string())
         .collect();
+    let admin_token = server::auth::new_token();
+    let worker_token = server::auth::new_token();
+    server_config.require_auth = true;
+    server_config.memory_tokens = vec![
+        server::auth::MemoryToken::new(
+            &admin_token,
+            server::auth::Principal {
+                token_id: server::auth::RUN_ADMIN_TOKEN_ID,
+                name: "assay run".into(),
+                scopes: vec![crate::domain::Scope::Admin],
+            },
+        ),
+        server::auth::MemoryToken::new(
+            &worker_token,
+            server::auth::Principal {
+                token_id: server::auth::RUN_WORKER_TOKEN_ID,
+                name: "assay run's workers".into(),
+                scopes: vec![crate::domain::Scope::Worker],
+            },
+        ),
+    ];
     let server = server::start(server_config, server_stop.clone()).await?;
     let url = format!("http://{}", server.addr);
     let mut config = WorkerConfig::new(&url, data_dir.join("spool"));
@@ -1211,6 +1287,8 @@ async fn run_embedded(
     // and hands back what it was running at once instead of waiting for leases to expire.
     config.id = format!("local-{}", worker::hostname());
     config.name = "embedded".into();
+    config.token = Some(worker::Secret(worker_token));
+    config.app_roots = roots;
     config.concurrency = workers.max(1);
     config.generate_concurrency = generate_workers.max(1);
     config.shutdown_grace = Duration::from_secs(2);
@@ -1236,19 +1314,25 @@ async fn run_embedded(
     }
     let worker_stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker::run(config, worker_stop.clone()));
-    let client = Client::new(&url);
+    let client = Client::with_token(&url, Some(&admin_token));
     let resp = client.submit(&req).await?;
+    // The fragment never reaches a server or a Referer; the page trades the code for a
+    // session cookie and drops it from the address bar.
+    let dashboard = format!(
+        "{url}/#/pipelines/{}?login={}",
+        resp.pipeline_id,
+        server.state.auth.one_time_login(&admin_token)
+    );
     if resp.created {
         eprintln!(
-            "pipeline {} started; dashboard: {url}/#/pipelines/{}",
-            resp.pipeline_id, resp.pipeline_id
+            "pipeline {} started; dashboard (the link logs one browser in, once): {dashboard}",
+            resp.pipeline_id
         );
     } else {
         eprintln!(
-            "resuming pipeline {} (same spec in {}; --fresh starts anew); dashboard: {url}/#/pipelines/{}",
+            "resuming pipeline {} (same spec in {}; --fresh starts anew); dashboard (the link logs one browser in, once): {dashboard}",
             resp.pipeline_id,
             data_dir.display(),
-            resp.pipeline_id
         );
     }
     let display = if plain {

@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub token: Option<Secret>,
     /// PEM certificates to trust for an HTTPS server (`--ca-file`).
     pub ca_pem: Option<Vec<u8>>,
+    /// The folders whose apps a job may name by path (`--app-root`); none by default.
+    /// See [`kinds::app_roots`].
+    pub app_roots: Vec<PathBuf>,
 }
 
 /// A value that never shows in `Debug` output or logs.
@@ -74,6 +77,7 @@ impl WorkerConfig {
             claim_wait: Duration::from_secs(2),
             token: None,
             ca_pem: None,
+            app_roots: Vec::new(),
         }
     }
 }
@@ -381,6 +385,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         config.ca_pem.as_deref(),
     )
     .map_err(|e| WorkerError::Setup(format!("--ca-file: {e}")))?;
+    let app_roots = Arc::new(
+        kinds::app_roots::AppRoots::new(&config.app_roots)
+            .map_err(|e| WorkerError::Setup(e.to_string()))?,
+    );
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let running: RunningMap = Arc::default();
     let heartbeat_ms = Arc::new(AtomicI64::new(1_000));
@@ -495,6 +503,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         }
     }
     tracing::info!(worker = %config.id, server = %config.server, concurrency = config.concurrency, "worker started");
+    if app_roots.roots().is_empty() {
+        tracing::info!("no --app-root: jobs may analyze only apps fetched from upstream jobs");
+    } else {
+        let roots: Vec<String> = app_roots
+            .roots()
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        tracing::info!(roots = %roots.join(":"), "jobs may analyze app folders inside these roots");
+    }
 
     // Finished results flow: job task → spool writer (fsync per group) → deliverer.
     let (results_tx, results_rx) = mpsc::unbounded_channel::<SpoolEntry>();
@@ -527,6 +545,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         results_tx: &results_tx,
         heartbeat_ms: &heartbeat_ms,
         jobs: &jobs,
+        app_roots: &app_roots,
         reregistered: tokio::sync::Mutex::new(None),
     };
     futures::future::join_all(
@@ -616,6 +635,7 @@ struct ClaimShared<'a> {
     results_tx: &'a mpsc::UnboundedSender<SpoolEntry>,
     heartbeat_ms: &'a Arc<AtomicI64>,
     jobs: &'a TaskTracker,
+    app_roots: &'a Arc<kinds::app_roots::AppRoots>,
     /// When the worker last registered again after the server forgot it: registering
     /// fails what the worker holds, so the pools must not each do it.
     reregistered: tokio::sync::Mutex<Option<tokio::time::Instant>>,
@@ -681,6 +701,7 @@ async fn claim_loop(shared: &ClaimShared<'_>, pool: Pool, shutdown: &Cancellatio
                 spool: shared.spool.clone(),
                 running: shared.running.clone(),
                 tx: shared.results_tx.clone(),
+                app_roots: shared.app_roots.clone(),
             };
             shared.jobs.spawn(async move {
                 ctx.run(job).await;
@@ -696,6 +717,7 @@ struct JobRun {
     spool: Arc<Spool>,
     running: RunningMap,
     tx: mpsc::UnboundedSender<SpoolEntry>,
+    app_roots: Arc<kinds::app_roots::AppRoots>,
 }
 
 /// Kinds that write files; others get no output directory (it costs a few syscalls that
@@ -736,6 +758,15 @@ impl JobRun {
             });
         }
         let mut params = job.params.clone();
+        // Before the kind or the analysis cache reads anything: a folder the spec names
+        // must lie inside this worker's roots.
+        if prepared.is_ok() {
+            match self.app_roots.confine(&job.params) {
+                Ok(Some(confined)) => params = confined,
+                Ok(None) => {}
+                Err(f) => prepared = Err(f),
+            }
+        }
         if prepared.is_ok() && job.params.get("app_from").is_some() {
             progress_tx.send_replace(Some(Progress {
                 step: "fetching the app".into(),
@@ -743,7 +774,7 @@ impl JobRun {
                 message: None,
             }));
             let inputs =
-                kinds::inputs::resolve(&job.params, job.job_id, &self.client, &self.spool.work);
+                kinds::inputs::resolve(&params, job.job_id, &self.client, &self.spool.work);
             prepared = tokio::select! {
                 r = inputs => r.map(|p| params = p),
                 _ = cancel.cancelled() => Err(Failure::retryable("stopped", "stopped while fetching the app")),

@@ -370,7 +370,7 @@ cache = false
     );
     let cluster = Cluster::new();
     let _server = cluster.server("500ms").await;
-    let _worker = cluster.worker("w1", 2, &[]);
+    let _worker = cluster.worker("w1", 2, &["--app-root", &examples_apps()]);
     let pipeline = cluster.submit(&spec).await;
     let detail = cluster
         .wait_finished(pipeline, Duration::from_secs(180))
@@ -472,6 +472,11 @@ cache = false
     b.client.close().await.unwrap();
 }
 
+/// The sample apps' folder, which the analyzing workers are given as their app root.
+fn examples_apps() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/examples/apps").to_string()
+}
+
 /// Two "models" that are two real example apps, analyzed by real tools: enough for a
 /// ranking, a chart and a heatmap.
 fn compare_spec() -> String {
@@ -512,7 +517,7 @@ fn cli_export(args: &[&str], to: &std::path::Path) {
 async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
     let cluster = Cluster::new();
     let mut server = cluster.server("500ms").await;
-    let _worker = cluster.worker("w1", 2, &[]);
+    let _worker = cluster.worker("w1", 2, &["--app-root", &examples_apps()]);
     // A run that holds a worker slot: the workers page shows it running, and its stage's
     // breaker.
     let hold = cluster
@@ -829,4 +834,65 @@ async fn with_authentication_the_dashboard_logs_in_with_a_token_and_keeps_only_a
     .await;
     b.client.refresh().await.unwrap();
     present(&b, "[data-login=form]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_assay_run_prints_logs_one_browser_in_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("hold.toml");
+    std::fs::write(
+        &spec,
+        "[pipeline]\nname = \"hold\"\n[[stage]]\nname = \"hold\"\nkind = \"sleep\"\n[stage.params]\nms = 120000\n",
+    )
+    .unwrap();
+    let stderr = dir.path().join("run.stderr");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut run = Proc {
+        child: Command::new(BIN)
+            .arg("run")
+            .arg(&spec)
+            .args(["--plain", "--listen", &listen, "--data-dir"])
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+        name: "run".into(),
+    };
+    let printed = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_for("the dashboard's link", Duration::from_secs(60), || async {
+        printed().contains("?login=")
+    })
+    .await;
+    let text = printed();
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("?login="))
+        .unwrap()
+        .to_string();
+    let b = browser().await;
+    b.client.goto(&link).await.unwrap();
+    // Logged in, on the run's pipeline, and the code is gone from the address bar.
+    present(&b, "#grid").await;
+    let href = js(&b, "return location.href;").await;
+    assert_eq!(
+        href,
+        json!(format!("http://{listen}/#/pipelines/1")),
+        "{text}"
+    );
+    screenshot(&b, "run-login").await;
+    // Without the session the link it made opens nothing again: the page says so.
+    b.client.delete_all_cookies().await.unwrap();
+    b.client.goto(&link).await.unwrap();
+    present(&b, "[data-login=form]").await;
+    let page = js(
+        &b,
+        "return document.querySelector('[data-login=form]').textContent;",
+    )
+    .await;
+    assert!(page.as_str().unwrap().contains("used already"), "{page}");
+    b.client.close().await.unwrap();
+    run.sigterm();
+    assert_eq!(run.wait_exit(Duration::from_secs(60)), Some(130));
 }

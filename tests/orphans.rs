@@ -126,7 +126,7 @@ async fn a_worker_killed_with_minus_9_leaves_no_process_of_its_jobs_or_apps() {
     let _server = c.server("1s").await;
     let marker = format!("{}", std::process::id() % 100_000);
     let app = write_app(c.dir.path(), &marker);
-    let mut w = c.worker("w", 4, &[]);
+    let mut w = c.worker("w", 4, &["--app-root", c.dir.path().to_str().unwrap()]);
     let id = c.submit(&spec(&app, &marker)).await;
     let wanted = markers(&marker);
     wait_for("the job's processes and the app's to run", MIN, || async {

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// `assay run SPEC` in the background with two workers on a known port, and a client for
-/// its embedded server.
-fn background_run(
+/// its embedded server (which requires a token, as every `assay run`'s does).
+async fn background_run(
     spec: &std::path::Path,
     data: &std::path::Path,
     listen: &str,
@@ -34,13 +34,12 @@ fn background_run(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    (
-        Proc {
-            child,
-            name: "run".into(),
-        },
-        assay::client::Client::new(&format!("http://{listen}")),
-    )
+    let run = Proc {
+        child,
+        name: "run".into(),
+    };
+    let client = run_client(data, listen, "read").await;
+    (run, client)
 }
 
 #[test]
@@ -120,7 +119,7 @@ async fn a_killed_run_resumes_without_running_finished_jobs_again() {
     let data = dir.path().join("data");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let (mut first, client) = background_run(&spec, &data, &listen);
+    let (mut first, client) = background_run(&spec, &data, &listen).await;
     wait_for(
         "a few jobs to complete",
         Duration::from_secs(60),
@@ -228,7 +227,7 @@ async fn sigterm_during_a_run_hands_jobs_back_and_exits_130() {
     .unwrap();
     let data = dir.path().join("data");
     let listen = format!("127.0.0.1:{}", free_port());
-    let (mut run, client) = background_run(&spec, &data, &listen);
+    let (mut run, client) = background_run(&spec, &data, &listen).await;
     wait_for("two jobs to run", Duration::from_secs(60), || async {
         match client
             .jobs(&JobFilter {

@@ -565,7 +565,8 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
         app.display()
     );
     let id = c.submit(&spec).await;
-    let _w = c.worker("w", 1, &["--no-cache"]);
+    let root = c.dir.path().to_str().unwrap();
+    let _w = c.worker("w", 1, &["--no-cache", "--app-root", root]);
     let detail = c.wait_finished(id, 3 * MIN).await;
     assert_eq!(
         detail.pipeline.state,
@@ -601,4 +602,308 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
             "{path}: {result}"
         );
     }
+}
+
+/// `assay run` in the background on `listen`, its stderr (where it prints the dashboard's
+/// link) in `stderr`.
+fn background_run(
+    spec: &std::path::Path,
+    data: &std::path::Path,
+    listen: &str,
+    stderr: &std::path::Path,
+) -> Proc {
+    let child = std::process::Command::new(BIN)
+        .arg("run")
+        .arg(spec)
+        .args([
+            "--plain",
+            "--workers",
+            "2",
+            "--listen",
+            listen,
+            "--data-dir",
+        ])
+        .arg(data)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stderr).unwrap())
+        .spawn()
+        .unwrap();
+    Proc {
+        child,
+        name: "run".into(),
+    }
+}
+
+/// A spec whose one `command` job creates `marker`.
+fn command_spec(marker: &std::path::Path) -> String {
+    format!(
+        "[pipeline]\nname = \"pwn\"\n[[stage]]\nname = \"pwn\"\nkind = \"command\"\n[stage.params]\n\
+         program = \"sh\"\nargs = [\"-c\", \"touch {}\"]\n",
+        marker.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assay_run_serves_no_one_without_its_token_and_runs_no_foreign_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("hold.toml");
+    std::fs::write(
+        &spec,
+        "[pipeline]\nname = \"hold\"\n[[stage]]\nname = \"hold\"\nkind = \"sleep\"\n[stage.params]\nms = 120000\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let stderr = dir.path().join("run.stderr");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}");
+    let mut run = background_run(&spec, &data, &listen, &stderr);
+    let reader = run_client(&data, &listen, "read").await;
+    let logs = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    wait_for("the run's own pipeline", MIN, || async {
+        reader.pipelines(10).await.is_ok_and(|p| p.len() == 1)
+    })
+    .await;
+
+    // A local process without the token (an analyzed app, another user) gets nothing.
+    let anonymous = Client::new(&url);
+    let marker = dir.path().join("pwned");
+    let e = anonymous
+        .submit(&request(&command_spec(&marker)))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("unauthorized"), "{e}");
+    let e = anonymous.pipelines(10).await.unwrap_err();
+    assert_eq!(code(&e), Some("unauthorized"), "{e}");
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        ("POST", "/pipelines"),
+        ("GET", "/pipelines"),
+        ("GET", "/jobs/1"),
+        ("POST", "/pipelines/1/cancel"),
+        ("POST", "/workers/register"),
+        ("POST", "/workers/claim"),
+        ("GET", "/stream"),
+    ] {
+        let resp = http
+            .request(method.parse().unwrap(), format!("{url}{API_PREFIX}{path}"))
+            .json(&serde_json::json!({"spec": command_spec(&marker)}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{method} {path}");
+    }
+    let bogus = Client::with_token(&url, Some("assay_0000"));
+    assert_eq!(
+        code(
+            &bogus
+                .submit(&request(&command_spec(&marker)))
+                .await
+                .unwrap_err()
+        ),
+        Some("unauthorized")
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !marker.exists(),
+        "a command submitted without the token ran"
+    );
+    assert_eq!(
+        reader.pipelines(10).await.unwrap().len(),
+        1,
+        "nothing was added"
+    );
+
+    // The same spec with a token the user made does run: the refusal above was the token's.
+    let submitter = run_client(&data, &listen, "submit").await;
+    let id = submitter
+        .submit(&request(&command_spec(&dir.path().join("allowed"))))
+        .await
+        .unwrap()
+        .pipeline_id;
+    assert_completes_run(&submitter, id, &logs).await;
+    assert!(dir.path().join("allowed").exists());
+
+    // The dashboard's link logs one browser in, once.
+    let text = logs();
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("?login="))
+        .unwrap_or_else(|| panic!("no login link: {text}"));
+    assert!(
+        link.starts_with(&format!("{url}/#/pipelines/1?login=")),
+        "{link}"
+    );
+    let code_text = link.split("?login=").nth(1).unwrap();
+    let resp = http
+        .post(format!("{url}{API_PREFIX}/session"))
+        .json(&serde_json::json!({"token": code_text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = http
+        .get(format!("{url}{API_PREFIX}/pipelines"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the session reads");
+    let again = http
+        .post(format!("{url}{API_PREFIX}/session"))
+        .json(&serde_json::json!({"token": code_text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 401, "a used link opens nothing");
+    assert!(again.text().await.unwrap().contains("used already"));
+    // Nothing printed is a token: the link's code is all.
+    assert!(
+        text.match_indices(assay::server::auth::TOKEN_PREFIX)
+            .all(|(i, _)| text[i..].starts_with(assay::server::auth::LOGIN_PREFIX)),
+        "{text}"
+    );
+
+    run.sigterm();
+    assert_eq!(run.wait_exit(MIN), Some(130), "{}", logs());
+}
+
+/// Wait, asking through `client`, for the pipeline to complete.
+async fn assert_completes_run(client: &Client, id: i64, logs: &dyn Fn() -> String) {
+    let start = std::time::Instant::now();
+    loop {
+        let p = client.pipeline(id).await.unwrap().pipeline;
+        if p.state.is_terminal() {
+            assert_eq!(p.state, PipelineState::Completed, "{}", logs());
+            return;
+        }
+        assert!(start.elapsed() < MIN, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_reads_and_runs_only_app_folders_inside_its_roots() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &[]).await;
+    let root = c.path("apps");
+    let good = root.join("good");
+    std::fs::create_dir_all(good.join("backend")).unwrap();
+    std::fs::write(
+        good.join("backend/app.py"),
+        "import os\nos.system(input())\n",
+    )
+    .unwrap();
+    // Outside the root: a folder with a secret and a run recipe that leaves a mark, and a
+    // link to it from inside the root.
+    let outside = c.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.py"), "KEY = 'SECRET-LINE-4711'\n").unwrap();
+    let marker = c.path("recipe-ran");
+    std::fs::write(
+        outside.join("assay-app.toml"),
+        format!(
+            "template = \"todo-api\"\n[run]\ncommand = [\"sh\", \"-c\", \"touch {}\"]\nport_env = \"PORT\"\nhealth = \"/\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    let stage = |name: &str, kind: &str, app: &std::path::Path, extra: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\nkind = \"{kind}\"\nmax_attempts = 3\nbackoff = \"100ms\"\n\
+             [stage.params]\napp = \"{}\"\ncache = false\n{extra}",
+            app.display()
+        )
+    };
+    let spec = format!(
+        "[pipeline]\nname = \"roots\"\n{}{}{}{}{}",
+        stage(
+            "etc",
+            "static",
+            std::path::Path::new("/etc"),
+            "tools = [\"ruff\"]\n"
+        ),
+        stage(
+            "link",
+            "static",
+            &root.join("escape"),
+            "tools = [\"ruff\"]\n"
+        ),
+        stage(
+            "recipe",
+            "performance",
+            &root.join("escape"),
+            "duration = \"1s\"\n"
+        ),
+        stage("dotdot", "dynamic", &root.join("good/../../outside"), ""),
+        stage("good", "static", &good, "tools = [\"ruff\"]\n"),
+    );
+    let id = c.submit(&spec).await;
+    let _w = c.worker("w", 2, &["--app-root", root.to_str().unwrap()]);
+    let detail = c.wait_finished(id, 3 * MIN).await;
+    assert_eq!(
+        detail.pipeline.state,
+        PipelineState::PartialSuccess,
+        "{}",
+        c.logs()
+    );
+    let canonical_root = root.canonicalize().unwrap().display().to_string();
+    for job in c.jobs(id).await {
+        if job.stage == "good" {
+            assert_eq!(job.state, assay::domain::JobState::Completed, "{job:?}");
+            let result = serde_json::to_string(&job.result).unwrap();
+            assert!(result.contains("backend/app.py"), "{result}");
+            continue;
+        }
+        assert_eq!(
+            job.state,
+            assay::domain::JobState::Dead,
+            "{}: {job:?}",
+            job.stage
+        );
+        assert_eq!(
+            job.attempts, 1,
+            "{}: refused once, never retried",
+            job.stage
+        );
+        let error = job.last_error.as_ref().unwrap();
+        assert_eq!(error.code, "app_not_allowed", "{}: {error:?}", job.stage);
+        assert_eq!(error.class, assay::domain::FailureClass::Permanent);
+        assert!(
+            error.message.contains(&canonical_root) && error.message.contains("--app-root"),
+            "{}: names the roots and the fix: {}",
+            job.stage,
+            error.message
+        );
+    }
+    let etc = c
+        .jobs(id)
+        .await
+        .into_iter()
+        .find(|j| j.stage == "etc")
+        .unwrap();
+    assert!(etc.last_error.unwrap().message.contains("`/etc`"));
+    assert!(
+        !marker.exists(),
+        "the recipe of a folder outside the roots ran"
+    );
+    let everything = String::from_utf8_lossy(
+        &c.client
+            .export(id, assay::report::ExportFormat::Json)
+            .await
+            .unwrap(),
+    )
+    .to_string();
+    assert!(!everything.contains("SECRET-LINE-4711"));
 }

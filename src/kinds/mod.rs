@@ -5,6 +5,7 @@
 //! [`KNOWN_KINDS`], [`validate_params`] and [`run`].
 
 pub mod app_analysis;
+pub mod app_roots;
 pub mod cache;
 pub mod command;
 pub mod generate;

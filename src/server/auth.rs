@@ -26,6 +26,15 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 const CACHE_ENTRIES: usize = 10_000;
 /// Every token starts with this, so that it is recognisable in a leaked file or log.
 pub const TOKEN_PREFIX: &str = "assay_";
+/// A one-time dashboard login code starts with this (see [`Auth::one_time_login`]).
+pub const LOGIN_PREFIX: &str = "assay_login_";
+
+/// The principal ids of the tokens `assay run` mints for itself ([`MemoryToken`]). Store
+/// tokens count up from 1, so these never name one of them. They stay the same from run
+/// to run, while the secrets do not: the embedded worker's id, owned by
+/// [`RUN_WORKER_TOKEN_ID`] since its first run, remains its own when a run resumes.
+pub const RUN_ADMIN_TOKEN_ID: i64 = -1;
+pub const RUN_WORKER_TOKEN_ID: i64 = -2;
 
 /// A new random token, to be shown once.
 pub fn new_token() -> String {
@@ -84,10 +93,39 @@ pub fn required(method: &Method, path: &str) -> Need {
     }
 }
 
+/// A token the server accepts without the store, known only to the process that started
+/// the server: `assay run` mints its own at every start (an admin one for its client, a
+/// worker one for its workers). Only the hash is held here.
+///
+/// Why not rows in the store: such a token would outlive the run (in the database, and in
+/// whatever file carried it to the client), rows would pile up with every run, and one
+/// that a kill -9 left behind would stay valid. In memory, a run's tokens end with it, and
+/// the analyzed apps (which run as the same user, with no sandbox yet) find no file or
+/// environment variable holding them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryToken {
+    pub hash: String,
+    pub principal: Principal,
+}
+
+impl MemoryToken {
+    pub fn new(token: &str, principal: Principal) -> Self {
+        MemoryToken {
+            hash: token_hash(token),
+            principal,
+        }
+    }
+}
+
 /// The server's side of authentication: whether tokens are required, and a short-lived
 /// cache of lookups.
 pub struct Auth {
     required: bool,
+    /// Tokens of the process that started the server (hash → principal), never stored.
+    memory: HashMap<String, Principal>,
+    /// One-time dashboard login codes (the code's hash → the hash of the token whose
+    /// session it opens); a code is removed when used.
+    login_codes: Mutex<HashMap<String, String>>,
     cache: Mutex<HashMap<String, (Option<Principal>, Instant)>>,
     /// Dashboard sessions: session id → (the token's hash, when the session ends). Kept in
     /// memory: a restarted server asks the browser to log in again.
@@ -121,14 +159,43 @@ impl Auth {
     pub fn new(required: bool) -> Self {
         Auth {
             required,
+            memory: HashMap::new(),
+            login_codes: Mutex::default(),
             cache: Mutex::default(),
             sessions: Mutex::default(),
             owners: Mutex::default(),
         }
     }
 
+    /// Also accept these tokens, which the store does not know.
+    pub fn with_memory_tokens(mut self, tokens: impl IntoIterator<Item = MemoryToken>) -> Self {
+        self.memory
+            .extend(tokens.into_iter().map(|t| (t.hash, t.principal)));
+        self
+    }
+
     pub fn required(&self) -> bool {
         self.required
+    }
+
+    /// A code that opens one dashboard session for `token`, once: a login link can then be
+    /// printed where the token itself should not be, and is worthless once it was used.
+    pub fn one_time_login(&self, token: &str) -> String {
+        let code = format!("{LOGIN_PREFIX}{}", hex::encode(rand::random::<[u8; 32]>()));
+        let mut codes = self.login_codes.lock().expect("login codes");
+        if codes.len() >= CACHE_ENTRIES {
+            codes.clear();
+        }
+        codes.insert(token_hash(&code), token_hash(token));
+        code
+    }
+
+    /// The token hash a one-time login code stands for, using the code up.
+    fn redeem_login_code(&self, code_hash: &str) -> Option<String> {
+        self.login_codes
+            .lock()
+            .expect("login codes")
+            .remove(code_hash)
     }
 
     /// The token behind a live session.
@@ -203,6 +270,9 @@ impl Auth {
         state: &AppState,
         hash: String,
     ) -> Result<Option<Principal>, Response> {
+        if let Some(principal) = self.memory.get(&hash) {
+            return Ok(Some(principal.clone()));
+        }
         if let Some((scopes, at)) = self.cache.lock().expect("auth cache").get(&hash) {
             if at.elapsed() < CACHE_TTL {
                 return Ok(scopes.clone());
@@ -274,7 +344,20 @@ pub async fn login(
     State(state): State<AppState>,
     axum::Json(body): axum::Json<LoginBody>,
 ) -> Response {
-    let hash = token_hash(&body.token);
+    let mut hash = token_hash(&body.token);
+    if body.token.trim().starts_with(LOGIN_PREFIX) {
+        match state.auth.redeem_login_code(&hash) {
+            Some(token) => hash = token,
+            None => {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    ErrorCode::Unauthorized,
+                    "this login link was used already (each works once) or belongs to a run \
+                     that ended; log in with a token instead (`assay token create --scope read`)",
+                )
+            }
+        }
+    }
     let principal = match state.auth.principal_by_hash(&state, hash.clone()).await {
         Ok(Some(principal)) => principal,
         Ok(None) => {
@@ -451,6 +534,21 @@ mod tests {
         // Unknown routes and methods are closed.
         assert_eq!(need(Method::DELETE, "/pipelines/3"), any(&[Admin]));
         assert_eq!(need(Method::POST, "/tokens"), any(&[Admin]));
+    }
+
+    #[test]
+    fn a_login_code_works_once_and_only_for_its_token() {
+        let auth = Auth::new(true);
+        let token = new_token();
+        let code = auth.one_time_login(&token);
+        assert!(code.starts_with(LOGIN_PREFIX));
+        assert_ne!(token_hash(&code), token_hash(&token));
+        assert_eq!(auth.redeem_login_code(&token_hash(&token)), None);
+        assert_eq!(
+            auth.redeem_login_code(&token_hash(&code)),
+            Some(token_hash(&token))
+        );
+        assert_eq!(auth.redeem_login_code(&token_hash(&code)), None, "used up");
     }
 
     #[test]

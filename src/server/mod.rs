@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub max_blob_bytes: u64,
     /// The most all blobs together may take (`--blob-quota`; `None`: no quota).
     pub blob_quota: Option<u64>,
+    /// Tokens accepted besides the store's, held only in this process (`assay run`'s own).
+    pub memory_tokens: Vec<auth::MemoryToken>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +81,7 @@ impl ServerConfig {
             allowed_kinds: crate::kinds::default_allowed_kinds(),
             max_blob_bytes: blobs::DEFAULT_MAX_BLOB_BYTES,
             blob_quota: Some(blobs::DEFAULT_BLOB_QUOTA),
+            memory_tokens: Vec::new(),
         }
     }
 
@@ -219,10 +222,13 @@ pub async fn start(
     };
     let lock = lock_data_dir(&config.data_dir)?;
     let store = open_store(&config.data_dir).await?;
-    if config.require_auth && store.tokens().await?.iter().all(|t| t.revoked_at.is_some()) {
+    if config.require_auth
+        && config.memory_tokens.is_empty()
+        && store.tokens().await?.iter().all(|t| t.revoked_at.is_some())
+    {
         tracing::warn!(
             data_dir = %config.data_dir.display(),
-            "authentication is on and no token exists yet: create one with              `assay token create --data-dir DIR --scope admin` (it works while the server runs)"
+            "authentication is on and no token exists yet: create one with `assay token create --data-dir DIR --scope admin` (it works while the server runs)"
         );
     }
     // A submission cut short by a crash was never visible: nothing of it may stay.
@@ -260,7 +266,9 @@ pub async fn start(
         shutdown: shutdown.clone(),
         llm: Arc::default(),
         started_at,
-        auth: Arc::new(auth::Auth::new(config.require_auth)),
+        auth: Arc::new(
+            auth::Auth::new(config.require_auth).with_memory_tokens(config.memory_tokens.clone()),
+        ),
         hosts: guard::Hosts::new(config.public_hosts.clone()),
         allowed_kinds: Arc::new(config.allowed_kinds.clone()),
     };

@@ -509,9 +509,15 @@ where
 
 /// `assay token create` on the server's data directory; the token it printed.
 pub fn create_token(c: &Cluster, scopes: &str, name: &str) -> String {
+    create_token_in(&c.path("server"), scopes, name)
+}
+
+/// `assay token create` on the data directory `server_dir` (an `assay server`'s
+/// `--data-dir`, or `DATA/server` of `assay run`); the token it printed.
+pub fn create_token_in(server_dir: &Path, scopes: &str, name: &str) -> String {
     let out = std::process::Command::new(BIN)
         .args(["token", "create", "--data-dir"])
-        .arg(c.path("server"))
+        .arg(server_dir)
         .args(["--scope", scopes, "--name", name])
         .output()
         .unwrap();
@@ -521,4 +527,18 @@ pub fn create_token(c: &Cluster, scopes: &str, name: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A client of the embedded server of an `assay run` with data directory `data` that
+/// listens on `listen`: once it answers, with a token made the way a user would make one
+/// while the run goes on (`assay token create --data-dir DATA/server`).
+pub async fn run_client(data: &Path, listen: &str, scopes: &str) -> Client {
+    let url = format!("http://{listen}");
+    let anonymous = Client::new(&url);
+    wait_for("the run's server", Duration::from_secs(60), || async {
+        anonymous.health().await.is_ok()
+    })
+    .await;
+    let token = create_token_in(&data.join("server"), scopes, "test");
+    Client::with_token(&url, Some(&token))
 }
