@@ -32,6 +32,10 @@ pub enum ErrorCode {
     ForeignOrigin,
     /// The spec uses a job kind this server does not allow.
     KindNotAllowed,
+    /// The spec sets a model provider's URL or key variable; it may only pick a name.
+    ProviderInSpec,
+    /// The spec picks a model provider this server does not know.
+    UnknownProvider,
     /// The request body (or an upload) is over its limit.
     TooLarge,
     Internal,
@@ -53,6 +57,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ForeignOrigin => "foreign_origin",
             ErrorCode::KindNotAllowed => "kind_not_allowed",
+            ErrorCode::ProviderInSpec => "provider_in_spec",
+            ErrorCode::UnknownProvider => "unknown_provider",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Internal => "internal",
         }

@@ -117,6 +117,15 @@ enum TokenAction {
     },
 }
 
+/// `--providers`: the built-in providers, plus a file's.
+fn load_providers(file: Option<&Path>) -> Result<crate::generation::providers::Providers> {
+    use crate::generation::providers::Providers;
+    Ok(match file {
+        Some(path) => Providers::load(path).context("--providers")?,
+        None => Providers::builtin(),
+    })
+}
+
 /// `--allow-kinds`: known kinds, or `all`.
 fn allowed_kinds(kinds: Vec<String>) -> Result<Vec<String>> {
     if kinds.iter().any(|k| k == "all") {
@@ -227,6 +236,11 @@ enum Command {
         /// Run every analysis again instead of reusing identical earlier ones.
         #[arg(long)]
         no_cache: bool,
+        /// Model providers by name (TOML: [providers.NAME] base_url, api_key_env,
+        /// timeout): what a spec's `provider = "NAME"` may pick, and where its key goes.
+        /// `openrouter` is built in.
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
@@ -268,6 +282,10 @@ enum Command {
         /// The largest blob (an artifact, an app archive) the server stores, in bytes.
         #[arg(long, default_value_t = server::blobs::DEFAULT_MAX_BLOB_BYTES)]
         max_blob_bytes: u64,
+        /// The model providers specs may pick by name: the same providers file as the
+        /// workers' (only its names are used here; `openrouter` is built in).
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -304,6 +322,11 @@ enum Command {
         /// supervisor can leave processes running until the worker sees it.
         #[arg(long)]
         no_pid_namespace: bool,
+        /// Model providers by name (TOML: [providers.NAME] base_url, api_key_env,
+        /// timeout): the only places this worker sends a key to, whatever a spec says.
+        /// `openrouter` is built in.
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Submit a pipeline spec to a server.
     Submit {
@@ -548,12 +571,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             fresh,
             plain,
             no_cache,
+            providers,
         } => {
             if no_cache {
                 crate::kinds::cache::disable();
             }
+            let providers = load_providers(providers.as_deref())?;
             let slots = (workers, generate_workers);
-            run_embedded(&spec, &data_dir, slots, listen, fresh, plain).await
+            run_embedded(&spec, &data_dir, slots, listen, fresh, plain, providers).await
         }
         Command::Server {
             data_dir,
@@ -567,12 +592,15 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             tls_key,
             allow_kinds,
             max_blob_bytes,
+            providers,
         } => {
+            let providers = load_providers(providers.as_deref())?;
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
             config.public_hosts = public_host;
             config.max_blob_bytes = max_blob_bytes;
+            config.providers = providers.names();
             if let Some(kinds) = allow_kinds {
                 config.allowed_kinds = allowed_kinds(kinds)?;
             }
@@ -611,7 +639,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             grace,
             no_cache,
             no_pid_namespace,
+            providers,
         } => {
+            let providers = load_providers(providers.as_deref())?;
             let shutdown = shutdown_on_signals();
             if no_cache {
                 crate::kinds::cache::disable();
@@ -625,6 +655,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             config.concurrency = concurrency;
             config.generate_concurrency = generate_concurrency.max(1);
             config.shutdown_grace = grace;
+            config.providers = std::sync::Arc::new(providers);
             if let Some(id) = id {
                 config.id = id;
             }
@@ -1053,7 +1084,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let config = ProviderConfig {
                 name: "cli".into(),
                 base_url,
-                api_key_env: key_env,
+                api_key_env: Some(key_env),
                 timeout: Duration::from_secs(60),
             };
             let max_age = if refresh {
@@ -1165,6 +1196,7 @@ async fn run_embedded(
     listen: SocketAddr,
     fresh: bool,
     plain: bool,
+    providers: crate::generation::providers::Providers,
 ) -> Result<u8> {
     let mut req = read_spec(spec, None)?;
     // The same spec in the same data directory is the same run: resume it.
@@ -1182,6 +1214,9 @@ async fn run_embedded(
         .iter()
         .map(|k| k.to_string())
         .collect();
+    // One providers file for both halves: the server checks the names a spec picks, the
+    // worker holds where each one is.
+    server_config.providers = providers.names();
     let server = server::start(server_config, server_stop.clone()).await?;
     let url = format!("http://{}", server.addr);
     let mut config = WorkerConfig::new(&url, data_dir.join("spool"));
@@ -1194,6 +1229,7 @@ async fn run_embedded(
     config.shutdown_grace = Duration::from_secs(2);
     config.drain_timeout = Duration::from_secs(5);
     config.claim_wait = Duration::from_millis(250);
+    config.providers = std::sync::Arc::new(providers);
     let worker_stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker::run(config, worker_stop.clone()));
     let client = Client::new(&url);

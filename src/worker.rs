@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub token: Option<Secret>,
     /// PEM certificates to trust for an HTTPS server (`--ca-file`).
     pub ca_pem: Option<Vec<u8>>,
+    /// The model providers jobs may call, by name, and the key each gets
+    /// (`--providers`): a spec only names one of them.
+    pub providers: Arc<crate::generation::providers::Providers>,
 }
 
 /// A value that never shows in `Debug` output or logs.
@@ -74,6 +77,7 @@ impl WorkerConfig {
             claim_wait: Duration::from_secs(2),
             token: None,
             ca_pem: None,
+            providers: Arc::default(),
         }
     }
 }
@@ -660,6 +664,7 @@ async fn claim_loop(shared: &ClaimShared<'_>, pool: Pool, shutdown: &Cancellatio
                 spool: shared.spool.clone(),
                 running: shared.running.clone(),
                 tx: shared.results_tx.clone(),
+                providers: config.providers.clone(),
             };
             shared.jobs.spawn(async move {
                 ctx.run(job).await;
@@ -675,6 +680,7 @@ struct JobRun {
     spool: Arc<Spool>,
     running: RunningMap,
     tx: mpsc::UnboundedSender<SpoolEntry>,
+    providers: Arc<crate::generation::providers::Providers>,
 }
 
 /// Kinds that write files; others get no output directory (it costs a few syscalls that
@@ -739,6 +745,7 @@ impl JobRun {
             progress: progress_tx,
             server: Some(self.client.clone()),
             waited_ms: waited_ms.clone(),
+            providers: self.providers.clone(),
         };
         let result = match prepared {
             Err(f) => Err(f),

@@ -35,6 +35,7 @@ async fn setup() -> (tempfile::TempDir, Router) {
                 .map(|k| k.to_string())
                 .collect(),
         ),
+        providers: std::sync::Arc::new(vec!["openrouter".into()]),
     };
     (dir, app(state))
 }

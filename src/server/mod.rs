@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub allowed_kinds: Vec<String>,
     /// The largest blob (artifact, app archive) the server stores (`--max-blob-bytes`).
     pub max_blob_bytes: u64,
+    /// The model provider names a spec may pick (`--providers`: the built-in `openrouter`
+    /// and those of the providers file). The server only checks names; where each one is
+    /// and which key it gets is each worker's own providers file.
+    pub providers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +80,7 @@ impl ServerConfig {
             tls: None,
             allowed_kinds: crate::kinds::default_allowed_kinds(),
             max_blob_bytes: blobs::DEFAULT_MAX_BLOB_BYTES,
+            providers: crate::generation::providers::Providers::builtin().names(),
         }
     }
 
@@ -132,6 +137,8 @@ pub struct AppState {
     pub hosts: guard::Hosts,
     /// The job kinds a submitted spec may use.
     pub allowed_kinds: Arc<Vec<String>>,
+    /// The model provider names a submitted spec may pick.
+    pub providers: Arc<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +266,7 @@ pub async fn start(
         auth: Arc::new(auth::Auth::new(config.require_auth)),
         hosts: guard::Hosts::new(config.public_hosts.clone()),
         allowed_kinds: Arc::new(config.allowed_kinds.clone()),
+        providers: Arc::new(config.providers.clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -256,11 +256,25 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// A submitted spec, read and planned; errors name the file, line and field.
-fn plan_submission(req: SubmitRequest, allowed: &[String]) -> Result<NewPipeline, ApiError> {
+/// What a submitted spec may use on this server.
+struct Policy {
+    allowed_kinds: std::sync::Arc<Vec<String>>,
+    providers: std::sync::Arc<Vec<String>>,
+}
+
+fn plan_submission(req: SubmitRequest, policy: &Policy) -> Result<NewPipeline, ApiError> {
+    let allowed = &policy.allowed_kinds;
     let file = req.file_name.as_deref().unwrap_or("spec.toml");
     let invalid =
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidSpec, message);
-    let spec = crate::spec::parse(file, &req.spec).map_err(|e| invalid(e.to_string()))?;
+    let spec = crate::spec::parse(file, &req.spec).map_err(|e| match e {
+        crate::spec::SpecError::ProviderInSpec { .. } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ProviderInSpec,
+            e.to_string(),
+        ),
+        e => invalid(e.to_string()),
+    })?;
     if let Some(stage) = spec.stages.iter().find(|s| !allowed.contains(&s.kind)) {
         let why = if crate::kinds::PROGRAM_KINDS.contains(&stage.kind.as_str()) {
             " (it runs a program the spec chooses, as the worker's user)"
@@ -280,6 +294,26 @@ fn plan_submission(req: SubmitRequest, allowed: &[String]) -> Result<NewPipeline
         ));
     }
     let plan = spec.plan().map_err(|e| invalid(format!("{file}: {e}")))?;
+    // Checked on the plan: a name may be templated (`provider = "{{ provider }}"`).
+    let mut checked = std::collections::HashSet::new();
+    for job in plan.jobs.iter().filter(|j| j.kind == "generate") {
+        let name = crate::kinds::generate::provider_name(&job.params).unwrap_or_default();
+        if !checked.insert(name.clone()) || policy.providers.contains(&name) {
+            continue;
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnknownProvider,
+            format!(
+                "{file}: stage `{}` picks provider `{name}`, which this server does not know; \
+                 known here: {}. Providers are named, with their base_url and api_key_env, \
+                 in the providers file given to `assay server --providers` and to each \
+                 worker's `--providers` (`assay run --providers` for both)",
+                job.stage,
+                policy.providers.join(", ")
+            ),
+        ));
+    }
     Ok(NewPipeline {
         idempotency_key: req.idempotency_key,
         spec_hash: hex::encode(Sha256::digest(req.spec.as_bytes())),
@@ -294,8 +328,11 @@ async fn submit(
     AppJson(req): AppJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     // Reading and planning a study-sized spec is CPU work: off the async threads.
-    let allowed = s.allowed_kinds.clone();
-    let new = tokio::task::spawn_blocking(move || plan_submission(req, &allowed)).await??;
+    let policy = Policy {
+        allowed_kinds: s.allowed_kinds.clone(),
+        providers: s.providers.clone(),
+    };
+    let new = tokio::task::spawn_blocking(move || plan_submission(req, &policy)).await??;
     // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
     // writing short (it would be discarded, and the retry would start over).
     let store = s.store.clone();
