@@ -227,10 +227,23 @@ pub struct CallBody {
     pub answer: Option<AnswerToCache>,
 }
 
+/// A successful answer and the request it answers. The server files it under the key it
+/// computes from that request and the job's provider; a worker cannot name the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AnswerToCache {
-    pub key: String,
+    pub request: serde_json::Value,
     pub answer: serde_json::Value,
+}
+
+/// `POST /llm/answers`: is an answer kept for this request of this job?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerLookup {
+    pub job_id: i64,
+    /// As in [`AcquireBody::provider`]; only the judge's is taken from here.
+    pub provider: String,
+    pub request: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -244,5 +257,6 @@ pub struct UsageResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CachedAnswer {
-    pub answer: serde_json::Value,
+    /// `None` when no answer is kept for the request.
+    pub answer: Option<serde_json::Value>,
 }

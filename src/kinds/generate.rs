@@ -13,7 +13,7 @@
 
 use super::{JobContext, JobOutput, ParamError};
 use crate::analysis::catalog;
-use crate::api::{AcquireBody, AnswerToCache, CallBody};
+use crate::api::{AcquireBody, AnswerLookup, AnswerToCache, CallBody};
 use crate::client::Client;
 use crate::domain::Failure;
 use crate::generation::budget::CallResult;
@@ -21,7 +21,7 @@ use crate::generation::extract::Limits;
 use crate::generation::generate::{generate_app, GenerationParams};
 use crate::generation::limiter::{CallOutcome, LimiterConfig};
 use crate::generation::provider::{
-    self, ChatRequest, ChatResponse, Message, ProviderConfig, ProviderError, ResponseCache,
+    self, ChatRequest, ChatResponse, Message, ProviderConfig, ProviderError,
 };
 use crate::generation::providers::{self, Providers, DEFAULT_PROVIDER};
 use crate::store::LlmCall;
@@ -300,14 +300,13 @@ impl CallMeta {
     /// The record of a call made with `permit`, with its answer to cache when it has one.
     fn body(
         &self,
-        model: &str,
-        key: &str,
+        req: &ChatRequest,
         permit: u64,
         answer: &Result<ChatResponse, ProviderError>,
     ) -> CallBody {
         match answer {
             Ok(resp) => {
-                let mut call = self.record(model, CallResult::Paid);
+                let mut call = self.record(&req.model, CallResult::Paid);
                 call.model_resolved = Some(resp.model.clone());
                 call.prompt_tokens = resp.usage.prompt_tokens as i64;
                 call.completion_tokens = resp.usage.completion_tokens as i64;
@@ -317,13 +316,13 @@ impl CallMeta {
                     permit: Some(permit),
                     outcome: Some(CallOutcome::Success),
                     answer: Some(AnswerToCache {
-                        key: key.to_string(),
+                        request: serde_json::to_value(req).expect("request serializes"),
                         answer: serde_json::to_value(resp).expect("answer serializes"),
                     }),
                 }
             }
             Err(e) => {
-                let mut call = self.record(model, CallResult::Failed);
+                let mut call = self.record(&req.model, CallResult::Failed);
                 call.error = Some(e.to_failure().code);
                 // Answered but unusable: what the provider billed still counts.
                 if let ProviderError::Unusable {
@@ -412,11 +411,16 @@ impl Caller {
     }
 
     /// An answer from the server's cache, asking again through short server trouble.
-    async fn cached(&self, key: &str) -> Result<Option<ChatResponse>, ProviderError> {
+    async fn cached(&self, req: &ChatRequest) -> Result<Option<ChatResponse>, ProviderError> {
+        let lookup = AnswerLookup {
+            job_id: self.meta.job_id,
+            provider: self.meta.provider.clone(),
+            request: serde_json::to_value(req).expect("request serializes"),
+        };
         let mut delay = Duration::from_millis(200);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match self.client.cached_answer(key).await {
+            match self.client.cached_answer(&lookup).await {
                 Ok(answer) => {
                     return Ok(answer.and_then(|a| serde_json::from_value::<ChatResponse>(a).ok()))
                 }
@@ -433,8 +437,7 @@ impl Caller {
     }
 
     async fn chat_inner(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let key = ResponseCache::key(&self.config, req);
-        if let Some(mut resp) = self.cached(&key).await? {
+        if let Some(mut resp) = self.cached(req).await? {
             resp.cached = true;
             let mut call = self.meta.record(&req.model, CallResult::Cached);
             call.model_resolved = Some(resp.model.clone());
@@ -468,22 +471,18 @@ impl Caller {
                 _ = self.cancel.cancelled() => {
                     // The call may already be paid for: let it finish in the background
                     // and keep its answer and record, so that nothing is paid twice.
-                    let (client, meta, model, key) =
-                        (self.client.clone(), self.meta.clone(), req.model.clone(), key.clone());
+                    let (client, meta, req) =
+                        (self.client.clone(), self.meta.clone(), req.clone());
                     tokio::spawn(async move {
                         let answer = call.await.unwrap_or_else(|e| {
                             Err(ProviderError::Connection(format!("the call failed: {e}")))
                         });
-                        let _ = send_record(&client, &meta.body(&model, &key, permit, &answer)).await;
+                        let _ = send_record(&client, &meta.body(&req, permit, &answer)).await;
                     });
                     return Err(stopped("the job was stopped during a call; its answer will be kept"));
                 }
             };
-            send_record(
-                &self.client,
-                &self.meta.body(&req.model, &key, permit, &answer),
-            )
-            .await?;
+            send_record(&self.client, &self.meta.body(req, permit, &answer)).await?;
             match answer {
                 Ok(resp) => return Ok(resp),
                 Err(e) if transient(&e) && tries < self.call_tries => {

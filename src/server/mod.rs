@@ -2,6 +2,7 @@
 //! shutdown token stops all of it: the listener drains in-flight requests, long-polls
 //! return at once, and the reconciler finishes its pass.
 
+mod answers;
 pub mod auth;
 pub mod blobs;
 mod dashboard;
