@@ -32,6 +32,10 @@ pub enum ErrorCode {
     ForeignOrigin,
     /// The spec uses a job kind this server does not allow.
     KindNotAllowed,
+    /// The spec sets a model provider's URL or key variable; it may only pick a name.
+    ProviderInSpec,
+    /// The spec picks a model provider this server does not know.
+    UnknownProvider,
     /// The request body (or an upload) is over its limit.
     TooLarge,
     Internal,
@@ -53,6 +57,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ForeignOrigin => "foreign_origin",
             ErrorCode::KindNotAllowed => "kind_not_allowed",
+            ErrorCode::ProviderInSpec => "provider_in_spec",
+            ErrorCode::UnknownProvider => "unknown_provider",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Internal => "internal",
         }
@@ -221,10 +227,23 @@ pub struct CallBody {
     pub answer: Option<AnswerToCache>,
 }
 
+/// A successful answer and the request it answers. The server files it under the key it
+/// computes from that request and the job's provider; a worker cannot name the key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AnswerToCache {
-    pub key: String,
+    pub request: serde_json::Value,
     pub answer: serde_json::Value,
+}
+
+/// `POST /llm/answers`: is an answer kept for this request of this job?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerLookup {
+    pub job_id: i64,
+    /// As in [`AcquireBody::provider`]; only the judge's is taken from here.
+    pub provider: String,
+    pub request: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -238,5 +257,6 @@ pub struct UsageResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CachedAnswer {
-    pub answer: serde_json::Value,
+    /// `None` when no answer is kept for the request.
+    pub answer: Option<serde_json::Value>,
 }

@@ -117,6 +117,15 @@ enum TokenAction {
     },
 }
 
+/// `--providers`: the built-in providers, plus a file's.
+fn load_providers(file: Option<&Path>) -> Result<crate::generation::providers::Providers> {
+    use crate::generation::providers::Providers;
+    Ok(match file {
+        Some(path) => Providers::load(path).context("--providers")?,
+        None => Providers::builtin(),
+    })
+}
+
 /// `--allow-kinds`: known kinds, or `all`.
 fn allowed_kinds(kinds: Vec<String>) -> Result<Vec<String>> {
     if kinds.iter().any(|k| k == "all") {
@@ -235,6 +244,11 @@ enum Command {
         /// the spec's folder and the current folder always are.
         #[arg(long = "app-root", value_name = "DIR")]
         app_roots: Vec<PathBuf>,
+        /// Model providers by name (TOML: [providers.NAME] base_url, api_key_env,
+        /// timeout): what a spec's `provider = "NAME"` may pick, and where its key goes.
+        /// `openrouter` is built in.
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
@@ -280,6 +294,10 @@ enum Command {
         /// is refused with 507; blobs no artifact names are deleted after an hour.
         #[arg(long, default_value_t = server::blobs::DEFAULT_BLOB_QUOTA)]
         blob_quota: u64,
+        /// The model providers specs may pick by name: the same providers file as the
+        /// workers' (only its names are used here; `openrouter` is built in).
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -331,6 +349,11 @@ enum Command {
             value_delimiter = ':'
         )]
         app_roots: Vec<PathBuf>,
+        /// Model providers by name (TOML: [providers.NAME] base_url, api_key_env,
+        /// timeout): the only places this worker sends a key to, whatever a spec says.
+        /// `openrouter` is built in.
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Submit a pipeline spec to a server.
     Submit {
@@ -577,6 +600,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             no_cache,
             no_sandbox,
             app_roots,
+            providers,
         } => {
             if no_cache {
                 crate::kinds::cache::disable();
@@ -584,12 +608,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             if no_sandbox {
                 crate::sandbox::disable();
             }
+            let providers = load_providers(providers.as_deref())?;
             let slots = (workers, generate_workers);
             let run = RunOptions {
                 listen,
                 fresh,
                 plain,
                 app_roots,
+                providers,
             };
             run_embedded(&spec, &data_dir, slots, run).await
         }
@@ -606,13 +632,16 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             allow_kinds,
             max_blob_bytes,
             blob_quota,
+            providers,
         } => {
+            let providers = load_providers(providers.as_deref())?;
             let shutdown = shutdown_on_signals();
             let mut config = ServerConfig::new(data_dir, listen).with_heartbeat(heartbeat);
             config.event_retention = event_retention.0;
             config.public_hosts = public_host;
             config.max_blob_bytes = max_blob_bytes;
             config.blob_quota = (blob_quota > 0).then_some(blob_quota);
+            config.providers = providers.names();
             if let Some(kinds) = allow_kinds {
                 config.allowed_kinds = allowed_kinds(kinds)?;
             }
@@ -653,7 +682,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             no_pid_namespace,
             no_sandbox,
             app_roots,
+            providers,
         } => {
+            let providers = load_providers(providers.as_deref())?;
             let shutdown = shutdown_on_signals();
             if no_cache {
                 crate::kinds::cache::disable();
@@ -671,6 +702,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             config.generate_concurrency = generate_concurrency.max(1);
             config.shutdown_grace = grace;
             config.app_roots = app_roots;
+            config.providers = std::sync::Arc::new(providers);
             if let Some(id) = id {
                 config.id = id;
             }
@@ -1099,7 +1131,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let config = ProviderConfig {
                 name: "cli".into(),
                 base_url,
-                api_key_env: key_env,
+                api_key_env: Some(key_env),
                 timeout: Duration::from_secs(60),
             };
             let max_age = if refresh {
@@ -1209,6 +1241,8 @@ struct RunOptions {
     plain: bool,
     /// `--app-root`, beyond the spec's folder and the current one.
     app_roots: Vec<PathBuf>,
+    /// `--providers`, for both the server and the workers.
+    providers: crate::generation::providers::Providers,
 }
 
 /// `assay run`: the embedded default. Server and workers live in this process and share
@@ -1232,6 +1266,7 @@ async fn run_embedded(
         fresh,
         plain,
         app_roots,
+        providers,
     } = run;
     let mut req = read_spec(spec, None)?;
     // The spec's folder and the current one hold the apps a spec of one's own names (the
@@ -1280,6 +1315,9 @@ async fn run_embedded(
             },
         ),
     ];
+    // One providers file for both halves: the server checks the names a spec picks, the
+    // worker holds where each one is.
+    server_config.providers = providers.names();
     let server = server::start(server_config, server_stop.clone()).await?;
     let url = format!("http://{}", server.addr);
     let mut config = WorkerConfig::new(&url, data_dir.join("spool"));
@@ -1312,6 +1350,7 @@ async fn run_embedded(
                 .retain(|k| !crate::kinds::APP_KINDS.contains(&k.as_str()));
         }
     }
+    config.providers = std::sync::Arc::new(providers);
     let worker_stop = CancellationToken::new();
     let worker_task = tokio::spawn(worker::run(config, worker_stop.clone()));
     let client = Client::with_token(&url, Some(&admin_token));

@@ -361,16 +361,15 @@ impl Client {
         self.get("/llm/limits").await
     }
 
-    /// A cached answer by request key; `None` when there is none.
-    pub async fn cached_answer(&self, key: &str) -> Result<Option<serde_json::Value>, ClientError> {
-        match self
-            .get::<CachedAnswer>(&format!("/llm/answers/{key}"))
-            .await
-        {
-            Ok(c) => Ok(Some(c.answer)),
-            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
+    /// The answer the server keeps for this request, if any.
+    pub async fn cached_answer(
+        &self,
+        lookup: &AnswerLookup,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        let found: CachedAnswer = self
+            .post("/llm/answers", lookup, Duration::from_secs(60))
+            .await?;
+        Ok(found.answer)
     }
 
     /// One export of a pipeline (`crate::report::ExportFormat`), whole.

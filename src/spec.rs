@@ -7,6 +7,7 @@
 
 use crate::domain::{BreakerPolicy, RetryPolicy, MICROS_PER_MS};
 use crate::generation::budget::Budget;
+use crate::kinds::ParamError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,6 +25,16 @@ pub enum SpecError {
     Syntax { file: String, message: String },
     #[error("{file}:{line}: {field}: {message}\n  fix: {fix}")]
     Invalid {
+        file: String,
+        line: usize,
+        field: String,
+        message: String,
+        fix: String,
+    },
+    /// A stage chooses a model provider's URL or key variable, which only a providers
+    /// file may ([`crate::generation::providers`]).
+    #[error("{file}:{line}: {field}: {message}\n  fix: {fix}")]
+    ProviderInSpec {
         file: String,
         line: usize,
         field: String,
@@ -409,11 +420,37 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
                 ));
             }
         }
-        if let Err(message) = crate::kinds::validate_params(&kind, &params) {
-            let fix = format!("see the `{kind}` kind in the README for its params");
-            return Err(match &rs.params {
-                Some(p) => loc.err(p, &at("params"), message, &fix),
-                None => loc.err(&rs.kind, &at("params"), message, &fix),
+        if let Err(e) = crate::kinds::validate_params(&kind, &params) {
+            let at_params = |message: String, fix: &str| match &rs.params {
+                Some(p) => loc.err(p, &at("params"), message, fix),
+                None => loc.err(&rs.kind, &at("params"), message, fix),
+            };
+            return Err(match e {
+                ParamError::Invalid(message) => at_params(
+                    message,
+                    &format!("see the `{kind}` kind in the README for its params"),
+                ),
+                ParamError::ProviderInSpec(message) => {
+                    match at_params(
+                        message,
+                        "name a configured provider: provider = \"NAME\" (README: Providers)",
+                    ) {
+                        SpecError::Invalid {
+                            file,
+                            line,
+                            field,
+                            message,
+                            fix,
+                        } => SpecError::ProviderInSpec {
+                            file,
+                            line,
+                            field,
+                            message,
+                            fix,
+                        },
+                        other => other,
+                    }
+                }
             });
         }
         stages.push(StageSpec {
@@ -458,21 +495,22 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
                 continue;
             }
             let provider = &stage.params["provider"];
-            let url = provider["base_url"]
+            let name = provider
                 .as_str()
-                .unwrap_or(crate::generation::provider::OPENROUTER_BASE_URL);
+                .or(provider["name"].as_str())
+                .unwrap_or(crate::generation::providers::DEFAULT_PROVIDER);
             let priced = provider["prompt_price"].is_number()
                 || provider["completion_price"].is_number()
                 || provider["reports_cost"] == serde_json::json!(true);
-            if !url.starts_with(crate::generation::provider::OPENROUTER_BASE_URL) && !priced {
+            if name != crate::generation::providers::DEFAULT_PROVIDER && !priced {
                 return Err(loc.err(
                     b,
                     "pipeline.budget",
                     format!(
-                        "a budget of ${usd} needs to know what calls cost, but stage[{index}] (`{}`) calls {url}, which does not report costs",
+                        "a budget of ${usd} needs to know what calls cost, but stage[{index}] (`{}`) calls provider `{name}`, which is not known to report costs",
                         stage.name
                     ),
-                    "give that stage's provider prices in USD per token, e.g. provider = { base_url = \"...\", prompt_price = 0.0000005, completion_price = 0.0000015 }, or say it reports `usage.cost` like OpenRouter (reports_cost = true), or budget tokens instead: budget = { tokens = 2000000 }",
+                    "give that stage's provider prices in USD per token, e.g. provider = { name = \"local\", prompt_price = 0.0000005, completion_price = 0.0000015 }, or say it reports `usage.cost` like OpenRouter (reports_cost = true), or budget tokens instead: budget = { tokens = 2000000 }",
                 ));
             }
         }
@@ -1026,23 +1064,25 @@ mod tests {
         let spec = |provider: &str, budget: &str| {
             format!("[pipeline]\nname = \"p\"\nbudget = {budget}\n[[stage]]\nname = \"g\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\ntemplate = \"todo-api\"\nprovider = {provider}\n")
         };
-        let local = "{ base_url = \"http://127.0.0.1:11434/v1\" }";
-        let err = parse("b.toml", &spec(local, "{ usd = 1.0 }"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("does not report costs") && err.contains("prompt_price"),
-            "{err}"
-        );
-        parse("b.toml", &spec(local, "{ tokens = 1000 }")).unwrap();
+        for local in ["\"local\"", "{ name = \"local\" }"] {
+            let err = parse("b.toml", &spec(local, "{ usd = 1.0 }"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("not known to report costs") && err.contains("prompt_price"),
+                "{err}"
+            );
+            parse("b.toml", &spec(local, "{ tokens = 1000 }")).unwrap();
+        }
         parse(
             "b.toml",
             &spec(
-                "{ base_url = \"http://127.0.0.1:11434/v1\", prompt_price = 0.000001, completion_price = 0.000002 }",
+                "{ name = \"local\", prompt_price = 0.000001, completion_price = 0.000002 }",
                 "{ usd = 1.0 }",
             ),
         )
         .unwrap();
+        parse("b.toml", &spec("\"openrouter\"", "{ usd = 1.0 }")).unwrap();
         parse(
             "b.toml",
             &spec("{ name = \"openrouter\" }", "{ usd = 1.0 }"),
@@ -1051,14 +1091,44 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_picks_a_provider_by_name_and_never_its_url_or_key() {
+        let spec = |provider: &str| {
+            format!("[pipeline]\nname = \"p\"\n[[stage]]\nname = \"g\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\ntemplate = \"todo-api\"\nprovider = {provider}\n")
+        };
+        for field in [
+            "base_url = \"http://attacker.example/v1\"",
+            "api_key_env = \"AWS_SECRET_ACCESS_KEY\"",
+            "name = \"x\", base_url = \"http://attacker.example/v1\"",
+        ] {
+            let err = parse("p.toml", &spec(&format!("{{ {field} }}"))).unwrap_err();
+            assert!(matches!(err, SpecError::ProviderInSpec { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("p.toml:6: stage[0].params: provider.")
+                    && text.contains("--providers")
+                    && text.contains("provider = \"local\""),
+                "{text}"
+            );
+        }
+        let err = parse("p.toml", &spec("\"../etc\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a provider name"), "{err}");
+        let err = parse("p.toml", &spec("42")).unwrap_err().to_string();
+        assert!(err.contains("pick a provider by name"), "{err}");
+        parse("p.toml", &spec("\"local\"")).unwrap();
+        parse("p.toml", &spec("\"{{ item }}\"")).unwrap();
+    }
+
+    #[test]
     fn api_keys_in_a_spec_are_refused() {
         let err = parse(
             "k.toml",
             "[pipeline]\nname = \"p\"\n[[stage]]\nname = \"g\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\ntemplate = \"todo-api\"\nprovider = { api_key = \"sk-123\" }\n",
         )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("api_key_env"), "{err}");
+        .unwrap_err();
+        assert!(matches!(err, SpecError::ProviderInSpec { .. }), "{err}");
+        assert!(!err.to_string().contains("sk-123"), "{err}");
         let err = parse(
             "t.toml",
             "[pipeline]\nname = \"p\"\n[[stage]]\nname = \"g\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\ntemplate = \"no-such-template\"\n",

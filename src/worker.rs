@@ -50,6 +50,9 @@ pub struct WorkerConfig {
     /// The folders whose apps a job may name by path (`--app-root`); none by default.
     /// See [`kinds::app_roots`].
     pub app_roots: Vec<PathBuf>,
+    /// The model providers jobs may call, by name, and the key each gets
+    /// (`--providers`): a spec only names one of them.
+    pub providers: Arc<crate::generation::providers::Providers>,
 }
 
 /// A value that never shows in `Debug` output or logs.
@@ -78,6 +81,7 @@ impl WorkerConfig {
             token: None,
             ca_pem: None,
             app_roots: Vec::new(),
+            providers: Arc::default(),
         }
     }
 }
@@ -702,6 +706,7 @@ async fn claim_loop(shared: &ClaimShared<'_>, pool: Pool, shutdown: &Cancellatio
                 running: shared.running.clone(),
                 tx: shared.results_tx.clone(),
                 app_roots: shared.app_roots.clone(),
+                providers: config.providers.clone(),
             };
             shared.jobs.spawn(async move {
                 ctx.run(job).await;
@@ -718,6 +723,7 @@ struct JobRun {
     running: RunningMap,
     tx: mpsc::UnboundedSender<SpoolEntry>,
     app_roots: Arc<kinds::app_roots::AppRoots>,
+    providers: Arc<crate::generation::providers::Providers>,
 }
 
 /// Kinds that write files; others get no output directory (it costs a few syscalls that
@@ -791,6 +797,7 @@ impl JobRun {
             progress: progress_tx,
             server: Some(self.client.clone()),
             waited_ms: waited_ms.clone(),
+            providers: self.providers.clone(),
         };
         let result = match prepared {
             Err(f) => Err(f),

@@ -298,6 +298,7 @@ async fn performance_analysis_measures_every_planted_slow_endpoint() {
             progress: tokio::sync::watch::channel(None).0,
             server: None,
             waited_ms: Default::default(),
+            providers: Default::default(),
         };
         let result = assay::kinds::run("performance", &ctx)
             .await
@@ -376,6 +377,7 @@ async fn unchanged_apps_are_reused_from_the_cache() {
             progress: tokio::sync::watch::channel(None).0,
             server: None,
             waited_ms: Default::default(),
+            providers: Default::default(),
         };
         let result = assay::kinds::run("static", &ctx).await.unwrap().result;
         let files: Vec<String> = std::fs::read_dir(out.path())

@@ -144,7 +144,28 @@ fn matrix(models: &[&str], templates: &[&str]) -> String {
     )
 }
 
-fn generate_stage(llm: &FakeLlm, models: &[&str], templates: &[&str], extra: &str) -> String {
+/// The providers file that names the fake: the only place its URL and key variable are
+/// written (a spec picks it by name).
+fn providers_file(dir: &Path, llm: &FakeLlm) -> PathBuf {
+    let file = dir.join("providers.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[providers.fake]\nbase_url = \"{}\"\napi_key_env = \"ASSAY_E2E_KEY\"\ntimeout = \"3s\"\n",
+            llm.base_url
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// A server and a worker flag naming the fake's providers file.
+fn providers_args(cluster: &Cluster, llm: &FakeLlm) -> Vec<String> {
+    let file = providers_file(cluster.dir.path(), llm);
+    vec!["--providers".into(), file.to_str().unwrap().into()]
+}
+
+fn generate_stage(models: &[&str], templates: &[&str], extra: &str) -> String {
     format!(
         r#"
 [[stage]]
@@ -159,10 +180,9 @@ model = "{{{{ model }}}}"
 template = "{{{{ template }}}}"
 seed = 7
 temperature = 0.2
-provider = {{ name = "fake", base_url = "{url}", api_key_env = "ASSAY_E2E_KEY", timeout = "3s", reports_cost = true }}
+provider = {{ name = "fake", reports_cost = true }}
 "#,
         matrix = matrix(models, templates),
-        url = llm.base_url,
     )
 }
 
@@ -193,17 +213,28 @@ app_from = "generate"
     )
 }
 
+/// `args` followed by `more`, as a process's arguments.
+fn with<'a>(args: &[&'a str], more: &'a [String]) -> Vec<&'a str> {
+    args.iter()
+        .copied()
+        .chain(more.iter().map(String::as_str))
+        .collect()
+}
+
 struct RunOutput {
     code: i32,
     output: String,
 }
 
+/// `assay run` of `spec`, with the providers file [`workspace`] wrote next to it.
 async fn assay_run(spec: &Path, data: &Path, extra: &[&str]) -> RunOutput {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("run")
         .arg(spec)
         .args(["--plain", "--workers", "4", "--data-dir"])
         .arg(data)
+        .arg("--providers")
+        .arg(spec.with_file_name("providers.toml"))
         .args(extra)
         .env("ASSAY_E2E_KEY", SECRET)
         .env("ASSAY_CACHE_DIR", data.join("analysis-cache"))
@@ -223,11 +254,13 @@ async fn assay_run(spec: &Path, data: &Path, extra: &[&str]) -> RunOutput {
     }
 }
 
-/// A temporary folder holding the spec `text`: (the folder, its data dir, the spec file).
-fn workspace(text: String) -> (tempfile::TempDir, PathBuf, PathBuf) {
+/// A temporary folder holding the spec `text` and a providers file naming `llm`: (the
+/// folder, its data dir, the spec file).
+fn workspace(text: String, llm: &FakeLlm) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.toml");
     std::fs::write(&spec, text).unwrap();
+    providers_file(dir.path(), llm);
     let data = dir.path().join("data");
     (dir, data, spec)
 }
@@ -330,11 +363,14 @@ async fn two_models_by_three_templates_generate_once_stream_into_analyses_and_ad
         );
     }
     let llm = FakeLlm::start_with(responder(faults.clone())).await;
-    let (dir, data, spec) = workspace(format!(
-        "[pipeline]\nname = \"generate-e2e\"\ndeadline = \"9m\"\n{}{}",
-        generate_stage(&llm, &MODELS, &TEMPLATES, ""),
-        analysis_stages(&MODELS, &TEMPLATES)
-    ));
+    let (dir, data, spec) = workspace(
+        format!(
+            "[pipeline]\nname = \"generate-e2e\"\ndeadline = \"9m\"\n{}{}",
+            generate_stage(&MODELS, &TEMPLATES, ""),
+            analysis_stages(&MODELS, &TEMPLATES)
+        ),
+        &llm,
+    );
 
     let run = assay_run(&spec, &data, &[]).await;
     assert_eq!(run.code, 0, "the pipeline completes:\n{}", run.output);
@@ -555,15 +591,15 @@ async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() 
     // The other model shares the stage: a breaker that opens after two failures in a row
     // must not be opened by the broke model's (external) failures.
     let stages = generate_stage(
-        &llm,
         &[broke, MODELS[0]],
         &TEMPLATES,
         "concurrency = 1\nbreaker = 2",
-    ) + &generate_stage(&llm, &[evil], &["todo-api"], "")
+    ) + &generate_stage(&[evil], &["todo-api"], "")
         .replace("name = \"generate\"", "name = \"generate-evil\"");
-    let (dir, data, spec) = workspace(format!(
-        "[pipeline]\nname = \"faults\"\ndeadline = \"5m\"\n{stages}"
-    ));
+    let (dir, data, spec) = workspace(
+        format!("[pipeline]\nname = \"faults\"\ndeadline = \"5m\"\n{stages}"),
+        &llm,
+    );
     let run = assay_run(&spec, &data, &[]).await;
     assert_ne!(run.code, 0, "{}", run.output);
     let store = open(&data).await;
@@ -628,10 +664,13 @@ async fn quota_exhaustion_stops_the_model_and_escaping_paths_fail_permanently() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_budget_stops_new_calls_with_the_reason() {
     let llm = FakeLlm::start_with(responder(Arc::default())).await;
-    let (_dir, data, spec) = workspace(format!(
-        "[pipeline]\nname = \"budget\"\nbudget = {{ usd = 0.000001 }}\n{}",
-        generate_stage(&llm, &[MODELS[0]], &TEMPLATES, "concurrency = 1")
-    ));
+    let (_dir, data, spec) = workspace(
+        format!(
+            "[pipeline]\nname = \"budget\"\nbudget = {{ usd = 0.000001 }}\n{}",
+            generate_stage(&[MODELS[0]], &TEMPLATES, "concurrency = 1")
+        ),
+        &llm,
+    );
     let run = assay_run(&spec, &data, &[]).await;
     assert_ne!(run.code, 0, "{}", run.output);
     let store = open(&data).await;
@@ -661,7 +700,7 @@ async fn a_pipeline_budget_stops_new_calls_with_the_reason() {
     assert!(usage.budget.unwrap().reached(&usage.total).is_some());
 }
 
-fn one_generation(llm: &FakeLlm, model: &str, template: &str) -> String {
+fn one_generation(model: &str, template: &str) -> String {
     format!(
         r#"[pipeline]
 name = "one"
@@ -674,11 +713,10 @@ max_attempts = 3
 [stage.params]
 model = "{{{{ model }}}}"
 template = "{{{{ template }}}}"
-provider = {{ name = "fake", base_url = "{url}", api_key_env = "ASSAY_TEST_NO_KEY", timeout = "60s" }}
+provider = {{ name = "fake", timeout = "60s" }}
 concurrency = 1     # one call at a time to the model: a dead attempt's slot must come back
 max_concurrency = 1
-"#,
-        url = llm.base_url
+"#
     )
 }
 
@@ -692,11 +730,14 @@ async fn a_rate_limited_model_shows_its_back_off_in_progress_and_explain() {
     )))
     .await;
     let cluster = Cluster::new();
-    let _server = cluster.server("500ms").await;
+    let providers = providers_args(&cluster, &llm);
+    let _server = cluster
+        .server_with("500ms", &with(&["--allow-kinds", "all"], &providers))
+        .await;
     // One slot for other work, one for generation: a model backing off must not hold
     // the slot other jobs need.
-    let _worker = cluster.worker("w1", 1, &["--generate-concurrency", "1"]);
-    let spec = one_generation(&llm, MODELS[0], "todo-api")
+    let _worker = cluster.worker("w1", 1, &with(&["--generate-concurrency", "1"], &providers));
+    let spec = one_generation(MODELS[0], "todo-api")
         + "[[stage]]\nname = \"other\"\nkind = \"sleep\"\n[stage.params]\nms = 10\n";
     let pipeline = cluster.submit(&spec).await;
     let job = cluster.jobs(pipeline).await[0].id;
@@ -736,10 +777,7 @@ async fn a_rate_limited_model_shows_its_back_off_in_progress_and_explain() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!(
-            "model: {} at {}: backing off until",
-            MODELS[0], llm.base_url
-        )),
+        text.contains(&format!("model: {} at fake: backing off until", MODELS[0])),
         "{text}"
     );
     assert!(text.contains("1 failed"), "the 429 is accounted: {text}");
@@ -773,17 +811,20 @@ async fn a_worker_killed_mid_generation_does_not_pay_twice() {
     );
     let llm = FakeLlm::start_with(responder(faults)).await;
     let cluster = Cluster::new();
-    let _server = cluster.server("300ms").await;
-    let mut first = cluster.worker("w1", 2, &[]);
+    let providers = providers_args(&cluster, &llm);
+    let _server = cluster
+        .server_with("300ms", &with(&["--allow-kinds", "all"], &providers))
+        .await;
+    let mut first = cluster.worker("w1", 2, &with(&[], &providers));
     let pipeline = cluster
-        .submit(&one_generation(&llm, MODELS[0], "weather-dashboard"))
+        .submit(&one_generation(MODELS[0], "weather-dashboard"))
         .await;
     wait_for("the frontend call", Duration::from_secs(60), || async {
         llm.requests().iter().any(|r| step_of(r) == "frontend")
     })
     .await;
     first.kill9();
-    let _second = cluster.worker("w2", 2, &[]);
+    let _second = cluster.worker("w2", 2, &with(&[], &providers));
     let detail = cluster
         .wait_finished(pipeline, Duration::from_secs(90))
         .await;
@@ -825,10 +866,13 @@ async fn bench_generation() {
         .map(str::to_string)
         .collect();
     let templates: Vec<&str> = templates.iter().map(String::as_str).collect();
-    let (_dir, data, spec) = workspace(format!(
-        "[pipeline]\nname = \"bench\"\n{}",
-        generate_stage(&llm, &models, &templates, "").replace("\"fake\"", "\"bench\"")
-    ));
+    let (_dir, data, spec) = workspace(
+        format!(
+            "[pipeline]\nname = \"bench\"\n{}",
+            generate_stage(&models, &templates, "")
+        ),
+        &llm,
+    );
     for (label, extra) in [
         ("first run", &[][..]),
         ("re-run (all cached)", &["--fresh"][..]),
@@ -864,10 +908,13 @@ async fn waiting_for_a_provider_does_not_count_against_the_attempt_timeout() {
     )))
     .await;
     let cluster = Cluster::new();
-    let _server = cluster.server("500ms").await;
-    let _worker = cluster.worker("w1", 1, &[]);
+    let providers = providers_args(&cluster, &llm);
+    let _server = cluster
+        .server_with("500ms", &with(&["--allow-kinds", "all"], &providers))
+        .await;
+    let _worker = cluster.worker("w1", 1, &with(&[], &providers));
     // A 3 s attempt timeout and one attempt only: the 5 s back-off must not use it up.
-    let spec = one_generation(&llm, MODELS[0], "todo-api")
+    let spec = one_generation(MODELS[0], "todo-api")
         .replace("timeout = \"2m\"", "timeout = \"3s\"")
         .replace("max_attempts = 3", "max_attempts = 1");
     let pipeline = cluster.submit(&spec).await;
@@ -897,7 +944,7 @@ async fn a_billed_answer_without_a_message_is_retried_and_still_accounted() {
         vec![Scripted::Raw(200, empty.into())],
     )))
     .await;
-    let (_dir, data, spec) = workspace(one_generation(&llm, MODELS[0], "todo-api"));
+    let (_dir, data, spec) = workspace(one_generation(MODELS[0], "todo-api"), &llm);
     let run = assay_run(&spec, &data, &[]).await;
     assert_eq!(run.code, 0, "{}", run.output);
     let store = open(&data).await;

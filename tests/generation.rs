@@ -30,7 +30,7 @@ fn provider(llm: &FakeLlm) -> ProviderConfig {
     ProviderConfig {
         name: "fake".into(),
         base_url: llm.base_url.clone(),
-        api_key_env: "ASSAY_TEST_NO_KEY".into(),
+        api_key_env: Some("ASSAY_TEST_NO_KEY".into()),
         timeout: Duration::from_secs(5),
     }
 }

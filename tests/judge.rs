@@ -463,6 +463,7 @@ async fn the_ai_kind_is_skipped_without_an_endpoint_and_judges_with_one() {
             progress: tokio::sync::watch::channel(None).0,
             server: None,
             waited_ms: Default::default(),
+            providers: Default::default(),
         };
         async move { assay::kinds::run("ai", &ctx).await }
     };

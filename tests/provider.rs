@@ -13,7 +13,7 @@ fn config(llm: &FakeLlm) -> ProviderConfig {
     ProviderConfig {
         name: "fake".into(),
         base_url: llm.base_url.clone(),
-        api_key_env: "ASSAY_TEST_NO_SUCH_KEY".into(),
+        api_key_env: Some("ASSAY_TEST_NO_SUCH_KEY".into()),
         timeout: Duration::from_secs(2),
     }
 }
@@ -145,7 +145,7 @@ async fn the_response_cache_never_pays_twice_and_never_caches_errors() {
 #[tokio::test]
 async fn openrouter_without_a_key_is_a_clear_permanent_error() {
     let mut c = ProviderConfig::openrouter();
-    c.api_key_env = "ASSAY_TEST_NO_SUCH_KEY".into();
+    c.api_key_env = Some("ASSAY_TEST_NO_SUCH_KEY".into());
     let e = chat(&c, &request()).await.unwrap_err();
     assert_eq!(e, ProviderError::NoKey("ASSAY_TEST_NO_SUCH_KEY".into()));
     assert_eq!(e.to_failure().class, FailureClass::Permanent);

@@ -907,3 +907,165 @@ async fn a_worker_reads_and_runs_only_app_folders_inside_its_roots() {
     .to_string();
     assert!(!everything.contains("SECRET-LINE-4711"));
 }
+
+/// A listener of the attacker's: it counts the connections it gets and keeps what they
+/// send.
+struct Listener {
+    url: String,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+async fn attackers_listener() -> Listener {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, bytes) = (connections.clone(), received.clone());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    bytes.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    });
+    Listener {
+        url,
+        connections,
+        received,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_cannot_send_a_workers_keys_anywhere_or_pick_a_provider_nobody_configured() {
+    const OPENROUTER_SECRET: &str = "sk-or-v1-security-test-never-send-me";
+    const AWS_SECRET: &str = "aws-secret-security-test-never-send-me";
+    let attacker = attackers_listener().await;
+    let c = Cluster::new();
+    let providers = c.path("providers.toml");
+    std::fs::write(
+        &providers,
+        "[providers.local]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"LOCAL_KEY\"\n",
+    )
+    .unwrap();
+    let providers = providers.to_str().unwrap();
+    let _server = c.server_with("1s", &["--providers", providers]).await;
+    let _worker = c.worker_with_env(
+        "w",
+        &["--kinds", "generate,static", "--providers", providers],
+        &[
+            ("OPENROUTER_API_KEY", OPENROUTER_SECRET),
+            ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+        ],
+    );
+    let spec = |provider: &str, fan_out: &str| {
+        format!(
+            "[pipeline]\nname = \"steal\"\n[[stage]]\nname = \"generate\"\nkind = \"generate\"\n{fan_out}\n\
+             [stage.params]\nmodel = \"m\"\ntemplate = \"todo-api\"\nprovider = {provider}\n"
+        )
+    };
+    let url = &attacker.url;
+    for provider in [
+        format!("{{ name = \"openrouter\", base_url = \"{url}\" }}"),
+        format!("{{ base_url = \"{url}\", api_key_env = \"AWS_SECRET_ACCESS_KEY\" }}"),
+        "{ name = \"local\", api_key_env = \"AWS_SECRET_ACCESS_KEY\" }".to_string(),
+    ] {
+        let e = c
+            .client
+            .submit(&request(&spec(&provider, "")))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some("provider_in_spec"), "{provider}: {e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("--providers") && message.contains("provider = \"local\""),
+            "says what to do instead: {message}"
+        );
+    }
+    for (provider, fan_out, name) in [
+        ("\"attacker\"", "", "attacker"),
+        // A templated name is checked as each job has it.
+        (
+            "\"{{ provider }}\"",
+            "matrix = { provider = [\"openrouter\", \"elsewhere\"] }",
+            "elsewhere",
+        ),
+    ] {
+        let e = c
+            .client
+            .submit(&request(&spec(provider, fan_out)))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some("unknown_provider"), "{provider}: {e}");
+        let message = e.to_string();
+        assert!(
+            message.contains(&format!("provider `{name}`"))
+                && message.contains("known here: local, openrouter")
+                && message.contains("--providers"),
+            "{message}"
+        );
+    }
+    assert!(c.client.pipelines(10).await.unwrap().is_empty());
+
+    // A pipeline that is past submission all the same (one stored before providers were
+    // named): the worker refuses its jobs before calling anything.
+    let store = assay::server::open_store(&c.path("server")).await.unwrap();
+    let source = spec("\"openrouter\"", "items = [1, 2]");
+    let parsed = assay::spec::parse("old.toml", &source).unwrap();
+    let mut plan = parsed.plan().unwrap();
+    plan.jobs[0].params["provider"] = serde_json::json!({
+        "name": "openrouter", "base_url": url, "api_key_env": "AWS_SECRET_ACCESS_KEY"
+    });
+    plan.jobs[1].params["provider"] = serde_json::json!("attacker");
+    let (id, _) = store
+        .create_pipeline(
+            &assay::store::NewPipeline {
+                idempotency_key: None,
+                spec_hash: "old".into(),
+                source,
+                spec: parsed,
+                plan,
+            },
+            assay::domain::now_micros(),
+        )
+        .await
+        .unwrap();
+    let detail = c.wait_finished(id, MIN).await;
+    assert_eq!(detail.pipeline.state, PipelineState::Failed, "{}", c.logs());
+    let mut codes: Vec<(String, i64)> = c
+        .jobs(id)
+        .await
+        .iter()
+        .map(|j| (j.last_error.as_ref().unwrap().code.clone(), j.attempts))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            ("provider_in_spec".to_string(), 1),
+            ("unknown_provider".to_string(), 1)
+        ],
+        "refused for good, not retried"
+    );
+
+    // Nothing reached the attacker: no connection, let alone a key.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        attacker
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(attacker.received.lock().unwrap().is_empty());
+    let logs = c.logs();
+    assert!(!logs.contains(OPENROUTER_SECRET) && !logs.contains(AWS_SECRET));
+}

@@ -1067,9 +1067,11 @@ pub struct CallRecord<'a> {
     pub error: Option<&'a JudgeError>,
     /// Served from the gate's cache: nothing was paid.
     pub cached: bool,
-    /// An answer that validated, to keep under its request's key: recorded and kept in
-    /// one step, so a paid valid answer is never lost.
-    pub keep: Option<(&'a str, &'a str)>,
+    /// The request the call sent.
+    pub request: &'a Value,
+    /// An answer that validated, to keep for `request`: recorded and kept in one step, so
+    /// a paid valid answer is never lost.
+    pub keep: Option<&'a str>,
 }
 
 /// What every judge call goes through on its way to the model: nothing ([`Direct`]), or,
@@ -1078,8 +1080,8 @@ pub struct CallRecord<'a> {
 /// accounting.
 #[async_trait::async_trait]
 pub trait Gate: Send + Sync {
-    /// A valid answer kept for this exact request, if any.
-    async fn cached(&self, key: &str) -> Result<Option<String>, JudgeError>;
+    /// A valid answer kept for this exact request (the chat-completions body), if any.
+    async fn cached(&self, request: &Value) -> Result<Option<String>, JudgeError>;
     /// Wait for a slot to call `model`: the permit to give back with the record.
     async fn acquire(&self, model: &str) -> Result<Option<u64>, JudgeError>;
     /// Account one call, made with `permit` (or served from the cache), giving the slot
@@ -1092,7 +1094,7 @@ pub struct Direct;
 
 #[async_trait::async_trait]
 impl Gate for Direct {
-    async fn cached(&self, _key: &str) -> Result<Option<String>, JudgeError> {
+    async fn cached(&self, _request: &Value) -> Result<Option<String>, JudgeError> {
         Ok(None)
     }
     async fn acquire(&self, _model: &str) -> Result<Option<u64>, JudgeError> {
@@ -1101,18 +1103,6 @@ impl Gate for Direct {
     async fn record(&self, _permit: Option<u64>, _call: CallRecord<'_>) -> Result<(), JudgeError> {
         Ok(())
     }
-}
-
-/// The cache key of one request: the endpoint and the exact body (model, messages,
-/// temperature, response format).
-pub fn request_key(config: &JudgeConfig, body: &Value) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"assay-judge\n");
-    h.update(config.endpoint().as_bytes());
-    h.update(b"\n");
-    h.update(serde_json::to_vec(body).unwrap_or_default());
-    hex::encode(h.finalize())
 }
 
 /// What a call cost: `usage.cost` when the provider reports it, else by the configured
@@ -1135,7 +1125,6 @@ async fn protected_call(
     client: reqwest::Client,
     config: JudgeConfig,
     body: Value,
-    key: String,
     ids: Vec<String>,
     permit: Option<u64>,
 ) -> Result<(u16, String), JudgeError> {
@@ -1162,8 +1151,9 @@ async fn protected_call(
                         .and_then(|(_, text)| call_cost(&config, text, &usage)),
                     error: answer.as_ref().err(),
                     cached: false,
+                    request: &body,
                     keep: match (&answer, valid) {
-                        (Ok((_, text)), true) => Some((key.as_str(), text.as_str())),
+                        (Ok((_, text)), true) => Some(text.as_str()),
                         _ => None,
                     },
                 },
@@ -1237,8 +1227,7 @@ pub async fn judge_app(
             bytes = request_text.len(),
             "asking the LLM judge"
         );
-        let key = request_key(config, &body);
-        let (status, response_text) = match gate.cached(&key).await? {
+        let (status, response_text) = match gate.cached(&body).await? {
             Some(text) => {
                 let parsed = parse_completion(&text).ok();
                 let usage = parsed.as_ref().map(|c| c.usage).unwrap_or_default();
@@ -1251,6 +1240,7 @@ pub async fn judge_app(
                         cost_usd: call_cost(config, &text, &usage),
                         error: None,
                         cached: true,
+                        request: &body,
                         keep: None,
                     },
                 )
@@ -1264,7 +1254,6 @@ pub async fn judge_app(
                     client.clone(),
                     config.clone(),
                     body.clone(),
-                    key,
                     ids.clone(),
                     permit,
                 )

@@ -6,3 +6,4 @@ pub mod extract;
 pub mod generate;
 pub mod limiter;
 pub mod provider;
+pub mod providers;

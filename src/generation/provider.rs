@@ -1,4 +1,5 @@
-//! OpenAI-compatible chat completions (OpenRouter by default, any base URL), with failures
+//! OpenAI-compatible chat completions (OpenRouter by default, or a provider of the
+//! providers file, see [`super::providers`]), with failures
 //! classified for scheduling, and a response cache so that a resumed or repeated pipeline
 //! never pays twice for the same answer. The API key comes from the environment and is
 //! never written anywhere.
@@ -17,8 +18,9 @@ pub const OPENROUTER_BASE_URL: &str = "https://openrouter.ai/api/v1";
 pub struct ProviderConfig {
     pub name: String,
     pub base_url: String,
-    /// Environment variable holding the key (e.g. `OPENROUTER_API_KEY`).
-    pub api_key_env: String,
+    /// Environment variable holding the key (e.g. `OPENROUTER_API_KEY`); `None`: no key is
+    /// sent.
+    pub api_key_env: Option<String>,
     pub timeout: Duration,
 }
 
@@ -27,13 +29,13 @@ impl ProviderConfig {
         ProviderConfig {
             name: "openrouter".into(),
             base_url: OPENROUTER_BASE_URL.into(),
-            api_key_env: "OPENROUTER_API_KEY".into(),
+            api_key_env: Some("OPENROUTER_API_KEY".into()),
             timeout: Duration::from_secs(300),
         }
     }
 
     fn api_key(&self) -> Option<String> {
-        std::env::var(&self.api_key_env)
+        std::env::var(self.api_key_env.as_ref()?)
             .ok()
             .filter(|k| !k.is_empty())
     }
@@ -211,7 +213,12 @@ pub async fn chat(
     match config.api_key() {
         Some(key) => call = call.bearer_auth(key),
         None if config.base_url.starts_with(OPENROUTER_BASE_URL) => {
-            return Err(ProviderError::NoKey(config.api_key_env.clone()))
+            return Err(ProviderError::NoKey(
+                config
+                    .api_key_env
+                    .clone()
+                    .unwrap_or_else(|| "an api_key_env for it in the providers file".into()),
+            ))
         }
         None => {}
     }

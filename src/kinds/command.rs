@@ -273,6 +273,7 @@ mod tests {
             progress: tokio::sync::watch::channel(None).0,
             server: None,
             waited_ms: Default::default(),
+            providers: Default::default(),
         }
     }
 

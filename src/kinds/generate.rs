@@ -11,9 +11,9 @@
 //! `generation.json` (what reproduces the app: resolved model, prompt hashes, parameters,
 //! seed, usage) and `exchanges.json` (every prompt and raw answer, also on failure).
 
-use super::{JobContext, JobOutput};
+use super::{JobContext, JobOutput, ParamError};
 use crate::analysis::catalog;
-use crate::api::{AcquireBody, AnswerToCache, CallBody};
+use crate::api::{AcquireBody, AnswerLookup, AnswerToCache, CallBody};
 use crate::client::Client;
 use crate::domain::Failure;
 use crate::generation::budget::CallResult;
@@ -21,8 +21,9 @@ use crate::generation::extract::Limits;
 use crate::generation::generate::{generate_app, GenerationParams};
 use crate::generation::limiter::{CallOutcome, LimiterConfig};
 use crate::generation::provider::{
-    self, ChatRequest, ChatResponse, Message, ProviderConfig, ProviderError, ResponseCache,
+    self, ChatRequest, ChatResponse, Message, ProviderConfig, ProviderError,
 };
+use crate::generation::providers::{self, Providers, DEFAULT_PROVIDER};
 use crate::store::LlmCall;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -33,15 +34,13 @@ use std::time::Duration;
 /// Where the app is packed among a generate job's artifacts.
 pub const APP_ARTIFACT: &str = "app.tar";
 
-#[derive(Debug, Clone, Deserialize)]
+/// What a spec may say about its provider besides the name: prices for a USD budget, and
+/// how long a call may take. Never where the provider is or which key it gets: that is
+/// the providers file's (see [`crate::generation::providers`]).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProviderParams {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    base_url: Option<String>,
-    #[serde(default)]
-    api_key_env: Option<String>,
+    name: String,
     #[serde(default)]
     timeout: Option<String>,
     /// USD per token, for providers that do not report the cost of a call.
@@ -49,10 +48,77 @@ struct ProviderParams {
     prompt_price: Option<f64>,
     #[serde(default)]
     completion_price: Option<f64>,
-    /// The provider reports each call's cost in `usage.cost` (OpenRouter does).
+    /// The provider reports each call's cost in `usage.cost` (OpenRouter does); read by
+    /// the spec's budget check.
     #[serde(default)]
     #[allow(dead_code)]
     reports_cost: Option<bool>,
+}
+
+/// Fields of a `provider` table that would choose where a worker's key goes.
+const ENDPOINT_FIELDS: [&str; 4] = ["base_url", "api_key_env", "api_key", "key"];
+
+/// The stage's `provider`: a name (`provider = "local"`), or a table with the name and
+/// prices; `openrouter` when absent.
+fn provider_params(params: &Value) -> Result<ProviderParams, ParamError> {
+    let provider = match params.get("provider") {
+        None | Some(Value::Null) => {
+            return Ok(ProviderParams {
+                name: DEFAULT_PROVIDER.into(),
+                ..Default::default()
+            })
+        }
+        Some(Value::String(name)) => ProviderParams {
+            name: name.clone(),
+            ..Default::default()
+        },
+        Some(Value::Object(table)) => {
+            if let Some(field) = ENDPOINT_FIELDS.iter().find(|f| table.contains_key(**f)) {
+                return Err(ParamError::ProviderInSpec(format!(
+                    "provider.{field}: a spec cannot choose where a worker sends its API key \
+                     (nor write the key); configure the endpoint as a named provider in the \
+                     providers file given to `assay server --providers` and `assay worker \
+                     --providers` (or `assay run --providers`), e.g. [providers.local] \
+                     base_url = \"http://127.0.0.1:11434/v1\" api_key_env = \"LOCAL_KEY\", \
+                     and pick it here by name: provider = \"local\""
+                )));
+            }
+            serde_json::from_value(Value::Object(table.clone())).map_err(|e| {
+                ParamError::Invalid(format!(
+                    "provider: {e} (a provider is picked by name: provider = \"NAME\", or \
+                     provider = {{ name = \"NAME\", prompt_price = …, completion_price = …, \
+                     reports_cost = true, timeout = \"5m\" }})"
+                ))
+            })?
+        }
+        Some(other) => {
+            return Err(ParamError::Invalid(format!(
+                "provider is {other}: pick a provider by name, e.g. provider = \"openrouter\""
+            )))
+        }
+    };
+    // A templated name (`{{ provider }}`) is checked once rendered, by the server.
+    if !provider.name.contains("{{") && !providers::valid_name(&provider.name) {
+        return Err(ParamError::Invalid(format!(
+            "provider `{}` is not a provider name (1 to 64 letters, digits, `-`, `_` or `.`)",
+            provider.name
+        )));
+    }
+    if let Some(t) = &provider.timeout {
+        humantime::parse_duration(t)
+            .map_err(|e| ParamError::Invalid(format!("provider.timeout `{t}`: {e}")))?;
+    }
+    Ok(provider)
+}
+
+/// The provider a generate job's (rendered) params pick, if they pick a valid one.
+pub fn provider_name(params: &Value) -> Option<String> {
+    provider_params(params).ok().map(|p| p.name)
+}
+
+/// The model a generate job's (rendered) params ask for: every request it makes names it.
+pub fn model_name(params: &Value) -> Option<&str> {
+    params.get("model").and_then(Value::as_str)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,8 +137,10 @@ struct LimitParams {
 struct Params {
     template: String,
     model: String,
+    /// Read by [`provider_params`]: a name, or a table with the name and prices.
     #[serde(default)]
-    provider: Option<ProviderParams>,
+    #[allow(dead_code)]
+    provider: Option<Value>,
     #[serde(default)]
     templates_dir: Option<String>,
     #[serde(default = "default_temperature")]
@@ -101,16 +169,15 @@ fn default_call_tries() -> u32 {
     6
 }
 
-fn parse(params: &Value) -> Result<Params, String> {
-    if let Some(p) = params.get("provider") {
-        if p.get("api_key").is_some() || p.get("key").is_some() {
-            return Err("an API key must not be written in the spec: it would be stored with the pipeline; \
-                 set `api_key_env` to the name of the environment variable that holds it"
-                .into());
-        }
-    }
+fn parse(params: &Value) -> Result<(Params, ProviderParams), ParamError> {
+    let provider = provider_params(params)?;
     let p: Params = serde_json::from_value(params.clone())
         .map_err(|e| format!("generate params: {e} (expected template, model, and optionally provider, temperature, seed, max_tokens, limits, templates_dir, concurrency, max_concurrency, call_tries)"))?;
+    check(&p)?;
+    Ok((p, provider))
+}
+
+fn check(p: &Params) -> Result<(), String> {
     if !(0.0..=2.0).contains(&p.temperature) {
         return Err(format!("temperature {} is outside 0..=2", p.temperature));
     }
@@ -136,30 +203,11 @@ fn parse(params: &Value) -> Result<Params, String> {
     if p.call_tries == 0 {
         return Err("call_tries must be at least 1".into());
     }
-    if let Some(env) = p.provider.as_ref().and_then(|p| p.api_key_env.as_ref()) {
-        let mut chars = env.chars();
-        let valid = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            // Not echoed: it may be a key pasted into the wrong field.
-            return Err(
-                "provider.api_key_env must be the name of an environment variable \
-                 (letters, digits and `_`), e.g. api_key_env = \"OPENROUTER_API_KEY\"; \
-                 the key itself goes into that variable, never into the spec"
-                    .into(),
-            );
-        }
-    }
-    if let Some(t) = p.provider.as_ref().and_then(|p| p.timeout.as_ref()) {
-        humantime::parse_duration(t).map_err(|e| format!("provider.timeout `{t}`: {e}"))?;
-    }
-    Ok(p)
+    Ok(())
 }
 
-pub fn validate(params: &Value) -> Result<(), String> {
-    let p = parse(params)?;
+pub fn validate(params: &Value) -> Result<(), ParamError> {
+    let (p, _) = parse(params)?;
     // Literal template names are checked now; templated ones (`{{ template }}`) when the
     // job runs.
     if !p.template.contains("{{") {
@@ -169,31 +217,34 @@ pub fn validate(params: &Value) -> Result<(), String> {
             return Err(format!(
                 "unknown template `{}`; `assay templates` lists them",
                 p.template
-            ));
+            )
+            .into());
         }
     }
     Ok(())
 }
 
-fn provider_config(p: &Params) -> ProviderConfig {
-    let mut config = ProviderConfig::openrouter();
-    if let Some(pp) = &p.provider {
-        if let Some(url) = &pp.base_url {
-            config.base_url = url.clone();
-            config.name = "custom".into();
-            config.api_key_env = "OPENAI_API_KEY".into();
-        }
-        if let Some(name) = &pp.name {
-            config.name = name.clone();
-        }
-        if let Some(env) = &pp.api_key_env {
-            config.api_key_env = env.clone();
-        }
-        if let Some(t) = &pp.timeout {
-            config.timeout = humantime::parse_duration(t).expect("validated");
-        }
+/// The worker's provider of that name, with the spec's timeout if it gives one.
+fn provider_config(
+    providers: &Providers,
+    choice: &ProviderParams,
+) -> Result<ProviderConfig, Failure> {
+    let mut config = providers.get(&choice.name).cloned().ok_or_else(|| {
+        Failure::permanent(
+            "unknown_provider",
+            format!(
+                "this worker has no provider `{}` (it has: {}); add [providers.{}] with its \
+                 base_url and api_key_env to the file given to `assay worker --providers`",
+                choice.name,
+                providers.names().join(", "),
+                choice.name
+            ),
+        )
+    })?;
+    if let Some(t) = &choice.timeout {
+        config.timeout = humantime::parse_duration(t).expect("validated");
     }
-    config
+    Ok(config)
 }
 
 /// What the job records of each exchange, also when the app could not be made.
@@ -249,14 +300,13 @@ impl CallMeta {
     /// The record of a call made with `permit`, with its answer to cache when it has one.
     fn body(
         &self,
-        model: &str,
-        key: &str,
+        req: &ChatRequest,
         permit: u64,
         answer: &Result<ChatResponse, ProviderError>,
     ) -> CallBody {
         match answer {
             Ok(resp) => {
-                let mut call = self.record(model, CallResult::Paid);
+                let mut call = self.record(&req.model, CallResult::Paid);
                 call.model_resolved = Some(resp.model.clone());
                 call.prompt_tokens = resp.usage.prompt_tokens as i64;
                 call.completion_tokens = resp.usage.completion_tokens as i64;
@@ -266,13 +316,13 @@ impl CallMeta {
                     permit: Some(permit),
                     outcome: Some(CallOutcome::Success),
                     answer: Some(AnswerToCache {
-                        key: key.to_string(),
+                        request: serde_json::to_value(req).expect("request serializes"),
                         answer: serde_json::to_value(resp).expect("answer serializes"),
                     }),
                 }
             }
             Err(e) => {
-                let mut call = self.record(model, CallResult::Failed);
+                let mut call = self.record(&req.model, CallResult::Failed);
                 call.error = Some(e.to_failure().code);
                 // Answered but unusable: what the provider billed still counts.
                 if let ProviderError::Unusable {
@@ -361,11 +411,16 @@ impl Caller {
     }
 
     /// An answer from the server's cache, asking again through short server trouble.
-    async fn cached(&self, key: &str) -> Result<Option<ChatResponse>, ProviderError> {
+    async fn cached(&self, req: &ChatRequest) -> Result<Option<ChatResponse>, ProviderError> {
+        let lookup = AnswerLookup {
+            job_id: self.meta.job_id,
+            provider: self.meta.provider.clone(),
+            request: serde_json::to_value(req).expect("request serializes"),
+        };
         let mut delay = Duration::from_millis(200);
         let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match self.client.cached_answer(key).await {
+            match self.client.cached_answer(&lookup).await {
                 Ok(answer) => {
                     return Ok(answer.and_then(|a| serde_json::from_value::<ChatResponse>(a).ok()))
                 }
@@ -382,8 +437,7 @@ impl Caller {
     }
 
     async fn chat_inner(&self, req: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let key = ResponseCache::key(&self.config, req);
-        if let Some(mut resp) = self.cached(&key).await? {
+        if let Some(mut resp) = self.cached(req).await? {
             resp.cached = true;
             let mut call = self.meta.record(&req.model, CallResult::Cached);
             call.model_resolved = Some(resp.model.clone());
@@ -417,22 +471,18 @@ impl Caller {
                 _ = self.cancel.cancelled() => {
                     // The call may already be paid for: let it finish in the background
                     // and keep its answer and record, so that nothing is paid twice.
-                    let (client, meta, model, key) =
-                        (self.client.clone(), self.meta.clone(), req.model.clone(), key.clone());
+                    let (client, meta, req) =
+                        (self.client.clone(), self.meta.clone(), req.clone());
                     tokio::spawn(async move {
                         let answer = call.await.unwrap_or_else(|e| {
                             Err(ProviderError::Connection(format!("the call failed: {e}")))
                         });
-                        let _ = send_record(&client, &meta.body(&model, &key, permit, &answer)).await;
+                        let _ = send_record(&client, &meta.body(&req, permit, &answer)).await;
                     });
                     return Err(stopped("the job was stopped during a call; its answer will be kept"));
                 }
             };
-            send_record(
-                &self.client,
-                &self.meta.body(&req.model, &key, permit, &answer),
-            )
-            .await?;
+            send_record(&self.client, &self.meta.body(req, permit, &answer)).await?;
             match answer {
                 Ok(resp) => return Ok(resp),
                 Err(e) if transient(&e) && tries < self.call_tries => {
@@ -533,7 +583,11 @@ fn transient(e: &ProviderError) -> bool {
 }
 
 pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
-    let p = parse(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
+    let (p, choice) = parse(&ctx.params).map_err(|e| match e {
+        // A pipeline stored before providers were named may still hold one.
+        ParamError::ProviderInSpec(m) => Failure::permanent("provider_in_spec", m),
+        ParamError::Invalid(m) => Failure::permanent("bad_params", m),
+    })?;
     let client = ctx.server.clone().ok_or_else(|| {
         Failure::permanent(
             "no_server",
@@ -552,7 +606,7 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
             ),
         )
     })?;
-    let config = provider_config(&p);
+    let config = provider_config(&ctx.providers, &choice)?;
     let defaults = LimiterConfig::default();
     let limiter = LimiterConfig {
         initial: p.concurrency.unwrap_or(defaults.initial),
@@ -567,12 +621,8 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
         meta: CallMeta {
             job_id: ctx.job_id,
             attempt: ctx.attempt,
-            provider: config.base_url.trim_end_matches('/').to_string(),
-            prices: p
-                .provider
-                .as_ref()
-                .map(|pp| (pp.prompt_price, pp.completion_price))
-                .unwrap_or_default(),
+            provider: config.name.clone(),
+            prices: (choice.prompt_price, choice.completion_price),
         },
         limiter,
         call_tries: p.call_tries,

@@ -5,7 +5,7 @@
 
 use super::WaitClock;
 use crate::analysis::judge::{CallRecord, Gate, JudgeError};
-use crate::api::{AcquireBody, AnswerToCache, CallBody};
+use crate::api::{AcquireBody, AnswerLookup, AnswerToCache, CallBody};
 use crate::client::{Client, ClientError};
 use crate::generation::budget::CallResult;
 use crate::generation::limiter::CallOutcome;
@@ -90,8 +90,13 @@ fn outcome(error: Option<&JudgeError>) -> Option<CallOutcome> {
 
 #[async_trait::async_trait]
 impl Gate for ServerGate {
-    async fn cached(&self, key: &str) -> Result<Option<String>, JudgeError> {
-        let answer = patiently(|| self.client.cached_answer(key)).await?;
+    async fn cached(&self, request: &serde_json::Value) -> Result<Option<String>, JudgeError> {
+        let lookup = AnswerLookup {
+            job_id: self.job_id,
+            provider: self.provider.clone(),
+            request: request.clone(),
+        };
+        let answer = patiently(|| self.client.cached_answer(&lookup)).await?;
         Ok(answer.and_then(|a| a.get("text").and_then(|t| t.as_str()).map(str::to_string)))
     }
 
@@ -176,8 +181,8 @@ impl Gate for ServerGate {
                 outcome(call.error)
             },
             // Kept before the call is recorded and the slot given back, in one request.
-            answer: call.keep.map(|(key, text)| AnswerToCache {
-                key: key.to_string(),
+            answer: call.keep.map(|text| AnswerToCache {
+                request: call.request.clone(),
                 answer: serde_json::json!({ "text": text }),
             }),
         };

@@ -50,11 +50,29 @@ pub fn default_allowed_kinds() -> Vec<String> {
         .collect()
 }
 
-pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
+/// Why a stage's params are refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ParamError {
+    #[error("{0}")]
+    Invalid(String),
+    /// The params choose a model provider's URL or key variable, which only a providers
+    /// file may (see [`crate::generation::providers`]): a server answers with its own
+    /// error code, so a client can tell this apart from a typo.
+    #[error("{0}")]
+    ProviderInSpec(String),
+}
+
+impl From<String> for ParamError {
+    fn from(message: String) -> Self {
+        ParamError::Invalid(message)
+    }
+}
+
+pub fn validate_params(kind: &str, params: &Value) -> Result<(), ParamError> {
     let params = &inputs::with_placeholder_app(params);
-    match kind {
+    Ok(match kind {
         "command" => command::validate(params),
-        "generate" => generate::validate(params),
+        "generate" => return generate::validate(params),
         "static" => static_analysis::validate(params),
         "dynamic" => app_analysis::validate_dynamic(params),
         "performance" => app_analysis::validate_performance(params),
@@ -64,7 +82,7 @@ pub fn validate_params(kind: &str, params: &Value) -> Result<(), String> {
         "fail" => internal::validate_fail(params),
         "blob" => internal::validate_blob(params),
         other => Err(format!("unknown job kind `{other}`")),
-    }
+    }?)
 }
 
 static SCRATCH_ROOT: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
@@ -110,6 +128,8 @@ pub struct JobContext {
     /// Time spent waiting for a model provider's slot: the attempt's timeout is extended
     /// by as much (on the worker and, through heartbeats, on the server).
     pub waited_ms: std::sync::Arc<WaitClock>,
+    /// The model providers this worker may call, by name (`assay worker --providers`).
+    pub providers: std::sync::Arc<crate::generation::providers::Providers>,
 }
 
 /// How long a job has waited for something outside it (a model provider's slot),

@@ -82,7 +82,7 @@ pub fn required(method: &Method, path: &str) -> Need {
         (true, _, ["blobs", _]) => Need::AnyOf(&[Read, Worker]),
         (false, false, ["blobs", _]) if *method == Method::PUT => Need::AnyOf(&[Worker]),
         (_, _, ["llm", "acquire" | "calls"]) => Need::AnyOf(&[Worker]),
-        (_, _, ["llm", "answers", _]) => Need::AnyOf(&[Worker]),
+        (false, true, ["llm", "answers"]) => Need::AnyOf(&[Worker]),
         (true, _, ["llm", "limits"]) => Need::AnyOf(&[Read, Worker]),
         // A worker finds an upstream job's app through its record and artifacts.
         (true, _, ["jobs", _] | ["jobs", _, "artifacts", _]) => Need::AnyOf(&[Read, Worker]),
@@ -524,7 +524,8 @@ mod tests {
         assert_eq!(need(Method::PUT, "/blobs/abc"), any(&[Worker]));
         assert_eq!(need(Method::GET, "/blobs/abc"), any(&[Read, Worker]));
         assert_eq!(need(Method::HEAD, "/blobs/abc"), any(&[Read, Worker]));
-        assert_eq!(need(Method::GET, "/llm/answers/k"), any(&[Worker]));
+        assert_eq!(need(Method::POST, "/llm/answers"), any(&[Worker]));
+        assert_eq!(need(Method::GET, "/llm/answers/k"), any(&[Read]));
         assert_eq!(need(Method::GET, "/jobs/3"), any(&[Read, Worker]));
         assert_eq!(
             need(Method::GET, "/jobs/3/artifacts/app.tar"),

@@ -2,6 +2,7 @@
 //! shutdown token stops all of it: the listener drains in-flight requests, long-polls
 //! return at once, and the reconciler finishes its pass.
 
+mod answers;
 pub mod auth;
 pub mod blobs;
 mod dashboard;
@@ -50,6 +51,10 @@ pub struct ServerConfig {
     pub blob_quota: Option<u64>,
     /// Tokens accepted besides the store's, held only in this process (`assay run`'s own).
     pub memory_tokens: Vec<auth::MemoryToken>,
+    /// The model provider names a spec may pick (`--providers`: the built-in `openrouter`
+    /// and those of the providers file). The server only checks names; where each one is
+    /// and which key it gets is each worker's own providers file.
+    pub providers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +87,7 @@ impl ServerConfig {
             max_blob_bytes: blobs::DEFAULT_MAX_BLOB_BYTES,
             blob_quota: Some(blobs::DEFAULT_BLOB_QUOTA),
             memory_tokens: Vec::new(),
+            providers: crate::generation::providers::Providers::builtin().names(),
         }
     }
 
@@ -138,6 +144,8 @@ pub struct AppState {
     pub hosts: guard::Hosts,
     /// The job kinds a submitted spec may use.
     pub allowed_kinds: Arc<Vec<String>>,
+    /// The model provider names a submitted spec may pick.
+    pub providers: Arc<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +279,7 @@ pub async fn start(
         ),
         hosts: guard::Hosts::new(config.public_hosts.clone()),
         allowed_kinds: Arc::new(config.allowed_kinds.clone()),
+        providers: Arc::new(config.providers.clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

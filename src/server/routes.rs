@@ -1,6 +1,6 @@
 //! HTTP handlers. Each is a thin translation between JSON and a [`Store`] call.
 
-use super::AppState;
+use super::{answers, AppState};
 use crate::api::*;
 use crate::domain::{now_micros, JobState, Micros, MICROS_PER_MS};
 use crate::explain::{self, Explanation};
@@ -79,7 +79,10 @@ pub fn app(state: AppState) -> Router {
             post(llm_call).layer(DefaultBodyLimit::max(CALL_LIMIT)),
         )
         .route("/llm/limits", get(llm_limits))
-        .route("/llm/answers/{key}", get(get_answer))
+        .route(
+            "/llm/answers",
+            post(lookup_answer).layer(DefaultBodyLimit::max(CALL_LIMIT)),
+        )
         .layer(DefaultBodyLimit::max(SMALL_LIMIT))
         .route(
             "/blobs/{digest}",
@@ -138,8 +141,8 @@ macro_rules! invalid_request_from {
                         r.status(),
                         ErrorCode::TooLarge,
                         "the request body is larger than this route takes (specs 16 MiB, \
-                         heartbeats and model calls 16 MiB, reports 64 MiB, other requests \
-                         64 KiB); split the work into smaller requests",
+                         heartbeats, model calls and answer lookups 16 MiB, reports 64 MiB, \
+                         other requests 64 KiB); split the work into smaller requests",
                     );
                 }
                 ApiError::new(r.status(), ErrorCode::InvalidRequest, r.body_text())
@@ -256,11 +259,25 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// A submitted spec, read and planned; errors name the file, line and field.
-fn plan_submission(req: SubmitRequest, allowed: &[String]) -> Result<NewPipeline, ApiError> {
+/// What a submitted spec may use on this server.
+struct Policy {
+    allowed_kinds: std::sync::Arc<Vec<String>>,
+    providers: std::sync::Arc<Vec<String>>,
+}
+
+fn plan_submission(req: SubmitRequest, policy: &Policy) -> Result<NewPipeline, ApiError> {
+    let allowed = &policy.allowed_kinds;
     let file = req.file_name.as_deref().unwrap_or("spec.toml");
     let invalid =
         |message: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidSpec, message);
-    let spec = crate::spec::parse(file, &req.spec).map_err(|e| invalid(e.to_string()))?;
+    let spec = crate::spec::parse(file, &req.spec).map_err(|e| match e {
+        crate::spec::SpecError::ProviderInSpec { .. } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::ProviderInSpec,
+            e.to_string(),
+        ),
+        e => invalid(e.to_string()),
+    })?;
     if let Some(stage) = spec.stages.iter().find(|s| !allowed.contains(&s.kind)) {
         let why = if crate::kinds::PROGRAM_KINDS.contains(&stage.kind.as_str()) {
             " (it runs a program the spec chooses, as the worker's user)"
@@ -280,6 +297,26 @@ fn plan_submission(req: SubmitRequest, allowed: &[String]) -> Result<NewPipeline
         ));
     }
     let plan = spec.plan().map_err(|e| invalid(format!("{file}: {e}")))?;
+    // Checked on the plan: a name may be templated (`provider = "{{ provider }}"`).
+    let mut checked = std::collections::HashSet::new();
+    for job in plan.jobs.iter().filter(|j| j.kind == "generate") {
+        let name = crate::kinds::generate::provider_name(&job.params).unwrap_or_default();
+        if !checked.insert(name.clone()) || policy.providers.contains(&name) {
+            continue;
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::UnknownProvider,
+            format!(
+                "{file}: stage `{}` picks provider `{name}`, which this server does not know; \
+                 known here: {}. Providers are named, with their base_url and api_key_env, \
+                 in the providers file given to `assay server --providers` and to each \
+                 worker's `--providers` (`assay run --providers` for both)",
+                job.stage,
+                policy.providers.join(", ")
+            ),
+        ));
+    }
     Ok(NewPipeline {
         idempotency_key: req.idempotency_key,
         spec_hash: hex::encode(Sha256::digest(req.spec.as_bytes())),
@@ -294,8 +331,11 @@ async fn submit(
     AppJson(req): AppJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     // Reading and planning a study-sized spec is CPU work: off the async threads.
-    let allowed = s.allowed_kinds.clone();
-    let new = tokio::task::spawn_blocking(move || plan_submission(req, &allowed)).await??;
+    let policy = Policy {
+        allowed_kinds: s.allowed_kinds.clone(),
+        providers: s.providers.clone(),
+    };
+    let new = tokio::task::spawn_blocking(move || plan_submission(req, &policy)).await??;
     // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
     // writing short (it would be discarded, and the retry would start over).
     let store = s.store.clone();
@@ -1053,19 +1093,25 @@ async fn llm_call(
     // before it gets the slot, and a paid answer is kept before it counts as paid.
     // The cache is written only here, with a call the attempt that holds the job made:
     // nobody can plant an answer for another job's request.
+    // The key is the server's, from the request the answer is for: a worker cannot file an
+    // answer under another request's key.
     if let Some(a) = &body.answer {
-        valid_answer_key(&a.key)?;
-        let job = s.store.job(body.call.job_id).await?;
-        let holds = job
-            .as_ref()
-            .is_some_and(|j| j.state == JobState::Running && j.attempts == body.call.attempt);
-        let owner = job.as_ref().and_then(|j| j.worker_id.as_deref());
-        let allowed = match (holds, owner) {
+        let job = s
+            .store
+            .job(body.call.job_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("job {}", body.call.job_id)))?;
+        let key = answers::key(
+            &answers::identity(&job, &body.call.provider, &a.request)?,
+            &a.request,
+        );
+        let holds = job.state == JobState::Running && job.attempts == body.call.attempt;
+        let allowed = match (holds, job.worker_id.as_deref()) {
             (true, Some(worker)) => s.auth.owns_worker(&s, caller.as_deref(), worker).await?,
             _ => false,
         };
         if allowed {
-            s.store.cache_answer(&a.key, &a.answer, now).await?;
+            s.store.cache_answer(&key, &a.answer, now).await?;
         } else {
             tracing::info!(
                 job = body.call.job_id,
@@ -1097,27 +1143,30 @@ async fn llm_limits(
     Ok(Json(s.llm.states(now_micros())))
 }
 
-fn valid_answer_key(key: &str) -> Result<(), ApiError> {
-    if key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidRequest,
-            format!("`{key}` is not an answer key: use the SHA-256 of the request, 64 lowercase hex digits"),
-        ))
-    }
-}
-
-async fn get_answer(
+/// The answer kept for a request of a job, found by the key the server computes, as when
+/// it was kept.
+async fn lookup_answer(
     State(s): State<AppState>,
-    AppPath(key): AppPath<String>,
+    caller: Caller,
+    AppJson(body): AppJson<AnswerLookup>,
 ) -> ApiResult<CachedAnswer> {
-    valid_answer_key(&key)?;
-    match s.store.cached_answer(&key).await? {
-        Some(answer) => Ok(Json(CachedAnswer { answer })),
-        None => Err(ApiError::not_found(format!("answer {key}"))),
+    let job = s
+        .store
+        .job(body.job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {}", body.job_id)))?;
+    if let Some(worker) = &job.worker_id {
+        must_own(&s, &caller, worker).await?;
+    } else if s.auth.required() {
+        return Err(not_holder(job.id));
     }
+    let key = answers::key(
+        &answers::identity(&job, &body.provider, &body.request)?,
+        &body.request,
+    );
+    Ok(Json(CachedAnswer {
+        answer: s.store.cached_answer(&key).await?,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -59,9 +59,14 @@ pub fn free_port() -> u16 {
 }
 
 fn spawn(name: &str, args: &[&str], log: &Path) -> Proc {
+    spawn_with_env(name, args, log, &[])
+}
+
+fn spawn_with_env(name: &str, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
     let out = std::fs::File::create(log).unwrap();
     let child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env("ASSAY_LOG", "info")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -133,6 +138,23 @@ impl Cluster {
 
     pub fn worker(&self, id: &str, concurrency: usize, extra: &[&str]) -> Proc {
         self.worker_at(&self.url, id, &format!("spool-{id}"), concurrency, extra)
+    }
+
+    /// A worker whose environment also holds `env` (secrets it must not give away).
+    pub fn worker_with_env(&self, id: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        let spool = self.path(&format!("spool-{id}"));
+        let log = self.path(&format!("worker-{id}-{}.log", uuid::Uuid::new_v4()));
+        let mut args = vec![
+            "worker",
+            "--server",
+            &self.url,
+            "--id",
+            id,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        spawn_with_env(id, &args, &log, env)
     }
 
     /// A worker that talks to `server` (the server, or a proxy in front of it) with its
