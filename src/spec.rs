@@ -970,6 +970,23 @@ fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
 
+/// A template's output, refused past [`MAX_RENDERED_BYTES`].
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other("the rendered param is too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Render every templated string of `v`; the environment holds each of them as a
 /// template named by its text.
 fn render_with(
@@ -979,28 +996,27 @@ fn render_with(
 ) -> Result<Value, String> {
     Ok(match v {
         Value::String(s) if is_template(s) => {
-            let rendered = env
-                .get_template(s)
-                .and_then(|t| t.render(ctx))
+            // Into a capped buffer: a loop that prints a large string (`{{ "x" * 50000000 }}`
+            // a thousand times, within the fuel) would otherwise fill memory before the
+            // length could be checked.
+            let mut out = Capped(Vec::new());
+            env.get_template(s)
+                .and_then(|t| t.render_captured_to(ctx, &mut out).map(drop))
                 .map_err(|e| {
-                    let why = if e.kind() == minijinja::ErrorKind::OutOfFuel {
-                        format!(
+                    let why = match e.kind() {
+                        minijinja::ErrorKind::OutOfFuel => format!(
                             "it takes more than {TEMPLATE_FUEL} steps to render (a param is a \
                              short template, e.g. `{{{{ model }}}}`, not a program)"
-                        )
-                    } else {
-                        e.to_string()
+                        ),
+                        minijinja::ErrorKind::WriteFailure => format!(
+                            "it renders to more than {MAX_RENDERED_BYTES} bytes; a param may be at \
+                             most {MAX_RENDERED_BYTES}"
+                        ),
+                        _ => e.to_string(),
                     };
                     format!("template `{}`: {why}", clip(s))
                 })?;
-            if rendered.len() > MAX_RENDERED_BYTES {
-                return Err(format!(
-                    "template `{}` renders to {} bytes; a param may be at most {MAX_RENDERED_BYTES}",
-                    clip(s),
-                    rendered.len()
-                ));
-            }
-            Value::String(rendered)
+            Value::String(String::from_utf8(out.0).expect("templates render UTF-8"))
         }
         Value::Array(a) => Value::Array(
             a.iter()
@@ -1344,6 +1360,12 @@ items = [{ z = -0.0 }]
             e.contains("renders to") && e.contains("at most 65536"),
             "{e}"
         );
+        // Each output takes a few steps of the fuel, but a thousand of them were 50 GB,
+        // buffered before their length was checked (the server ran out of memory).
+        let loud = "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"l\"\nkind = \"noop\"\n\
+            [stage.params]\nv = \"{% for i in range(1000) %}{{ 'x' * 50000000 }}{% endfor %}\"\n";
+        let e = parse("loud.toml", loud).unwrap().plan().unwrap_err();
+        assert!(e.contains("renders to more than 65536 bytes"), "{e}");
         // An ordinary template is untouched by the limits.
         let fine = "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"f\"\nkind = \"noop\"\nitems = [{ model = \"m\" }]\n\
             [stage.params]\nv = \"{{ model | upper }}-{% for i in range(3) %}{{ i }}{% endfor %}\"\n";

@@ -442,11 +442,12 @@ fn relative(app: &Path, path: &str) -> String {
     s.trim_start_matches("./").to_string()
 }
 
+/// A position past `u32` is no position (rather than a wrapped, wrong one).
 fn loc(path: String, line: Option<u64>, column: Option<u64>) -> Location {
     Location {
         path,
-        line: line.map(|l| l as u32),
-        column: column.map(|c| c as u32),
+        line: line.and_then(|l| u32::try_from(l).ok()),
+        column: column.and_then(|c| u32::try_from(c).ok()),
         end_line: None,
     }
 }
@@ -480,7 +481,10 @@ fn bandit_cwe(number: u32) -> Option<u32> {
     })
 }
 
-fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> {
+/// A tool's raw output as findings, for an app analyzed at `app`. Public only for the fuzz
+/// targets (`fuzz/`), which feed it hostile output.
+#[doc(hidden)]
+pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> {
     let json = || serde_json::from_str::<Value>(out.trim()).map_err(|e| e.to_string());
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
     let mut findings = Vec::new();
@@ -552,7 +556,7 @@ fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> {
                     loc(
                         relative(app, &s(&r["filename"])),
                         r["line_number"].as_u64(),
-                        r["col_offset"].as_u64().map(|c| c + 1),
+                        r["col_offset"].as_u64().map(|c| c.saturating_add(1)),
                     ),
                 ));
             }
@@ -614,7 +618,7 @@ fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> {
                     loc(
                         relative(app, &s(&r["path"])),
                         r["line"].as_u64(),
-                        r["column"].as_u64().map(|c| c + 1),
+                        r["column"].as_u64().map(|c| c.saturating_add(1)),
                     ),
                 ));
             }
@@ -803,6 +807,17 @@ mod tests {
         assert!(
             parse("bandit", "Traceback (most recent call last):", app).is_err(),
             "garbage is an error, not zero findings"
+        );
+
+        // Met while writing fuzz/tool_output (now one of its seeds): a 0-based column of
+        // u64::MAX overflowed turning 1-based, and positions past u32 wrapped into wrong ones.
+        let huge = r#"{"results": [{"filename": "a.py", "line_number": 4294967297, "col_offset": 18446744073709551615}]}"#;
+        let f = parse("bandit", huge, app).unwrap();
+        assert_eq!((f[0].location.line, f[0].location.column), (None, None));
+        let pylint = r#"[{"path": "a.py", "line": 3, "column": 18446744073709551615}]"#;
+        assert_eq!(
+            parse("pylint", pylint, app).unwrap()[0].location.column,
+            None
         );
     }
 
