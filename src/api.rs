@@ -38,6 +38,8 @@ pub enum ErrorCode {
     UnknownProvider,
     /// The request body (or an upload) is over its limit.
     TooLarge,
+    /// The client holds as many long-polls or streams as it may.
+    TooManyRequests,
     Internal,
 }
 
@@ -60,6 +62,7 @@ impl ErrorCode {
             ErrorCode::ProviderInSpec => "provider_in_spec",
             ErrorCode::UnknownProvider => "unknown_provider",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Internal => "internal",
         }
     }

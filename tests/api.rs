@@ -3,7 +3,7 @@
 
 use assay::api::{ClaimBody, ClaimResponse, ReportBody, SubmitRequest};
 use assay::server::blobs::BlobStore;
-use assay::server::{app, open_store, AppState, Signals};
+use assay::server::{app, caps, open_store, AppState, Signals};
 use assay::store::{
     ArtifactRef, Heartbeat, HeldLease, LeasePolicy, Report, ReportOutcome, WorkerRegistration,
 };
@@ -19,8 +19,13 @@ use tower::ServiceExt;
 
 /// The app over a fresh store; keep the `TempDir` alive for the test's duration.
 async fn setup() -> (tempfile::TempDir, Router) {
+    setup_with(|_| {}).await
+}
+
+/// [`setup`], with the state changed first.
+async fn setup_with(change: impl FnOnce(&mut AppState)) -> (tempfile::TempDir, Router) {
     let dir = tempfile::tempdir().unwrap();
-    let state = AppState {
+    let mut state = AppState {
         store: open_store(dir.path()).await.unwrap(),
         blobs: BlobStore::open(&dir.path().join("blobs")).unwrap(),
         lease: LeasePolicy::default(),
@@ -37,8 +42,77 @@ async fn setup() -> (tempfile::TempDir, Router) {
                 .collect(),
         ),
         providers: std::sync::Arc::new(vec!["openrouter".into()]),
+        long_polls: caps::Held::new("long-polls", caps::LONG_POLLS_PER_CLIENT),
+        streams: caps::Held::new("event streams", caps::STREAMS_PER_CLIENT),
     };
+    change(&mut state);
     (dir, app(state))
+}
+
+/// A client holds at most its cap of streams and long-polls: the next one is a clear 429,
+/// and a closed one gives its place back.
+#[tokio::test]
+async fn streams_and_long_polls_are_capped_per_client() {
+    let (_dir, app) = setup_with(|s| {
+        s.streams = caps::Held::new("event streams", 1);
+        s.long_polls = caps::Held::new("long-polls", 1);
+    })
+    .await;
+    let open = app
+        .clone()
+        .oneshot(Request::get("/api/v1/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let (status, body) = send(
+        &app,
+        Request::get("/api/v1/stream").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("too_many_requests") && text.contains("1 event streams"),
+        "{text}"
+    );
+    drop(open);
+    let again = app
+        .clone()
+        .oneshot(Request::get("/api/v1/stream").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "the closed stream gave its place back"
+    );
+
+    // A claim that waits holds a long-poll; the client's next one is refused meanwhile.
+    let polls = caps::Held::new("long-polls", 1);
+    let held = polls.clone();
+    let (_dir, app) = setup_with(move |s| s.long_polls = held).await;
+    register(&app, "w", &["noop"]).await;
+    let waiting = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let body = ClaimBody {
+                wait_ms: 30_000,
+                ..claim_body("w", &["noop"], 1)
+            };
+            post(&app, "/api/v1/workers/claim", &body).await
+        })
+    };
+    while polls.held_by(None) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let body = ClaimBody {
+        wait_ms: 1_000,
+        ..claim_body("w", &["noop"], 1)
+    };
+    let (status, refused) = post(&app, "/api/v1/workers/claim", &body).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(code(&refused), "too_many_requests");
+    waiting.abort();
 }
 
 /// Send one request; the body is parsed as JSON when it is JSON, else kept as a string.

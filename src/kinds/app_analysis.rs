@@ -47,6 +47,8 @@ fn app_failure(e: AppError) -> Failure {
         AppError::Unhealthy { .. } => "app_unhealthy",
         AppError::Manifest { .. } => "bad_app_manifest",
         AppError::ComposeUnavailable(_) => "compose_unavailable",
+        AppError::ComposeRefused => "compose_refused",
+        AppError::Sandbox(_) => "sandbox_unavailable",
         _ => "app_start",
     };
     if e.is_retryable() {

@@ -5,6 +5,7 @@
 mod answers;
 pub mod auth;
 pub mod blobs;
+pub mod caps;
 mod dashboard;
 pub mod guard;
 pub mod llm_gate;
@@ -146,6 +147,10 @@ pub struct AppState {
     pub allowed_kinds: Arc<Vec<String>>,
     /// The model provider names a submitted spec may pick.
     pub providers: Arc<Vec<String>>,
+    /// Long-polls held per client ([`caps`]).
+    pub long_polls: Arc<caps::Held>,
+    /// Event streams held per client.
+    pub streams: Arc<caps::Held>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +285,8 @@ pub async fn start(
         hosts: guard::Hosts::new(config.public_hosts.clone()),
         allowed_kinds: Arc::new(config.allowed_kinds.clone()),
         providers: Arc::new(config.providers.clone()),
+        long_polls: caps::Held::new("long-polls", caps::LONG_POLLS_PER_CLIENT),
+        streams: caps::Held::new("event streams", caps::STREAMS_PER_CLIENT),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -155,9 +155,9 @@ invalid_request_from!(JsonRejection, PathRejection, QueryRejection);
 /// An API error: an HTTP status and a stable code.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: ErrorCode,
-    message: String,
+    pub(crate) status: StatusCode,
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
 }
 
 impl ApiError {
@@ -516,11 +516,17 @@ struct EventsQuery {
 
 async fn pipeline_events(
     State(s): State<AppState>,
+    caller: Caller,
     AppPath(id): AppPath<i64>,
     AppQuery(q): AppQuery<EventsQuery>,
 ) -> ApiResult<EventsResponse> {
     pipeline_or_404(&s, id).await?;
     let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
+    let _slot = if q.wait_ms > 0 {
+        Some(s.long_polls.enter(caller_key(&caller))?)
+    } else {
+        None
+    };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_LONG_POLL);
     let mut changes = s.signals.events.subscribe();
@@ -835,6 +841,11 @@ async fn worker_stopped(
 
 type Caller = Option<axum::Extension<super::auth::Principal>>;
 
+/// The client a request counts against for [`super::caps`]: its token.
+pub(crate) fn caller_key(caller: &Caller) -> Option<i64> {
+    caller.as_ref().map(|p| p.token_id)
+}
+
 fn not_holder(job: i64) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
@@ -875,7 +886,9 @@ async fn claim(
     };
     let deadline =
         tokio::time::Instant::now() + Duration::from_millis(body.wait_ms).min(MAX_LONG_POLL);
+    let _slot = s.long_polls.enter(caller_key(&caller))?;
     let mut work = s.signals.work.subscribe();
+    let mut first = true;
     loop {
         work.borrow_and_update();
         if s.shutdown.is_cancelled() {
@@ -885,7 +898,14 @@ async fn claim(
             }));
         }
         let now = now_micros();
-        let jobs = s.store.claim(&req, &s.lease, now).await?;
+        // The first try writes (it marks the worker seen); a wake-up only writes when a
+        // read says there may be something, so idle long-polls stay reads.
+        let jobs = if first || s.store.has_claimable(&req.kinds, now).await? {
+            s.store.claim(&req, &s.lease, now).await?
+        } else {
+            Vec::new()
+        };
+        first = false;
         if !jobs.is_empty() {
             s.signals.events_changed();
             return Ok(Json(ClaimResponse {

@@ -45,6 +45,8 @@ pub struct StreamQuery {
 }
 
 struct Cursor {
+    /// The stream's place among its client's ([`super::caps`]), given back when it ends.
+    _slot: super::caps::Slot,
     /// When the last workers snapshot went out, if they are followed.
     workers: Option<Option<tokio::time::Instant>>,
     state: AppState,
@@ -64,9 +66,11 @@ fn last_event_id(headers: &HeaderMap) -> Option<i64> {
 
 pub async fn stream(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<super::auth::Principal>>,
     headers: HeaderMap,
     Query(q): Query<StreamQuery>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, super::routes::ApiError> {
+    let slot = state.streams.enter(super::routes::caller_key(&caller))?;
     let after = match (last_event_id(&headers), q.tail) {
         // A reconnect resumes exactly where it was.
         (Some(id), _) => id,
@@ -81,6 +85,7 @@ pub async fn stream(
         (None, None) => q.after.unwrap_or(0),
     };
     let cursor = Cursor {
+        _slot: slot,
         changes: state.signals.events.subscribe(),
         state,
         pipeline: q.pipeline,
@@ -90,7 +95,7 @@ pub async fn stream(
         workers: q.workers.then_some(None),
     };
     let events = stream::unfold(cursor, next_batch).flat_map(stream::iter);
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 fn to_sse(e: &Event) -> SseEvent {

@@ -235,6 +235,20 @@ pub async fn claims_are_exclusive(store: Arc<dyn Store>) {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 20, "every job claimed once");
     assert_eq!(unique.len(), 20, "no job claimed twice");
+    let noop = ["noop".to_string()];
+    assert!(!store.has_claimable(&noop, T0).await.unwrap(), "all taken");
+    store
+        .create_pipeline(
+            &new_pipeline(&pipeline_toml(&[stage_toml("b", "")]), None),
+            T0,
+        )
+        .await
+        .unwrap();
+    assert!(store.has_claimable(&noop, T0).await.unwrap());
+    assert!(!store
+        .has_claimable(&["sleep".to_string()], T0)
+        .await
+        .unwrap());
 }
 
 pub async fn fencing_rejects_late_reports(store: Arc<dyn Store>) {

@@ -198,7 +198,8 @@ pub struct LeasePolicy {
     /// Consecutive retryable failures after which a worker is quarantined; 0 disables.
     pub quarantine_after: i64,
     pub quarantine_ms: i64,
-    /// Lost attempts after which a job is given up ([`MAX_LOST_ATTEMPTS`]).
+    /// Lost attempts after which a job is given up ([`MAX_LOST_ATTEMPTS`]), or its stage's
+    /// `max_attempts` if that is more.
     #[serde(default = "default_max_lost_attempts")]
     pub max_lost_attempts: i64,
 }
@@ -595,6 +596,11 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest time a backing-off job becomes claimable, so a long-poll can sleep
     /// exactly until then.
     async fn next_retry_at(&self) -> StoreResult<Option<Micros>>;
+
+    /// Whether a job of one of these kinds may be claimable now: a read, so that idle
+    /// long-polls woken by a change elsewhere do not each write a claim. May say yes when
+    /// a claim would still find nothing (its stage is full); never no when one would not.
+    async fn has_claimable(&self, kinds: &[String], now: Micros) -> StoreResult<bool>;
 
     /// Record an LLM call against its job and pipeline (a paid call is recorded even when
     /// its attempt has lost the job since: the money was spent). Idempotent by call id:

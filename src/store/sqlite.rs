@@ -1125,7 +1125,7 @@ async fn fail_running(
     }
     // A lost attempt is not the job's failure: it does not use up the job's attempts, so a
     // worker that claims and vanishes (crashed, cut off, or hostile) cannot kill other
-    // people's jobs. It is retried at once, up to `max_lost_attempts` times in all (a job
+    // people's jobs. It is retried at once, up to `max_lost_attempts` (or the stage's `max_attempts`, if more) times in all (a job
     // that is lost every time may be what kills its workers).
     let lost = outcome == AttemptOutcome::Lost;
     let (failed_attempts, lost_attempts) = if lost {
@@ -1140,7 +1140,10 @@ async fn fail_running(
         (job.failed_attempts + 1, 0)
     };
     let lost_too_often;
-    let lost_too_many = lost && lost_attempts >= lease.max_lost_attempts;
+    // Never fewer than the stage's own attempts: losses alone end a job no sooner than
+    // they did when they counted as failures.
+    let lost_cap = lease.max_lost_attempts.max(policy.retry.max_attempts);
+    let lost_too_many = lost && lost_attempts >= lost_cap;
     let failure = if lost_too_many {
         lost_too_often = Failure {
             message: format!(
@@ -3116,6 +3119,24 @@ impl Store for SqliteStore {
             })
         })
         .collect()
+    }
+
+    async fn has_claimable(&self, kinds: &[String], now: Micros) -> StoreResult<bool> {
+        for kind in kinds {
+            let found = sqlx::query(hot::CLAIM_CANDIDATES)
+                .bind(kind)
+                .bind(now)
+                .bind("[]")
+                .bind(1_i64)
+                .bind(i64::MIN)
+                .bind(i64::MAX)
+                .fetch_optional(&self.reader)
+                .await?;
+            if found.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn next_retry_at(&self) -> StoreResult<Option<Micros>> {
