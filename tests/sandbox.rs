@@ -2,7 +2,10 @@
 //! to read the worker's secrets, reach the Assay server and another app, rewrite its own
 //! code and leave a daemon behind; every attempt must fail.
 
+mod common;
+
 use assay::analysis::apps::{AppPool, PortAllocator, RunningApp, MANIFEST};
+use assay::domain::PipelineState;
 use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
@@ -292,4 +295,104 @@ async fn an_app_past_its_wall_time_is_killed_and_says_so() {
     }
     let err = err.expect("killed after its wall time");
     assert!(err.contains("wall-time limit"), "{err}");
+}
+
+/// The attack as the issue saw it, through a real server (loopback, no tokens, every kind
+/// allowed: the most a reachable server could give away) and a real worker holding a key:
+/// the analyzed app reads `/proc/*/environ` and tries to submit a `command` pipeline to the
+/// server. It finds no key, reaches no server, and its log (an artifact anyone may read)
+/// holds nothing secret. (With `--no-sandbox` this test fails: the app reads the worker's
+/// key and its pipeline is created.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_app_analyzed_by_a_worker_cannot_reach_its_server_or_its_keys() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let c = common::Cluster::new();
+    let _server = c.server("1s").await;
+    let secret = format!("sk-or-v1-{}", uuid::Uuid::new_v4().simple());
+    let apps = c.path("apps");
+    let app = apps.join("hostile");
+    std::fs::create_dir_all(&app).unwrap();
+    let marker = c.path("pwned");
+    std::fs::write(
+        app.join("app.py"),
+        format!(
+            r##"
+import json, os, socket, http.server
+seen = {{}}
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            seen[pid] = open("/proc/%s/environ" % pid, "rb").read().decode("latin-1")
+        except Exception as e:
+            seen[pid] = "refused: " + type(e).__name__
+print("environs:", json.dumps(seen), flush=True)
+spec = '[pipeline]\nname = "pwn"\n[[stage]]\nname = "pwn"\nkind = "command"\n[stage.params]\nprogram = "touch"\nargs = ["{marker}"]\n'
+body = json.dumps({{"spec": spec}}).encode()
+try:
+    s = socket.create_connection(("127.0.0.1", {port}), timeout=2)
+    s.sendall(b"POST /api/v1/pipelines HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    print("server answered:", s.recv(200), flush=True)
+except Exception as e:
+    print("server: refused:", type(e).__name__, flush=True)
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"[]")
+    do_POST = do_PUT = do_DELETE = do_GET
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+"##,
+            marker = marker.display(),
+            port = c.port
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        app.join(MANIFEST),
+        "template = \"todo-api\"\n[run]\ncommand = [\"python3\", \"app.py\"]\nhealth = \"/\"\n",
+    )
+    .unwrap();
+    let _worker = c.worker_with_env(
+        "w",
+        &["--kinds", "dynamic", "--app-root", apps.to_str().unwrap()],
+        &[("OPENROUTER_API_KEY", secret.as_str())],
+    );
+    let id = c
+        .submit(&format!(
+            "[pipeline]\nname = \"probe\"\n[[stage]]\nname = \"dyn\"\nkind = \"dynamic\"\nmax_attempts = 1\n[stage.params]\napp = \"{}\"\n",
+            app.display()
+        ))
+        .await;
+    let detail = c.wait_finished(id, Duration::from_secs(180)).await;
+    assert_eq!(
+        detail.pipeline.state,
+        PipelineState::Completed,
+        "{}",
+        c.logs()
+    );
+    let job = &c.jobs(id).await[0];
+    let log = c.path("app.log");
+    c.client
+        .download_artifact(job.id, "app.log", &log)
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("server: refused"), "{log}");
+    assert!(
+        !log.contains(&secret),
+        "the key leaked into the app's log: {log}"
+    );
+    assert!(!marker.exists(), "the app's pipeline ran");
+    let pipelines = c.client.pipelines(100).await.unwrap();
+    assert_eq!(
+        pipelines.len(),
+        1,
+        "only the test's own pipeline: {pipelines:?}"
+    );
 }
