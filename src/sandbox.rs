@@ -74,12 +74,37 @@ pub fn check() -> Result<(), SandboxError> {
         .map_err(SandboxError::Unavailable)
 }
 
+/// bubblewrap, `setpriv` and `env`, by absolute path, from the system's own folders only:
+/// never from a `PATH` a recipe or a virtualenv could put a program of the same name on.
+pub struct Tools {
+    pub bwrap: PathBuf,
+    pub setpriv: PathBuf,
+    pub env: PathBuf,
+}
+
+/// The sandbox's programs, found once.
+pub fn tools() -> Result<&'static Tools, SandboxError> {
+    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            Ok(Tools {
+                bwrap: which(BWRAP).ok_or("`bwrap` is not installed")?,
+                setpriv: which(SETPRIV).ok_or("`setpriv` (util-linux) is not installed")?,
+                env: which("env").ok_or("`env` (coreutils) is not installed")?,
+            })
+        })
+        .as_ref()
+        .map_err(|e| SandboxError::Unavailable(e.clone()))
+}
+
 fn probe() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("the worker does not run as root".into());
     }
-    let bwrap = which(BWRAP).ok_or("`bwrap` is not installed")?;
-    which(SETPRIV).ok_or("`setpriv` (util-linux) is not installed")?;
+    let tools = tools().map_err(|e| match e {
+        SandboxError::Unavailable(why) => why,
+    })?;
+    let bwrap = &tools.bwrap;
     let network = AppNetwork::new().map_err(|e| format!("no network namespace: {e}"))?;
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let etc = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -91,8 +116,9 @@ fn probe() -> Result<(), String> {
         read_only: Vec::new(),
     };
     jail.prepare().map_err(|e| e.to_string())?;
-    let mut cmd = std::process::Command::new(&bwrap);
-    cmd.args(jail.bwrap_args(&["true".to_string()]))
+    let mut cmd = std::process::Command::new(bwrap);
+    let path = [("PATH".to_string(), OsString::from(SANDBOX_PATH))];
+    cmd.args(jail.bwrap_args(tools, &path, &["true".to_string()]))
         .env_clear()
         .env("PATH", SANDBOX_PATH)
         .stdin(std::process::Stdio::null())
@@ -126,10 +152,19 @@ const SETPRIV: &str = "setpriv";
 pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn which(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_else(|| SANDBOX_PATH.into()))
-        .chain(std::env::split_paths(SANDBOX_PATH))
+    std::env::split_paths(SANDBOX_PATH)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// Whether `name` can be an environment variable's name (what `env NAME=VALUE` takes as
+/// one, and nothing else).
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Limits every sandboxed app runs under.
@@ -193,12 +228,21 @@ impl Jail<'_> {
         std::fs::set_permissions(self.scratch, std::fs::Permissions::from_mode(0o700))
     }
 
-    /// bubblewrap's arguments, up to and including the command (which runs as the app's
-    /// user, found on the `PATH` of the environment bwrap is given).
-    pub fn bwrap_args(&self, command: &[String]) -> Vec<OsString> {
+    /// bubblewrap's arguments, up to and including the command. bwrap, and `setpriv`
+    /// inside it, run as root with an empty environment: nothing of the app's recipe (an
+    /// `LD_PRELOAD`, a `PATH`) reaches a privileged process. Only after `setpriv` has
+    /// dropped to the app's user does `env -i` set the app's environment (`env`, which
+    /// must hold `PATH`) and run the command, found on that `PATH`.
+    pub fn bwrap_args(
+        &self,
+        tools: &Tools,
+        env: &[(String, OsString)],
+        command: &[String],
+    ) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&std::ffi::OsStr]| args.extend(parts.iter().map(|p| p.into()));
         push(&[
+            "--clearenv".as_ref(),
             "--die-with-parent".as_ref(),
             "--new-session".as_ref(),
             "--unshare-pid".as_ref(),
@@ -221,6 +265,14 @@ impl Jail<'_> {
                 Err(_) => {}
             }
         }
+        // As with the interpreters' folders: made readable first, or bwrap makes `/etc`
+        // as private as root's.
+        push(&[
+            "--perms".as_ref(),
+            "0755".as_ref(),
+            "--dir".as_ref(),
+            "/etc".as_ref(),
+        ]);
         for etc in ETC_READ_ONLY {
             push(&["--ro-bind-try".as_ref(), etc.as_ref(), etc.as_ref()]);
         }
@@ -285,7 +337,7 @@ impl Jail<'_> {
             "--chdir".as_ref(),
             "/app".as_ref(),
             "--".as_ref(),
-            SETPRIV.as_ref(),
+            tools.setpriv.as_os_str(),
         ]);
         let uid = self.uid.to_string();
         args.extend(
@@ -301,6 +353,14 @@ impl Jail<'_> {
             .into_iter()
             .map(OsString::from),
         );
+        args.push(tools.env.clone().into());
+        args.push("-i".into());
+        for (name, value) in env {
+            let mut pair = OsString::from(name);
+            pair.push("=");
+            pair.push(value);
+            args.push(pair);
+        }
         args.extend(command.iter().map(OsString::from));
         args
     }
@@ -345,26 +405,47 @@ pub fn interpreter_mounts(dirs: &[PathBuf]) -> Vec<PathBuf> {
         let Ok(dir) = dir.canonicalize() else {
             continue;
         };
-        if let Some(root) = dir.parent() {
-            add(root.to_path_buf());
+        // A virtualenv's root holds its packages; any other folder is mounted alone.
+        match dir.parent() {
+            Some(root) if root.join("pyvenv.cfg").is_file() => add(root.to_path_buf()),
+            _ => add(dir.clone()),
         }
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for entry in entries.flatten() {
             let is_link = entry.file_type().is_ok_and(|t| t.is_symlink());
-            let target = is_link.then(|| entry.path().canonicalize().ok()).flatten();
-            // `PREFIX/bin/python3.11`: the prefix holds its standard library.
-            if let Some(prefix) = target
-                .as_deref()
-                .and_then(Path::parent)
-                .and_then(Path::parent)
-            {
-                add(prefix.to_path_buf());
+            let Some(target) = is_link.then(|| entry.path().canonicalize().ok()).flatten() else {
+                continue;
+            };
+            let Some(bin) = target.parent() else { continue };
+            // `PREFIX/bin/python3.11`: a Python's prefix holds its standard library; the
+            // prefix of anything else (a home's `.cargo`) is not the app's to read.
+            match bin.parent() {
+                Some(prefix) if is_python_prefix(prefix) => add(prefix.to_path_buf()),
+                _ => add(bin.to_path_buf()),
             }
         }
     }
+    mounts.retain(|m| !too_wide(m));
     mounts
+}
+
+fn is_python_prefix(prefix: &Path) -> bool {
+    std::fs::read_dir(prefix.join("lib")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("python"))
+    })
+}
+
+/// Folders never mounted whole, whatever a `PATH` points into: the root and homes.
+fn too_wide(dir: &Path) -> bool {
+    dir == Path::new("/")
+        || dir == Path::new("/root")
+        || dir == Path::new("/home")
+        || dir.parent() == Some(Path::new("/home"))
+        || std::env::var_os("HOME").is_some_and(|home| dir == Path::new(&home))
 }
 
 /// A network namespace with only a loopback interface, up. A thread of the worker lives
@@ -678,16 +759,25 @@ mod tests {
         let venv = root.path().join("venv");
         let python = root.path().join("pythons/3.11");
         std::fs::create_dir_all(venv.join("bin")).unwrap();
+        std::fs::write(venv.join("pyvenv.cfg"), "home = x\n").unwrap();
         std::fs::create_dir_all(python.join("bin")).unwrap();
+        std::fs::create_dir_all(python.join("lib/python3.11")).unwrap();
         std::fs::write(python.join("bin/python3.11"), "").unwrap();
+        // A console script linked from a home's tools: only its own folder, not the home.
+        let home = root.path().join("home/.cargo");
+        std::fs::create_dir_all(home.join("bin")).unwrap();
+        std::fs::write(home.join("credentials.toml"), "token = 1").unwrap();
+        std::fs::write(home.join("bin/ruff"), "").unwrap();
+        std::os::unix::fs::symlink(home.join("bin/ruff"), venv.join("bin/ruff")).unwrap();
         std::os::unix::fs::symlink(python.join("bin/python3.11"), venv.join("bin/python")).unwrap();
         std::os::unix::fs::symlink("/usr/bin/env", venv.join("bin/env")).unwrap();
         let mounts = interpreter_mounts(&[venv.join("bin"), venv.join("bin")]);
         let venv = venv.canonicalize().unwrap();
         let python = python.canonicalize().unwrap();
-        assert_eq!(mounts.len(), 2, "{mounts:?}");
+        let cargo_bin = home.join("bin").canonicalize().unwrap();
+        assert_eq!(mounts.len(), 3, "{mounts:?}");
         assert!(
-            mounts.contains(&venv) && mounts.contains(&python),
+            mounts.contains(&venv) && mounts.contains(&python) && mounts.contains(&cargo_bin),
             "{mounts:?}"
         );
     }
@@ -702,8 +792,17 @@ mod tests {
             uid: APP_UID_BASE + 20_001,
             read_only: vec![PathBuf::from("/opt/venv")],
         };
+        let tools = Tools {
+            bwrap: "/usr/bin/bwrap".into(),
+            setpriv: "/usr/bin/setpriv".into(),
+            env: "/usr/bin/env".into(),
+        };
+        let env = [
+            ("PATH".to_string(), OsString::from("/opt/venv/bin:/usr/bin")),
+            ("LD_PRELOAD".to_string(), OsString::from("/app/evil.so")),
+        ];
         let args: Vec<String> = jail
-            .bwrap_args(&["python3".into(), "app.py".into()])
+            .bwrap_args(&tools, &env, &["python3".into(), "app.py".into()])
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
@@ -714,8 +813,13 @@ mod tests {
         assert!(joined.contains("--unshare-pid"), "{joined}");
         assert!(!joined.contains("--share-net"), "{joined}");
         assert!(
+            joined.starts_with("--clearenv "),
+            "bwrap and setpriv get no environment: {joined}"
+        );
+        assert!(!joined.contains("--setenv"), "{joined}");
+        assert!(
             joined.ends_with(&format!(
-                "setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- python3 app.py",
+                "/usr/bin/setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin LD_PRELOAD=/app/evil.so python3 app.py",
                 APP_UID_BASE + 20_001
             )),
             "{joined}"

@@ -55,6 +55,9 @@ try_("new_file_in_app", lambda: open("pwned.txt", "w").write("x") and "written")
 try_("worker_secret_file", lambda: open(os.environ["SECRET_FILE"]).read())
 try_("shadow", lambda: open("/etc/shadow").read()[:10])
 try_("scratch", lambda: open("/tmp/db.sqlite", "w").write("ok") and "written")
+import pwd
+try_("localhost", lambda: socket.gethostbyname("localhost"))
+try_("own_user", lambda: pwd.getpwuid(os.getuid()).pw_name)
 
 # A daemon in a session of its own, meant to outlive the job.
 subprocess.Popen(["sh", "-c", "sleep 1000; echo %s" % os.environ["MARKER"]],
@@ -205,6 +208,8 @@ async fn a_hostile_app_cannot_read_secrets_reach_out_write_its_code_or_outlive_i
         found["scratch"], "written",
         "its scratch folder is writable"
     );
+    assert_eq!(found["localhost"], "127.0.0.1", "its /etc is readable");
+    assert_eq!(found["own_user"], "app");
     let mut buf = [0u8; 64];
     match server.accept() {
         Ok((mut s, _)) => panic!(
@@ -394,5 +399,76 @@ http.server.HTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
         pipelines.len(),
         1,
         "only the test's own pipeline: {pipelines:?}"
+    );
+}
+
+/// A recipe's environment reaches only the app, after the drop to its user: not the
+/// supervisor, bubblewrap or `setpriv`, which run as root. (An `LD_PRELOAD` or a `PATH`
+/// of `.` in `run.env` gave root on the host before.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipes_environment_never_reaches_the_root_side() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = root.path().join("ran-as-root");
+    // Programs named like the sandbox's own, first on the recipe's PATH.
+    for fake in ["setpriv", "bwrap", "env"] {
+        let script = dir.join(fake);
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nid -u >> {}\nexit 1\n", marker.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        dir.join(MANIFEST),
+        format!(
+            "template = \"x\"\n[run]\ncommand = [\"sh\", \"-c\", \"echo uid=$(id -u) preload=$LD_PRELOAD; exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n\
+             [run.env]\nPATH = \".:{}\"\nLD_PRELOAD = \"/nonexistent/evil.so\"\nLD_DEBUG = \"libs\"\nLD_DEBUG_OUTPUT = \"{}\"\n",
+            dir.display(),
+            root.path().join("ld-debug").display()
+        ),
+    )
+    .unwrap();
+    let ports = PortAllocator::new(root.path().join("ports"), 28_730, 28_750);
+    let log = root.path().join("app.log");
+    let app = RunningApp::start(&dir, &ports, &log)
+        .await
+        .expect("the app starts");
+    let port: u32 = app.base_url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(reqwest::get(&app.base_url)
+        .await
+        .unwrap()
+        .status()
+        .is_success());
+    drop(app);
+    assert!(
+        !marker.exists(),
+        "a program of the recipe's PATH ran: {:?}",
+        std::fs::read_to_string(&marker)
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ld-debug"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "the loader wrote files for root: {leftovers:?}"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains(&format!("{} preload=", assay::sandbox::APP_UID_BASE + port)),
+        "{log}"
+    );
+    assert!(
+        log.contains("preload=/nonexistent/evil.so"),
+        "the app itself gets its environment: {log}"
     );
 }

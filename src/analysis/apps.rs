@@ -106,11 +106,15 @@ fn default_memory() -> u64 {
     2048
 }
 
+/// The most address space a sandboxed app's process may ask for, in MiB.
+pub const MAX_MEMORY_MB: u64 = 16 * 1024;
+
 pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
     let path = app_dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|e| AppError::Manifest {
+    // Never through a link: a recipe linked to `/etc/shadow` would quote it in the error.
+    let text = read_no_follow(&path).map_err(|e| AppError::Manifest {
         path: path.clone(),
-        message: format!("cannot read the run recipe: {e} (every app folder needs an {MANIFEST})"),
+        message: format!("cannot read the run recipe: {e} (every app folder needs an {MANIFEST}, a regular file)"),
     })?;
     let manifest: AppManifest = toml::from_str(&text).map_err(|e| AppError::Manifest {
         path: path.clone(),
@@ -137,6 +141,26 @@ pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
         }
         _ => {}
     }
+    let recipe = &manifest.run;
+    if let Some(bad) = recipe
+        .env
+        .keys()
+        .chain(std::iter::once(&recipe.port_env))
+        .find(|k| !crate::sandbox::is_env_name(k))
+    {
+        return Err(AppError::Manifest {
+            path,
+            message: format!(
+                "`{bad}` is not an environment variable's name (letters, digits and `_`, not starting with a digit)"
+            ),
+        });
+    }
+    if recipe.command.first().is_some_and(|c| c.contains('=')) {
+        return Err(AppError::Manifest {
+            path,
+            message: "run.command's program may not contain `=`".into(),
+        });
+    }
     if !manifest.run.health.starts_with('/') {
         return Err(AppError::Manifest {
             path,
@@ -156,6 +180,22 @@ pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
         });
     }
     Ok(manifest)
+}
+
+/// A regular file's text, opened without following a link at its last component.
+fn read_no_follow(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Hands out loopback ports, each held by an exclusive `flock` on a file in a directory
@@ -441,18 +481,36 @@ impl RunningApp {
         let (read, write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
         let write = std::fs::File::from(write);
-        let memory = recipe.memory_mb.saturating_mul(1024 * 1024);
-        let mut cmd = SupervisedCommand::new("bwrap");
-        cmd.args(jail.bwrap_args(&recipe.command))
+        // 0 would mean no limit at all: in the sandbox it means the default, and no recipe
+        // asks for more than MAX_MEMORY_MB.
+        let memory_mb = match recipe.memory_mb {
+            0 => default_memory(),
+            mb => mb.min(MAX_MEMORY_MB),
+        };
+        let memory = memory_mb.saturating_mul(1024 * 1024);
+        // The app's environment, set only after the drop to its user (see `bwrap_args`).
+        let mut env: BTreeMap<String, std::ffi::OsString> =
+            inherited(APP_ENV_ALLOWED).into_iter().collect();
+        for (k, v) in &recipe.env {
+            env.insert(k.clone(), v.into());
+        }
+        for (k, v) in [
+            ("HOME", "/tmp"),
+            ("TMPDIR", "/tmp"),
+            ("ASSAY_SCRATCH_DIR", "/tmp"),
+            ("PYTHONUNBUFFERED", "1"),
+        ] {
+            env.insert(k.into(), v.into());
+        }
+        env.insert("PATH".into(), path);
+        env.insert(recipe.port_env.clone(), port.to_string().into());
+        let env: Vec<(String, std::ffi::OsString)> = env.into_iter().collect();
+        let tools = sb::tools()?;
+        let mut cmd = SupervisedCommand::new(&tools.bwrap);
+        // The supervisor and bwrap are root: they get nothing of the recipe.
+        cmd.args(jail.bwrap_args(tools, &env, &recipe.command))
             .env_clear()
-            .envs(inherited(APP_ENV_ALLOWED))
-            .envs(&recipe.env)
-            .env("HOME", "/tmp")
-            .env("TMPDIR", "/tmp")
-            .env("ASSAY_SCRATCH_DIR", "/tmp")
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PATH", path)
-            .env(&recipe.port_env, port.to_string())
+            .env("PATH", sb::SANDBOX_PATH)
             .stdout(write.try_clone()?)
             .stderr(write)
             .network_namespace(network.namespace())
@@ -880,6 +938,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("healht"));
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "template = \"x\"\n[run]\ncommand = [\"a\"]\nenv = { \"A=B\" = \"c\" }\n",
+        )
+        .unwrap();
+        assert!(load_manifest(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("not an environment variable's name"));
+        // A recipe that is a link is not followed (it would quote its target).
+        std::fs::remove_file(dir.path().join(MANIFEST)).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root:SECRET-HASH:20228\n").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.path().join(MANIFEST)).unwrap();
+        let e = load_manifest(dir.path()).unwrap_err().to_string();
+        assert!(
+            !e.contains("SECRET-HASH") && e.contains("regular file"),
+            "{e}"
+        );
     }
 
     /// Jobs of one app share one instance; it outlives no lease by more than the linger.

@@ -70,6 +70,28 @@ pub struct Extracted {
 
 /// A relative path that cannot leave the folder it is joined to.
 pub fn confine(raw: &str) -> Result<PathBuf, ExtractError> {
+    // Trimming quotes can expose more to trim once `.` parts and slashes are gone
+    // (``V`/`` → ``V` `` → `V`): take it to its fixed point, so that a confined path
+    // confines to itself. Each pass that changes it makes it shorter.
+    let name_raw = |e: ExtractError| match e {
+        ExtractError::UnsafePath { reason, .. } => ExtractError::UnsafePath {
+            path: raw.to_string(),
+            reason,
+        },
+        other => other,
+    };
+    let mut path = confine_once(raw)?;
+    loop {
+        let text = path.to_str().expect("made of a str's parts").to_string();
+        let again = confine_once(&text).map_err(name_raw)?;
+        if again == path {
+            return Ok(path);
+        }
+        path = again;
+    }
+}
+
+fn confine_once(raw: &str) -> Result<PathBuf, ExtractError> {
     let unsafe_path = |reason| ExtractError::UnsafePath {
         path: raw.to_string(),
         reason,
@@ -310,6 +332,22 @@ mod tests {
 
     fn run(answer: &str) -> Result<Extracted, ExtractError> {
         extract(answer, &defaults, &Limits::default())
+    }
+
+    /// Found by the `extract_code` fuzz target: ``V`/`` confined to ``V` ``, which confined
+    /// again to `V`. A confined path is its own confinement.
+    #[test]
+    fn confining_is_idempotent_when_quotes_hide_behind_slashes() {
+        for raw in ["V`/", "`a`/./", "'x'/", "\"b\"//.", "a/`b`"] {
+            let once = confine(raw).unwrap();
+            assert_eq!(confine(once.to_str().unwrap()).unwrap(), once, "{raw}");
+        }
+        assert_eq!(confine("V`/").unwrap(), Path::new("V"));
+        let e = confine("`./`").unwrap_err().to_string();
+        assert!(
+            e.contains("`./`"),
+            "the error names what the model wrote: {e}"
+        );
     }
 
     #[test]
