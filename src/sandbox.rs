@@ -626,6 +626,167 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
+/// Limits on the whole app, not on each of its processes: a cgroup of its own in the memory
+/// and pids controllers (cgroup v1 hierarchies, as on this machine, or v2 where those
+/// controllers are enabled for children). Without either, the per-process limits are what
+/// holds, and the worker says so once.
+pub struct AppCgroup {
+    dirs: Vec<PathBuf>,
+    procs: Vec<std::ffi::CString>,
+}
+
+impl AppCgroup {
+    /// A cgroup for one app of this worker, named after the worker's pid (so that a later
+    /// worker can tell a dead one's leftovers, [`sweep_cgroups`]) and `tag`.
+    pub fn for_app(tag: &str, memory: u64, processes: u64) -> AppCgroup {
+        let name = format!("{CGROUP_PREFIX}{}-{tag}", std::process::id());
+        AppCgroup::create(&name, memory, processes)
+    }
+
+    /// A cgroup named `name` under this process's own, with at most `memory` bytes
+    /// (swap included) and `processes` tasks.
+    pub fn create(name: &str, memory: u64, processes: u64) -> AppCgroup {
+        let mut made = AppCgroup {
+            dirs: Vec::new(),
+            procs: Vec::new(),
+        };
+        for parent in own_cgroup_parents() {
+            let limits: &[(&str, u64)] = match parent.1 {
+                "unified" => &[
+                    ("memory.max", memory),
+                    ("memory.swap.max", 0),
+                    ("pids.max", processes),
+                ],
+                "memory" => &[
+                    ("memory.limit_in_bytes", memory),
+                    ("memory.memsw.limit_in_bytes", memory),
+                ],
+                _ => &[("pids.max", processes)],
+            };
+            made.add(&parent.0.join(name), limits);
+        }
+        if made.dirs.is_empty() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "no cgroup for apps here (memory and pids controllers not available): \
+                     their limits hold per process, not per app"
+                )
+            });
+        }
+        made
+    }
+
+    fn add(&mut self, dir: &Path, limits: &[(&str, u64)]) {
+        if std::fs::create_dir(dir).is_err() {
+            return;
+        }
+        // The memory limit must hold before swap's (v1 refuses memsw below it), and a limit
+        // a kernel lacks (no swap accounting) is no reason to go without the others.
+        let set: Vec<bool> = limits
+            .iter()
+            .map(|(file, value)| std::fs::write(dir.join(file), value.to_string()).is_ok())
+            .collect();
+        if !set.first().copied().unwrap_or(false) {
+            let _ = std::fs::remove_dir(dir);
+            return;
+        }
+        if let Ok(procs) =
+            std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes())
+        {
+            self.procs.push(procs);
+            self.dirs.push(dir.to_path_buf());
+        }
+    }
+
+    /// The `cgroup.procs` files a process joins between fork and exec.
+    pub fn procs(&self) -> Vec<std::ffi::CString> {
+        self.procs.clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+}
+
+impl Drop for AppCgroup {
+    fn drop(&mut self) {
+        // The app's processes are gone by now (the namespace ended with its init); the
+        // kernel may take a moment to let go of the last one.
+        for dir in &self.dirs {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+const CGROUP_PREFIX: &str = "assay-app-";
+
+/// This process's cgroup in each hierarchy that can limit apps: (folder, which): cgroup
+/// v2 where memory and pids are enabled for children, else v1's memory and pids.
+fn own_cgroup_parents() -> Vec<(PathBuf, &'static str)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").is_file() {
+        let path = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("/");
+        let parent = root.join(path.trim_start_matches('/'));
+        let enabled =
+            std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+        return if enabled.contains("memory") && enabled.contains("pids") {
+            vec![(parent, "unified")]
+        } else {
+            Vec::new()
+        };
+    }
+    ["memory", "pids"]
+        .into_iter()
+        .filter_map(|controller| {
+            let path = own.lines().find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+                list.split(',').any(|c| c == controller).then_some(path)
+            })?;
+            let parent = root.join(controller).join(path.trim_start_matches('/'));
+            parent.is_dir().then_some((parent, controller))
+        })
+        .collect()
+}
+
+/// Remove the app cgroups of workers that no longer run (killed before they could): run
+/// at a worker's start. A cgroup still holding a process cannot be removed, so a live
+/// app's never goes. Returns how many went.
+pub fn sweep_cgroups() -> usize {
+    let mut removed = 0;
+    for (parent, _) in own_cgroup_parents() {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(CGROUP_PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let alive =
+                pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && std::fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Carries connections to a host loopback port into an app's namespace, until dropped.
 pub struct Forwarder {
     task: tokio::task::JoinHandle<()>,

@@ -114,6 +114,8 @@ pub struct SupervisedCommand {
     limits: Limits,
     /// A network namespace to run in (see [`SupervisedCommand::network_namespace`]).
     network: Option<Arc<OwnedFd>>,
+    /// `cgroup.procs` files to join (see [`SupervisedCommand::cgroups`]).
+    cgroups: Vec<std::ffi::CString>,
 }
 
 impl SupervisedCommand {
@@ -128,6 +130,7 @@ impl SupervisedCommand {
             stderr: None,
             limits: Limits::default(),
             network: None,
+            cgroups: Vec::new(),
         }
     }
 
@@ -215,6 +218,13 @@ impl SupervisedCommand {
     /// the namespace has. Needs `CAP_SYS_ADMIN` (the worker runs as root).
     pub fn network_namespace(&mut self, namespace: Arc<OwnedFd>) -> &mut Self {
         self.network = Some(namespace);
+        self
+    }
+
+    /// Start the program (and its supervisor) in these cgroups, by writing to their
+    /// `cgroup.procs` files between fork and exec: everything it starts is counted there.
+    pub fn cgroups(&mut self, procs: Vec<std::ffi::CString>) -> &mut Self {
+        self.cgroups = procs;
         self
     }
 
@@ -319,6 +329,27 @@ impl SupervisedCommand {
                 cmd.pre_exec(move || {
                     nix::sched::setns(namespace.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(std::io::Error::from)
+                });
+            }
+        }
+        if !self.cgroups.is_empty() {
+            let procs = std::mem::take(&mut self.cgroups);
+            // SAFETY: open, write and close are plain system calls, async-signal-safe; the
+            // paths were made before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for file in &procs {
+                        let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                        if fd < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        let wrote = libc::write(fd, b"0".as_ptr().cast(), 1);
+                        libc::close(fd);
+                        if wrote != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
                 });
             }
         }

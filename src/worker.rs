@@ -433,6 +433,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         tracing::info!(
             "analyzed apps run sandboxed (own network, mount and PID namespaces, own user)"
         );
+        // A killed predecessor's apps are gone with their namespaces; their cgroups are not.
+        match crate::sandbox::sweep_cgroups() {
+            0 => {}
+            n => tracing::info!(
+                cgroups = n,
+                "removed the app cgroups of workers that were killed"
+            ),
+        }
     } else if runs_apps {
         tracing::warn!(
             "analyzed apps run WITHOUT a sandbox (--no-sandbox): they can read what this \

@@ -472,3 +472,88 @@ async fn a_recipes_environment_never_reaches_the_root_side() {
         "the app itself gets its environment: {log}"
     );
 }
+
+/// An app's memory limit holds for the app as a whole: three processes of 600 MiB each
+/// under `memory_mb = 1024` cannot all live (each alone is within the per-process limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_memory_limit_holds_for_all_its_processes_together() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let probe = assay::sandbox::AppCgroup::create("assay-probe", 64 << 20, 16);
+    if probe.is_empty() {
+        assert!(
+            std::env::var_os("ASSAY_REQUIRE_SANDBOX").is_none(),
+            "CI has cgroups for apps"
+        );
+        eprintln!("skipped: no memory and pids cgroups here");
+        return;
+    }
+    drop(probe);
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("app.py"),
+        r#"
+import http.server, os, subprocess, sys, time
+hog = "import time\na = bytearray(600 * 1024 * 1024)\nfor i in range(0, len(a), 4096): a[i] = 1\ntime.sleep(600)\n"
+kids = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(3)]
+time.sleep(4)
+alive = sum(1 for k in kids if k.poll() is None)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(str(alive).encode())
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(MANIFEST),
+        "template = \"x\"\n[run]\ncommand = [\"python3\", \"app.py\"]\nhealth = \"/\"\nmemory_mb = 1024\n",
+    )
+    .unwrap();
+    let ports = PortAllocator::new(root.path().join("ports"), 28_760, 28_780);
+    let app = RunningApp::start(&dir, &ports, &root.path().join("app.log"))
+        .await
+        .expect("the app starts");
+    let alive: u32 = reqwest::get(&app.base_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(alive <= 1, "{alive} of 3 hogs of 600 MiB live under 1 GiB");
+}
+
+/// A worker killed with -9 leaves its apps' cgroups (its apps die with their namespaces);
+/// the next worker removes those of dead workers, and never a live one's.
+#[test]
+fn the_cgroups_of_a_dead_workers_apps_are_swept() {
+    use assay::sandbox::{sweep_cgroups, AppCgroup};
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let name = format!("assay-app-{dead}-test");
+    let left = AppCgroup::create(&name, 64 << 20, 16);
+    if left.is_empty() {
+        eprintln!("skipped: no memory and pids cgroups here");
+        return;
+    }
+    // As a killed worker would: it never removes it.
+    std::mem::forget(left);
+    let mine = AppCgroup::for_app("live", 64 << 20, 16);
+    assert!(sweep_cgroups() >= 1);
+    let again = AppCgroup::create(&name, 64 << 20, 16);
+    assert!(!again.is_empty(), "the dead worker's cgroup was removed");
+    drop(again);
+    let mine_again = AppCgroup::for_app("live", 64 << 20, 16);
+    assert!(mine_again.is_empty(), "a live worker's cgroup stays");
+    drop(mine);
+}

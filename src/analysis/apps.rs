@@ -342,6 +342,7 @@ pub struct RunningApp {
 /// What a sandboxed instance holds besides its processes.
 struct SandboxParts {
     _forwarder: crate::sandbox::Forwarder,
+    _cgroup: crate::sandbox::AppCgroup,
     _network: Arc<crate::sandbox::AppNetwork>,
     _etc: tempfile::TempDir,
 }
@@ -506,6 +507,12 @@ impl RunningApp {
         env.insert(recipe.port_env.clone(), port.to_string().into());
         let env: Vec<(String, std::ffi::OsString)> = env.into_iter().collect();
         let tools = sb::tools()?;
+        // The memory limit also holds for the app as a whole, and so does the process cap.
+        let cgroup = sb::AppCgroup::for_app(
+            &format!("{port}-{}", uuid::Uuid::new_v4().simple()),
+            memory,
+            limits.processes,
+        );
         let mut cmd = SupervisedCommand::new(&tools.bwrap);
         // The supervisor and bwrap are root: they get nothing of the recipe.
         cmd.args(jail.bwrap_args(tools, &env, &recipe.command))
@@ -514,6 +521,7 @@ impl RunningApp {
             .stdout(write.try_clone()?)
             .stderr(write)
             .network_namespace(network.namespace())
+            .cgroups(cgroup.procs())
             .address_space_limit(memory)
             .limits(
                 Some(limits.processes),
@@ -534,6 +542,7 @@ impl RunningApp {
             },
             SandboxParts {
                 _forwarder: forwarder,
+                _cgroup: cgroup,
                 _network: network,
                 _etc: etc,
             },
