@@ -101,6 +101,9 @@ enum TokenAction {
         /// Who or what it is for, shown by `assay token list`.
         #[arg(long, default_value = "unnamed")]
         name: String,
+        /// The only job kinds its workers may claim (comma-separated); default: every kind.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Option<Vec<String>>,
     },
     /// List tokens (never the tokens themselves).
     List {
@@ -161,7 +164,19 @@ async fn token_command(action: TokenAction) -> Result<u8> {
     }
     let store = server::open_store(&data_dir).await?;
     match action {
-        TokenAction::Create { scope, name, .. } => {
+        TokenAction::Create {
+            scope, name, kinds, ..
+        } => {
+            if let Some(unknown) = kinds
+                .iter()
+                .flatten()
+                .find(|k| !crate::kinds::KNOWN_KINDS.contains(&k.as_str()))
+            {
+                bail!(
+                    "--kinds: `{unknown}` is not a job kind (known: {})",
+                    crate::kinds::KNOWN_KINDS.join(", ")
+                );
+            }
             let scopes = scope
                 .iter()
                 .map(|s| s.trim().parse::<Scope>())
@@ -176,6 +191,9 @@ async fn token_command(action: TokenAction) -> Result<u8> {
                     crate::domain::now_micros(),
                 )
                 .await?;
+            if let Some(kinds) = &kinds {
+                store.limit_token_kinds(id, kinds).await?;
+            }
             eprintln!("token {id} ({name}) created; it is shown only now:");
             println!("{token}");
         }
@@ -187,7 +205,7 @@ async fn token_command(action: TokenAction) -> Result<u8> {
                 for t in tokens {
                     let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
                     println!(
-                        "{:>4}  {:<20} {:<24} {}",
+                        "{:>4}  {:<20} {:<24} {:<8} {}",
                         t.id,
                         t.name,
                         scopes.join(","),
@@ -195,7 +213,11 @@ async fn token_command(action: TokenAction) -> Result<u8> {
                             "revoked"
                         } else {
                             "active"
-                        }
+                        },
+                        t.kinds
+                            .as_ref()
+                            .map(|k| format!("kinds: {}", k.join(",")))
+                            .unwrap_or_default()
                     );
                 }
             }
@@ -1304,6 +1326,7 @@ async fn run_embedded(
                 token_id: server::auth::RUN_ADMIN_TOKEN_ID,
                 name: "assay run".into(),
                 scopes: vec![crate::domain::Scope::Admin],
+                kinds: None,
             },
         ),
         server::auth::MemoryToken::new(
@@ -1312,6 +1335,7 @@ async fn run_embedded(
                 token_id: server::auth::RUN_WORKER_TOKEN_ID,
                 name: "assay run's workers".into(),
                 scopes: vec![crate::domain::Scope::Worker],
+                kinds: None,
             },
         ),
     ];

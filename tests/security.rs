@@ -1069,3 +1069,66 @@ async fn a_spec_cannot_send_a_workers_keys_anywhere_or_pick_a_provider_nobody_co
     let logs = c.logs();
     assert!(!logs.contains(OPENROUTER_SECRET) && !logs.contains(AWS_SECRET));
 }
+
+/// A worker token made for some kinds registers and claims only those: a machine given a
+/// `static`-only token is never handed a `command` job, whatever its worker asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_token_limited_to_kinds_claims_nothing_else() {
+    let c = Cluster::new();
+    let _server = c
+        .server_with("1s", &["--auth", "--allow-kinds", "all"])
+        .await;
+    let out = std::process::Command::new(common::BIN)
+        .args(["token", "create", "--data-dir"])
+        .arg(c.path("server"))
+        .args([
+            "--scope",
+            "worker",
+            "--name",
+            "static-only",
+            "--kinds",
+            "static,noop",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let worker = Client::with_token(&c.url, Some(&token));
+    let registration = |kinds: &[&str]| assay::store::WorkerRegistration {
+        id: "limited".into(),
+        name: "limited".into(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+    };
+    let e = worker
+        .register(&registration(&["static", "command"]))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"), "{e}");
+    assert!(
+        e.to_string().contains("may not claim command") && e.to_string().contains("static, noop"),
+        "{e}"
+    );
+    worker.register(&registration(&["static"])).await.unwrap();
+    let claim = |kinds: &[&str]| assay::api::ClaimBody {
+        worker_id: "limited".into(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+        limit: 1,
+        wait_ms: 0,
+    };
+    let e = worker.claim(&claim(&["command"])).await.unwrap_err();
+    assert_eq!(code(&e), Some("forbidden"), "{e}");
+    assert!(worker.claim(&claim(&["noop"])).await.is_ok());
+    // An unknown kind is refused when the token is made.
+    let out = std::process::Command::new(common::BIN)
+        .args(["token", "create", "--data-dir"])
+        .arg(c.path("server"))
+        .args(["--scope", "worker", "--kinds", "comand"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`comand` is not a job kind"));
+}

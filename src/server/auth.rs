@@ -153,6 +153,8 @@ pub struct Principal {
     pub token_id: i64,
     pub name: String,
     pub scopes: Vec<Scope>,
+    /// The job kinds its workers may claim; `None`: every kind.
+    pub kinds: Option<Vec<String>>,
 }
 
 impl Auth {
@@ -290,6 +292,7 @@ impl Auth {
             token_id: t.id,
             name: t.name,
             scopes: t.scopes,
+            kinds: t.kinds,
         });
         let mut cache = self.cache.lock().expect("auth cache");
         if cache.len() >= CACHE_ENTRIES {

@@ -823,6 +823,7 @@ async fn register_worker(
         ));
     }
     must_own(&s, &caller, &w.id).await?;
+    refuse_kinds_not_granted(&caller, &w.kinds)?;
     s.store.register_worker(&w, now_micros()).await?;
     Ok(Json(
         serde_json::json!({"registered": w.id, "heartbeat_ms": heartbeat_ms(&s)}),
@@ -840,6 +841,32 @@ async fn worker_stopped(
 }
 
 type Caller = Option<axum::Extension<super::auth::Principal>>;
+
+/// A token limited to some kinds claims and registers for only those: a worker that asks
+/// for more is refused, naming what it may have.
+fn refuse_kinds_not_granted(caller: &Caller, kinds: &[String]) -> Result<(), ApiError> {
+    let Some(granted) = caller.as_ref().and_then(|p| p.kinds.as_ref()) else {
+        return Ok(());
+    };
+    let refused: Vec<&str> = kinds
+        .iter()
+        .filter(|k| !granted.contains(k))
+        .map(String::as_str)
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::Forbidden,
+        format!(
+            "this token may not claim {} jobs; it may claim {} (start the worker with --kinds {}, or make a token with `assay token create --kinds`)",
+            refused.join(", "),
+            granted.join(", "),
+            granted.join(",")
+        ),
+    ))
+}
 
 /// The client a request counts against for [`super::caps`]: its token.
 pub(crate) fn caller_key(caller: &Caller) -> Option<i64> {
@@ -879,6 +906,7 @@ async fn claim(
     AppJson(body): AppJson<ClaimBody>,
 ) -> ApiResult<ClaimResponse> {
     must_own(&s, &caller, &body.worker_id).await?;
+    refuse_kinds_not_granted(&caller, &body.kinds)?;
     let req = crate::store::ClaimRequest {
         worker_id: body.worker_id,
         kinds: body.kinds,

@@ -2259,6 +2259,23 @@ pub async fn tokens_are_found_by_hash_and_revoked_once(store: Arc<dyn Store>) {
     ));
     let listed: Vec<i64> = store.tokens().await.unwrap().iter().map(|t| t.id).collect();
     assert_eq!(listed, vec![b, a], "newest first");
+    // A worker token may be limited to some kinds.
+    assert_eq!(
+        store.token_by_hash("bb22").await.unwrap().unwrap().kinds,
+        None
+    );
+    store
+        .limit_token_kinds(b, &["static".to_string(), "noop".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.token_by_hash("bb22").await.unwrap().unwrap().kinds,
+        Some(vec!["static".to_string(), "noop".to_string()])
+    );
+    assert!(matches!(
+        store.limit_token_kinds(a + b + 100, &[]).await,
+        Err(StoreError::NotFound(_))
+    ));
     // A worker id belongs to the first token that used it.
     assert_eq!(store.bind_worker("w-1", b).await.unwrap(), b);
     assert_eq!(store.bind_worker("w-1", a).await.unwrap(), b);

@@ -181,6 +181,9 @@ pub struct TokenRow {
     pub scopes: Vec<crate::domain::Scope>,
     pub created_at: Micros,
     pub revoked_at: Option<Micros>,
+    /// The job kinds it may claim; `None`: every kind.
+    #[serde(default)]
+    pub kinds: Option<Vec<String>>,
 }
 
 /// How many lost attempts (its worker stopped heartbeating, or restarted) a job may have
@@ -627,6 +630,8 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> StoreResult<Vec<TokenRow>>;
     /// Revoke a token; revoking it again keeps the first time. `NotFound` if there is none.
     async fn revoke_token(&self, id: i64, now: Micros) -> StoreResult<()>;
+    /// Limit the job kinds a token's workers may claim. `NotFound` if there is no token.
+    async fn limit_token_kinds(&self, id: i64, kinds: &[String]) -> StoreResult<()>;
     /// The token that owns `worker_id`: `token_id`, if the id had no owner yet.
     async fn bind_worker(&self, worker_id: &str, token_id: i64) -> StoreResult<i64>;
 }

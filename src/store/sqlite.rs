@@ -992,7 +992,7 @@ async fn reopen_pipelines(
     Ok(())
 }
 
-const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, revoked_at";
+const TOKEN_COLUMNS: &str = "id, name, scopes, created_at, revoked_at, kinds";
 
 fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRow> {
     Ok(TokenRow {
@@ -1001,6 +1001,7 @@ fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRow> {
         scopes: parse_json(Some(row.try_get("scopes")?))?.unwrap_or_default(),
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
+        kinds: parse_json(row.try_get("kinds")?)?,
     })
 }
 
@@ -3068,6 +3069,18 @@ impl Store for SqliteStore {
         .iter()
         .map(token_from_row)
         .collect()
+    }
+
+    async fn limit_token_kinds(&self, id: i64, kinds: &[String]) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE api_tokens SET kinds = ?2 WHERE id = ?1")
+            .bind(id)
+            .bind(to_json(&kinds))
+            .execute(&self.writer)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("token {id}")));
+        }
+        Ok(())
     }
 
     async fn revoke_token(&self, id: i64, now: Micros) -> StoreResult<()> {
