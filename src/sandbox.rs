@@ -626,8 +626,8 @@ fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// Limits on the whole app, not on each of its processes: a cgroup of its own in the memory
-/// and pids controllers (cgroup v1 hierarchies, as on this machine, or v2 where those
+/// Limits on the whole app, not on each of its processes: a cgroup of its own in the memory,
+/// pids and (v1) cpu controllers (cgroup v1 hierarchies, as on this machine, or v2 where those
 /// controllers are enabled for children). Without either, the per-process limits are what
 /// holds, and the worker says so once.
 pub struct AppCgroup {
@@ -660,6 +660,11 @@ impl AppCgroup {
                 "memory" => &[
                     ("memory.limit_in_bytes", memory),
                     ("memory.memsw.limit_in_bytes", memory),
+                ],
+                // One core's worth of time per period, however many processes it runs.
+                "cpu" => &[
+                    ("cpu.cfs_period_us", CPU_PERIOD_US),
+                    ("cpu.cfs_quota_us", CPU_PERIOD_US * APP_CPUS),
                 ],
                 _ => &[("pids.max", processes)],
             };
@@ -725,6 +730,9 @@ impl Drop for AppCgroup {
 }
 
 const CGROUP_PREFIX: &str = "assay-app-";
+/// The cores an app's processes may use together (cgroup v1 `cpu`).
+pub const APP_CPUS: u64 = 1;
+const CPU_PERIOD_US: u64 = 100_000;
 
 /// This process's cgroup in each hierarchy that can limit apps: (folder, which): cgroup
 /// v2 where memory and pids are enabled for children, else v1's memory and pids.
@@ -745,7 +753,7 @@ fn own_cgroup_parents() -> Vec<(PathBuf, &'static str)> {
             Vec::new()
         };
     }
-    ["memory", "pids"]
+    ["memory", "pids", "cpu"]
         .into_iter()
         .filter_map(|controller| {
             let path = own.lines().find_map(|l| {

@@ -557,3 +557,57 @@ fn the_cgroups_of_a_dead_workers_apps_are_swept() {
     assert!(mine_again.is_empty(), "a live worker's cgroup stays");
     drop(mine);
 }
+
+/// However many processes an app runs, together they get one core's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_processes_share_one_core() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(MANIFEST),
+        "template = \"x\"\n[run]\ncommand = [\"sh\", \"-c\", \"for i in 1 2; do (timeout 3 sh -c 'while :; do :; done') & done; exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n",
+    )
+    .unwrap();
+    let ports = PortAllocator::new(root.path().join("ports"), 28_790, 28_799);
+    let app = RunningApp::start(&dir, &ports, &root.path().join("app.log"))
+        .await
+        .expect("the app starts");
+    let port = app.base_url.rsplit(':').next().unwrap().to_string();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let Some(cpu) = own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+        list.split(',')
+            .any(|c| c == "cpu")
+            .then(|| std::path::Path::new("/sys/fs/cgroup/cpu").join(path.trim_start_matches('/')))
+    }) else {
+        eprintln!("skipped: no cgroup v1 cpu controller here");
+        return;
+    };
+    let prefix = format!("assay-app-{}-{port}-", std::process::id());
+    let group = std::fs::read_dir(&cpu)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .expect("the app has a cpu cgroup")
+        .path();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stat = std::fs::read_to_string(group.join("cpu.stat")).unwrap();
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        throttled > 0,
+        "two busy processes were held to one core: {stat}"
+    );
+    drop(app);
+    assert!(!group.exists(), "the cgroup goes with the app");
+}
