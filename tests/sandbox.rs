@@ -113,6 +113,18 @@ fn processes_with(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// An app folder `app` under `root` whose run recipe is `run` (the `[run]` table's lines).
+fn recipe_app(root: &Path, run: &str) -> std::path::PathBuf {
+    let dir = root.join("app");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(MANIFEST),
+        format!("template = \"x\"\n[run]\n{run}"),
+    )
+    .unwrap();
+    dir
+}
+
 fn sandbox_or_skip() -> bool {
     // SAFETY: set before any thread of this test binary starts programs.
     unsafe { std::env::set_var("ASSAY_SUPERVISOR", env!("CARGO_BIN_EXE_assay")) };
@@ -272,13 +284,7 @@ async fn an_app_past_its_wall_time_is_killed_and_says_so() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("app");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join(MANIFEST),
-        "template = \"x\"\n[run]\ncommand = [\"sh\", \"-c\", \"exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n",
-    )
-    .unwrap();
+    let dir = recipe_app(root.path(), "command = [\"sh\", \"-c\", \"exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n");
     let pool = AppPool::new(PortAllocator::new(
         root.path().join("ports"),
         28_700,
@@ -565,13 +571,7 @@ async fn an_apps_processes_share_one_core() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join("app");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join(MANIFEST),
-        "template = \"x\"\n[run]\ncommand = [\"sh\", \"-c\", \"for i in 1 2; do (timeout 3 sh -c 'while :; do :; done') & done; exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n",
-    )
-    .unwrap();
+    let dir = recipe_app(root.path(), "command = [\"sh\", \"-c\", \"for i in 1 2; do (timeout 3 sh -c 'while :; do :; done') & done; exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"\n");
     let ports = PortAllocator::new(root.path().join("ports"), 28_790, 28_799);
     let app = RunningApp::start(&dir, &ports, &root.path().join("app.log"))
         .await

@@ -1078,25 +1078,12 @@ async fn a_worker_token_limited_to_kinds_claims_nothing_else() {
     let _server = c
         .server_with("1s", &["--auth", "--allow-kinds", "all"])
         .await;
-    let out = std::process::Command::new(common::BIN)
-        .args(["token", "create", "--data-dir"])
-        .arg(c.path("server"))
-        .args([
-            "--scope",
-            "worker",
-            "--name",
-            "static-only",
-            "--kinds",
-            "static,noop",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let token = create_token_with(
+        &c.path("server"),
+        "worker",
+        "static-only",
+        &["--kinds", "static,noop"],
     );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let worker = Client::with_token(&c.url, Some(&token));
     let registration = |kinds: &[&str]| assay::store::WorkerRegistration {
         id: "limited".into(),

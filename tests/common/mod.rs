@@ -537,10 +537,16 @@ pub fn create_token(c: &Cluster, scopes: &str, name: &str) -> String {
 /// `assay token create` on the data directory `server_dir` (an `assay server`'s
 /// `--data-dir`, or `DATA/server` of `assay run`); the token it printed.
 pub fn create_token_in(server_dir: &Path, scopes: &str, name: &str) -> String {
+    create_token_with(server_dir, scopes, name, &[])
+}
+
+/// [`create_token_in`] with more flags (e.g. `--kinds`).
+pub fn create_token_with(server_dir: &Path, scopes: &str, name: &str, extra: &[&str]) -> String {
     let out = std::process::Command::new(BIN)
         .args(["token", "create", "--data-dir"])
         .arg(server_dir)
         .args(["--scope", scopes, "--name", name])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
