@@ -559,14 +559,34 @@ fn paid_call(job_id: i64, model: &str, cost_usd: f64) -> Value {
     })
 }
 
+/// Generate jobs that call models: two of `small`, one of `large`; the tests play their
+/// workers. A job takes slots and records calls only for its own model.
+fn llm_jobs_spec(budget: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"llm\"\n{budget}[[stage]]\nname = \"a\"\nkind = \"generate\"\n\
+         items = [{{ model = \"small\", n = 1 }}, {{ model = \"small\", n = 2 }}, \
+         {{ model = \"large\", n = 1 }}]\n[stage.params]\nmodel = \"{{{{ model }}}}\"\n\
+         template = \"todo-api\"\n"
+    )
+}
+
+/// The job of `pipeline` for `model`'s `n`th item.
+async fn llm_job(app: &Router, pipeline: i64, model: &str, n: i64) -> i64 {
+    let (_, jobs) = get(app, &format!("/api/v1/jobs?pipeline={pipeline}")).await;
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["item"]["model"] == json!(model) && j["item"]["n"] == json!(n))
+        .unwrap_or_else(|| panic!("no job for {model} {n}: {jobs}"))["id"]
+        .as_i64()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn llm_acquire_needs_a_running_job() {
     let (_dir, app) = setup().await;
-    let id = submit(&app, TWO_NOOPS).await;
-    let (status, jobs) = get(&app, &format!("/api/v1/jobs?pipeline={id}")).await;
-    assert_eq!(status, StatusCode::OK, "{jobs}");
-    let job = jobs[0]["id"].as_i64().unwrap();
-    assert_ne!(jobs[0]["state"], json!("running"), "{jobs}");
+    let id = submit(&app, &llm_jobs_spec("")).await;
+    let job = llm_job(&app, id, "small", 1).await;
 
     let body = acquire(&app, job, "small", 0).await;
     assert_eq!(body["stop"]["code"], json!("not_running"), "{body}");
@@ -589,8 +609,8 @@ async fn llm_acquire_needs_a_running_job() {
     assert_eq!(code(&body), "not_found", "{body}");
 
     // Once claimed it may call; once finished it may not any more.
-    register(&app, "w1", &["noop"]).await;
-    let claimed = claim(&app, "w1", &["noop"], 10).await;
+    register(&app, "w1", &["generate"]).await;
+    let claimed = claim(&app, "w1", &["generate"], 10).await;
     let mine = claimed.jobs.iter().find(|j| j.job_id == job).unwrap();
     permit(&app, job, "small").await;
     let reports = ReportBody {
@@ -614,15 +634,12 @@ async fn llm_acquire_needs_a_running_job() {
 #[tokio::test]
 async fn llm_budget_stops_new_calls_once_spent() {
     let (_dir, app) = setup().await;
-    let id = submit(
-        &app,
-        "[pipeline]\nname = \"b\"\nbudget = { usd = 0.01 }\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n",
-    )
-    .await;
-    register(&app, "w1", &["noop"]).await;
-    let claimed = claim(&app, "w1", &["noop"], 10).await;
-    assert_eq!(claimed.jobs.len(), 1, "{claimed:?}");
-    let job = claimed.jobs[0].job_id;
+    let id = submit(&app, &llm_jobs_spec("budget = { usd = 0.01 }\n")).await;
+    register(&app, "w1", &["generate"]).await;
+    let claimed = claim(&app, "w1", &["generate"], 10).await;
+    assert_eq!(claimed.jobs.len(), 3, "{claimed:?}");
+    let job = llm_job(&app, id, "small", 1).await;
+    let large = llm_job(&app, id, "large", 1).await;
 
     let (status, usage) = get(&app, &format!("/api/v1/pipelines/{id}/usage")).await;
     assert_eq!(status, StatusCode::OK, "{usage}");
@@ -646,7 +663,7 @@ async fn llm_budget_stops_new_calls_once_spent() {
     assert!(message.contains("budget"), "{message}");
     assert!(message.contains("0.0100"), "{message}");
     // The budget is the pipeline's, not the model's.
-    let body = acquire(&app, job, "large", 0).await;
+    let body = acquire(&app, large, "large", 0).await;
     assert_eq!(body["stop"]["code"], json!("budget_exhausted"), "{body}");
 
     let (status, usage) = get(&app, &format!("/api/v1/pipelines/{id}/usage")).await;
@@ -659,7 +676,11 @@ async fn llm_budget_stops_new_calls_once_spent() {
     assert_eq!(usage["total"]["completion_tokens"], json!(300), "{usage}");
     assert_eq!(usage["by_model"][0]["model"], json!("small"), "{usage}");
     assert_eq!(usage["by_job"][0]["job_id"], json!(job), "{usage}");
-    assert_eq!(usage["by_job"][0]["key"], json!("a"), "{usage}");
+    assert_eq!(
+        usage["by_job"][0]["key"],
+        json!("a[model=small,n=1]"),
+        "{usage}"
+    );
     let reached = usage["budget_reached"].as_str().unwrap_or_default();
     assert!(reached.contains("budget"), "{usage}");
 
@@ -671,11 +692,13 @@ async fn llm_budget_stops_new_calls_once_spent() {
 #[tokio::test]
 async fn llm_rate_limit_is_shared_by_every_job() {
     let (_dir, app) = setup().await;
-    submit(&app, TWO_NOOPS).await;
-    register(&app, "w1", &["noop"]).await;
-    let claimed = claim(&app, "w1", &["noop"], 10).await;
-    assert_eq!(claimed.jobs.len(), 2, "{claimed:?}");
-    let (first, second) = (claimed.jobs[0].job_id, claimed.jobs[1].job_id);
+    let id = submit(&app, &llm_jobs_spec("")).await;
+    register(&app, "w1", &["generate"]).await;
+    let claimed = claim(&app, "w1", &["generate"], 10).await;
+    assert_eq!(claimed.jobs.len(), 3, "{claimed:?}");
+    let first = llm_job(&app, id, "small", 1).await;
+    let second = llm_job(&app, id, "small", 2).await;
+    let large = llm_job(&app, id, "large", 1).await;
 
     let p = permit(&app, first, "small").await;
     let mut failed = paid_call(first, "small", 0.0);
@@ -701,7 +724,7 @@ async fn llm_rate_limit_is_shared_by_every_job() {
         assert!(retry_in > 50_000 && retry_in <= 60_000, "{body}");
     }
     // Another model has its own limiter.
-    permit(&app, second, "large").await;
+    permit(&app, large, "large").await;
 
     let (status, limits) = get(&app, "/api/v1/llm/limits").await;
     assert_eq!(status, StatusCode::OK, "{limits}");
@@ -723,10 +746,11 @@ async fn llm_rate_limit_is_shared_by_every_job() {
 #[tokio::test]
 async fn llm_acquire_long_polls_until_a_slot_is_given_back() {
     let (_dir, app) = setup().await;
-    submit(&app, TWO_NOOPS).await;
-    register(&app, "w1", &["noop"]).await;
-    let claimed = claim(&app, "w1", &["noop"], 10).await;
-    let (first, second) = (claimed.jobs[0].job_id, claimed.jobs[1].job_id);
+    let id = submit(&app, &llm_jobs_spec("")).await;
+    register(&app, "w1", &["generate"]).await;
+    claim(&app, "w1", &["generate"], 10).await;
+    let first = llm_job(&app, id, "small", 1).await;
+    let second = llm_job(&app, id, "small", 2).await;
     let one_slot = |job: i64, wait_ms: u64| {
         let mut body = acquire_body(job, "small", wait_ms);
         body["limiter"] = json!({
@@ -762,6 +786,74 @@ async fn llm_acquire_long_polls_until_a_slot_is_given_back() {
         started.elapsed() < std::time::Duration::from_secs(2),
         "the waiting acquire got the slot given back within its wait"
     );
+}
+
+/// A worker holding one job tries to steer the limiter of a model other pipelines use:
+/// back it off with a made-up 429, shrink it with its own limiter settings, or take its
+/// slots. A job takes slots and records calls only for its own provider and model.
+#[tokio::test]
+async fn a_job_cannot_touch_another_models_limiter() {
+    let (_dir, app) = setup().await;
+    let id = submit(&app, &llm_jobs_spec("")).await;
+    let noops = submit(&app, TWO_NOOPS).await;
+    register(&app, "w1", &["generate", "noop"]).await;
+    claim(&app, "w1", &["generate", "noop"], 10).await;
+    let small = llm_job(&app, id, "small", 1).await;
+    let (_, jobs) = get(&app, &format!("/api/v1/jobs?pipeline={noops}")).await;
+    let noop = jobs[0]["id"].as_i64().unwrap();
+    assert_eq!(jobs[0]["state"], json!("running"), "{jobs}");
+
+    let refused = |body: &Value, needle: &str| {
+        assert_eq!(code(body), "invalid_request", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    };
+    let mut shrink = acquire_body(small, "large", 0);
+    shrink["limiter"] = json!({
+        "initial": 1.0, "min": 1.0, "max": 1.0, "increase_step": 0.0,
+        "backoff_base_ms": 600_000, "backoff_max_ms": 600_000,
+    });
+    let (status, body) = post(&app, "/api/v1/llm/acquire", &shrink).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    refused(&body, "calls only its own model");
+    let mut elsewhere = acquire_body(small, "small", 0);
+    elsewhere["provider"] = json!("local");
+    let (status, body) = post(&app, "/api/v1/llm/acquire", &elsewhere).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    refused(&body, "calls only its own model");
+    let (status, body) = post(&app, "/api/v1/llm/acquire", &acquire_body(noop, "large", 0)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    refused(&body, "only `generate` and `ai` jobs call models");
+
+    let mut throttled = paid_call(small, "large", 0.0);
+    throttled["result"] = json!("failed");
+    throttled["error"] = json!("rate_limited");
+    for job in [small, noop] {
+        throttled["job_id"] = json!(job);
+        throttled["call_id"] = json!(uuid::Uuid::new_v4().to_string());
+        let (status, body) = post(
+            &app,
+            "/api/v1/llm/calls",
+            &json!({"call": throttled, "permit": 1, "outcome": {"outcome": "rate_limited", "retry_after_ms": 600_000}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    }
+
+    // The model's own jobs are untouched: a full slot at once, nothing spent, no limiter.
+    let (_, limits) = get(&app, "/api/v1/llm/limits").await;
+    assert!(
+        !limits
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["model"] == json!("large")),
+        "{limits}"
+    );
+    let large = llm_job(&app, id, "large", 1).await;
+    permit(&app, large, "large").await;
+    let (_, usage) = get(&app, &format!("/api/v1/pipelines/{id}/usage")).await;
+    assert_eq!(usage["total"]["calls"], json!(0), "{usage}");
 }
 
 /// Two generate jobs, one per model; nothing runs them, the tests play their workers.
@@ -910,8 +1002,8 @@ async fn a_planted_answer_is_kept_only_under_its_own_request() {
         "{body}"
     );
 
-    // Its own request, saying it went to another provider: filed under that request and
-    // the provider its job's spec picks, which is not the victim's request.
+    // Its own request, saying it went to another provider: a job calls only its own
+    // provider and model, so nothing is recorded or kept.
     let own = chat_request("m-a", "write a todo api");
     let mut judge_call = call(held_a, "m-a");
     judge_call["provider"] = json!("judge:http://victim.example/v1");
@@ -921,9 +1013,16 @@ async fn a_planted_answer_is_kept_only_under_its_own_request() {
         &json!({"call": judge_call, "answer": {"request": own, "answer": planted}}),
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("calls only its own model"),
+        "{body}"
+    );
     let (_, body) = lookup(&app, held_a, &own).await;
-    assert_eq!(body["answer"], planted, "kept under its true key: {body}");
+    assert_eq!(body["answer"], Value::Null, "{body}");
 
     // The victim's worker asks for its request and gets no planted answer.
     register(&app, "honest", &["generate"]).await;

@@ -54,6 +54,39 @@ pub fn identity(job: &Job, stated: &str, request: &Value) -> Result<String, ApiE
     }
 }
 
+/// Whether `job` may take limiter slots and record calls for `model` at `provider`: a
+/// `generate` job only for its own provider and model, an `ai` job only under the judge's
+/// prefix. Without this a worker holding any job could back off, stop or reshape the
+/// limiter of a model other pipelines use, or charge calls to a model it never called.
+pub fn may_call(job: &Job, provider: &str, model: &str) -> Result<(), ApiError> {
+    match job.kind.as_str() {
+        "generate" => {
+            let own_provider = crate::kinds::generate::provider_name(&job.params);
+            let own_model = crate::kinds::generate::model_name(&job.params);
+            if own_provider.as_deref() == Some(provider) && own_model == Some(model) {
+                Ok(())
+            } else {
+                Err(refused(format!(
+                    "job {} generates with `{}` at `{}`, not `{model}` at `{provider}`: a job \
+                     calls only its own model",
+                    job.id,
+                    own_model.unwrap_or_default(),
+                    own_provider.unwrap_or_default()
+                )))
+            }
+        }
+        "ai" if provider.starts_with(JUDGE_PROVIDER_PREFIX) => Ok(()),
+        "ai" => Err(refused(format!(
+            "job {} is an `ai` job: its provider is `{JUDGE_PROVIDER_PREFIX}URL`, not `{provider}`",
+            job.id
+        ))),
+        other => Err(refused(format!(
+            "job {} is a `{other}` job: only `generate` and `ai` jobs call models",
+            job.id
+        ))),
+    }
+}
+
 /// The cache key of `request` to the provider `identity`. Canonical JSON holds no raw
 /// newline, so the last one in the hashed bytes is where the identity ends, even for a
 /// judge label that has newlines of its own.

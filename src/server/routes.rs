@@ -1064,6 +1064,7 @@ async fn llm_acquire(
         } else if s.auth.required() {
             return Err(not_holder(job.id));
         }
+        answers::may_call(&job, &body.provider, &body.model)?;
         if job.state != JobState::Running || job.cancel_requested || stale {
             return Ok(stop(
                 "not_running",
@@ -1137,6 +1138,12 @@ async fn llm_call(
         };
         must_own(&s, &caller, &attempt.worker_id).await?;
     }
+    let job = s
+        .store
+        .job(body.call.job_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {}", body.call.job_id)))?;
+    answers::may_call(&job, &body.call.provider, &body.call.model)?;
     // The answer first, then the record, then the slot: a waiting call sees the spending
     // before it gets the slot, and a paid answer is kept before it counts as paid.
     // The cache is written only here, with a call the attempt that holds the job made:
@@ -1144,11 +1151,6 @@ async fn llm_call(
     // The key is the server's, from the request the answer is for: a worker cannot file an
     // answer under another request's key.
     if let Some(a) = &body.answer {
-        let job = s
-            .store
-            .job(body.call.job_id)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("job {}", body.call.job_id)))?;
         let key = answers::key(
             &answers::identity(&job, &body.call.provider, &a.request)?,
             &a.request,
