@@ -320,6 +320,10 @@ enum Command {
         /// workers' (only its names are used here; `openrouter` is built in).
         #[arg(long, env = "ASSAY_PROVIDERS")]
         providers: Option<PathBuf>,
+        /// Requests a second one token may make, in bursts of twice that (0: no limit).
+        /// A token past it gets 429 and waits; the others are served as before.
+        #[arg(long, default_value_t = server::auth::DEFAULT_REQUESTS_PER_SECOND)]
+        rate_limit: u32,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -655,6 +659,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             max_blob_bytes,
             blob_quota,
             providers,
+            rate_limit,
         } => {
             let providers = load_providers(providers.as_deref())?;
             let shutdown = shutdown_on_signals();
@@ -664,6 +669,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             config.max_blob_bytes = max_blob_bytes;
             config.blob_quota = (blob_quota > 0).then_some(blob_quota);
             config.providers = providers.names();
+            config.request_rate = server::auth::RequestRate::per_second(rate_limit);
             if let Some(kinds) = allow_kinds {
                 config.allowed_kinds = allowed_kinds(kinds)?;
             }

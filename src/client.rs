@@ -36,7 +36,7 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } => true,
             ClientError::Api { status, code, .. } => {
-                *status >= 500 || *code == ErrorCode::ShuttingDown
+                *status >= 500 || *status == 429 || *code == ErrorCode::ShuttingDown
             }
             _ => false,
         }

@@ -97,7 +97,11 @@ async fn without_a_token_nothing_is_read_submitted_or_claimed() {
     let mut w = c.worker("w", 1, &[]);
     let exited = w.wait_exit(MIN);
     assert_eq!(exited, Some(1), "{}", c.logs());
-    assert!(c.logs().contains("the server refused this worker"));
+    assert!(
+        c.logs().contains("the server refused this worker"),
+        "{}",
+        c.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +158,71 @@ async fn each_token_does_only_what_its_scopes_allow() {
         .unwrap()
         .pipeline_id;
     let _w = c.worker("w", 1, &["--token-file", &token_file(&c, &worker_token)]);
+    assert_completes(&c, &reader, id).await;
+}
+
+/// One token floods the server (a runaway script, a hostile worker): past its rate it
+/// gets 429 with `Retry-After`, and the other tokens are served as before, so a worker
+/// with its own token still runs a pipeline to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_token_is_slowed_and_the_others_are_not() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &["--auth", "--rate-limit", "20"]).await;
+    let flood = create_token(&c, "read", "flood");
+    let reader = Client::with_token(&c.url, Some(&create_token(&c, "read", "dashboard")));
+    let submitter = Client::with_token(&c.url, Some(&create_token(&c, "submit", "ci")));
+    let worker_token = create_token(&c, "worker", "worker-1");
+    let _w = c.worker("w", 2, &["--token-file", &token_file(&c, &worker_token)]);
+
+    let http = reqwest::Client::new();
+    let url = format!("{}{API_PREFIX}/pipelines", c.url);
+    let sent = (0..200).map(|_| {
+        http.get(&url)
+            .header("authorization", format!("Bearer {flood}"))
+            .send()
+    });
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all(sent).await;
+    let took = started.elapsed().as_secs_f64();
+    let mut limited = 0;
+    for answer in answers {
+        let answer = answer.unwrap();
+        if answer.status() == 429 {
+            limited += 1;
+            let retry: u64 = answer.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(retry >= 1, "{retry}");
+            let body: serde_json::Value = answer.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("`flood`") && message.contains("--rate-limit"),
+                "{message}"
+            );
+        } else {
+            assert_eq!(answer.status(), 200);
+        }
+    }
+    // A burst is twice the rate: the 40 of the burst and what the rate refilled meanwhile
+    // got through, no more.
+    let served = 200 - limited;
+    let most = 40 + (20.0 * took).ceil() as usize + 1;
+    assert!(
+        (40..=most).contains(&served),
+        "{served} of 200 served in {took:.2} s"
+    );
+    assert!(
+        reader.pipelines(10).await.is_ok(),
+        "another token is slowed too"
+    );
+    let id = submitter
+        .submit(&request(ONE_NOOP))
+        .await
+        .unwrap()
+        .pipeline_id;
     assert_completes(&c, &reader, id).await;
 }
 

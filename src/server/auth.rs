@@ -132,6 +132,32 @@ pub struct Auth {
     sessions: Mutex<HashMap<String, (String, Instant)>>,
     /// Worker id → the token that owns it (an owner never changes, so this never goes stale).
     owners: Mutex<HashMap<String, i64>>,
+    /// Requests each token may make ([`RequestRate`]); `None`: unlimited.
+    rates: Option<(RequestRate, governor::DefaultKeyedRateLimiter<i64>)>,
+}
+
+/// How many requests one token may make: `per_second` sustained, `burst` at once. A
+/// token past it gets 429 with `Retry-After`, and every other token is served as before:
+/// one runaway or hostile worker (or script) cannot take the server's time from the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRate {
+    pub per_second: std::num::NonZeroU32,
+    pub burst: std::num::NonZeroU32,
+}
+
+/// Requests a second one token may make by default: far above what a worker with dozens
+/// of slots needs (claims and reports are batched), far below what the server can take.
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 500;
+
+impl RequestRate {
+    /// `per_second` sustained with bursts of twice that; `None` for 0 (no limit).
+    pub fn per_second(per_second: u32) -> Option<RequestRate> {
+        let per_second = std::num::NonZeroU32::new(per_second)?;
+        Some(RequestRate {
+            per_second,
+            burst: per_second.saturating_mul(std::num::NonZeroU32::MIN.saturating_add(1)),
+        })
+    }
 }
 
 /// The dashboard's session cookie.
@@ -166,7 +192,41 @@ impl Auth {
             cache: Mutex::default(),
             sessions: Mutex::default(),
             owners: Mutex::default(),
+            rates: None,
         }
+    }
+
+    /// Limit each token's requests to `rate` (`None`: no limit).
+    pub fn with_request_rate(mut self, rate: Option<RequestRate>) -> Self {
+        self.rates = rate.map(|rate| {
+            let quota = governor::Quota::per_second(rate.per_second).allow_burst(rate.burst);
+            (rate, governor::RateLimiter::keyed(quota))
+        });
+        self
+    }
+
+    /// `None` when `principal` may make another request now; else the refusal.
+    fn over_rate(&self, principal: &Principal) -> Option<Response> {
+        let (rate, limiter) = self.rates.as_ref()?;
+        let not_until = limiter.check_key(&principal.token_id).err()?;
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            format!(
+                "token `{}` made more than {} requests a second (bursts of {}), the most one \
+                 token may; wait {seconds} s, give each worker machine and script its own \
+                 token, or raise the limit with `assay server --rate-limit`",
+                principal.name, rate.per_second, rate.burst
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        Some(response)
     }
 
     /// Also accept these tokens, which the store does not know.
@@ -465,6 +525,9 @@ pub async fn authorize(State(state): State<AppState>, mut req: Request, next: Ne
         .iter()
         .any(|needed| principal.scopes.iter().any(|held| held.grants(*needed)));
     if granted {
+        if let Some(refusal) = state.auth.over_rate(&principal) {
+            return refusal;
+        }
         req.extensions_mut().insert(principal);
         return next.run(req).await;
     }

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     /// and those of the providers file). The server only checks names; where each one is
     /// and which key it gets is each worker's own providers file.
     pub providers: Vec<String>,
+    /// Requests each token may make (`--rate-limit`; `None`: unlimited).
+    pub request_rate: Option<auth::RequestRate>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +91,7 @@ impl ServerConfig {
             blob_quota: Some(blobs::DEFAULT_BLOB_QUOTA),
             memory_tokens: Vec::new(),
             providers: crate::generation::providers::Providers::builtin().names(),
+            request_rate: auth::RequestRate::per_second(auth::DEFAULT_REQUESTS_PER_SECOND),
         }
     }
 
@@ -280,7 +283,9 @@ pub async fn start(
         llm: Arc::default(),
         started_at,
         auth: Arc::new(
-            auth::Auth::new(config.require_auth).with_memory_tokens(config.memory_tokens.clone()),
+            auth::Auth::new(config.require_auth)
+                .with_memory_tokens(config.memory_tokens.clone())
+                .with_request_rate(config.request_rate),
         ),
         hosts: guard::Hosts::new(config.public_hosts.clone()),
         allowed_kinds: Arc::new(config.allowed_kinds.clone()),
