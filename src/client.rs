@@ -99,7 +99,9 @@ impl Client {
         let http = builder
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Well inside the server's header read timeout, which also closes idle
+            // connections: a pooled connection is never reused as the server closes it.
+            .pool_idle_timeout(Duration::from_secs(20))
             .tcp_nodelay(true)
             .build()
             .expect("HTTP client builds");

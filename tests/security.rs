@@ -1188,3 +1188,112 @@ async fn a_worker_token_limited_to_kinds_claims_nothing_else() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`comand` is not a job kind"));
 }
+
+/// A connection from `source` to `server` that has sent `sent` and nothing more.
+async fn connection_from(
+    source: &str,
+    server: std::net::SocketAddr,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(server).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream
+}
+
+/// Whether the server closes `stream` (within `within`), reading what it says first.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Slowloris: one address opens connections and sends its headers a byte at a time, or
+/// not at all. It holds at most its share of connections, each for the header read
+/// timeout; clients at other addresses are served throughout, and SIGTERM's soft stop is
+/// not held up by a half-sent request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_cannot_hold_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        assay::server::ServerConfig::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.connections_per_peer = 20;
+    config.header_read_timeout = Duration::from_secs(1);
+    let server = in_process(config).await;
+    let addr = server.running.addr;
+    let half_sent = b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: a";
+
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connection_from("127.0.0.2", addr, half_sent).await);
+    }
+    let mut one_too_many = connection_from("127.0.0.2", addr, b"").await;
+    assert!(
+        closed_by_server(&mut one_too_many, Duration::from_secs(10)).await,
+        "a 21st connection from one address was kept"
+    );
+    server
+        .client
+        .health()
+        .await
+        .expect("another address is served");
+    for stream in &mut held {
+        assert!(
+            closed_by_server(stream, Duration::from_secs(20)).await,
+            "a half-sent request held its connection past the header read timeout"
+        );
+    }
+    // Places given back: the address is served again.
+    let mut again = connection_from(
+        "127.0.0.2",
+        addr,
+        b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut again, &mut answer)
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.stop().await;
+
+    // The default header timeout is long; a half-sent request does not hold up a stop.
+    let dir = tempfile::tempdir().unwrap();
+    let server = in_process(assay::server::ServerConfig::new(
+        dir.path().to_path_buf(),
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await;
+    let _slow = connection_from("127.0.0.1", server.running.addr, half_sent).await;
+    let _idle = connection_from("127.0.0.1", server.running.addr, b"").await;
+    // Both taken by the server (each answered once it is whole) before the stop.
+    let mut answered = connection_from(
+        "127.0.0.1",
+        server.running.addr,
+        b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::io::AsyncReadExt::read(&mut answered, &mut buf)
+        .await
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::timeout(Duration::from_secs(15), server.stop())
+        .await
+        .expect("the server stopped with a half-sent request open");
+}

@@ -10,6 +10,7 @@ mod dashboard;
 pub mod guard;
 pub mod llm_gate;
 mod routes;
+pub mod serve;
 mod stream;
 pub mod tls;
 
@@ -58,6 +59,11 @@ pub struct ServerConfig {
     pub providers: Vec<String>,
     /// Requests each token may make (`--rate-limit`; `None`: unlimited).
     pub request_rate: Option<auth::RequestRate>,
+    /// Connections open at once per client address and in all ([`serve`]).
+    pub connections_per_peer: usize,
+    pub max_connections: usize,
+    /// How long a client has to send a request's headers ([`serve::HEADER_READ_TIMEOUT`]).
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +98,9 @@ impl ServerConfig {
             memory_tokens: Vec::new(),
             providers: crate::generation::providers::Providers::builtin().names(),
             request_rate: auth::RequestRate::per_second(auth::DEFAULT_REQUESTS_PER_SECOND),
+            connections_per_peer: serve::CONNECTIONS_PER_PEER,
+            max_connections: serve::MAX_CONNECTIONS,
+            header_read_timeout: serve::HEADER_READ_TIMEOUT,
         }
     }
 
@@ -302,16 +311,16 @@ pub async fn start(
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     let tasks = TaskTracker::new();
     let router = app(state.clone());
-    let stop = shutdown.clone();
-    match acceptor {
-        Some(acceptor) => {
-            let listener = tls::TlsListener::new(listener, acceptor).map_err(ServerError::Serve)?;
-            tasks.spawn(serve(listener, router, stop));
-        }
-        None => {
-            tasks.spawn(serve(listener, router, stop));
-        }
-    }
+    tasks.spawn(serve::serve(
+        listener,
+        acceptor,
+        router,
+        serve::Bounds {
+            caps: serve::ConnectionCaps::new(config.max_connections, config.connections_per_peer),
+            header_read_timeout: config.header_read_timeout,
+        },
+        shutdown.clone(),
+    ));
     tasks.spawn(reconcile_loop(state.clone(), config.reconcile_every));
     tasks.spawn(blob_gc_loop(state.clone()));
     if let Some(keep) = config.event_retention {
@@ -325,19 +334,6 @@ pub async fn start(
         tasks,
         _lock: lock,
     })
-}
-
-async fn serve<L>(listener: L, router: axum::Router, stop: CancellationToken)
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "HTTP server stopped with an error");
-    }
 }
 
 /// How often unreferenced blobs are looked for.
