@@ -542,6 +542,9 @@ enum Command {
     /// (Internal) run a job's program so that it dies with the worker that started it.
     #[command(name = "__supervise", hide = true)]
     Supervise(crate::supervise::SuperviseArgs),
+    /// (Internal) plan a templated spec read on stdin, under the limits the server set.
+    #[command(name = "__plan", hide = true)]
+    Plan,
 }
 
 /// A retention period, or none (`off`).
@@ -565,6 +568,9 @@ pub fn main() -> ExitCode {
     // A supervisor is small and single-threaded: no logging, no runtime.
     if let Command::Supervise(args) = cli.command {
         return crate::supervise::run(args);
+    }
+    if let Command::Plan = cli.command {
+        return crate::planner::run_child();
     }
     crate::supervise::use_this_binary();
     tracing_subscriber::fmt()
@@ -1228,6 +1234,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Supervise(_) => unreachable!("a supervisor runs before the runtime starts"),
+        Command::Plan => unreachable!("a planner runs before the runtime starts"),
     }
 }
 

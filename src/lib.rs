@@ -12,6 +12,7 @@ pub mod exports;
 pub mod generation;
 pub mod grid;
 pub mod kinds;
+pub mod planner;
 pub mod progress;
 pub mod report;
 pub mod results;

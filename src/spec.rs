@@ -691,6 +691,20 @@ impl Spec {
         self.deadline_ms.map(|ms| ms * MICROS_PER_MS)
     }
 
+    /// Whether any stage's params hold a template (`{{ … }}` or `{% … %}`): only those
+    /// take planning memory the spec's size does not bound.
+    pub fn has_templates(&self) -> bool {
+        fn any(v: &Value) -> bool {
+            match v {
+                Value::String(s) => is_template(s),
+                Value::Array(a) => a.iter().any(any),
+                Value::Object(o) => o.values().any(any),
+                _ => false,
+            }
+        }
+        self.stages.iter().any(|stage| any(&stage.params))
+    }
+
     /// Expand every stage into jobs and wire their dependencies, in time linear in jobs +
     /// dependencies: upstream jobs are indexed by the values of the keys a downstream item
     /// shares with them, and a stage that waits for a whole stage gets one barrier.

@@ -78,6 +78,12 @@ fn supervisor() -> Option<&'static Path> {
         .as_deref()
 }
 
+/// The `assay` binary this process runs helpers from, when it is one (see
+/// [`use_this_binary`]).
+pub fn assay_binary() -> Option<PathBuf> {
+    supervisor().map(Path::to_path_buf)
+}
+
 /// The read end of this process's lifeline, for one more supervisor. The write end is
 /// never closed while the process lives, and never inherited (close-on-exec).
 fn lifeline() -> Option<OwnedFd> {

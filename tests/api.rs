@@ -44,6 +44,7 @@ async fn setup_with(change: impl FnOnce(&mut AppState)) -> (tempfile::TempDir, R
         providers: std::sync::Arc::new(vec!["openrouter".into()]),
         long_polls: caps::Held::new("long-polls", caps::LONG_POLLS_PER_CLIENT),
         streams: caps::Held::new("event streams", caps::STREAMS_PER_CLIENT),
+        planner: assay::planner::Planner::isolated(env!("CARGO_BIN_EXE_assay")),
     };
     change(&mut state);
     (dir, app(state))
@@ -224,6 +225,50 @@ async fn invalid_spec_names_line_and_field() {
     assert!(msg.contains("test.toml:7:"), "{msg}");
     assert!(msg.contains("stage[0].after"), "{msg}");
     assert!(msg.contains("nope"), "{msg}");
+}
+
+/// A templated spec is planned by a child `assay` under a memory limit: its templates
+/// render as in process, and one that builds a huge string is refused with the reason while
+/// the server goes on.
+#[tokio::test]
+async fn templates_are_planned_in_a_child_that_cannot_take_the_servers_memory() {
+    let (_dir, app) = setup_with(|s| {
+        s.planner = assay::planner::Planner::isolated(env!("CARGO_BIN_EXE_assay"))
+            .with_memory_limit(512 << 20);
+    })
+    .await;
+    let templated = "[pipeline]\nname = \"t\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n\
+        matrix = { model = [\"m1\", \"m2\"], n = [1, 2] }\n\
+        [stage.params]\nlabel = \"{{ model }}-{{ n * 10 }}\"\nfixed = 7\n";
+    let id = submit(&app, templated).await;
+    let (status, jobs) = get(&app, &format!("/api/v1/jobs?pipeline={id}")).await;
+    assert_eq!(status, StatusCode::OK, "{jobs}");
+    let mut labels: Vec<String> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["params"]["label"].as_str().unwrap().to_string())
+        .collect();
+    labels.sort();
+    assert_eq!(labels, ["m1-10", "m1-20", "m2-10", "m2-20"], "{jobs}");
+
+    // 100 MB, doubled three times: 800 MB, with the copies more.
+    let bomb = format!(
+        "[pipeline]\nname = \"b\"\n[[stage]]\nname = \"m\"\nkind = \"noop\"\nitems = [1]\n\
+         [stage.params]\nv = \"{{% set a = 'x' * 100000000 %}}{}{{{{ a | length }}}}\"\n",
+        "{% set a = a ~ a %}".repeat(3)
+    );
+    let (status, body) = post(&app, "/api/v1/pipelines", &submit_req(&bomb, None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(code(&body), "invalid_spec", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("test.toml: ") && message.contains("more than 512 MiB of memory"),
+        "{message}"
+    );
+    let (status, pipelines) = get(&app, "/api/v1/pipelines").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pipelines.as_array().unwrap().len(), 1, "{pipelines}");
 }
 
 #[tokio::test]

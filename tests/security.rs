@@ -589,6 +589,12 @@ async fn bombs_in_a_spec_are_refused_and_the_server_keeps_answering() {
     );
     let template = "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"b\"\nkind = \"noop\"\nitems = [1]\n\
         [stage.params]\nv = \"{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}\"\n";
+    // 100 MB, doubled until it is 6.4 GB: each `~` is within the fuel and renders nothing.
+    let memory = format!(
+        "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"m\"\nkind = \"noop\"\nitems = [1]\n\
+         [stage.params]\nv = \"{{% set a = 'x' * 100000000 %}}{}{{{{ a | length }}}}\"\n",
+        "{% set a = a ~ a %}".repeat(6)
+    );
     let mut chain = String::from("[pipeline]\nname = \"x\"\n");
     for i in 0..5_000 {
         let after = if i == 0 {
@@ -601,6 +607,7 @@ async fn bombs_in_a_spec_are_refused_and_the_server_keeps_answering() {
     for (what, spec, says) in [
         ("fan-out", fan_out.as_str(), "at most 1,000,000"),
         ("template", template, "steps to render"),
+        ("memory", memory.as_str(), "GiB of memory"),
         ("stages", chain.as_str(), "at most 200"),
     ] {
         let e = c.client.submit(&request(spec)).await.unwrap_err();

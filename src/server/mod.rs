@@ -64,6 +64,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a client has to send a request's headers ([`serve::HEADER_READ_TIMEOUT`]).
     pub header_read_timeout: Duration,
+    /// Where submitted specs are planned: templated ones in a child process with limits,
+    /// when this process is the `assay` binary ([`crate::planner`]).
+    pub planner: crate::planner::Planner,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,7 @@ impl ServerConfig {
             connections_per_peer: serve::CONNECTIONS_PER_PEER,
             max_connections: serve::MAX_CONNECTIONS,
             header_read_timeout: serve::HEADER_READ_TIMEOUT,
+            planner: crate::planner::Planner::for_this_process(),
         }
     }
 
@@ -163,6 +167,8 @@ pub struct AppState {
     pub long_polls: Arc<caps::Held>,
     /// Event streams held per client.
     pub streams: Arc<caps::Held>,
+    /// Where submitted specs are planned ([`crate::planner`]).
+    pub planner: crate::planner::Planner,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,7 +307,13 @@ pub async fn start(
         providers: Arc::new(config.providers.clone()),
         long_polls: caps::Held::new("long-polls", caps::LONG_POLLS_PER_CLIENT),
         streams: caps::Held::new("event streams", caps::STREAMS_PER_CLIENT),
+        planner: config.planner.clone(),
     };
+    if !state.planner.is_isolated() {
+        tracing::warn!(
+            "templated specs are planned inside the server process (it is not the assay binary)"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServerError::Bind {

@@ -263,6 +263,7 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
 struct Policy {
     allowed_kinds: std::sync::Arc<Vec<String>>,
     providers: std::sync::Arc<Vec<String>>,
+    planner: crate::planner::Planner,
 }
 
 fn plan_submission(req: SubmitRequest, policy: &Policy) -> Result<NewPipeline, ApiError> {
@@ -296,7 +297,10 @@ fn plan_submission(req: SubmitRequest, policy: &Policy) -> Result<NewPipeline, A
             ),
         ));
     }
-    let plan = spec.plan().map_err(|e| invalid(format!("{file}: {e}")))?;
+    let plan = policy
+        .planner
+        .plan(file, &spec, &req.spec)
+        .map_err(|e| invalid(format!("{file}: {e}")))?;
     // Checked on the plan: a name may be templated (`provider = "{{ provider }}"`).
     let mut checked = std::collections::HashSet::new();
     for job in plan.jobs.iter().filter(|j| j.kind == "generate") {
@@ -334,8 +338,14 @@ async fn submit(
     let policy = Policy {
         allowed_kinds: s.allowed_kinds.clone(),
         providers: s.providers.clone(),
+        planner: s.planner.clone(),
     };
-    let new = tokio::task::spawn_blocking(move || plan_submission(req, &policy)).await??;
+    let slot = s.planner.slot().await;
+    let new = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        plan_submission(req, &policy)
+    })
+    .await??;
     // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
     // writing short (it would be discarded, and the retry would start over).
     let store = s.store.clone();

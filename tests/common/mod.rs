@@ -334,7 +334,10 @@ pub struct InProcess {
     pub client: Client,
 }
 
-pub async fn in_process(config: assay::server::ServerConfig) -> InProcess {
+pub async fn in_process(mut config: assay::server::ServerConfig) -> InProcess {
+    // A test binary is not `assay`: templated specs are planned by the real one, as a
+    // server started from it would.
+    config.planner = assay::planner::Planner::isolated(env!("CARGO_BIN_EXE_assay"));
     let stop = tokio_util::sync::CancellationToken::new();
     let running = assay::server::start(config, stop.clone()).await.unwrap();
     let client = Client::new(&format!("http://{}", running.addr));
