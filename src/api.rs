@@ -40,6 +40,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The client holds as many long-polls or streams as it may.
     TooManyRequests,
+    /// The token owns as many worker ids as it may, and none is free to give up.
+    TooManyWorkerIds,
     Internal,
 }
 
@@ -63,6 +65,7 @@ impl ErrorCode {
             ErrorCode::UnknownProvider => "unknown_provider",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::TooManyWorkerIds => "too_many_worker_ids",
             ErrorCode::Internal => "internal",
         }
     }

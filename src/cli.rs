@@ -324,6 +324,11 @@ enum Command {
         /// A token past it gets 429 and waits; the others are served as before.
         #[arg(long, default_value_t = server::auth::DEFAULT_REQUESTS_PER_SECOND)]
         rate_limit: u32,
+        /// Worker ids one token may own. A worker without --id takes a new id at every
+        /// start; those of workers stopped or silent for an hour make room for new ones.
+        #[arg(long, default_value_t = server::auth::DEFAULT_WORKER_IDS_PER_TOKEN,
+              value_parser = clap::value_parser!(i64).range(1..))]
+        worker_ids_per_token: i64,
     },
     /// Create, list and revoke API tokens. Works on the data directory, also while the
     /// server runs (a revoked token stops working within 2 s).
@@ -666,6 +671,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             blob_quota,
             providers,
             rate_limit,
+            worker_ids_per_token,
         } => {
             let providers = load_providers(providers.as_deref())?;
             let shutdown = shutdown_on_signals();
@@ -676,6 +682,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             config.blob_quota = (blob_quota > 0).then_some(blob_quota);
             config.providers = providers.names();
             config.request_rate = server::auth::RequestRate::per_second(rate_limit);
+            config.worker_ids_per_token = worker_ids_per_token;
             if let Some(kinds) = allow_kinds {
                 config.allowed_kinds = allowed_kinds(kinds)?;
             }

@@ -558,6 +558,70 @@ async fn a_worker_id_cannot_be_taken_over_by_another_token() {
     assert_eq!(jobs[0].failed_attempts, 0);
 }
 
+/// A token cannot bind worker ids without end: past its share it is refused, naming the
+/// limit, until one of its workers stops; others' workers run on. A revoked token's worker
+/// id passes to the token that asks next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_ids_are_bounded_per_token_and_pass_on_when_revoked() {
+    use assay::store::WorkerRegistration;
+    let c = Cluster::new();
+    let _server = c
+        .server_with("1s", &["--auth", "--worker-ids-per-token", "3"])
+        .await;
+    let registration = |id: &str| WorkerRegistration {
+        id: id.into(),
+        name: "rogue".into(),
+        kinds: vec!["noop".into()],
+    };
+    let rogue = Client::with_token(&c.url, Some(&create_token(&c, "worker", "rogue")));
+    for n in 0..3 {
+        rogue
+            .register(&registration(&format!("r-{n}")))
+            .await
+            .unwrap();
+    }
+    let e = rogue.register(&registration("r-3")).await.unwrap_err();
+    assert_eq!(code(&e), Some("too_many_worker_ids"), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("token `rogue` owns 3 worker ids")
+            && message.contains("--worker-ids-per-token"),
+        "{message}"
+    );
+    // Another token's worker is not limited by the rogue's share.
+    let honest = create_token(&c, "worker", "honest");
+    let _w = c.worker("honest-1", 1, &["--token-file", &token_file(&c, &honest)]);
+    let submitter = Client::with_token(&c.url, Some(&create_token(&c, "submit", "ci")));
+    let id = submitter
+        .submit(&request(ONE_NOOP))
+        .await
+        .unwrap()
+        .pipeline_id;
+    assert_completes(&c, &submitter, id).await;
+    // A stopped worker's id makes room.
+    rogue.worker_stopped("r-0").await.unwrap();
+    rogue.register(&registration("r-3")).await.unwrap();
+
+    // Revoked, the rogue's ids are free for the next token; its own requests fail.
+    let rogue_id = rogue.whoami().await.unwrap().token_id.unwrap();
+    let revoked = std::process::Command::new(BIN)
+        .args(["token", "revoke", &rogue_id.to_string(), "--data-dir"])
+        .arg(c.path("server"))
+        .status()
+        .unwrap();
+    assert!(revoked.success());
+    let heir = Client::with_token(&c.url, Some(&create_token(&c, "worker", "heir")));
+    heir.register(&registration("r-1")).await.unwrap();
+    wait_for("the revocation to take effect", MIN, || async {
+        rogue
+            .register(&registration("r-1"))
+            .await
+            .is_err_and(|e| code(&e) == Some("unauthorized"))
+    })
+    .await;
+    heir.register(&registration("r-1")).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_runs_no_program_a_spec_chooses_unless_allowed() {
     let c = Cluster::new();

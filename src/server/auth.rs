@@ -24,6 +24,15 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// Tokens remembered at most; past this the cache starts over (a flood of made-up tokens
 /// cannot grow it without bound).
 const CACHE_ENTRIES: usize = 10_000;
+/// Worker ids one token may own (`assay server --worker-ids-per-token`). A worker without
+/// `--id` takes a new one at every start, so the ids of workers stopped or silent for
+/// [`WORKER_ID_IDLE`] are given up as the token needs room.
+pub const DEFAULT_WORKER_IDS_PER_TOKEN: i64 = 1_024;
+/// How long a worker must be silent before its token may give its id up for a new one.
+pub const WORKER_ID_IDLE: Duration = Duration::from_secs(3_600);
+/// How long a worker id's owner is trusted before the store is asked again: a revoked
+/// owner's id passes to the next token that asks within that long.
+const OWNER_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Every token starts with this, so that it is recognisable in a leaked file or log.
 pub const TOKEN_PREFIX: &str = "assay_";
 /// A one-time dashboard login code starts with this (see [`Auth::one_time_login`]).
@@ -130,10 +139,25 @@ pub struct Auth {
     /// Dashboard sessions: session id → (the token's hash, when the session ends). Kept in
     /// memory: a restarted server asks the browser to log in again.
     sessions: Mutex<HashMap<String, (String, Instant)>>,
-    /// Worker id → the token that owns it (an owner never changes, so this never goes stale).
-    owners: Mutex<HashMap<String, i64>>,
+    /// Worker id → the token that owns it, and since when this server knows it.
+    owners: Mutex<HashMap<String, (i64, Instant)>>,
+    worker_ids_per_token: i64,
     /// Requests each token may make ([`RequestRate`]); `None`: unlimited.
     rates: Option<(RequestRate, governor::DefaultKeyedRateLimiter<i64>)>,
+}
+
+/// Whether a token may act as a worker id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    Owned,
+    /// Another, live token owns it.
+    OtherToken,
+    /// The id is free, but the token owns `owned` ids already (`most` is the limit) and
+    /// none of them may be given up yet.
+    Full {
+        owned: i64,
+        most: i64,
+    },
 }
 
 /// How many requests one token may make: `per_second` sustained, `burst` at once. A
@@ -192,8 +216,15 @@ impl Auth {
             cache: Mutex::default(),
             sessions: Mutex::default(),
             owners: Mutex::default(),
+            worker_ids_per_token: DEFAULT_WORKER_IDS_PER_TOKEN,
             rates: None,
         }
+    }
+
+    /// Let each token own at most `n` worker ids.
+    pub fn with_worker_ids_per_token(mut self, n: i64) -> Self {
+        self.worker_ids_per_token = n.max(1);
+        self
     }
 
     /// Limit each token's requests to `rate` (`None`: no limit).
@@ -294,36 +325,59 @@ impl Auth {
     }
 
     /// Whether `principal` may act as the worker `worker_id`: the id belongs to the first
-    /// token that used it. Always when tokens are not required.
+    /// token that used it, until that token is revoked. Always when tokens are not required.
     pub async fn owns_worker(
         &self,
         state: &AppState,
         principal: Option<&Principal>,
         worker_id: &str,
-    ) -> Result<bool, crate::store::StoreError> {
+    ) -> Result<Ownership, crate::store::StoreError> {
         if !self.required {
-            return Ok(true);
+            return Ok(Ownership::Owned);
         }
         let Some(principal) = principal else {
-            return Ok(false);
+            return Ok(Ownership::OtherToken);
         };
         let known = self.owners.lock().expect("owners").get(worker_id).copied();
-        let owner = match known {
-            Some(owner) => owner,
-            None => {
-                let owner = state
-                    .store
-                    .bind_worker(worker_id, principal.token_id)
-                    .await?;
-                let mut owners = self.owners.lock().expect("owners");
-                if owners.len() >= CACHE_ENTRIES {
-                    owners.clear();
-                }
-                owners.insert(worker_id.to_string(), owner);
-                owner
+        if let Some((owner, at)) = known {
+            if owner == principal.token_id && at.elapsed() < OWNER_CACHE_TTL {
+                return Ok(Ownership::Owned);
+            }
+        }
+        // Not known, known as another token's (which may have been revoked since), or
+        // known for long enough to ask again.
+        let policy = crate::store::WorkerIdPolicy {
+            per_token: self.worker_ids_per_token,
+            idle_before: crate::domain::now_micros() - WORKER_ID_IDLE.as_micros() as i64,
+        };
+        let binding = state
+            .store
+            .bind_worker(
+                worker_id,
+                principal.token_id,
+                &policy,
+                crate::domain::now_micros(),
+            )
+            .await?;
+        let owner = match binding {
+            crate::store::WorkerBinding::Owner(owner) => owner,
+            crate::store::WorkerBinding::Full { owned } => {
+                return Ok(Ownership::Full {
+                    owned,
+                    most: self.worker_ids_per_token,
+                })
             }
         };
-        Ok(owner == principal.token_id)
+        let mut owners = self.owners.lock().expect("owners");
+        if owners.len() >= CACHE_ENTRIES {
+            owners.clear();
+        }
+        owners.insert(worker_id.to_string(), (owner, Instant::now()));
+        Ok(if owner == principal.token_id {
+            Ownership::Owned
+        } else {
+            Ownership::OtherToken
+        })
     }
 
     /// Who a live token (by its hash) stands for, `None` for an unknown or revoked one.

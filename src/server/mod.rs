@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub providers: Vec<String>,
     /// Requests each token may make (`--rate-limit`; `None`: unlimited).
     pub request_rate: Option<auth::RequestRate>,
+    /// Worker ids each token may own (`--worker-ids-per-token`).
+    pub worker_ids_per_token: i64,
     /// Connections open at once per client address and in all ([`serve`]).
     pub connections_per_peer: usize,
     pub max_connections: usize,
@@ -101,6 +103,7 @@ impl ServerConfig {
             memory_tokens: Vec::new(),
             providers: crate::generation::providers::Providers::builtin().names(),
             request_rate: auth::RequestRate::per_second(auth::DEFAULT_REQUESTS_PER_SECOND),
+            worker_ids_per_token: auth::DEFAULT_WORKER_IDS_PER_TOKEN,
             connections_per_peer: serve::CONNECTIONS_PER_PEER,
             max_connections: serve::MAX_CONNECTIONS,
             header_read_timeout: serve::HEADER_READ_TIMEOUT,
@@ -300,7 +303,8 @@ pub async fn start(
         auth: Arc::new(
             auth::Auth::new(config.require_auth)
                 .with_memory_tokens(config.memory_tokens.clone())
-                .with_request_rate(config.request_rate),
+                .with_request_rate(config.request_rate)
+                .with_worker_ids_per_token(config.worker_ids_per_token),
         ),
         hosts: guard::Hosts::new(config.public_hosts.clone()),
         allowed_kinds: Arc::new(config.allowed_kinds.clone()),

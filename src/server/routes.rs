@@ -1,6 +1,6 @@
 //! HTTP handlers. Each is a thin translation between JSON and a [`Store`] call.
 
-use super::{answers, AppState};
+use super::{answers, auth, AppState};
 use crate::api::*;
 use crate::domain::{now_micros, JobState, Micros, MICROS_PER_MS};
 use crate::explain::{self, Explanation};
@@ -891,19 +891,32 @@ fn not_holder(job: i64) -> ApiError {
     )
 }
 
-/// Refuse a request that names a worker id another token owns.
+/// Refuse a request that names a worker id another token owns, or a new one past the
+/// token's share.
 async fn must_own(s: &AppState, caller: &Caller, worker_id: &str) -> Result<(), ApiError> {
-    if s.auth.owns_worker(s, caller.as_deref(), worker_id).await? {
-        return Ok(());
+    match s.auth.owns_worker(s, caller.as_deref(), worker_id).await? {
+        auth::Ownership::Owned => Ok(()),
+        auth::Ownership::OtherToken => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!(
+                "worker id `{worker_id}` belongs to another token; a worker acts only under an \
+                 id its own token registered first (pick another --id)"
+            ),
+        )),
+        auth::Ownership::Full { owned, most } => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::TooManyWorkerIds,
+            format!(
+                "token `{}` owns {owned} worker ids already, the most one token may \
+                 (`assay server --worker-ids-per-token`, {most} here), and none of them is \
+                 free to give up (a worker's id is, once it stopped or was silent for {} min); \
+                 start workers with a fixed --id, or give each machine its own token",
+                caller.as_deref().map(|p| p.name.as_str()).unwrap_or("?"),
+                auth::WORKER_ID_IDLE.as_secs() / 60
+            ),
+        )),
     }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        ErrorCode::Forbidden,
-        format!(
-            "worker id `{worker_id}` belongs to another token; a worker acts only under an id \
-             its own token registered first (pick another --id)"
-        ),
-    ))
 }
 
 fn heartbeat_ms(s: &AppState) -> i64 {
@@ -1167,7 +1180,9 @@ async fn llm_call(
         );
         let holds = job.state == JobState::Running && job.attempts == body.call.attempt;
         let allowed = match (holds, job.worker_id.as_deref()) {
-            (true, Some(worker)) => s.auth.owns_worker(&s, caller.as_deref(), worker).await?,
+            (true, Some(worker)) => {
+                s.auth.owns_worker(&s, caller.as_deref(), worker).await? == auth::Ownership::Owned
+            }
             _ => false,
         };
         if allowed {

@@ -1098,7 +1098,10 @@ pub async fn a_worker_that_claims_and_vanishes_kills_no_job(store: Arc<dyn Store
         .unwrap();
     for id in ["rogue", "rogue-2"] {
         worker(&*store, id).await;
-        store.bind_worker(id, rogue_token).await.unwrap();
+        store
+            .bind_worker(id, rogue_token, &ids_policy(10), T0)
+            .await
+            .unwrap();
     }
     assert_eq!(claim(&*store, "rogue", 100, T0).await.len(), 10);
     let now = T0 + 10 * MICROS_PER_SEC;
@@ -2276,11 +2279,85 @@ pub async fn tokens_are_found_by_hash_and_revoked_once(store: Arc<dyn Store>) {
         store.limit_token_kinds(a + b + 100, &[]).await,
         Err(StoreError::NotFound(_))
     ));
-    // A worker id belongs to the first token that used it.
-    assert_eq!(store.bind_worker("w-1", b).await.unwrap(), b);
-    assert_eq!(store.bind_worker("w-1", a).await.unwrap(), b);
-    assert_eq!(store.bind_worker("w-1", b).await.unwrap(), b);
-    assert_eq!(store.bind_worker("w-2", a).await.unwrap(), a);
+}
+
+fn ids_policy(per_token: i64) -> WorkerIdPolicy {
+    WorkerIdPolicy {
+        per_token,
+        idle_before: T0,
+    }
+}
+
+/// A worker id belongs to the first token that used it, until that token is revoked; a
+/// token owns a bounded number of ids, and gives up those of stopped or silent workers
+/// (never one running a job) to make room.
+pub async fn worker_ids_are_owned_passed_on_and_bounded(store: Arc<dyn Store>) {
+    use crate::domain::Scope;
+    use WorkerBinding::{Full, Owner};
+    let token = |name: &'static str, hash: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .create_token(name, hash, &[Scope::Worker], T0)
+                .await
+                .unwrap()
+        }
+    };
+    let (a, b) = (token("a", "a1").await, token("b", "b1").await);
+    let roomy = ids_policy(100);
+    let bind = |id: &'static str, token: i64, policy: WorkerIdPolicy| {
+        let store = store.clone();
+        async move { store.bind_worker(id, token, &policy, T0).await.unwrap() }
+    };
+    assert_eq!(bind("w-1", b, roomy).await, Owner(b));
+    assert_eq!(bind("w-1", a, roomy).await, Owner(b));
+    assert_eq!(bind("w-1", b, roomy).await, Owner(b));
+    assert_eq!(bind("w-2", a, roomy).await, Owner(a));
+    // An owner held only in memory (no stored token) is never revoked.
+    assert_eq!(bind("run-1", -2, roomy).await, Owner(-2));
+    assert_eq!(bind("run-1", a, roomy).await, Owner(-2));
+
+    // Revoked, its ids pass to the next token that asks.
+    store.revoke_token(b, T0 + 1).await.unwrap();
+    assert_eq!(bind("w-1", a, roomy).await, Owner(a));
+    assert_eq!(bind("w-1", b, roomy).await, Owner(a));
+
+    // At most three ids for `c`: a fourth only once one of its workers is free to give up.
+    let c = token("c", "c1").await;
+    let three = WorkerIdPolicy {
+        per_token: 3,
+        idle_before: T0 - 10,
+    };
+    for id in ["c-1", "c-2", "c-3"] {
+        worker(&*store, id).await;
+        assert_eq!(bind(id, c, three).await, Owner(c));
+    }
+    assert_eq!(bind("c-4", c, three).await, Full { owned: 3 });
+    // `c-1` stops, but it still runs a job: kept.
+    let toml = pipeline_toml(&[stage_toml("s", "")]);
+    store
+        .create_pipeline(&new_pipeline(&toml, None), T0)
+        .await
+        .unwrap();
+    assert_eq!(claim(&*store, "c-1", 1, T0).await.len(), 1);
+    store.worker_stopped("c-1", T0).await.unwrap();
+    assert_eq!(bind("c-4", c, three).await, Full { owned: 3 });
+    // `c-2` stops and holds nothing: its id is given up, and `c-4` fits.
+    store.worker_stopped("c-2", T0).await.unwrap();
+    assert_eq!(bind("c-4", c, three).await, Owner(c));
+    assert_eq!(bind("c-2", a, roomy).await, Owner(a));
+    // Silent since before `idle_before`: `c-3` (seen at T0) is kept while the cut-off is
+    // earlier, given up once it is later (and `c-4`, bound then but never registered).
+    assert_eq!(bind("c-5", c, three).await, Full { owned: 3 });
+    let later = WorkerIdPolicy {
+        idle_before: T0 + 1,
+        ..three
+    };
+    assert_eq!(bind("c-5", c, later).await, Owner(c));
+    assert_eq!(bind("c-3", a, roomy).await, Owner(a));
+    assert_eq!(bind("c-6", c, three).await, Owner(c));
+    assert_eq!(bind("c-7", c, three).await, Full { owned: 3 });
+    assert_eq!(bind("c-7", c, later).await, Owner(c));
 }
 
 /// Claims read past neither the jobs of a stage at its concurrency limit nor those of a
@@ -2627,6 +2704,7 @@ macro_rules! store_conformance_tests {
             a_barrier_opens_on_a_large_stage_all_at_once,
             random_operations_keep_every_count_honest,
             tokens_are_found_by_hash_and_revoked_once,
+            worker_ids_are_owned_passed_on_and_bounded,
             a_worker_that_claims_and_vanishes_kills_no_job);
     };
     (@each $make:expr; $($name:ident),+) => {

@@ -173,6 +173,23 @@ pub struct WorkerRow {
     pub running: i64,
 }
 
+/// How many worker ids one token may own, and from when an owned id may be given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerIdPolicy {
+    pub per_token: i64,
+    pub idle_before: Micros,
+}
+
+/// Who owns a worker id, once asked for by a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerBinding {
+    Owner(i64),
+    /// The asking token owns `owned` ids already, none of which may be given up.
+    Full {
+        owned: i64,
+    },
+}
+
 /// An API token as stored: never the token itself, only its SHA-256 (hex).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenRow {
@@ -632,6 +649,16 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, id: i64, now: Micros) -> StoreResult<()>;
     /// Limit the job kinds a token's workers may claim. `NotFound` if there is no token.
     async fn limit_token_kinds(&self, id: i64, kinds: &[String]) -> StoreResult<()>;
-    /// The token that owns `worker_id`: `token_id`, if the id had no owner yet.
-    async fn bind_worker(&self, worker_id: &str, token_id: i64) -> StoreResult<i64>;
+    /// The token that owns `worker_id`: `token_id` if the id had no owner yet, or its owner
+    /// was a revoked token. A token owns at most `policy.per_token` ids: at that many, the
+    /// ids of its workers that are stopped or silent since `policy.idle_before` (or that
+    /// never registered and were bound before it), holding no running job, are given up
+    /// first; [`WorkerBinding::Full`] if none is.
+    async fn bind_worker(
+        &self,
+        worker_id: &str,
+        token_id: i64,
+        policy: &WorkerIdPolicy,
+        now: Micros,
+    ) -> StoreResult<WorkerBinding>;
 }

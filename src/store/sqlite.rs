@@ -3097,15 +3097,66 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn bind_worker(&self, worker_id: &str, token_id: i64) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "INSERT INTO worker_owners (worker_id, token_id) VALUES (?1, ?2) \
-             ON CONFLICT (worker_id) DO UPDATE SET worker_id = worker_id RETURNING token_id",
+    async fn bind_worker(
+        &self,
+        worker_id: &str,
+        token_id: i64,
+        policy: &WorkerIdPolicy,
+        now: Micros,
+    ) -> StoreResult<WorkerBinding> {
+        let mut tx = self.writer.begin().await?;
+        // An owner that is no stored token is one held in memory (`assay run`'s): never
+        // revoked.
+        let owner: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT o.token_id, t.revoked_at FROM worker_owners o \
+             LEFT JOIN api_tokens t ON t.id = o.token_id WHERE o.worker_id = ?1",
+        )
+        .bind(worker_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((owner, revoked_at)) = owner {
+            if owner == token_id || revoked_at.is_none() {
+                return Ok(WorkerBinding::Owner(owner));
+            }
+        }
+        const OWNED: &str = "SELECT COUNT(*) FROM worker_owners WHERE token_id = ?1";
+        let owned: i64 = sqlx::query_scalar(OWNED)
+            .bind(token_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if owned >= policy.per_token {
+            sqlx::query(
+                "DELETE FROM worker_owners WHERE token_id = ?1 AND worker_id IN ( \
+                   SELECT o.worker_id FROM worker_owners o LEFT JOIN workers w ON w.id = o.worker_id \
+                   WHERE o.token_id = ?1 \
+                     AND (w.stopped = 1 OR w.last_seen < ?2 OR (w.id IS NULL AND o.bound_at < ?2)) \
+                     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.state = 'running' AND j.worker_id = o.worker_id) \
+                   ORDER BY COALESCE(w.last_seen, o.bound_at) LIMIT 64)",
+            )
+            .bind(token_id)
+            .bind(policy.idle_before)
+            .execute(&mut *tx)
+            .await?;
+            let left: i64 = sqlx::query_scalar(OWNED)
+                .bind(token_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if left >= policy.per_token {
+                tx.commit().await?;
+                return Ok(WorkerBinding::Full { owned: left });
+            }
+        }
+        sqlx::query(
+            "INSERT INTO worker_owners (worker_id, token_id, bound_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (worker_id) DO UPDATE SET token_id = ?2, bound_at = ?3",
         )
         .bind(worker_id)
         .bind(token_id)
-        .fetch_one(&self.writer)
-        .await?)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(WorkerBinding::Owner(token_id))
     }
 
     async fn workers(&self) -> StoreResult<Vec<WorkerRow>> {
