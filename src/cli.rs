@@ -550,6 +550,12 @@ enum Command {
     /// (Internal) plan a templated spec read on stdin, under the limits the server set.
     #[command(name = "__plan", hide = true)]
     Plan,
+    /// (Internal) run a program under the sandbox's system-call filter.
+    #[command(name = "__seccomp", hide = true)]
+    Seccomp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// A retention period, or none (`off`).
@@ -576,6 +582,9 @@ pub fn main() -> ExitCode {
     }
     if let Command::Plan = cli.command {
         return crate::planner::run_child();
+    }
+    if let Command::Seccomp { command } = cli.command {
+        return crate::seccomp::run(command);
     }
     crate::supervise::use_this_binary();
     tracing_subscriber::fmt()
@@ -1242,6 +1251,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Supervise(_) => unreachable!("a supervisor runs before the runtime starts"),
         Command::Plan => unreachable!("a planner runs before the runtime starts"),
+        Command::Seccomp { .. } => unreachable!("a filtered program runs before the runtime"),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod progress;
 pub mod report;
 pub mod results;
 pub mod sandbox;
+pub mod seccomp;
 pub mod server;
 pub mod spec;
 pub mod store;

@@ -80,7 +80,13 @@ pub struct Tools {
     pub bwrap: PathBuf,
     pub setpriv: PathBuf,
     pub env: PathBuf,
+    /// The `assay` binary, mounted read-only in the sandbox: it installs the system-call
+    /// filter ([`crate::seccomp`]) before the app starts.
+    pub assay: PathBuf,
 }
+
+/// Where the `assay` binary is inside a sandbox.
+const ASSAY_INSIDE: &str = "/run/assay";
 
 /// The sandbox's programs, found once.
 pub fn tools() -> Result<&'static Tools, SandboxError> {
@@ -91,6 +97,9 @@ pub fn tools() -> Result<&'static Tools, SandboxError> {
                 bwrap: which(BWRAP).ok_or("`bwrap` is not installed")?,
                 setpriv: which(SETPRIV).ok_or("`setpriv` (util-linux) is not installed")?,
                 env: which("env").ok_or("`env` (coreutils) is not installed")?,
+                assay: crate::supervise::assay_binary().ok_or(
+                    "this process is not the `assay` binary, which filters an app's system calls",
+                )?,
             })
         })
         .as_ref()
@@ -334,6 +343,13 @@ impl Jail<'_> {
             "--symlink".as_ref(),
             "../tmp".as_ref(),
             "/var/tmp".as_ref(),
+            "--perms".as_ref(),
+            "0755".as_ref(),
+            "--dir".as_ref(),
+            "/run".as_ref(),
+            "--ro-bind".as_ref(),
+            tools.assay.as_os_str(),
+            ASSAY_INSIDE.as_ref(),
             "--chdir".as_ref(),
             "/app".as_ref(),
             "--".as_ref(),
@@ -348,6 +364,9 @@ impl Jail<'_> {
                 "--inh-caps=-all".into(),
                 "--bounding-set=-all".into(),
                 "--no-new-privs".into(),
+                "--".into(),
+                ASSAY_INSIDE.into(),
+                crate::seccomp::SUBCOMMAND.into(),
                 "--".into(),
             ]
             .into_iter()
@@ -965,6 +984,7 @@ mod tests {
             bwrap: "/usr/bin/bwrap".into(),
             setpriv: "/usr/bin/setpriv".into(),
             env: "/usr/bin/env".into(),
+            assay: "/opt/assay/bin/assay".into(),
         };
         let env = [
             ("PATH".to_string(), OsString::from("/opt/venv/bin:/usr/bin")),
@@ -980,6 +1000,10 @@ mod tests {
         assert!(joined.contains("--bind /var/scratch /tmp"), "{joined}");
         assert!(joined.contains("--ro-bind /opt/venv /opt/venv"), "{joined}");
         assert!(joined.contains("--unshare-pid"), "{joined}");
+        assert!(
+            joined.contains("--ro-bind /opt/assay/bin/assay /run/assay"),
+            "{joined}"
+        );
         assert!(!joined.contains("--share-net"), "{joined}");
         assert!(
             joined.starts_with("--clearenv "),
@@ -988,7 +1012,7 @@ mod tests {
         assert!(!joined.contains("--setenv"), "{joined}");
         assert!(
             joined.ends_with(&format!(
-                "/usr/bin/setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin LD_PRELOAD=/app/evil.so python3 app.py",
+                "/usr/bin/setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /run/assay __seccomp -- /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin LD_PRELOAD=/app/evil.so python3 app.py",
                 APP_UID_BASE + 20_001
             )),
             "{joined}"

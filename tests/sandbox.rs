@@ -59,6 +59,29 @@ import pwd
 try_("localhost", lambda: socket.gethostbyname("localhost"))
 try_("own_user", lambda: pwd.getpwuid(os.getuid()).pw_name)
 
+# Kernel interfaces that lead out of sandboxes: a user namespace (every capability in it),
+# io_uring (unseen by seccomp), a keyring (kept past the app, shared by its uid).
+import ctypes, errno, platform, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def call(result):
+    if result == -1:
+        code = ctypes.get_errno()
+        raise OSError(code, errno.errorcode.get(code, "?"))
+    return "allowed"
+try_("user_namespace", lambda: call(libc.unshare(0x10000000)))
+if platform.machine() == "x86_64":
+    params = ctypes.create_string_buffer(120)
+    try_("io_uring", lambda: call(libc.syscall(425, 1, params)))
+    try_("keyring", lambda: call(libc.syscall(248, b"user", b"assay-probe", b"stolen", 6, -3)))
+# What apps need still works: threads (clone3 falls back to clone) and processes.
+def thread():
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    return "ran"
+try_("thread", thread)
+try_("fork", lambda: subprocess.run(["true"]).returncode == 0 and "ran")
+
 # A daemon in a session of its own, meant to outlive the job.
 subprocess.Popen(["sh", "-c", "sleep 1000; echo %s" % os.environ["MARKER"]],
                  start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -221,6 +244,17 @@ async fn a_hostile_app_cannot_read_secrets_reach_out_write_its_code_or_outlive_i
         "its scratch folder is writable"
     );
     assert_eq!(found["localhost"], "127.0.0.1", "its /etc is readable");
+    // The system-call filter answers EPERM (PermissionError), not the kernel's own
+    // refusals.
+    let mut probes = vec!["user_namespace"];
+    if std::env::consts::ARCH == "x86_64" {
+        probes.extend(["io_uring", "keyring"]);
+    }
+    for probe in probes {
+        assert_eq!(found[probe], "refused: PermissionError", "{probe}");
+    }
+    assert_eq!(found["thread"], "ran");
+    assert_eq!(found["fork"], "ran");
     assert_eq!(found["own_user"], "app");
     let mut buf = [0u8; 64];
     match server.accept() {
@@ -610,4 +644,71 @@ async fn an_apps_processes_share_one_core() {
     );
     drop(app);
     assert!(!group.exists(), "the cgroup goes with the app");
+}
+
+/// Jobs of one app share one instance; it outlives no lease by more than the linger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_shares_an_app_and_stops_it_after_the_last_lease() {
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    // python3 -m http.server takes its port as an argument: wrap it to read $PORT.
+    let dir = recipe_app(
+        root.path(),
+        "command = [\"sh\", \"-c\", \"exec python3 -m http.server --bind 127.0.0.1 $PORT\"]\nhealth = \"/\"",
+    );
+    let pool = AppPool::new(PortAllocator::new(
+        root.path().join("ports"),
+        28_500,
+        28_520,
+    ))
+    .with_linger(Duration::from_millis(300));
+    let log = root.path().join("app.log");
+    let first = pool.acquire(&dir, &log).await.unwrap();
+    let second = pool.acquire(&dir, &log).await.unwrap();
+    assert_eq!(
+        first.base_url, second.base_url,
+        "one instance for both jobs"
+    );
+    let url = first.base_url.clone();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        reqwest::get(&url).await.is_ok(),
+        "still held by the second job"
+    );
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stopped = false;
+    for _ in 0..100 {
+        if reqwest::get(&url).await.is_err() {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stopped, "stopped after the last lease and the linger");
+}
+
+/// An app that exits before it answers is a crash with its last log lines, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_crashes_at_start_is_a_crash_not_a_hang() {
+    use assay::analysis::apps::AppError;
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let dir = recipe_app(
+        root.path(),
+        "command = [\"sh\", \"-c\", \"echo boom; exit 3\"]\nstartup_timeout = \"20s\"",
+    );
+    let ports = PortAllocator::new(root.path().join("ports"), 28_300, 28_310);
+    let err = RunningApp::start(&dir, &ports, &root.path().join("app.log"))
+        .await
+        .unwrap_err();
+    match &err {
+        AppError::Crashed { log_tail, .. } => assert!(log_tail.contains("boom"), "{log_tail}"),
+        other => panic!("expected a crash, got {other}"),
+    }
 }
