@@ -88,6 +88,8 @@ async fn a_generated_app_is_scaffolded_recorded_and_really_runs() {
     if std::env::var_os("ASSAY_APP_PATH").is_none() {
         unsafe { std::env::set_var("ASSAY_APP_PATH", repo().join(".tools/venv/bin")) };
     }
+    // The sandbox's system-call filter is installed by the `assay` binary.
+    unsafe { std::env::set_var("ASSAY_SUPERVISOR", env!("CARGO_BIN_EXE_assay")) };
     let ports = PortAllocator::new(dir.path().join("ports"), 28_600, 28_650);
     let running = RunningApp::start(&app, &ports, &dir.path().join("app.log"))
         .await
