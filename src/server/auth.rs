@@ -346,18 +346,14 @@ impl Auth {
         }
         // Not known, known as another token's (which may have been revoked since), or
         // known for long enough to ask again.
+        let now = crate::domain::now_micros();
         let policy = crate::store::WorkerIdPolicy {
             per_token: self.worker_ids_per_token,
-            idle_before: crate::domain::now_micros() - WORKER_ID_IDLE.as_micros() as i64,
+            idle_before: now - WORKER_ID_IDLE.as_micros() as i64,
         };
         let binding = state
             .store
-            .bind_worker(
-                worker_id,
-                principal.token_id,
-                &policy,
-                crate::domain::now_micros(),
-            )
+            .bind_worker(worker_id, principal.token_id, &policy, now)
             .await?;
         let owner = match binding {
             crate::store::WorkerBinding::Owner(owner) => owner,
