@@ -296,6 +296,32 @@ impl Jail<'_> {
                 dest.as_ref(),
             ]);
         }
+        // The app's own mounts first: an interpreter's folder may live under `/tmp` (a
+        // checkout there with its venv), and a later `/tmp` bind would hide it.
+        push(&[
+            "--proc".as_ref(),
+            "/proc".as_ref(),
+            "--dev".as_ref(),
+            "/dev".as_ref(),
+            // Shared memory (Python's multiprocessing wants it), bounded: tmpfs is memory.
+            "--perms".as_ref(),
+            "1777".as_ref(),
+            "--size".as_ref(),
+            SHM_BYTES.as_ref(),
+            "--tmpfs".as_ref(),
+            "/dev/shm".as_ref(),
+            "--ro-bind".as_ref(),
+            self.app_dir.as_os_str(),
+            "/app".as_ref(),
+            "--bind".as_ref(),
+            self.scratch.as_os_str(),
+            "/tmp".as_ref(),
+            "--dir".as_ref(),
+            "/var".as_ref(),
+            "--symlink".as_ref(),
+            "../tmp".as_ref(),
+            "/var/tmp".as_ref(),
+        ]);
         // bwrap makes the folders above a mount point as private as their originals
         // (`/root` is 0700): made first, world-traversable, the app's user can reach in.
         let mut made: Vec<PathBuf> = Vec::new();
@@ -321,28 +347,6 @@ impl Jail<'_> {
             push(&["--ro-bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
         }
         push(&[
-            "--proc".as_ref(),
-            "/proc".as_ref(),
-            "--dev".as_ref(),
-            "/dev".as_ref(),
-            // Shared memory (Python's multiprocessing wants it), bounded: tmpfs is memory.
-            "--perms".as_ref(),
-            "1777".as_ref(),
-            "--size".as_ref(),
-            SHM_BYTES.as_ref(),
-            "--tmpfs".as_ref(),
-            "/dev/shm".as_ref(),
-            "--ro-bind".as_ref(),
-            self.app_dir.as_os_str(),
-            "/app".as_ref(),
-            "--bind".as_ref(),
-            self.scratch.as_os_str(),
-            "/tmp".as_ref(),
-            "--dir".as_ref(),
-            "/var".as_ref(),
-            "--symlink".as_ref(),
-            "../tmp".as_ref(),
-            "/var/tmp".as_ref(),
             "--perms".as_ref(),
             "0755".as_ref(),
             "--dir".as_ref(),
@@ -458,9 +462,12 @@ fn is_python_prefix(prefix: &Path) -> bool {
     })
 }
 
-/// Folders never mounted whole, whatever a `PATH` points into: the root and homes.
+/// Folders never mounted whole, whatever a `PATH` points into: the root, homes, and the
+/// machine's temporary folders (they hold other apps' scratch).
 fn too_wide(dir: &Path) -> bool {
     dir == Path::new("/")
+        || dir == Path::new("/tmp")
+        || dir == Path::new("/var/tmp")
         || dir == Path::new("/root")
         || dir == Path::new("/home")
         || dir.parent() == Some(Path::new("/home"))
@@ -999,6 +1006,10 @@ mod tests {
         assert!(joined.contains("--ro-bind /srv/app /app"), "{joined}");
         assert!(joined.contains("--bind /var/scratch /tmp"), "{joined}");
         assert!(joined.contains("--ro-bind /opt/venv /opt/venv"), "{joined}");
+        assert!(
+            joined.find("/tmp --dir /var").unwrap() < joined.find("/opt/venv /opt/venv").unwrap(),
+            "an interpreter under /tmp must be mounted after /tmp, not hidden by it: {joined}"
+        );
         assert!(joined.contains("--unshare-pid"), "{joined}");
         assert!(
             joined.contains("--ro-bind /opt/assay/bin/assay /run/assay"),

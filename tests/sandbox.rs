@@ -712,3 +712,54 @@ async fn an_app_that_crashes_at_start_is_a_crash_not_a_hang() {
         other => panic!("expected a crash, got {other}"),
     }
 }
+
+/// A checkout under `/tmp` keeps its interpreters there (`/tmp/ci/.tools/venv`): the
+/// app's own `/tmp` must not hide them.
+#[test]
+fn an_interpreter_under_tmp_is_still_found_in_the_sandbox() {
+    use assay::sandbox as sb;
+    use std::os::unix::fs::PermissionsExt;
+    if !sandbox_or_skip() {
+        return;
+    }
+    let root = tempfile::tempdir_in("/tmp").unwrap();
+    let bin = root.path().join("venv/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(root.path().join("venv/pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    let tool = bin.join("hello-from-tmp");
+    std::fs::write(&tool, "#!/bin/sh\necho found under tmp\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (app, scratch, etc) = (
+        root.path().join("app"),
+        root.path().join("scratch"),
+        root.path().join("etc"),
+    );
+    for dir in [&app, &scratch, &etc] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let jail = sb::Jail {
+        app_dir: &app,
+        scratch: &scratch,
+        etc: &etc,
+        uid: sb::APP_UID_BASE + 29_999,
+        read_only: sb::interpreter_mounts(std::slice::from_ref(&bin)),
+    };
+    assert_eq!(jail.read_only, vec![root.path().join("venv")]);
+    jail.prepare().unwrap();
+    let tools = sb::tools().unwrap();
+    let path = format!("{}:{}", bin.display(), sb::SANDBOX_PATH);
+    let out = std::process::Command::new(&tools.bwrap)
+        .args(jail.bwrap_args(
+            &tools,
+            &[("PATH".into(), path.into())],
+            &["hello-from-tmp".into()],
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "found under tmp\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
