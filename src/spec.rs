@@ -291,7 +291,7 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
         ));
     }
     let mut seen = HashSet::new();
-    let mut stages = Vec::with_capacity(raw.stages.len());
+    let mut stages: Vec<StageSpec> = Vec::with_capacity(raw.stages.len());
     let mut planned = 0usize;
     for (index, rs) in raw.stages.iter().enumerate() {
         let at = |f: &str| format!("stage[{index}].{f}");
@@ -417,6 +417,23 @@ pub fn parse(file: &str, text: &str) -> Result<Spec, SpecError> {
                     &at("params.app_from"),
                     format!("`app_from` is {from}, which is not a stage this one runs after"),
                     "name the stage that produces the apps and list it in `after`, e.g. after = [\"generate\"] and app_from = \"generate\"",
+                ));
+            }
+            let from_kind = stages
+                .iter()
+                .find(|s| Some(s.name.as_str()) == from.as_str())
+                .map(|s| s.kind.as_str())
+                .unwrap_or_default();
+            if !crate::kinds::APP_MAKING_KINDS.contains(&from_kind) {
+                let p = rs.params.as_ref().expect("app_from comes from params");
+                return Err(loc.err(
+                    p,
+                    &at("params.app_from"),
+                    format!("`app_from` is {from}, a `{from_kind}` stage, which makes no apps"),
+                    &format!(
+                        "name a stage of a kind that makes apps ({})",
+                        crate::kinds::APP_MAKING_KINDS.join(", ")
+                    ),
                 ));
             }
         }
@@ -1087,6 +1104,14 @@ mod tests {
         .to_string();
         assert!(err.contains("stage[1].params.app_from"), "{err}");
         assert!(err.contains("after"), "{err}");
+        let err = parse(
+            "s.toml",
+            "[pipeline]\nname = \"p\"\n[[stage]]\nname = \"gen\"\nkind = \"noop\"\n[[stage]]\nname = \"s\"\nkind = \"static\"\nafter = [\"gen\"]\n[stage.params]\napp_from = \"gen\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("stage[1].params.app_from"), "{err}");
+        assert!(err.contains("a `noop` stage, which makes no apps"), "{err}");
     }
 
     #[test]

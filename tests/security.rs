@@ -640,6 +640,26 @@ async fn a_server_runs_no_program_a_spec_chooses_unless_allowed() {
     c.submit(ONE_NOOP).await;
 }
 
+/// The attack seen: a rogue worker claimed a `noop` job and reported its own `app.tar`,
+/// which a `dynamic` stage with `app_from` naming that stage then ran. Only stages of a kind
+/// that makes apps can be named (and a worker checks the upstream job's kind again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_is_taken_only_from_a_stage_that_makes_apps() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &[]).await;
+    let spec = "[pipeline]\nname = \"rogue\"\n[[stage]]\nname = \"gen\"\nkind = \"noop\"\n\
+        [[stage]]\nname = \"probe\"\nkind = \"dynamic\"\nafter = [\"gen\"]\n\
+        [stage.params]\napp_from = \"gen\"\ntemplate = \"todo-api\"\n";
+    let e = c.client.submit(&request(spec)).await.unwrap_err();
+    assert_eq!(code(&e), Some("invalid_spec"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("a `noop` stage, which makes no apps"),
+        "{e}"
+    );
+    assert!(c.client.pipelines(10).await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bombs_in_a_spec_are_refused_and_the_server_keeps_answering() {
     let c = Cluster::new();

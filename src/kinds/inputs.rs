@@ -84,6 +84,20 @@ pub async fn resolve(
             format!("asking for job {}'s artifacts: {e}", up.job_id),
         )
     })?;
+    // The server's spec check already refuses this; a worker still never runs an app
+    // from a job that cannot make one, whoever reported its artifacts.
+    if !super::APP_MAKING_KINDS.contains(&upstream.job.kind.as_str()) {
+        return Err(Failure::permanent(
+            "no_upstream_app",
+            format!(
+                "job {} ({}) is a `{}` job, which makes no apps: only {} jobs' apps are run",
+                up.job_id,
+                up.key,
+                upstream.job.kind,
+                super::APP_MAKING_KINDS.join(", ")
+            ),
+        ));
+    }
     let archive = upstream
         .artifacts
         .iter()

@@ -37,6 +37,11 @@ pub const KNOWN_KINDS: &[&str] = &[
 /// Kinds that start the analyzed app: they run it in the sandbox ([`crate::sandbox`]).
 pub const APP_KINDS: &[&str] = &["dynamic", "performance"];
 
+/// Kinds whose jobs make an app (`app.tar`): the only stages `app_from` may name, and the
+/// only upstream jobs a worker unpacks an app from. An `app.tar` any other job reports (a
+/// rogue worker's) is never run.
+pub const APP_MAKING_KINDS: &[&str] = &["generate"];
+
 /// Kinds that run a program the spec chooses: a server allows them only when told
 /// (`assay server --allow-kinds`).
 pub const PROGRAM_KINDS: &[&str] = &["command"];
