@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod api;
 pub mod bench;
+pub mod body;
 pub mod cli;
 pub mod client;
 pub mod domain;

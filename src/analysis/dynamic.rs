@@ -82,17 +82,8 @@ fn location(method: &str, path: &str) -> Location {
 pub const MAX_PROBE_BODY: usize = 1 << 20;
 
 /// The body's first `cap` bytes, as text (lossy); the rest is never read.
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
-    let mut buf: Vec<u8> = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = cap - buf.len();
-        if chunk.len() >= room {
-            buf.extend_from_slice(&chunk[..room]);
-            break;
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
+async fn read_capped(resp: reqwest::Response, cap: usize) -> String {
+    crate::body::read_capped(resp, cap).await.text()
 }
 
 impl Probe {
@@ -756,7 +747,7 @@ pub async fn probe(
         {
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            let body = resp.text().await.unwrap_or_default();
+            let body = read_capped(resp, MAX_PROBE_BODY).await;
             p.passive_checks(
                 "POST",
                 &path,
@@ -901,6 +892,53 @@ mod tests {
         .await
         .expect("reading stops at the cap");
         assert_eq!(body.len(), MAX_PROBE_BODY);
+    }
+
+    /// An app that answers every request, the malformed-JSON probe's included, with a body
+    /// that never ends: the probe stops reading each at the cap, so the app manages to
+    /// send little more than the cap and what the sockets buffer.
+    #[tokio::test]
+    async fn no_probe_reads_an_endless_answer_past_the_cap() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let sent_tx = sent_tx.clone();
+                tokio::spawn(async move {
+                    let mut req = [0u8; 4096];
+                    if s.read(&mut req).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+                        .await;
+                    let chunk = vec![b'a'; 64 * 1024];
+                    let mut sent = 0;
+                    while s.write_all(&chunk).await.is_ok() {
+                        sent += chunk.len();
+                    }
+                    let _ = sent_tx.send(sent);
+                });
+            }
+        });
+        let catalog = crate::analysis::catalog::builtin();
+        let template = catalog.get("todo-api").expect("a builtin template");
+        probe(&format!("http://{addr}"), template, None, "/").await;
+        server.abort();
+        let _ = server.await;
+        // Each connection's task reports once the probe has let go of it.
+        let mut answers = Vec::new();
+        while let Some(sent) = sent_rx.recv().await {
+            answers.push(sent);
+        }
+        assert!(answers.len() > 3, "{answers:?}");
+        let most = answers.iter().max().copied().unwrap_or_default();
+        assert!(
+            most < 64 * MAX_PROBE_BODY,
+            "an answer of {most} bytes was read; the cap is {MAX_PROBE_BODY}"
+        );
     }
 
     #[test]

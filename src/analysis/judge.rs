@@ -1008,6 +1008,9 @@ fn transport_error(e: reqwest::Error, config: &JudgeConfig) -> JudgeError {
     }
 }
 
+/// The most of an LLM endpoint's answer the judge reads.
+const MAX_JUDGE_ANSWER: usize = 16 << 20;
+
 /// Send one request; a non-2xx answer becomes the matching error.
 async fn post(
     client: &reqwest::Client,
@@ -1021,7 +1024,20 @@ async fn post(
     let resp = req.send().await.map_err(|e| transport_error(e, config))?;
     let status = resp.status();
     let retry = retry_after(resp.headers());
-    let text = resp.text().await.map_err(|e| transport_error(e, config))?;
+    let text = crate::body::read_within(resp, MAX_JUDGE_ANSWER)
+        .await
+        .map_err(|e| transport_error(e, config))?;
+    if text.truncated {
+        return Err(JudgeError::Config {
+            message: format!(
+                "{} answered with more than {} MiB, the most Assay reads of one answer",
+                config.endpoint(),
+                MAX_JUDGE_ANSWER >> 20
+            ),
+            status: Some(status.as_u16()),
+        });
+    }
+    let text = text.text();
     let text = redact(&text, config.api_key.as_deref());
     let code = status.as_u16();
     if status.is_success() {

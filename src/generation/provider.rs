@@ -133,6 +133,17 @@ pub enum ProviderError {
     Stopped { code: String, message: String },
 }
 
+/// The most of a provider's answer Assay reads: far more than any chat completion or model
+/// list, far less than a misbehaving endpoint could send.
+pub const MAX_PROVIDER_ANSWER: usize = 32 << 20;
+
+fn too_long_an_answer() -> ProviderError {
+    ProviderError::Malformed(format!(
+        "the answer is larger than {} MiB, the most Assay reads of one",
+        MAX_PROVIDER_ANSWER >> 20
+    ))
+}
+
 impl ProviderError {
     /// What the scheduler learns from it; `None` when it says nothing about the provider
     /// (the call was stopped, refused as malformed, or had no key).
@@ -236,13 +247,19 @@ pub async fn chat(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|s| (s * 1000.0) as i64);
-    let body = resp.text().await.map_err(|e| {
-        if e.is_timeout() {
-            ProviderError::Timeout(config.timeout.as_secs())
-        } else {
-            ProviderError::Connection(e.without_url().to_string())
-        }
-    })?;
+    let body = crate::body::read_within(resp, MAX_PROVIDER_ANSWER)
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                ProviderError::Timeout(config.timeout.as_secs())
+            } else {
+                ProviderError::Connection(e.without_url().to_string())
+            }
+        })?;
+    if body.truncated {
+        return Err(too_long_an_answer());
+    }
+    let body = body.text();
     let json: Option<Value> = serde_json::from_str(&body).ok();
     let error_text = || {
         json.as_ref()
@@ -393,10 +410,13 @@ pub async fn list_models(config: &ProviderConfig) -> Result<Vec<ModelInfo>, Prov
         .await
         .map_err(|e| ProviderError::Connection(e.without_url().to_string()))?;
     let status = resp.status().as_u16();
-    let body = resp
-        .text()
+    let body = crate::body::read_within(resp, MAX_PROVIDER_ANSWER)
         .await
         .map_err(|e| ProviderError::Connection(e.without_url().to_string()))?;
+    if body.truncated {
+        return Err(too_long_an_answer());
+    }
+    let body = body.text();
     match status {
         200..=299 => {}
         429 => {

@@ -327,9 +327,8 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
             req = req.json(b);
         }
         if let Ok(resp) = req.send().await {
-            if let Ok(text) = resp.text().await {
-                dynamic::remember(&mut context, &text);
-            }
+            let text = crate::body::read_capped(resp, dynamic::MAX_PROBE_BODY).await;
+            dynamic::remember(&mut context, &text.text());
         }
     }
     let mut endpoints = Vec::new();
