@@ -750,7 +750,7 @@ fn an_interpreter_under_tmp_is_still_found_in_the_sandbox() {
     let path = format!("{}:{}", bin.display(), sb::SANDBOX_PATH);
     let out = std::process::Command::new(&tools.bwrap)
         .args(jail.bwrap_args(
-            &tools,
+            tools,
             &[("PATH".into(), path.into())],
             &["hello-from-tmp".into()],
         ))
