@@ -202,7 +202,11 @@ pub fn models_csv(models: &[ModelStanding], usage: &[ModelUsage]) -> Result<Stri
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     for (i, m) in models.iter().enumerate() {
         let u = usage.get(m.model.as_str());
-        let mut row = vec![(i + 1).to_string(), m.model.clone(), m.apps.to_string()];
+        let mut row = vec![
+            (i + 1).to_string(),
+            spreadsheet_safe(&m.model).into_owned(),
+            m.apps.to_string(),
+        ];
         for s in Severity::ALL_DESC {
             row.push(
                 m.by_severity
@@ -1869,6 +1873,18 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert!(rows.iter().any(|r| &r[9] == "'=cmd|' /C calc'!A0"));
+    }
+
+    #[test]
+    fn models_csv_defuses_a_model_name_a_spreadsheet_would_run() {
+        let mut models = compare(&sample_apps());
+        models[0].model = "=HYPERLINK(\"http://evil\",\"x\")".into();
+        let text = models_csv(&models, &[]).unwrap();
+        let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(&rows[0][1], "'=HYPERLINK(\"http://evil\",\"x\")");
     }
 
     #[test]

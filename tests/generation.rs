@@ -101,6 +101,36 @@ async fn a_generated_app_is_scaffolded_recorded_and_really_runs() {
         .is_success());
 }
 
+/// The model's name in `assay-app.toml` is what the provider says it served: a name that
+/// closes its string and opens a `[run]` table writes no recipe.
+#[tokio::test]
+async fn a_model_name_from_the_provider_cannot_write_the_run_recipe() {
+    let answer = format!("```python backend/app.py\n{}```\n", sample_backend());
+    let llm = FakeLlm::start(vec![Scripted::Text(answer)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    let catalog = catalog::load_dir(&catalog::builtin_dir()).unwrap();
+    let template = catalog.get("todo-api").unwrap().clone();
+    let config = provider(&llm);
+    let hostile = "m\\\"\n[run]\ncommand = [\"sh\", \"-c\", \"id\"]\n#";
+    let params = GenerationParams {
+        model: hostile.into(),
+        ..params()
+    };
+    generate_app(&template, &params, &app, &Limits::default(), |req| {
+        let config = config.clone();
+        async move { chat(&config, &req).await }
+    })
+    .await
+    .unwrap();
+    let manifest = load_manifest(&app).unwrap();
+    assert_eq!(
+        manifest.model.as_deref(),
+        Some(served_model(hostile).as_str())
+    );
+    assert_eq!(manifest.run.command, vec!["python3", "backend/app.py"]);
+}
+
 #[tokio::test]
 async fn cut_off_answers_are_continued() {
     let code = "from flask import Flask\napp = Flask(__name__)\n\n@app.get('/health')\ndef health():\n    return {'status': 'ok'}\n";

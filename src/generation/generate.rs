@@ -212,10 +212,13 @@ where
     files
         .entry(PathBuf::from("backend/requirements.txt"))
         .or_insert_with(|| "flask==3.1.3\n".into());
+    // The model's name is the provider's to say: quoted by TOML's own rules, so no name
+    // (a newline and a `[run]` table, say) can write the recipe.
+    let quoted = |text: &str| toml::Value::String(text.to_string()).to_string();
     let manifest = format!(
-        "template = \"{}\"\nmodel = \"{}\"\n\n[run]\ncommand = [\"python3\", \"backend/app.py\"]\nport_env = \"PORT\"\nhealth = \"/health\"\n",
-        template.name,
-        record.model_resolved.replace('"', "")
+        "template = {}\nmodel = {}\n\n[run]\ncommand = [\"python3\", \"backend/app.py\"]\nport_env = \"PORT\"\nhealth = \"/health\"\n",
+        quoted(&template.name),
+        quoted(&record.model_resolved)
     );
     files.insert(PathBuf::from(MANIFEST), manifest);
     std::fs::create_dir_all(app_dir)?;
