@@ -740,6 +740,22 @@ pub fn unpack(archive: &Path, into: &Path) -> std::io::Result<()> {
                 ),
             ));
         }
+        // `unpack_in` would re-root `/etc/x` under `into`; an archive Assay packed never
+        // holds one, so one that does is not ours and is refused whole.
+        let path = entry.path()?.into_owned();
+        if path.has_root()
+            || path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "`{}` in the app archive points outside the app",
+                    path.display()
+                ),
+            ));
+        }
         if !entry.unpack_in(into)? {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -803,8 +819,20 @@ mod tests {
         bytes.extend_from_slice(b"x");
         bytes.resize(bytes.len() + 511, 0);
         bytes.resize(bytes.len() + 1024, 0);
-        std::fs::write(&escape_tar, bytes).unwrap();
+        std::fs::write(&escape_tar, bytes.clone()).unwrap();
         assert!(unpack(&escape_tar, &dir.path().join("out2")).is_err());
         assert!(!dir.path().join("outside.x").exists());
+
+        // An absolute path is refused, not re-rooted inside the app.
+        bytes[..12].copy_from_slice(b"/etc/passwdx");
+        let mut raw = tar::Header::from_byte_slice(&bytes[..512]).clone();
+        raw.set_cksum();
+        bytes[..512].copy_from_slice(raw.as_bytes());
+        let absolute_tar = dir.path().join("absolute.tar");
+        std::fs::write(&absolute_tar, bytes).unwrap();
+        let out = dir.path().join("out3");
+        let err = unpack(&absolute_tar, &out).unwrap_err();
+        assert!(err.to_string().contains("`/etc/passwdx`"), "{err}");
+        assert!(!out.join("etc").exists());
     }
 }
