@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 /// The largest file copied for analysis (generated source files are kilobytes).
 pub const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024;
+/// The longest line a copied file may have: source a model writes has lines of a hundred
+/// characters; a longer one is minified or generated, and makes linters crawl.
+pub const MAX_LINE_BYTES: usize = 20_000;
 /// The most bytes and files one app's copy may hold.
 pub const MAX_APP_BYTES: u64 = 256 * 1024 * 1024;
 pub const MAX_APP_FILES: usize = 20_000;
@@ -23,6 +26,7 @@ pub enum Left {
     Symlink { target: String },
     HardLink,
     TooLarge { bytes: u64 },
+    LineTooLong { line: u32, bytes: usize },
     NotARegularFile,
     OverTheAppLimit,
     TooDeep,
@@ -61,6 +65,11 @@ impl ConfinedCopy {
                         "file-too-large",
                         Severity::Info,
                         format!("{bytes} bytes: larger than the {MAX_FILE_BYTES} bytes a file may have to be analyzed"),
+                    ),
+                    Left::LineTooLong { line, bytes } => (
+                        "line-too-long",
+                        Severity::Info,
+                        format!("line {line} has {bytes} bytes: longer than the {MAX_LINE_BYTES} bytes a line may have for its file to be analyzed"),
                     ),
                     Left::NotARegularFile => (
                         "special-file",
@@ -185,10 +194,21 @@ fn copy_one(from: &Path, to: &Path) -> std::io::Result<Result<u64, Left>> {
     if meta.len() > MAX_FILE_BYTES {
         return Ok(Err(Left::TooLarge { bytes: meta.len() }));
     }
-    let mut out = std::fs::File::create(to)?;
     // Bounded even if the file grows while it is read.
-    let n = std::io::copy(&mut file.take(MAX_FILE_BYTES), &mut out)?;
-    Ok(Ok(n))
+    let mut text = Vec::new();
+    file.take(MAX_FILE_BYTES).read_to_end(&mut text)?;
+    if let Some((index, line)) = text
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .find(|(_, line)| line.len() > MAX_LINE_BYTES)
+    {
+        return Ok(Err(Left::LineTooLong {
+            line: u32::try_from(index + 1).unwrap_or(u32::MAX),
+            bytes: line.len(),
+        }));
+    }
+    std::fs::write(to, &text)?;
+    Ok(Ok(text.len() as u64))
 }
 
 /// Snippets for findings, read from the confined copy: each file once, only files of the
@@ -246,6 +266,9 @@ mod tests {
         std::os::unix::fs::symlink(dir.path(), app.join("outside")).unwrap();
         std::fs::hard_link(&secret, app.join("backend/linked.py")).unwrap();
         std::fs::write(app.join("big.js"), vec![b'x'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let mut minified = b"// bundle\n".to_vec();
+        minified.extend(vec![b'x'; MAX_LINE_BYTES + 1]);
+        std::fs::write(app.join("bundle.min.js"), minified).unwrap();
         std::fs::create_dir_all(app.join("node_modules/x")).unwrap();
         std::fs::write(app.join("node_modules/x/i.js"), "1").unwrap();
 
@@ -272,6 +295,13 @@ mod tests {
                     }
                 ),
                 (
+                    "bundle.min.js",
+                    &Left::LineTooLong {
+                        line: 2,
+                        bytes: MAX_LINE_BYTES + 1
+                    }
+                ),
+                (
                     "outside",
                     &Left::Symlink {
                         target: dir.path().display().to_string()
@@ -286,7 +316,10 @@ mod tests {
         assert!(!copy.root.join("backend/passwd.py").exists());
         assert!(!copy.root.join("node_modules").exists());
         let findings = copy.findings("static");
-        assert_eq!(findings.len(), 4);
+        assert_eq!(findings.len(), 5);
+        assert!(findings.iter().any(
+            |f| f.rule == "assay/line-too-long" && f.message.contains("line 2 has 20001 bytes")
+        ));
         assert!(findings.iter().all(|f| f.rule.starts_with("assay/")));
 
         // Snippets come from the copy only: a finding that names the link, or a path out of
