@@ -719,6 +719,10 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
     std::os::unix::fs::symlink("/etc/passwd", app.join("backend/passwd.py")).unwrap();
     std::os::unix::fs::symlink(&secret, app.join("backend/secret.py")).unwrap();
     std::fs::hard_link(&secret, app.join("backend/linked.py")).unwrap();
+    // A 20 MB file of one line: read per finding before, it froze the analysis for minutes.
+    let mut huge = b"x = 1\n".repeat(10);
+    huge.extend(std::iter::repeat_n(b'#', 20_000_000));
+    std::fs::write(app.join("backend/huge.py"), huge).unwrap();
     let spec = format!(
         "[pipeline]\nname = \"links\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\nitems = [1]\n\
          [stage.params]\napp = \"{}\"\ntools = [\"bandit\", \"ruff\"]\n",
@@ -744,6 +748,20 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
     ] {
         everything += &String::from_utf8_lossy(&c.client.export(id, format).await.unwrap());
     }
+    let sarif = c.client.export(id, ExportFormat::SarifZip).await.unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(sarif)).unwrap();
+    assert!(!zip.is_empty());
+    for i in 0..zip.len() {
+        std::io::Read::read_to_string(&mut zip.by_index(i).unwrap(), &mut everything).unwrap();
+    }
+    // Every artifact of the job: its SARIF, the tools' own outputs, its log.
+    let artifacts = c.client.explain(job.id).await.unwrap().artifacts;
+    assert!(artifacts.iter().any(|a| a.name.ends_with(".sarif")), "{artifacts:?}");
+    for a in &artifacts {
+        let to = c.path(&format!("artifact-{}", a.name));
+        c.client.download_artifact(job.id, &a.name, &to).await.unwrap();
+        everything += &String::from_utf8_lossy(&std::fs::read(&to).unwrap());
+    }
     for leaked in ["root:x:0:0", "SECRET-LINE-4711"] {
         assert!(!everything.contains(leaked), "{leaked} reached the results");
     }
@@ -753,6 +771,7 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
         ("backend/passwd.py", "assay/symlink"),
         ("backend/secret.py", "assay/symlink"),
         ("backend/linked.py", "assay/hard-link"),
+        ("backend/huge.py", "assay/file-too-large"),
     ] {
         let findings = job.result.as_ref().unwrap()["findings"].as_array().unwrap();
         assert!(
