@@ -327,8 +327,55 @@ async fn pages_of_other_sites_change_nothing_and_foreign_host_names_are_refused(
     let _server = c.server("1s").await;
     let spec = "[pipeline]\nname = \"long\"\n[[stage]]\nname = \"a\"\nkind = \"sleep\"\n[stage.params]\nms = 60000\n";
     let id = c.submit(spec).await;
+    c.client
+        .register(&assay::store::WorkerRegistration {
+            id: "victim".into(),
+            name: "victim".into(),
+            kinds: vec!["noop".into()],
+        })
+        .await
+        .unwrap();
+    let job = c.jobs(id).await.remove(0).id;
     let http = reqwest::Client::new();
     let cancel = format!("{}{API_PREFIX}/pipelines/{id}/cancel", c.url);
+    // Every route that changes something, body-less ones included (a form post or a
+    // `fetch` with `no-cors` sends those without a preflight).
+    for (method, path) in [
+        ("POST", format!("/pipelines/{id}/cancel")),
+        ("POST", format!("/pipelines/{id}/retry")),
+        ("POST", format!("/jobs/{job}/cancel")),
+        ("POST", format!("/jobs/{job}/retry")),
+        ("POST", "/workers/victim/stopped".to_string()),
+        ("POST", "/workers/register".to_string()),
+        ("POST", "/workers/claim".to_string()),
+        ("POST", "/workers/heartbeat".to_string()),
+        ("POST", "/workers/report".to_string()),
+        ("POST", "/session".to_string()),
+        ("DELETE", "/session".to_string()),
+        ("POST", "/llm/acquire".to_string()),
+        ("POST", "/llm/calls".to_string()),
+        ("PUT", format!("/blobs/{}", "0".repeat(64))),
+    ] {
+        let resp = http
+            .request(
+                method.parse().unwrap(),
+                format!("{}{API_PREFIX}{path}", c.url),
+            )
+            .header("origin", "http://localhost:9999")
+            .header("content-type", "text/plain")
+            .body("")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "{method} {path}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "foreign_origin", "{method} {path}");
+    }
+    let workers = c.client.workers().await.unwrap();
+    assert!(
+        workers.iter().any(|w| w.id == "victim" && !w.stopped),
+        "{workers:?}"
+    );
     // A page on another port of localhost, and one on another site.
     for (header, value) in [
         ("origin", "http://localhost:9999".to_string()),
