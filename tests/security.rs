@@ -803,10 +803,16 @@ async fn links_in_an_app_folder_are_not_followed_into_findings_or_exports() {
     }
     // Every artifact of the job: its SARIF, the tools' own outputs, its log.
     let artifacts = c.client.explain(job.id).await.unwrap().artifacts;
-    assert!(artifacts.iter().any(|a| a.name.ends_with(".sarif")), "{artifacts:?}");
+    assert!(
+        artifacts.iter().any(|a| a.name.ends_with(".sarif")),
+        "{artifacts:?}"
+    );
     for a in &artifacts {
         let to = c.path(&format!("artifact-{}", a.name));
-        c.client.download_artifact(job.id, &a.name, &to).await.unwrap();
+        c.client
+            .download_artifact(job.id, &a.name, &to)
+            .await
+            .unwrap();
         everything += &String::from_utf8_lossy(&std::fs::read(&to).unwrap());
     }
     for leaked in ["root:x:0:0", "SECRET-LINE-4711"] {
@@ -1453,4 +1459,105 @@ async fn slow_and_idle_connections_cannot_hold_the_server() {
     tokio::time::timeout(Duration::from_secs(15), server.stop())
         .await
         .expect("the server stopped with a half-sent request open");
+}
+
+/// Uploads are bounded one by one and in all, over HTTP, and a blob no report names (a
+/// cut-off worker's, or a hostile one filling the disk) is deleted once it is older than
+/// the grace, giving its room back; a blob a result names stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_uploads_are_bounded_and_unreferenced_blobs_are_collected() {
+    use assay::store::{ArtifactRef, Report, ReportOutcome, WorkerRegistration};
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        assay::server::ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    config.max_blob_bytes = 1_000;
+    config.blob_quota = Some(2_500);
+    config.blob_gc = assay::server::BlobGc {
+        every: Duration::from_millis(200),
+        grace: Duration::from_secs(2),
+    };
+    let server = in_process(config).await;
+    let client = &server.client;
+    let blob = |name: &str, size: usize| {
+        let bytes: Vec<u8> = name.bytes().cycle().take(size).collect();
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        (hex::encode(sha2::Sha256::digest(&bytes)), path)
+    };
+
+    let (digest, path) = blob("too-large", 1_001);
+    let e = client.put_blob(&digest, &path).await.unwrap_err();
+    assert_eq!(code(&e), Some("too_large"), "{e}");
+    assert!(e.to_string().contains("--max-blob-bytes"), "{e}");
+
+    // A result that names its artifact.
+    let id = client.submit(&request(ONE_NOOP)).await.unwrap().pipeline_id;
+    client
+        .register(&WorkerRegistration {
+            id: "w".into(),
+            name: "w".into(),
+            kinds: vec!["noop".into()],
+        })
+        .await
+        .unwrap();
+    let (jobs, _) = client
+        .claim(&assay::api::ClaimBody {
+            worker_id: "w".into(),
+            kinds: vec!["noop".into()],
+            limit: 1,
+            wait_ms: 0,
+        })
+        .await
+        .unwrap();
+    let (kept, kept_path) = blob("kept", 1_000);
+    client.put_blob(&kept, &kept_path).await.unwrap();
+    client
+        .report(vec![Report {
+            job_id: jobs[0].job_id,
+            attempt: jobs[0].attempt,
+            token: jobs[0].token.clone(),
+            worker_id: "w".into(),
+            outcome: ReportOutcome::Completed {
+                result: serde_json::json!(null),
+                artifacts: vec![ArtifactRef {
+                    name: "out.txt".into(),
+                    sha256: kept.clone(),
+                    size: 1_000,
+                }],
+            },
+        }])
+        .await
+        .unwrap();
+
+    // Uploads nobody reports, until the quota is reached.
+    let (orphan, orphan_path) = blob("orphan", 1_000);
+    client.put_blob(&orphan, &orphan_path).await.unwrap();
+    let (over, over_path) = blob("over", 1_000);
+    let e = client.put_blob(&over, &over_path).await.unwrap_err();
+    assert!(
+        matches!(&e, assay::client::ClientError::Api { status: 507, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--blob-quota"), "{e}");
+
+    // Collected after its grace; the quota has room again.
+    let start = std::time::Instant::now();
+    while client.has_blob(&orphan).await.unwrap() {
+        assert!(
+            start.elapsed() < MIN,
+            "the unreferenced blob was never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        client.has_blob(&kept).await.unwrap(),
+        "a referenced blob was deleted"
+    );
+    client.put_blob(&over, &over_path).await.unwrap();
+    assert_eq!(
+        client.pipeline(id).await.unwrap().pipeline.state,
+        PipelineState::Completed
+    );
+    server.stop().await;
 }

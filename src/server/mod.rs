@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub max_blob_bytes: u64,
     /// The most all blobs together may take (`--blob-quota`; `None`: no quota).
     pub blob_quota: Option<u64>,
+    /// When unreferenced blobs are deleted.
+    pub blob_gc: BlobGc,
     /// Tokens accepted besides the store's, held only in this process (`assay run`'s own).
     pub memory_tokens: Vec<auth::MemoryToken>,
     /// The model provider names a spec may pick (`--providers`: the built-in `openrouter`
@@ -100,6 +102,7 @@ impl ServerConfig {
             allowed_kinds: crate::kinds::default_allowed_kinds(),
             max_blob_bytes: blobs::DEFAULT_MAX_BLOB_BYTES,
             blob_quota: Some(blobs::DEFAULT_BLOB_QUOTA),
+            blob_gc: BlobGc::default(),
             memory_tokens: Vec::new(),
             providers: crate::generation::providers::Providers::builtin().names(),
             request_rate: auth::RequestRate::per_second(auth::DEFAULT_REQUESTS_PER_SECOND),
@@ -338,7 +341,7 @@ pub async fn start(
         shutdown.clone(),
     ));
     tasks.spawn(reconcile_loop(state.clone(), config.reconcile_every));
-    tasks.spawn(blob_gc_loop(state.clone()));
+    tasks.spawn(blob_gc_loop(state.clone(), config.blob_gc));
     if let Some(keep) = config.event_retention {
         tasks.spawn(prune_loop(state.clone(), keep));
     }
@@ -352,14 +355,29 @@ pub async fn start(
     })
 }
 
-/// How often unreferenced blobs are looked for.
-const BLOB_GC_EVERY: Duration = Duration::from_secs(600);
+/// When blobs that no artifact names are deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct BlobGc {
+    /// How often they are looked for.
+    pub every: Duration,
+    /// How old an unreferenced blob must be (an upload comes just before its report).
+    pub grace: Duration,
+}
+
+impl Default for BlobGc {
+    fn default() -> Self {
+        BlobGc {
+            every: Duration::from_secs(600),
+            grace: blobs::UNREFERENCED_GRACE,
+        }
+    }
+}
 
 /// Deletes blobs no artifact names once they are older than
 /// [`blobs::UNREFERENCED_GRACE`]: uploads whose report never came (a worker cut off for
 /// good, or a hostile one filling the disk).
-async fn blob_gc_loop(state: AppState) {
-    let mut ticker = tokio::time::interval(BLOB_GC_EVERY);
+async fn blob_gc_loop(state: AppState, gc: BlobGc) {
+    let mut ticker = tokio::time::interval(gc.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -369,7 +387,7 @@ async fn blob_gc_loop(state: AppState) {
         let store = state.store.clone();
         let swept = state
             .blobs
-            .collect_garbage(blobs::UNREFERENCED_GRACE, |digests| {
+            .collect_garbage(gc.grace, |digests| {
                 let store = store.clone();
                 async move { store.referenced_blobs(&digests).await.ok() }
             })
