@@ -330,6 +330,9 @@ fn plan_submission(req: SubmitRequest, policy: &Policy) -> Result<NewPipeline, A
     })
 }
 
+/// A plan this large has freed enough memory that it is worth handing back to the system.
+const LARGE_PLAN: usize = 10_000;
+
 async fn submit(
     State(s): State<AppState>,
     AppJson(req): AppJson<SubmitRequest>,
@@ -340,19 +343,24 @@ async fn submit(
         providers: s.providers.clone(),
         planner: s.planner.clone(),
     };
+    // The slot is held until the plan is written and freed: a plan of a million jobs
+    // takes a gigabyte or two, and at most PLANS_AT_ONCE are in memory at once.
     let slot = s.planner.slot().await;
-    let new = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        plan_submission(req, &policy)
-    })
-    .await??;
+    let new = tokio::task::spawn_blocking(move || plan_submission(req, &policy)).await??;
     // Written by a task of its own: a client that hangs up cannot cut a large pipeline's
     // writing short (it would be discarded, and the retry would start over).
     let store = s.store.clone();
     let (pipeline_id, created) = tokio::spawn(async move {
         let created = store.create_pipeline(&new, now_micros()).await;
         // Freeing a plan of 100,000 jobs takes a while: not on an async thread.
-        tokio::task::spawn_blocking(move || drop(new));
+        tokio::task::spawn_blocking(move || {
+            let large = new.plan.jobs.len() >= LARGE_PLAN;
+            drop(new);
+            if large {
+                crate::planner::give_back_freed_memory();
+            }
+            drop(slot);
+        });
         created
     })
     .await??;
