@@ -548,6 +548,57 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         )
     );
 
+    // 1b. The same, while hundreds of workers of another kind long-poll with nothing to
+    //     do (a fleet of idle analyzers): every report wakes them all, and a wake-up must
+    //     not cost a write.
+    let idle_polls = crate::server::caps::LONG_POLLS_PER_CLIENT - 6;
+    let stop_polls = tokio_util::sync::CancellationToken::new();
+    let mut polls = tokio::task::JoinSet::new();
+    for i in 0..idle_polls {
+        let (client, stop) = (client.clone(), stop_polls.clone());
+        let id = format!("idle-{i}");
+        client
+            .register(&WorkerRegistration {
+                id: id.clone(),
+                name: id.clone(),
+                kinds: vec!["fail".into()],
+            })
+            .await?;
+        polls.spawn(async move {
+            let body = ClaimBody {
+                worker_id: id.clone(),
+                kinds: vec!["fail".into()],
+                limit: 1,
+                wait_ms: 25_000,
+            };
+            let mut wakes = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = client.claim(&body) => if r.is_err() { break },
+                }
+                wakes += 1;
+            }
+            let _ = client.worker_stopped(&id).await;
+            wakes
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    let id = submit(&client, noop_spec("idle-polls", args.jobs)).await?;
+    wait_finished(&client, id, Duration::from_millis(5)).await?;
+    let total = t0.elapsed();
+    stop_polls.cancel();
+    let mut answered = 0;
+    while let Some(wakes) = polls.join_next().await {
+        answered += wakes.unwrap_or(0);
+    }
+    println!(
+        "single stage with {idle_polls} idle long-polls: {:.0} jobs/s end to end ({:.2}× the rate without; the polls were answered {answered} times)",
+        args.jobs as f64 / total.as_secs_f64(),
+        (args.jobs as f64 / total.as_secs_f64()) / single_rate,
+    );
+
     // 2. The main job's shape: a streamed study. Flooded with no-op jobs it measures
     //    throughput (dependents then queue behind everything released before them); with
     //    generation paced like a provider-bound stage, workers have free slots and it

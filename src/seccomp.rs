@@ -8,7 +8,7 @@
 //! capability, and so could mount, and reach much more of the kernel), `io_uring` (which
 //! seccomp cannot see into), kernel keyrings (which outlive the app and are shared by its
 //! uid, so the next app on the same port would read them), mounts, BPF, perf events,
-//! `userfaultfd` and module loading. Each of these fails with `EPERM` (`clone3` with
+//! `userfaultfd`, `ptrace` and module loading. Each of these fails with `EPERM` (`clone3` with
 //! `ENOSYS`, so that the C library falls back to `clone`, whose flags the filter can
 //! read); every other call is allowed. A call in another architecture's ABI (32-bit or
 //! x32 on x86_64) kills the process: the filter knows only the native numbers.
@@ -59,6 +59,11 @@ const DENIED: &[(&str, i64)] = &[
     ("acct", libc::SYS_acct),
     ("quotactl", libc::SYS_quotactl),
     ("syslog", libc::SYS_syslog),
+    // Reading or steering another process of the app's (on kernels before 4.8, ptrace
+    // could also skip this filter); no web app debugs itself.
+    ("ptrace", libc::SYS_ptrace),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
 ];
 
 /// `clone` flags that make a namespace: refused, whatever else the call asks for.

@@ -69,6 +69,7 @@ def call(result):
         raise OSError(code, errno.errorcode.get(code, "?"))
     return "allowed"
 try_("user_namespace", lambda: call(libc.unshare(0x10000000)))
+try_("ptrace", lambda: call(libc.ptrace(0, 0, None, None)))
 if platform.machine() == "x86_64":
     params = ctypes.create_string_buffer(120)
     try_("io_uring", lambda: call(libc.syscall(425, 1, params)))
@@ -246,7 +247,7 @@ async fn a_hostile_app_cannot_read_secrets_reach_out_write_its_code_or_outlive_i
     assert_eq!(found["localhost"], "127.0.0.1", "its /etc is readable");
     // The system-call filter answers EPERM (PermissionError), not the kernel's own
     // refusals.
-    let mut probes = vec!["user_namespace"];
+    let mut probes = vec!["user_namespace", "ptrace"];
     if std::env::consts::ARCH == "x86_64" {
         probes.extend(["io_uring", "keyring"]);
     }
