@@ -2,7 +2,8 @@
 //! and real worker processes over loopback HTTP. Prints figures; it asserts nothing about
 //! time.
 //!
-//! What it measures, in order: no-op throughput through one stage; the main job's shape, a
+//! What it measures, in order: no-op throughput through one stage, alone and with hundreds
+//! of idle long-polls; the main job's shape, a
 //! streamed study (models × templates → generate → analyzers per app, no-op kinds) with
 //! its submit time, throughput, how soon dependents start after their upstream job
 //! completes, and the server's memory; submission of study-sized plans, and how the server
@@ -594,7 +595,7 @@ pub async fn run(args: BenchArgs) -> Result<u8> {
         answered += wakes.unwrap_or(0);
     }
     println!(
-        "single stage with {idle_polls} idle long-polls: {:.0} jobs/s end to end ({:.2}× the rate without; the polls were answered {answered} times)",
+        "single stage with {idle_polls} idle long-polls: {:.0} jobs/s end to end ({:.2}× the rate without; {answered} of the polls were answered, as no job of their kind came)",
         args.jobs as f64 / total.as_secs_f64(),
         (args.jobs as f64 / total.as_secs_f64()) / single_rate,
     );
