@@ -101,7 +101,8 @@ enum TokenAction {
         /// Who or what it is for, shown by `assay token list`.
         #[arg(long, default_value = "unnamed")]
         name: String,
-        /// The only job kinds its workers may claim (comma-separated); default: every kind.
+        /// The only job kinds it may use (comma-separated): a worker token's workers claim
+        /// only these, a submit token's specs have stages of only these. Default: every kind.
         #[arg(long, value_delimiter = ',')]
         kinds: Option<Vec<String>>,
     },

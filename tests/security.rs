@@ -1351,6 +1351,35 @@ async fn a_spec_cannot_send_a_workers_keys_anywhere_or_pick_a_provider_nobody_co
 
 /// A worker token made for some kinds registers and claims only those: a machine given a
 /// `static`-only token is never handed a `command` job, whatever its worker asks for.
+/// On a shared server, a token may be allowed to submit analyses but not generation (which
+/// spends the lab's provider credit): a spec with another kind of stage is refused whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_token_limited_to_kinds_submits_nothing_else() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &["--auth"]).await;
+    let token = create_token_with(
+        &c.path("server"),
+        "submit,read",
+        "analyses-only",
+        &["--kinds", "static,noop"],
+    );
+    let student = Client::with_token(&c.url, Some(&token));
+    let generate = "[pipeline]\nname = \"g\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n\
+        [[stage]]\nname = \"gen\"\nkind = \"generate\"\n[stage.params]\nmodel = \"m\"\n\
+        template = \"todo-api\"\nprovider = \"openrouter\"\n";
+    let e = student.submit(&request(generate)).await.unwrap_err();
+    assert_eq!(code(&e), Some("kind_not_allowed"), "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("stage `gen` uses kind `generate`")
+            && message.contains("token `analyses-only`")
+            && message.contains("static, noop"),
+        "{message}"
+    );
+    assert!(student.pipelines(10).await.unwrap().is_empty());
+    student.submit(&request(ONE_NOOP)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_token_limited_to_kinds_claims_nothing_else() {
     let c = Cluster::new();

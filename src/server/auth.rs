@@ -203,7 +203,8 @@ pub struct Principal {
     pub token_id: i64,
     pub name: String,
     pub scopes: Vec<Scope>,
-    /// The job kinds its workers may claim; `None`: every kind.
+    /// The job kinds it may use: its workers claim only these, its specs have stages of
+    /// only these; `None`: every kind.
     pub kinds: Option<Vec<String>>,
 }
 

@@ -262,6 +262,8 @@ async fn health(State(s): State<AppState>) -> Json<serde_json::Value> {
 /// What a submitted spec may use on this server.
 struct Policy {
     allowed_kinds: std::sync::Arc<Vec<String>>,
+    /// The submitting token's name and the kinds it is limited to, if it is.
+    token_kinds: Option<(String, Vec<String>)>,
     providers: std::sync::Arc<Vec<String>>,
     planner: crate::planner::Planner,
 }
@@ -296,6 +298,22 @@ fn plan_submission(req: SubmitRequest, policy: &Policy) -> Result<NewPipeline, A
                 allowed.join(", ")
             ),
         ));
+    }
+    if let Some((token, granted)) = &policy.token_kinds {
+        if let Some(stage) = spec.stages.iter().find(|s| !granted.contains(&s.kind)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::KindNotAllowed,
+                format!(
+                    "{file}: stage `{}` uses kind `{}`, which token `{token}` may not submit; \
+                     it may submit {}. An admin makes a token with more kinds with \
+                     `assay token create --scope submit --kinds …`",
+                    stage.name,
+                    stage.kind,
+                    granted.join(", ")
+                ),
+            ));
+        }
     }
     let plan = policy
         .planner
@@ -335,11 +353,15 @@ const LARGE_PLAN: usize = 10_000;
 
 async fn submit(
     State(s): State<AppState>,
+    caller: Caller,
     AppJson(req): AppJson<SubmitRequest>,
 ) -> Result<Response, ApiError> {
     // Reading and planning a study-sized spec is CPU work: off the async threads.
     let policy = Policy {
         allowed_kinds: s.allowed_kinds.clone(),
+        token_kinds: caller
+            .as_ref()
+            .and_then(|p| Some((p.name.clone(), p.kinds.clone()?))),
         providers: s.providers.clone(),
         planner: s.planner.clone(),
     };
