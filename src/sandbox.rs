@@ -10,8 +10,9 @@
 //!   made there. Two apps that hard-code one port never collide.
 //! - **a mount, PID, IPC and UTS namespace** from bubblewrap (`bwrap`, Debian's package,
 //!   run by the root worker): `/usr` and the interpreters' prefixes read-only, the app
-//!   folder read-only at `/app`, its own scratch folder as `/tmp` (its only writable
-//!   place, also `HOME`), a fresh `/proc` showing only its own processes, a minimal `/dev`,
+//!   folder read-only at `/app`, a scratch `/tmp` of its own (a tmpfs of at most
+//!   [`SCRATCH_BYTES`], charged to its memory; its only writable place, also `HOME`),
+//!   a fresh `/proc` showing only its own processes, a minimal `/dev`,
 //!   and a synthetic `/etc/passwd`, `/etc/group` and `/etc/hosts`. Nothing of the worker's
 //!   data, spool, keys or home is mounted.
 //! - **an unprivileged user of its own** (`APP_UID_BASE + port`): `setpriv` drops to it
@@ -119,7 +120,6 @@ fn probe() -> Result<(), String> {
     let etc = tempfile::tempdir().map_err(|e| e.to_string())?;
     let jail = Jail {
         app_dir: scratch.path(),
-        scratch: scratch.path(),
         etc: etc.path(),
         uid: APP_UID_BASE,
         read_only: Vec::new(),
@@ -204,8 +204,6 @@ impl Default for SandboxLimits {
 pub struct Jail<'a> {
     /// Mounted read-only at `/app`, the app's working directory.
     pub app_dir: &'a Path,
-    /// Mounted read-write at `/tmp`: owned by the app's user.
-    pub scratch: &'a Path,
     /// Where the synthetic `/etc` files are written (not visible to the app as a folder).
     pub etc: &'a Path,
     pub uid: u32,
@@ -214,7 +212,7 @@ pub struct Jail<'a> {
 }
 
 impl Jail<'_> {
-    /// Write the synthetic `/etc` files and hand the scratch folder to the app's user.
+    /// Write the synthetic `/etc` files.
     pub fn prepare(&self) -> io::Result<()> {
         let uid = self.uid;
         std::fs::write(
@@ -232,9 +230,7 @@ impl Jail<'_> {
             self.etc.join("hosts"),
             "127.0.0.1 localhost app\n::1 localhost ip6-localhost ip6-loopback\n",
         )?;
-        std::os::unix::fs::chown(self.scratch, Some(uid), Some(uid))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(self.scratch, std::fs::Permissions::from_mode(0o700))
+        Ok(())
     }
 
     /// bubblewrap's arguments, up to and including the command. bwrap, and `setpriv`
@@ -313,8 +309,13 @@ impl Jail<'_> {
             "--ro-bind".as_ref(),
             self.app_dir.as_os_str(),
             "/app".as_ref(),
-            "--bind".as_ref(),
-            self.scratch.as_os_str(),
+            // In memory, not on the worker's disk: an app that writes without end fills
+            // its own tmpfs (ENOSPC), and its memory limit counts it.
+            "--perms".as_ref(),
+            "1777".as_ref(),
+            "--size".as_ref(),
+            SCRATCH_SIZE.as_ref(),
+            "--tmpfs".as_ref(),
             "/tmp".as_ref(),
             "--dir".as_ref(),
             "/var".as_ref(),
@@ -391,6 +392,9 @@ impl Jail<'_> {
 
 /// The size of an app's `/dev/shm`.
 const SHM_BYTES: &str = "67108864";
+/// The most an app may write to its `/tmp` (its database, uploads, caches).
+pub const SCRATCH_BYTES: u64 = 512 << 20;
+const SCRATCH_SIZE: &str = "536870912";
 
 /// Read-only from the host's `/etc`: what programs need to load libraries, verify TLS,
 /// know the time zone and MIME types. Never `shadow`, never the host's `hosts`.
@@ -982,7 +986,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let jail = Jail {
             app_dir: Path::new("/srv/app"),
-            scratch: Path::new("/var/scratch"),
             etc: dir.path(),
             uid: APP_UID_BASE + 20_001,
             read_only: vec![PathBuf::from("/opt/venv")],
@@ -1004,10 +1007,14 @@ mod tests {
             .collect();
         let joined = args.join(" ");
         assert!(joined.contains("--ro-bind /srv/app /app"), "{joined}");
-        assert!(joined.contains("--bind /var/scratch /tmp"), "{joined}");
+        assert!(
+            joined.contains("--perms 1777 --size 536870912 --tmpfs /tmp"),
+            "{joined}"
+        );
+        assert_eq!(SCRATCH_SIZE.parse::<u64>().unwrap(), SCRATCH_BYTES);
         assert!(joined.contains("--ro-bind /opt/venv /opt/venv"), "{joined}");
         assert!(
-            joined.find("/tmp --dir /var").unwrap() < joined.find("/opt/venv /opt/venv").unwrap(),
+            joined.find("--tmpfs /tmp").unwrap() < joined.find("/opt/venv /opt/venv").unwrap(),
             "an interpreter under /tmp must be mounted after /tmp, not hidden by it: {joined}"
         );
         assert!(joined.contains("--unshare-pid"), "{joined}");

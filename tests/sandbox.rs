@@ -55,6 +55,25 @@ try_("new_file_in_app", lambda: open("pwned.txt", "w").write("x") and "written")
 try_("worker_secret_file", lambda: open(os.environ["SECRET_FILE"]).read())
 try_("shadow", lambda: open("/etc/shadow").read()[:10])
 try_("scratch", lambda: open("/tmp/db.sqlite", "w").write("ok") and "written")
+# Fill the disk: files of 64 MiB, each under the per-file cap, until something says no.
+def fill():
+    written, chunk = 0, b"\0" * (1 << 20)
+    try:
+        for i in range(64):
+            with open("/tmp/fill-%d" % i, "wb") as f:
+                for _ in range(64):
+                    f.write(chunk)
+                    written += len(chunk)
+    except OSError as e:
+        return {"written": written, "errno": e.errno}
+    finally:
+        for i in range(64):
+            try:
+                os.remove("/tmp/fill-%d" % i)
+            except OSError:
+                pass
+    return {"written": written, "errno": None}
+found["fill"] = fill()
 import pwd
 try_("localhost", lambda: socket.gethostbyname("localhost"))
 try_("own_user", lambda: pwd.getpwuid(os.getuid()).pw_name)
@@ -245,6 +264,13 @@ async fn a_hostile_app_cannot_read_secrets_reach_out_write_its_code_or_outlive_i
         "its scratch folder is writable"
     );
     assert_eq!(found["localhost"], "127.0.0.1", "its /etc is readable");
+    // 4 GiB asked for; the scratch holds what its tmpfs does, and says ENOSPC.
+    assert_eq!(found["fill"]["errno"], 28, "{}", found["fill"]);
+    assert!(
+        found["fill"]["written"].as_u64().unwrap() <= assay::sandbox::SCRATCH_BYTES,
+        "{}",
+        found["fill"]
+    );
     // The system-call filter answers EPERM (PermissionError), not the kernel's own
     // refusals.
     let mut probes = vec!["user_namespace", "ptrace"];
@@ -730,17 +756,12 @@ fn an_interpreter_under_tmp_is_still_found_in_the_sandbox() {
     let tool = bin.join("hello-from-tmp");
     std::fs::write(&tool, "#!/bin/sh\necho found under tmp\n").unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (app, scratch, etc) = (
-        root.path().join("app"),
-        root.path().join("scratch"),
-        root.path().join("etc"),
-    );
-    for dir in [&app, &scratch, &etc] {
+    let (app, etc) = (root.path().join("app"), root.path().join("etc"));
+    for dir in [&app, &etc] {
         std::fs::create_dir(dir).unwrap();
     }
     let jail = sb::Jail {
         app_dir: &app,
-        scratch: &scratch,
         etc: &etc,
         uid: sb::APP_UID_BASE + 29_999,
         read_only: sb::interpreter_mounts(std::slice::from_ref(&bin)),

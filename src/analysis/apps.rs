@@ -428,8 +428,7 @@ impl RunningApp {
                 None,
             ),
             None if sandboxed => {
-                let (process, parts) =
-                    Self::start_sandboxed(dir, &manifest, port.port, scratch.path(), log_file)?;
+                let (process, parts) = Self::start_sandboxed(dir, &manifest, port.port, log_file)?;
                 (process, Some(parts))
             }
             None => (
@@ -461,7 +460,6 @@ impl RunningApp {
         dir: &Path,
         manifest: &AppManifest,
         port: u16,
-        scratch: &Path,
         log_file: std::fs::File,
     ) -> Result<(Process, SandboxParts), AppError> {
         use crate::sandbox::{self as sb, SandboxLimits};
@@ -475,7 +473,6 @@ impl RunningApp {
         let interpreters = interpreter_dirs();
         let jail = sb::Jail {
             app_dir: dir,
-            scratch,
             etc: etc.path(),
             uid: sb::APP_UID_BASE + u32::from(port),
             read_only: sb::interpreter_mounts(&interpreters),
