@@ -168,6 +168,16 @@ fn recipe_app(root: &Path, run: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Where the sandbox is required (CI), a missing part of it fails the test; elsewhere the
+/// test says what it skipped.
+fn skip_unless_required(what: &str) {
+    assert!(
+        std::env::var_os("ASSAY_REQUIRE_SANDBOX").is_none(),
+        "ASSAY_REQUIRE_SANDBOX is set, but {what}"
+    );
+    eprintln!("skipped: {what}");
+}
+
 fn sandbox_or_skip() -> bool {
     // SAFETY: set before any thread of this test binary starts programs.
     unsafe { std::env::set_var("ASSAY_SUPERVISOR", env!("CARGO_BIN_EXE_assay")) };
@@ -549,11 +559,7 @@ async fn an_apps_memory_limit_holds_for_all_its_processes_together() {
     }
     let probe = assay::sandbox::AppCgroup::create("assay-probe", 64 << 20, 16);
     if probe.is_empty() {
-        assert!(
-            std::env::var_os("ASSAY_REQUIRE_SANDBOX").is_none(),
-            "CI has cgroups for apps"
-        );
-        eprintln!("skipped: no memory and pids cgroups here");
+        skip_unless_required("there are no memory and pids cgroups here");
         return;
     }
     drop(probe);
@@ -610,7 +616,7 @@ fn the_cgroups_of_a_dead_workers_apps_are_swept() {
     let name = format!("assay-app-{dead}-test");
     let left = AppCgroup::create(&name, 64 << 20, 16);
     if left.is_empty() {
-        eprintln!("skipped: no memory and pids cgroups here");
+        skip_unless_required("there are no memory and pids cgroups here");
         return;
     }
     // As a killed worker would: it never removes it.
@@ -646,7 +652,7 @@ async fn an_apps_processes_share_one_core() {
             .any(|c| c == "cpu")
             .then(|| std::path::Path::new("/sys/fs/cgroup/cpu").join(path.trim_start_matches('/')))
     }) else {
-        eprintln!("skipped: no cgroup v1 cpu controller here");
+        skip_unless_required("there is no cgroup v1 cpu controller here");
         return;
     };
     let prefix = format!("assay-app-{}-{port}-", std::process::id());
