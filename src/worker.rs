@@ -781,6 +781,41 @@ impl JobRun {
                 Err(f) => prepared = Err(f),
             }
         }
+        // Then the kinds read only the worker's own copy of it: nothing swapped inside the
+        // root after the check is followed out of it.
+        let mut app_source = None;
+        if prepared.is_ok()
+            && job.params.get("app_from").is_none()
+            && kinds::APP_READING_KINDS.contains(&job.kind.as_str())
+        {
+            if let Some(app) = params
+                .get("app")
+                .and_then(serde_json::Value::as_str)
+                .map(PathBuf::from)
+            {
+                let apps = self.spool.work.join("apps");
+                let named = app.clone();
+                let taken = tokio::task::spawn_blocking(move || {
+                    crate::analysis::snapshot::snapshot(&named, &apps)
+                })
+                .await;
+                use crate::analysis::snapshot::SnapshotError;
+                match taken {
+                    Ok(Ok(snap)) => {
+                        params["app"] = serde_json::Value::String(snap.display().to_string());
+                        app_source = Some(app);
+                    }
+                    Ok(Err(e @ SnapshotError::Swapped { .. })) => {
+                        prepared = Err(Failure::permanent(
+                            kinds::app_roots::NOT_ALLOWED,
+                            e.to_string(),
+                        ))
+                    }
+                    Ok(Err(e)) => prepared = Err(Failure::retryable("io", e.to_string())),
+                    Err(e) => prepared = Err(Failure::retryable("io", e.to_string())),
+                }
+            }
+        }
         if prepared.is_ok() && job.params.get("app_from").is_some() {
             progress_tx.send_replace(Some(Progress {
                 step: "fetching the app".into(),
@@ -806,6 +841,7 @@ impl JobRun {
             server: Some(self.client.clone()),
             waited_ms: waited_ms.clone(),
             providers: self.providers.clone(),
+            app_source,
         };
         let result = match prepared {
             Err(f) => Err(f),

@@ -299,6 +299,7 @@ async fn performance_analysis_measures_every_planted_slow_endpoint() {
             server: None,
             waited_ms: Default::default(),
             providers: Default::default(),
+            app_source: None,
         };
         let result = assay::kinds::run("performance", &ctx)
             .await
@@ -378,6 +379,7 @@ async fn unchanged_apps_are_reused_from_the_cache() {
             server: None,
             waited_ms: Default::default(),
             providers: Default::default(),
+            app_source: None,
         };
         let result = assay::kinds::run("static", &ctx).await.unwrap().result;
         let files: Vec<String> = std::fs::read_dir(out.path())

@@ -464,6 +464,7 @@ async fn the_ai_kind_is_skipped_without_an_endpoint_and_judges_with_one() {
             server: None,
             waited_ms: Default::default(),
             providers: Default::default(),
+            app_source: None,
         };
         async move { assay::kinds::run("ai", &ctx).await }
     };

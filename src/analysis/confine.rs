@@ -136,7 +136,15 @@ pub fn confined_copy(app: &Path, into: &Path) -> std::io::Result<ConfinedCopy> {
                 let target = std::fs::read_link(e.path())
                     .map(|t| t.display().to_string())
                     .unwrap_or_default();
-                copy.left_out.push(left(Left::Symlink { target }));
+                // What a snapshot left out is a link to a marker: reported as what it was.
+                use super::snapshot as snap;
+                copy.left_out.push(left(match target.as_str() {
+                    snap::HARD_LINK => Left::HardLink,
+                    snap::SPECIAL_FILE => Left::NotARegularFile,
+                    snap::OVER_THE_APP_LIMIT => Left::OverTheAppLimit,
+                    snap::TOO_DEEP => Left::TooDeep,
+                    _ => Left::Symlink { target },
+                }));
             } else if kind.is_dir() {
                 if SKIPPED_DIRS.contains(&name.to_string_lossy().as_ref())
                     || (meta.dev(), meta.ino()) == itself

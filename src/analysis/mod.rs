@@ -10,6 +10,7 @@ pub mod finding;
 pub mod judge;
 pub mod loadgen;
 pub mod sarif;
+pub mod snapshot;
 pub mod static_tools;
 
 use std::path::{Path, PathBuf};

@@ -124,7 +124,7 @@ pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
     );
     Ok(JobOutput {
         result: json!({
-            "app": app,
+            "app": ctx.shown_app(&app),
             "analyzer": dynamic::ANALYZER,
             "template": template.name,
             "requests": outcome.requests,
@@ -202,7 +202,7 @@ pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
     }
     Ok(JobOutput {
         result: json!({
-            "app": app,
+            "app": ctx.shown_app(&app),
             "analyzer": judge::ANALYZER,
             "template": template.name,
             "status": status,
@@ -456,7 +456,7 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
     );
     Ok(JobOutput {
         result: json!({
-            "app": app,
+            "app": ctx.shown_app(&app),
             "analyzer": "performance",
             "template": template.name,
             "summary": summarize(&findings),

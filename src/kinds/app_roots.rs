@@ -10,9 +10,11 @@
 //! is always allowed: the worker itself unpacked it from an upstream job's artifact into
 //! its own work folder. A worker with no root allows no literal folder at all.
 //!
-//! What this does not cover: someone who may write inside a root can still swap a folder
-//! *within* the canonical path for a link between the check and the kind's use of it.
-//! Roots are folders the worker's owner trusts, not folders a job writes to.
+//! A checked `app` is then read only through the worker's snapshot of it
+//! ([`crate::analysis::snapshot`]), taken without following any link: someone who may
+//! write inside a root and swaps a folder on the way for a link after the check gets the
+//! job refused, not the folder read. Template catalogs (`templates`, `templates_dir`) are
+//! read by path.
 
 use crate::domain::Failure;
 use serde_json::Value;

@@ -274,6 +274,7 @@ mod tests {
             server: None,
             waited_ms: Default::default(),
             providers: Default::default(),
+            app_source: None,
         }
     }
 

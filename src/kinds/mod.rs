@@ -42,6 +42,9 @@ pub const APP_KINDS: &[&str] = &["dynamic", "performance"];
 /// rogue worker's) is never run.
 pub const APP_MAKING_KINDS: &[&str] = &["generate"];
 
+/// Kinds that read the app folder a job names: the worker hands them its snapshot of it.
+pub const APP_READING_KINDS: &[&str] = &["static", "dynamic", "performance", "ai"];
+
 /// Kinds that run a program the spec chooses: a server allows them only when told
 /// (`assay server --allow-kinds`).
 pub const PROGRAM_KINDS: &[&str] = &["command"];
@@ -135,6 +138,9 @@ pub struct JobContext {
     pub waited_ms: std::sync::Arc<WaitClock>,
     /// The model providers this worker may call, by name (`assay worker --providers`).
     pub providers: std::sync::Arc<crate::generation::providers::Providers>,
+    /// The folder the job named, when `params.app` is the worker's snapshot of it
+    /// ([`crate::analysis::snapshot`]): results name the folder, not the snapshot.
+    pub app_source: Option<PathBuf>,
 }
 
 /// How long a job has waited for something outside it (a model provider's slot),
@@ -184,6 +190,11 @@ impl WaitClock {
 }
 
 impl JobContext {
+    /// The app folder as results name it: the folder the job named, not the snapshot.
+    pub fn shown_app(&self, app: &std::path::Path) -> PathBuf {
+        self.app_source.clone().unwrap_or_else(|| app.to_path_buf())
+    }
+
     pub fn step(&self, step: &str, percent: Option<f64>, message: Option<String>) {
         self.progress.send_replace(Some(Progress {
             step: step.to_string(),

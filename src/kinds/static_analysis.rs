@@ -105,7 +105,7 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
     );
     Ok(JobOutput {
         result: json!({
-            "app": app,
+            "app": ctx.shown_app(&app),
             "analyzer": "static",
             "summary": summarize(&findings),
             "tools": outcome.runs,
