@@ -781,39 +781,23 @@ impl JobRun {
                 Err(f) => prepared = Err(f),
             }
         }
-        // Then the kinds read only the worker's own copy of it: nothing swapped inside the
-        // root after the check is followed out of it.
+        // Then the kinds read only the worker's own copies of those folders: nothing
+        // swapped inside the root after the check is followed out of it.
         let mut app_source = None;
-        if prepared.is_ok()
-            && job.params.get("app_from").is_none()
-            && kinds::APP_READING_KINDS.contains(&job.kind.as_str())
-        {
-            if let Some(app) = params
-                .get("app")
-                .and_then(serde_json::Value::as_str)
-                .map(PathBuf::from)
-            {
-                let apps = self.spool.work.join("apps");
-                let named = app.clone();
-                let taken = tokio::task::spawn_blocking(move || {
-                    crate::analysis::snapshot::snapshot(&named, &apps)
-                })
-                .await;
-                use crate::analysis::snapshot::SnapshotError;
-                match taken {
-                    Ok(Ok(snap)) => {
-                        params["app"] = serde_json::Value::String(snap.display().to_string());
-                        app_source = Some(app);
-                    }
-                    Ok(Err(e @ SnapshotError::Swapped { .. })) => {
-                        prepared = Err(Failure::permanent(
-                            kinds::app_roots::NOT_ALLOWED,
-                            e.to_string(),
-                        ))
-                    }
-                    Ok(Err(e)) => prepared = Err(Failure::retryable("io", e.to_string())),
-                    Err(e) => prepared = Err(Failure::retryable("io", e.to_string())),
+        if prepared.is_ok() {
+            let apps = self.spool.work.join("apps");
+            let checked = params.clone();
+            let taken = tokio::task::spawn_blocking(move || {
+                kinds::app_roots::snapshot_folders(&checked, &apps)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Failure::retryable("io", e.to_string())));
+            match taken {
+                Ok((snapshotted, source)) => {
+                    params = snapshotted;
+                    app_source = source;
                 }
+                Err(f) => prepared = Err(f),
             }
         }
         if prepared.is_ok() && job.params.get("app_from").is_some() {

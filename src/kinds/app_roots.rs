@@ -13,8 +13,8 @@
 //! A checked `app` is then read only through the worker's snapshot of it
 //! ([`crate::analysis::snapshot`]), taken without following any link: someone who may
 //! write inside a root and swaps a folder on the way for a link after the check gets the
-//! job refused, not the folder read. Template catalogs (`templates`, `templates_dir`) are
-//! read by path.
+//! job refused, not the folder read; so are template catalogs (`templates`,
+//! `templates_dir`).
 
 use crate::domain::Failure;
 use serde_json::Value;
@@ -164,6 +164,41 @@ impl AppRoots {
     }
 }
 
+/// `params` with every folder param the job names (already checked by
+/// [`AppRoots::confine`]) replaced by the worker's snapshot of it under `apps`, and the
+/// `app` it named (results name that, not the snapshot). An `app` fetched with `app_from`
+/// is the worker's own already. Blocking.
+pub fn snapshot_folders(params: &Value, apps: &Path) -> Result<(Value, Option<PathBuf>), Failure> {
+    use crate::analysis::snapshot::{snapshot, SnapshotError};
+    let Some(obj) = params.as_object() else {
+        return Ok((params.clone(), None));
+    };
+    let fetched = obj.contains_key("app_from");
+    let mut out = obj.clone();
+    let mut app = None;
+    for &param in FOLDER_PARAMS {
+        if param == "app" && fetched {
+            continue;
+        }
+        let Some(Value::String(path)) = obj.get(param) else {
+            continue;
+        };
+        let named = PathBuf::from(path);
+        let snap = snapshot(&named, apps).map_err(|e| match e {
+            SnapshotError::Swapped { .. } => Failure::permanent(NOT_ALLOWED, e.to_string()),
+            e => Failure::retryable("io", e.to_string()),
+        })?;
+        out.insert(
+            param.to_string(),
+            Value::String(snap.to_string_lossy().into_owned()),
+        );
+        if param == "app" {
+            app = Some(named);
+        }
+    }
+    Ok((Value::Object(out), app))
+}
+
 /// `path` with `.` and `..` folded away without asking the file system.
 fn lexically_normal(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -283,5 +318,31 @@ mod tests {
             AppRoots::new(&[dir.path().join("f")]),
             Err(AppRootError::NotAFolder(_))
         ));
+    }
+
+    #[test]
+    fn checked_folders_are_replaced_by_snapshots_and_the_app_keeps_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("apps/todo")).unwrap();
+        std::fs::create_dir_all(dir.path().join("apps/catalog")).unwrap();
+        let root = dir.path().join("apps").canonicalize().unwrap();
+        let params = json!({
+            "app": root.join("todo"),
+            "templates": root.join("catalog"),
+            "tools": ["bandit"],
+        });
+        let spool = dir.path().join("spool");
+        let (out, named) = snapshot_folders(&params, &spool).unwrap();
+        for param in ["app", "templates"] {
+            let path = out[param].as_str().unwrap();
+            assert!(path.starts_with(spool.to_str().unwrap()), "{param}: {path}");
+        }
+        assert_eq!(out["tools"], json!(["bandit"]));
+        assert_eq!(named, Some(root.join("todo")));
+        // A fetched app is the worker's own already.
+        let fetched = json!({"app_from": "generate", "app": root.join("todo")});
+        let (out, named) = snapshot_folders(&fetched, &spool).unwrap();
+        assert_eq!(out, fetched);
+        assert_eq!(named, None);
     }
 }

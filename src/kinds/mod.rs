@@ -42,9 +42,6 @@ pub const APP_KINDS: &[&str] = &["dynamic", "performance"];
 /// rogue worker's) is never run.
 pub const APP_MAKING_KINDS: &[&str] = &["generate"];
 
-/// Kinds that read the app folder a job names: the worker hands them its snapshot of it.
-pub const APP_READING_KINDS: &[&str] = &["static", "dynamic", "performance", "ai"];
-
 /// Kinds that run a program the spec chooses: a server allows them only when told
 /// (`assay server --allow-kinds`).
 pub const PROGRAM_KINDS: &[&str] = &["command"];
