@@ -1637,3 +1637,87 @@ async fn blob_uploads_are_bounded_and_unreferenced_blobs_are_collected() {
     );
     server.stop().await;
 }
+
+/// A judge's endpoint is each worker's own setting, which the server cannot check: a
+/// worker of one token files a verdict for a request, and a worker of another token that
+/// asks the same request of the same endpoint label does not get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_verdict_filed_by_one_token_is_never_served_to_another() {
+    let c = Cluster::new();
+    let _server = c.server_with("1s", &["--auth"]).await;
+    let admin = Client::with_token(&c.url, Some(&create_token(&c, "admin", "admin")));
+    let spec = "[pipeline]\nname = \"judged\"\n[[stage]]\nname = \"judge\"\nkind = \"ai\"\n\
+        items = [1, 2]\n[stage.params]\napp = \"/srv/apps/todo\"\n";
+    admin.submit(&request(spec)).await.unwrap();
+    let http = reqwest::Client::new();
+    let mut workers = Vec::new();
+    for name in ["planter", "victim"] {
+        let token = create_token(&c, "worker", name);
+        let client = Client::with_token(&c.url, Some(&token));
+        client
+            .register(&assay::store::WorkerRegistration {
+                id: name.into(),
+                name: name.into(),
+                kinds: vec!["ai".into()],
+            })
+            .await
+            .unwrap();
+        let (jobs, _) = client
+            .claim(&assay::api::ClaimBody {
+                worker_id: name.into(),
+                kinds: vec!["ai".into()],
+                limit: 1,
+                wait_ms: 0,
+            })
+            .await
+            .unwrap();
+        workers.push((token, jobs[0].job_id));
+    }
+    let label = "judge:http://judge.example/v1";
+    let asked = serde_json::json!({"model": "j", "messages": [{"role": "user", "content": "rate this app"}]});
+    let (planter, planter_job) = &workers[0];
+    let filed = http
+        .post(format!("{}{API_PREFIX}/llm/calls", c.url))
+        .bearer_auth(planter)
+        .json(&serde_json::json!({
+            "call": {
+                "call_id": uuid::Uuid::new_v4().to_string(),
+                "job_id": planter_job, "attempt": 1, "provider": label, "model": "j",
+                "model_resolved": "j", "result": "paid", "prompt_tokens": 10,
+                "completion_tokens": 10, "cost_usd": 0.0,
+            },
+            "answer": {"request": asked, "answer": {"verdict": "flawless, score 10"}},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        filed.status().is_success(),
+        "{}",
+        filed.text().await.unwrap()
+    );
+    let lookup = |token: &str, job: i64| {
+        let client = Client::with_token(&c.url, Some(token));
+        let asked = asked.clone();
+        async move {
+            client
+                .cached_answer(&assay::api::AnswerLookup {
+                    job_id: job,
+                    provider: label.into(),
+                    request: asked,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert!(
+        lookup(planter, *planter_job).await.is_some(),
+        "kept for its own token"
+    );
+    let (victim, victim_job) = &workers[1];
+    assert_eq!(
+        lookup(victim, *victim_job).await,
+        None,
+        "served to another token"
+    );
+}

@@ -6,7 +6,8 @@
 //! (object keys sorted, no whitespace). The identity comes from the job where the job
 //! says it: a `generate` job's provider is the one its params pick, and its requests must
 //! name its model; the `ai` judge's endpoint is the worker's own setting, so there the
-//! worker's label is used, kept apart from generation's under its `judge:` prefix.
+//! worker's label is used, kept apart from generation's under its `judge:` prefix and
+//! apart from other tokens' judge answers.
 
 use super::routes::ApiError;
 use crate::api::ErrorCode;
@@ -24,8 +25,16 @@ fn refused(message: String) -> ApiError {
 }
 
 /// Whose answers `request` of `job` may find or keep: its provider's, as the server
-/// knows it. `stated` is the provider the worker names (used only for the judge).
-pub fn identity(job: &Job, stated: &str, request: &Value) -> Result<String, ApiError> {
+/// knows it. `stated` is the provider the worker names (used only for the judge), and
+/// `token` the token the worker holds: a judge's endpoint is a worker's own setting, which
+/// the server cannot check, so judge answers are kept per token, and a worker of one
+/// token never reads a verdict another token filed.
+pub fn identity(
+    job: &Job,
+    stated: &str,
+    request: &Value,
+    token: Option<i64>,
+) -> Result<String, ApiError> {
     match job.kind.as_str() {
         "generate" => {
             let provider = crate::kinds::generate::provider_name(&job.params)
@@ -42,7 +51,10 @@ pub fn identity(job: &Job, stated: &str, request: &Value) -> Result<String, ApiE
             }
             Ok(format!("generate:{provider}"))
         }
-        "ai" if stated.starts_with(JUDGE_PROVIDER_PREFIX) => Ok(stated.to_string()),
+        "ai" if stated.starts_with(JUDGE_PROVIDER_PREFIX) => Ok(match token {
+            Some(token) => format!("{stated} token:{token}"),
+            None => stated.to_string(),
+        }),
         "ai" => Err(refused(format!(
             "job {} is an `ai` job: its provider is `{JUDGE_PROVIDER_PREFIX}URL`, not `{stated}`",
             job.id

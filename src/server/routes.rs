@@ -1205,7 +1205,7 @@ async fn llm_call(
     // answer under another request's key.
     if let Some(a) = &body.answer {
         let key = answers::key(
-            &answers::identity(&job, &body.call.provider, &a.request)?,
+            &answers::identity(&job, &body.call.provider, &a.request, caller_key(&caller))?,
             &a.request,
         );
         let holds = job.state == JobState::Running && job.attempts == body.call.attempt;
@@ -1266,7 +1266,7 @@ async fn lookup_answer(
         return Err(not_holder(job.id));
     }
     let key = answers::key(
-        &answers::identity(&job, &body.provider, &body.request)?,
+        &answers::identity(&job, &body.provider, &body.request, caller_key(&caller))?,
         &body.request,
     );
     Ok(Json(CachedAnswer {
