@@ -71,7 +71,7 @@ pub fn snapshot(app: &Path, apps: &Path) -> Result<PathBuf, SnapshotError> {
         .map_err(io(app))?;
     let folder = apps.join(format!("snap-{}", hex::encode(walk.hash.finalize())));
     if folder.is_dir() {
-        touch(&folder);
+        crate::kinds::inputs::touch(&folder);
         return Ok(folder);
     }
     match std::fs::rename(&into, &folder) {
@@ -79,12 +79,6 @@ pub fn snapshot(app: &Path, apps: &Path) -> Result<PathBuf, SnapshotError> {
         // Another job took the same snapshot meanwhile: either copy is the same.
         Err(_) if folder.is_dir() => Ok(folder),
         Err(e) => Err(io(&folder)(e)),
-    }
-}
-
-fn touch(folder: &Path) {
-    if let Ok(dir) = std::fs::File::open(folder) {
-        let _ = dir.set_modified(std::time::SystemTime::now());
     }
 }
 

@@ -166,7 +166,7 @@ async fn fetch(
 }
 
 /// Mark an app folder as used now: [`prune_apps`] keeps what was used recently.
-fn touch(folder: &Path) {
+pub(crate) fn touch(folder: &Path) {
     if let Ok(dir) = std::fs::File::open(folder) {
         let _ = dir.set_modified(std::time::SystemTime::now());
     }
