@@ -4,21 +4,10 @@
 
 mod common;
 
-use assay::api::SubmitRequest;
 use common::*;
 use std::time::Duration;
 
 const MIN: Duration = Duration::from_secs(60);
-
-const ONE_NOOP: &str = "[pipeline]\nname = \"one\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n";
-
-fn request(spec: &str) -> SubmitRequest {
-    SubmitRequest {
-        spec: spec.into(),
-        file_name: None,
-        idempotency_key: None,
-    }
-}
 
 /// The largest spec the server takes, a million jobs from 300 bytes: while it is written,
 /// the server answers, SIGTERM stops it within its grace, and the half-written pipeline is

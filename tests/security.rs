@@ -3,23 +3,13 @@
 
 mod common;
 
-use assay::api::{SubmitRequest, API_PREFIX};
+use assay::api::API_PREFIX;
 use assay::client::Client;
 use assay::domain::{PipelineState, Scope};
 use common::*;
 use std::time::Duration;
 
 const MIN: Duration = Duration::from_secs(60);
-
-const ONE_NOOP: &str = "[pipeline]\nname = \"one\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n";
-
-fn request(spec: &str) -> SubmitRequest {
-    SubmitRequest {
-        spec: spec.into(),
-        file_name: None,
-        idempotency_key: None,
-    }
-}
 
 fn token_file(c: &Cluster, token: &str) -> String {
     let path = c.path(&format!("token-{}", uuid::Uuid::new_v4()));
@@ -892,10 +882,16 @@ async fn an_assay_run_serves_no_one_without_its_token_and_runs_no_foreign_comman
     let mut run = background_run(&spec, &data, &listen, &stderr);
     let reader = run_client(&data, &listen, "read").await;
     let logs = || std::fs::read_to_string(&stderr).unwrap_or_default();
-    wait_for("the run's own pipeline", MIN, || async {
+    let seen = wait_for_opt(MIN, || async {
         reader.pipelines(10).await.is_ok_and(|p| p.len() == 1)
     })
     .await;
+    assert!(
+        seen,
+        "the run's own pipeline never showed: {:?}\n{}",
+        reader.pipelines(10).await,
+        logs()
+    );
 
     // A local process without the token (an analyzed app, another user) gets nothing.
     let anonymous = Client::new(&url);

@@ -10,6 +10,17 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_assay");
 
+pub const ONE_NOOP: &str = "[pipeline]\nname = \"one\"\n[[stage]]\nname = \"a\"\nkind = \"noop\"\n";
+
+/// A submission of `spec` as the API takes it.
+pub fn request(spec: &str) -> SubmitRequest {
+    SubmitRequest {
+        spec: spec.into(),
+        file_name: None,
+        idempotency_key: None,
+    }
+}
+
 /// A child process that is killed (SIGKILL) when dropped, so a failing test leaves
 /// nothing running.
 pub struct Proc {
