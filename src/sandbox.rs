@@ -117,6 +117,12 @@ fn probe() -> Result<(), String> {
     let bwrap = &tools.bwrap;
     let network = AppNetwork::new().map_err(|e| format!("no network namespace: {e}"))?;
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // Readable by the app's user, as an app's folder is (its copy is made by that user).
+    std::fs::set_permissions(
+        scratch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| e.to_string())?;
     let etc = tempfile::tempdir().map_err(|e| e.to_string())?;
     let jail = Jail {
         app_dir: scratch.path(),
@@ -127,7 +133,7 @@ fn probe() -> Result<(), String> {
     jail.prepare().map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(bwrap);
     let path = [("PATH".to_string(), OsString::from(SANDBOX_PATH))];
-    cmd.args(jail.bwrap_args(tools, &path, &["true".to_string()]))
+    cmd.args(jail.bwrap_args(tools, &path, "", &["true".to_string()]))
         .env_clear()
         .env("PATH", SANDBOX_PATH)
         .stdin(std::process::Stdio::null())
@@ -238,10 +244,16 @@ impl Jail<'_> {
     /// `LD_PRELOAD`, a `PATH`) reaches a privileged process. Only after `setpriv` has
     /// dropped to the app's user does `env -i` set the app's environment (`env`, which
     /// must hold `PATH`) and run the command, found on that `PATH`.
+    ///
+    /// The app runs in a copy of itself at `/app` (a size-capped tmpfs, filled from the
+    /// read-only original at [`APP_SOURCE_INSIDE`] by the app's own user just before its
+    /// command), in the folder `workdir` of it: apps write next to their code (a SQLite
+    /// file, `instance/`, uploads), and those writes stay in the instance.
     pub fn bwrap_args(
         &self,
         tools: &Tools,
         env: &[(String, OsString)],
+        workdir: &str,
         command: &[String],
     ) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
@@ -306,8 +318,19 @@ impl Jail<'_> {
             SHM_BYTES.as_ref(),
             "--tmpfs".as_ref(),
             "/dev/shm".as_ref(),
+            // Made first: a folder bwrap makes for a mount point is 0700.
+            "--perms".as_ref(),
+            "0755".as_ref(),
+            "--dir".as_ref(),
+            "/run".as_ref(),
             "--ro-bind".as_ref(),
             self.app_dir.as_os_str(),
+            APP_SOURCE_INSIDE.as_ref(),
+            "--perms".as_ref(),
+            "1777".as_ref(),
+            "--size".as_ref(),
+            SCRATCH_SIZE.as_ref(),
+            "--tmpfs".as_ref(),
             "/app".as_ref(),
             // In memory, not on the worker's disk: an app that writes without end fills
             // its own tmpfs (ENOSPC), and its memory limit counts it.
@@ -348,10 +371,6 @@ impl Jail<'_> {
             push(&["--ro-bind".as_ref(), dir.as_os_str(), dir.as_os_str()]);
         }
         push(&[
-            "--perms".as_ref(),
-            "0755".as_ref(),
-            "--dir".as_ref(),
-            "/run".as_ref(),
             "--ro-bind".as_ref(),
             tools.assay.as_os_str(),
             ASSAY_INSIDE.as_ref(),
@@ -385,10 +404,27 @@ impl Jail<'_> {
             pair.push(value);
             args.push(pair);
         }
+        args.extend(
+            [
+                "/bin/sh",
+                "-c",
+                COPY_THEN_RUN,
+                "assay-app",
+                &format!("/app/{workdir}"),
+            ]
+            .iter()
+            .map(OsString::from),
+        );
         args.extend(command.iter().map(OsString::from));
         args
     }
 }
+
+/// Where the app's read-only original is mounted inside, for its copy at `/app`.
+pub const APP_SOURCE_INSIDE: &str = "/run/app-source";
+/// Run by the app's user, under the filter: fill `/app` from the original, enter the
+/// working folder, become the app's command. `$1` is the folder, the rest the command.
+const COPY_THEN_RUN: &str = "cp -R /run/app-source/. /app/ && cd -- \"$1\" && shift && exec \"$@\"";
 
 /// The size of an app's `/dev/shm`.
 const SHM_BYTES: &str = "67108864";
@@ -1001,12 +1037,22 @@ mod tests {
             ("LD_PRELOAD".to_string(), OsString::from("/app/evil.so")),
         ];
         let args: Vec<String> = jail
-            .bwrap_args(&tools, &env, &["python3".into(), "app.py".into()])
+            .bwrap_args(
+                &tools,
+                &env,
+                "backend",
+                &["python3".into(), "app.py".into()],
+            )
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
         let joined = args.join(" ");
-        assert!(joined.contains("--ro-bind /srv/app /app"), "{joined}");
+        assert!(
+            joined.contains(
+                "--ro-bind /srv/app /run/app-source --perms 1777 --size 536870912 --tmpfs /app"
+            ),
+            "{joined}"
+        );
         assert!(
             joined.contains("--perms 1777 --size 536870912 --tmpfs /tmp"),
             "{joined}"
@@ -1030,8 +1076,9 @@ mod tests {
         assert!(!joined.contains("--setenv"), "{joined}");
         assert!(
             joined.ends_with(&format!(
-                "/usr/bin/setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /run/assay __seccomp -- /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin LD_PRELOAD=/app/evil.so python3 app.py",
-                APP_UID_BASE + 20_001
+                "/usr/bin/setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /run/assay __seccomp -- /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin LD_PRELOAD=/app/evil.so /bin/sh -c {1} assay-app /app/backend python3 app.py",
+                APP_UID_BASE + 20_001,
+                COPY_THEN_RUN
             )),
             "{joined}"
         );

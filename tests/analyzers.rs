@@ -217,13 +217,19 @@ async fn dynamic_analysis_finds_every_planted_defect() {
             .await
             .unwrap_or_else(|e| panic!("{}: {e} (run scripts/install-tools)", name(&app)));
         let template = catalog
-            .get(&running.manifest.template)
+            .get(
+                running
+                    .plan
+                    .template
+                    .as_deref()
+                    .expect("the sample names its template"),
+            )
             .expect("the app's template is in the catalog");
         let out = dynamic::probe(
             &running.base_url,
             template,
             Some(&app),
-            &running.manifest.run.health,
+            running.plan.recipe.health.as_deref().unwrap_or("/health"),
         )
         .await;
         running.ensure_alive().expect("the app survived the probes");

@@ -76,7 +76,7 @@ async fn a_generated_app_is_scaffolded_recorded_and_really_runs() {
         ]
     );
     let manifest = load_manifest(&app).unwrap();
-    assert_eq!(manifest.template, "todo-api");
+    assert_eq!(manifest.template.as_deref(), Some("todo-api"));
     let sent = &llm.requests()[0];
     assert_eq!(sent["seed"], 42);
     let prompt = sent["messages"][1]["content"].as_str().unwrap();
@@ -128,7 +128,10 @@ async fn a_model_name_from_the_provider_cannot_write_the_run_recipe() {
         manifest.model.as_deref(),
         Some(served_model(hostile).as_str())
     );
-    assert_eq!(manifest.run.command, vec!["python3", "backend/app.py"]);
+    assert_eq!(
+        manifest.run.unwrap().command,
+        vec!["python3", "backend/app.py"]
+    );
 }
 
 #[tokio::test]

@@ -25,16 +25,20 @@ pub enum AppError {
         command: String,
         source: std::io::Error,
     },
-    #[error("the app exited with {status} before it was healthy; last log lines:\n{log_tail}")]
+    #[error("the app exited with {status} before it answered; last log lines:\n{log_tail}")]
     Crashed { status: String, log_tail: String },
     #[error(
-        "the app did not answer {url} with 2xx within {seconds} s; last log lines:\n{log_tail}"
+        "the app did not answer {url} {wanted} within {seconds} s; last log lines:\n{log_tail}"
     )]
     Unhealthy {
         url: String,
+        /// What counted as an answer: "with 2xx" (a recipe's own health path) or "at all".
+        wanted: &'static str,
         seconds: u64,
         log_tail: String,
     },
+    #[error("{0}")]
+    NoEntry(#[from] crate::analysis::recipe::NoEntry),
     #[error("this worker cannot run Docker Compose apps: {0} (install Docker with the compose plugin, or run the app with run.command)")]
     ComposeUnavailable(String),
     #[error(
@@ -50,23 +54,82 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// Whether another attempt may succeed: a crash or a slow start is the app's or the
-    /// machine's trouble of the moment; a broken manifest is not.
+    /// Whether another attempt may succeed: the machine's trouble of the moment (no port,
+    /// no sandbox, a file that could not be written) is; a broken manifest is not, and
+    /// neither is the app's own failure ([`AppError::is_model_failure`]).
     pub fn is_retryable(&self) -> bool {
-        !matches!(
+        !self.is_model_failure()
+            && !matches!(
+                self,
+                AppError::Manifest { .. }
+                    | AppError::ComposeUnavailable(_)
+                    | AppError::ComposeRefused
+            )
+    }
+
+    /// The app's own failure, which is the model's result: it exited before answering, it
+    /// never answered, or there is nothing in it that starts. An analyzer records these as
+    /// results; they are never retried, open no breaker and quarantine no worker.
+    pub fn is_model_failure(&self) -> bool {
+        matches!(
             self,
-            AppError::Manifest { .. } | AppError::ComposeUnavailable(_) | AppError::ComposeRefused
+            AppError::Crashed { .. } | AppError::Unhealthy { .. } | AppError::NoEntry(_)
         )
+    }
+
+    /// The stable name of what went wrong with the app, for results and findings.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            AppError::Crashed { .. } => "does_not_start",
+            AppError::Unhealthy { .. } => "never_answers",
+            AppError::NoEntry(_) => "no_entry_point",
+            _ => "not_started",
+        }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `assay-app.toml`: every part optional. An app without one, or without its `[run]`,
+/// is started by a recipe [`crate::analysis::recipe`] infers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AppManifest {
-    pub template: String,
+    #[serde(default)]
+    pub template: Option<String>,
     #[serde(default)]
     pub model: Option<String>,
-    pub run: RunRecipe,
+    #[serde(default)]
+    pub run: Option<RunRecipe>,
+}
+
+/// How an app will be started, and where that came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppPlan {
+    pub template: Option<String>,
+    pub model: Option<String>,
+    pub recipe: RunRecipe,
+    /// `None` for a recipe written in the manifest; else what the inference read.
+    pub inferred: Option<InferredFrom>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InferredFrom {
+    pub runtime: &'static str,
+    pub framework: &'static str,
+    pub because: Vec<String>,
+}
+
+impl AppPlan {
+    /// What a result records about how its app was started.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source": if self.inferred.is_some() { "inferred" } else { "manifest" },
+            "command": self.recipe.command,
+            "compose": self.recipe.compose,
+            "workdir": self.recipe.workdir,
+            "health": self.recipe.health,
+            "inferred": self.inferred,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -79,10 +142,15 @@ pub struct RunRecipe {
     /// app on `${PORT}` (the variable named by `port_env`), e.g. `ports: ["${PORT}:5000"]`.
     #[serde(default)]
     pub compose: Option<String>,
+    /// The folder (inside the app) the command runs in; default: the app's root.
+    #[serde(default)]
+    pub workdir: String,
     #[serde(default = "default_port_env")]
     pub port_env: String,
-    #[serde(default = "default_health")]
-    pub health: String,
+    /// A path that answers 2xx once the app is up. Without one, the app is up once
+    /// `/health` answers anything at all (a 404 or a 500 is an answer).
+    #[serde(default)]
+    pub health: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// How long the app may take to answer its health endpoint.
@@ -96,9 +164,8 @@ pub struct RunRecipe {
 fn default_port_env() -> String {
     "PORT".into()
 }
-fn default_health() -> String {
-    "/health".into()
-}
+/// Asked when a recipe names no health path; any answer means "up".
+pub const DEFAULT_HEALTH: &str = "/health";
 fn default_startup() -> String {
     "30s".into()
 }
@@ -109,18 +176,64 @@ fn default_memory() -> u64 {
 /// The most address space a sandboxed app's process may ask for, in MiB.
 pub const MAX_MEMORY_MB: u64 = 16 * 1024;
 
+/// The app's `assay-app.toml`, or an empty one when it has none.
 pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
     let path = app_dir.join(MANIFEST);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(AppManifest::default());
+    }
     // Never through a link: a recipe linked to `/etc/shadow` would quote it in the error.
     let text = read_no_follow(&path).map_err(|e| AppError::Manifest {
         path: path.clone(),
-        message: format!("cannot read the run recipe: {e} (every app folder needs an {MANIFEST}, a regular file)"),
+        message: format!("cannot read the run recipe: {e} ({MANIFEST} must be a regular file)"),
     })?;
     let manifest: AppManifest = toml::from_str(&text).map_err(|e| AppError::Manifest {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    match (&manifest.run.compose, manifest.run.command.is_empty()) {
+    if let Some(recipe) = &manifest.run {
+        check_recipe(app_dir, &path, recipe)?;
+    }
+    Ok(manifest)
+}
+
+/// How the app at `app_dir` starts: its manifest's recipe, or one inferred from its files.
+/// Nothing to start is the app's own failure ([`AppError::NoEntry`]).
+pub fn plan(app_dir: &Path) -> Result<AppPlan, AppError> {
+    let manifest = load_manifest(app_dir)?;
+    let (recipe, inferred) = match manifest.run {
+        Some(recipe) => (recipe, None),
+        None => {
+            let found = crate::analysis::recipe::infer(app_dir)?;
+            let recipe = RunRecipe {
+                command: found.command,
+                compose: None,
+                workdir: found.workdir,
+                port_env: default_port_env(),
+                health: None,
+                env: found.env.into_iter().collect(),
+                startup_timeout: default_startup(),
+                memory_mb: default_memory(),
+            };
+            let from = InferredFrom {
+                runtime: found.runtime,
+                framework: found.framework,
+                because: found.because,
+            };
+            (recipe, Some(from))
+        }
+    };
+    Ok(AppPlan {
+        template: manifest.template,
+        model: manifest.model,
+        recipe,
+        inferred,
+    })
+}
+
+fn check_recipe(app_dir: &Path, path: &Path, recipe: &RunRecipe) -> Result<(), AppError> {
+    let path = path.to_path_buf();
+    match (&recipe.compose, recipe.command.is_empty()) {
         (Some(_), false) => {
             return Err(AppError::Manifest {
                 path,
@@ -141,7 +254,15 @@ pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
         }
         _ => {}
     }
-    let recipe = &manifest.run;
+    if !crate::analysis::recipe::is_inside(&recipe.workdir) {
+        return Err(AppError::Manifest {
+            path,
+            message: format!(
+                "run.workdir = `{}` must be a folder inside the app (relative, no `..`)",
+                recipe.workdir
+            ),
+        });
+    }
     if let Some(bad) = recipe
         .env
         .keys()
@@ -161,25 +282,28 @@ pub fn load_manifest(app_dir: &Path) -> Result<AppManifest, AppError> {
             message: "run.command's program may not contain `=`".into(),
         });
     }
-    if !manifest.run.health.starts_with('/') {
+    if let Some(health) = recipe.health.as_deref().filter(|h| !h.starts_with('/')) {
         return Err(AppError::Manifest {
             path,
-            message: format!(
-                "run.health = `{}` must be a path starting with `/`",
-                manifest.run.health
-            ),
+            message: format!("run.health = `{health}` must be a path starting with `/`"),
         });
     }
-    if humantime::parse_duration(&manifest.run.startup_timeout).is_err() {
+    if humantime::parse_duration(&recipe.startup_timeout).is_err() {
         return Err(AppError::Manifest {
             path,
             message: format!(
                 "run.startup_timeout = `{}` is not a duration such as \"30s\"",
-                manifest.run.startup_timeout
+                recipe.startup_timeout
             ),
         });
     }
-    Ok(manifest)
+    Ok(())
+}
+
+/// `${PORT}` (the recipe's `port_env`) in a command's arguments or an env value is the
+/// allocated port: runners like uvicorn take the port only as an argument.
+fn with_port(text: &str, port_env: &str, port: u16) -> String {
+    text.replace(&format!("${{{port_env}}}"), &port.to_string())
 }
 
 /// A regular file's text, opened without following a link at its last component.
@@ -328,7 +452,9 @@ pub struct RunningApp {
     pub dir: PathBuf,
     pub base_url: String,
     pub log: PathBuf,
-    pub manifest: AppManifest,
+    pub plan: AppPlan,
+    /// What answered when the app came up: `GET /health → 404`, say.
+    pub health: String,
     process: Process,
     /// Set when the pool killed the app for running past its wall-time limit.
     expired: std::sync::atomic::AtomicBool,
@@ -400,19 +526,39 @@ fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// Copy an app folder (regular files and folders; links as links) for one instance to
+/// write into.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
+        }
+    }
+    Ok(())
+}
+
 impl RunningApp {
-    /// Start the app and wait until its health endpoint answers 2xx.
+    /// Start the app and wait until it answers: its recipe's health path with 2xx, or
+    /// without one any HTTP answer at all to [`DEFAULT_HEALTH`].
     pub async fn start(
         dir: &Path,
         ports: &PortAllocator,
         log: &Path,
     ) -> Result<RunningApp, AppError> {
-        let manifest = load_manifest(dir)?;
+        let plan = plan(dir)?;
         let sandboxed = crate::sandbox::enabled();
         if sandboxed {
             // The model's fault, whatever this machine can do: said before the sandbox is
             // checked.
-            if manifest.run.compose.is_some() {
+            if plan.recipe.compose.is_some() {
                 return Err(AppError::ComposeRefused);
             }
             crate::sandbox::check()?;
@@ -420,36 +566,37 @@ impl RunningApp {
         let port = ports.allocate()?;
         let scratch = crate::kinds::scratch_dir()?;
         let log_file = std::fs::File::create(log)?;
-        let recipe = &manifest.run;
+        let recipe = &plan.recipe;
         let (process, sandbox) = match &recipe.compose {
             Some(_) if sandboxed => return Err(AppError::ComposeRefused),
             Some(file) => (
-                Self::start_compose(dir, file, &manifest, port.port, log_file)?,
+                Self::start_compose(dir, file, recipe, port.port, log_file)?,
                 None,
             ),
             None if sandboxed => {
-                let (process, parts) = Self::start_sandboxed(dir, &manifest, port.port, log_file)?;
+                let (process, parts) = Self::start_sandboxed(dir, recipe, port.port, log_file)?;
                 (process, Some(parts))
             }
             None => (
-                Self::start_command(dir, &manifest, port.port, scratch.path(), log_file)?,
+                Self::start_command(dir, recipe, port.port, scratch.path(), log_file)?,
                 None,
             ),
         };
-        let app = RunningApp {
+        let timeout =
+            humantime::parse_duration(&recipe.startup_timeout).unwrap_or(Duration::from_secs(30));
+        let mut app = RunningApp {
             dir: dir.to_path_buf(),
             base_url: format!("http://127.0.0.1:{}", port.port),
             log: log.to_path_buf(),
-            manifest: manifest.clone(),
+            plan,
+            health: String::new(),
             process,
             expired: Default::default(),
             _sandbox: sandbox,
             _port: port,
             _scratch: scratch,
         };
-        let timeout = humantime::parse_duration(&manifest.run.startup_timeout)
-            .unwrap_or(Duration::from_secs(30));
-        app.wait_healthy(timeout).await?;
+        app.health = app.wait_healthy(timeout).await?;
         Ok(app)
     }
 
@@ -458,12 +605,11 @@ impl RunningApp {
     /// own, limits, a capped log.
     fn start_sandboxed(
         dir: &Path,
-        manifest: &AppManifest,
+        recipe: &RunRecipe,
         port: u16,
         log_file: std::fs::File,
     ) -> Result<(Process, SandboxParts), AppError> {
         use crate::sandbox::{self as sb, SandboxLimits};
-        let recipe = &manifest.run;
         let limits = SandboxLimits::default();
         // Held from here: the port lock keeps other Assay processes off it, this keeps
         // everyone else off it.
@@ -495,7 +641,7 @@ impl RunningApp {
         let mut env: BTreeMap<String, std::ffi::OsString> =
             inherited(APP_ENV_ALLOWED).into_iter().collect();
         for (k, v) in &recipe.env {
-            env.insert(k.clone(), v.into());
+            env.insert(k.clone(), with_port(v, &recipe.port_env, port).into());
         }
         for (k, v) in [
             ("HOME", "/tmp"),
@@ -517,7 +663,12 @@ impl RunningApp {
         );
         let mut cmd = SupervisedCommand::new(&tools.bwrap);
         // The supervisor and bwrap are root: they get nothing of the recipe.
-        cmd.args(jail.bwrap_args(tools, &env, &recipe.command))
+        let command: Vec<String> = recipe
+            .command
+            .iter()
+            .map(|a| with_port(a, &recipe.port_env, port))
+            .collect();
+        cmd.args(jail.bwrap_args(tools, &env, &recipe.workdir, &command))
             .env_clear()
             .env("PATH", sb::SANDBOX_PATH)
             .stdout(write.try_clone()?)
@@ -555,21 +706,34 @@ impl RunningApp {
     /// (`--no-sandbox`: apps you trust only).
     fn start_command(
         dir: &Path,
-        manifest: &AppManifest,
+        recipe: &RunRecipe,
         port: u16,
         scratch: &Path,
         log_file: std::fs::File,
     ) -> Result<Process, AppError> {
-        let recipe = &manifest.run;
         let memory = recipe.memory_mb.saturating_mul(1024 * 1024);
+        // The app writes next to its code (a SQLite file, `instance/`): into a copy of
+        // its own, never into the folder the analyzers read.
+        let copy = scratch.join("app");
+        copy_tree(dir, &copy)?;
+        let args: Vec<String> = recipe
+            .command
+            .iter()
+            .map(|a| with_port(a, &recipe.port_env, port))
+            .collect();
         // Under a supervisor: the app and everything it starts die with this worker.
-        let mut cmd = SupervisedCommand::new(&recipe.command[0]);
-        cmd.args(&recipe.command[1..])
-            .current_dir(dir)
+        let mut cmd = SupervisedCommand::new(&args[0]);
+        cmd.args(&args[1..])
+            .current_dir(copy.join(&recipe.workdir))
             .env_clear()
             .envs(inherited(APP_ENV_ALLOWED))
             .env("HOME", scratch)
-            .envs(&recipe.env)
+            .envs(
+                recipe
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), with_port(v, &recipe.port_env, port))),
+            )
             .env(&recipe.port_env, port.to_string())
             // Each instance gets its own temporary files (databases included), so two
             // instances of one app never share state.
@@ -594,7 +758,7 @@ impl RunningApp {
     fn start_compose(
         dir: &Path,
         file: &str,
-        manifest: &AppManifest,
+        recipe: &RunRecipe,
         port: u16,
         mut log_file: std::fs::File,
     ) -> Result<Process, AppError> {
@@ -618,13 +782,12 @@ impl RunningApp {
         }
         let project = format!("assay-{port}");
         let file = dir.join(file);
-        let mut env: Vec<(String, String)> = manifest
-            .run
+        let mut env: Vec<(String, String)> = recipe
             .env
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        env.push((manifest.run.port_env.clone(), port.to_string()));
+        env.push((recipe.port_env.clone(), port.to_string()));
         let out = docker(
             &compose_args(&project, &file, &["up", "--detach", "--build"]),
             &env,
@@ -655,10 +818,19 @@ impl RunningApp {
         Ok(Process::Compose { project, file, env })
     }
 
-    async fn wait_healthy(&self, timeout: Duration) -> Result<(), AppError> {
-        let url = format!("{}{}", self.base_url, self.manifest.run.health);
+    /// Wait until the app answers; say what answered. A recipe's own health path must
+    /// answer 2xx; otherwise any HTTP answer to [`DEFAULT_HEALTH`] means the app is up (an
+    /// app the model wrote without `/health` answers 404, and one that fails on it 500:
+    /// both are running, and what they answer is the analyzers' business).
+    async fn wait_healthy(&self, timeout: Duration) -> Result<String, AppError> {
+        let (path, strict) = match &self.plan.recipe.health {
+            Some(path) => (path.as_str(), true),
+            None => (DEFAULT_HEALTH, false),
+        };
+        let url = format!("{}{path}", self.base_url);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client builds");
         let started = Instant::now();
@@ -670,13 +842,15 @@ impl RunningApp {
                 });
             }
             if let Ok(resp) = client.get(&url).send().await {
-                if resp.status().is_success() {
-                    return Ok(());
+                let status = resp.status();
+                if status.is_success() || !strict {
+                    return Ok(format!("GET {path} → {}", status.as_u16()));
                 }
             }
             if started.elapsed() > timeout {
                 return Err(AppError::Unhealthy {
                     url,
+                    wanted: if strict { "with 2xx" } else { "at all" },
                     seconds: timeout.as_secs(),
                     log_tail: log_tail(&self.log, 20),
                 });
@@ -929,8 +1103,17 @@ mod tests {
     #[test]
     fn manifests_are_validated_with_the_file_named() {
         let dir = tempfile::tempdir().unwrap();
-        let err = load_manifest(dir.path()).unwrap_err().to_string();
-        assert!(err.contains(MANIFEST), "{err}");
+        // None at all: an empty one (the recipe will be inferred).
+        assert_eq!(load_manifest(dir.path()).unwrap(), AppManifest::default());
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            "template = \"x\"\n[run]\ncommand = [\"a\"]\nworkdir = \"../up\"\n",
+        )
+        .unwrap();
+        assert!(load_manifest(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("inside the app"));
         std::fs::write(
             dir.path().join(MANIFEST),
             "template = \"x\"\n[run]\ncommand = []\n",
@@ -986,7 +1169,12 @@ mod tests {
             .contains("not a file"));
         std::fs::write(dir.path().join("compose.yml"), "services: {}\n").unwrap();
         assert_eq!(
-            load_manifest(dir.path()).unwrap().run.compose.as_deref(),
+            load_manifest(dir.path())
+                .unwrap()
+                .run
+                .unwrap()
+                .compose
+                .as_deref(),
             Some("compose.yml")
         );
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod dynamic;
 pub mod finding;
 pub mod judge;
 pub mod loadgen;
+pub mod recipe;
 pub mod sarif;
 pub mod snapshot;
 pub mod static_tools;

@@ -1,16 +1,24 @@
-//! The `dynamic` and `ai` kinds: analyzers that need the app's template, and (dynamic)
-//! the app running. Apps come from the worker's [`AppPool`]: one instance per app folder,
-//! started on first use, health-gated, and stopped when the last job holding it ends. An
-//! app that crashes is an infrastructure failure (retryable), never "no findings".
+//! The `dynamic`, `performance` and `ai` kinds: analyzers that need the app running (and
+//! its template, where it has one). Apps come from the worker's [`AppPool`]: one instance
+//! per app folder, started on first use, and stopped when the last job holding it ends.
 //!
-//! Params: `app` (folder), optional `templates` (a catalog folder; default: the built-in
+//! An app that does not start, never answers, crashes while it is probed or loaded, or has
+//! nothing to start is **the model's result**, not a fault: the job completes with that
+//! outcome (`app_outcome`) and a finding saying so (see `docs/findings.md`), and is never
+//! retried, so it opens no breaker and quarantines no worker. The machine's troubles (no
+//! port, no sandbox, a file not written) stay retryable failures.
+//!
+//! Params: `app` (folder), optional `template` (a catalog name, overriding the app's
+//! `assay-app.toml`), optional `templates` (a catalog folder; default: the built-in
 //! catalog). Results follow the static kind's shape: `{app, analyzer, tools, findings,
-//! summary}`, plus `judge` for `ai`.
+//! summary}`, plus `run` (how the app was started), `coverage`, and `judge` for `ai`.
 
 use super::{JobContext, JobOutput};
-use crate::analysis::apps::{load_manifest, AppError, AppPool, MANIFEST};
+use crate::analysis::apps::{AppError, AppPlan, AppPool};
 use crate::analysis::catalog::{self, Template};
-use crate::analysis::finding::{merge, summarize};
+use crate::analysis::finding::{
+    merge, summarize, Finding, Location, Severity, ToolRun, ToolStatus,
+};
 use crate::analysis::{dynamic, judge, sarif};
 use crate::domain::Failure;
 use serde::Deserialize;
@@ -21,6 +29,8 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 struct AppParams {
     app: PathBuf,
+    #[serde(default)]
+    template: Option<String>,
     #[serde(default)]
     templates: Option<PathBuf>,
     /// `false` bypasses the analysis cache for this stage.
@@ -41,6 +51,7 @@ pub fn validate_ai(params: &Value) -> Result<(), String> {
     parse("ai", params).map(|_| ())
 }
 
+/// A failure to start that is not the app's own (those are results: [`app_outcome`]).
 fn app_failure(e: AppError) -> Failure {
     let code = match &e {
         AppError::Crashed { .. } => "app_crashed",
@@ -58,31 +69,166 @@ fn app_failure(e: AppError) -> Failure {
     }
 }
 
-/// The app folder, its run recipe's template, and that template from the catalog.
-fn prepare(kind: &str, ctx: &JobContext) -> Result<(PathBuf, Template), Failure> {
+/// What an analysis of one app works from: the folder, how it starts (or why nothing in
+/// it does), and its template (or why it has none).
+struct Target {
+    app: PathBuf,
+    plan: Result<AppPlan, AppError>,
+    template: Result<Template, String>,
+}
+
+impl Target {
+    fn template_name(&self) -> Option<&str> {
+        self.template.as_ref().ok().map(|t| t.name.as_str())
+    }
+}
+
+fn prepare(kind: &str, ctx: &JobContext) -> Result<Target, Failure> {
     let p = parse(kind, &ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
     resolve(p)
 }
 
-fn resolve(p: AppParams) -> Result<(PathBuf, Template), Failure> {
+fn resolve(p: AppParams) -> Result<Target, Failure> {
     let app = super::app_folder(&p.app)?;
-    let manifest = load_manifest(&app).map_err(app_failure)?;
+    let plan = match crate::analysis::apps::plan(&app) {
+        Err(e) if !e.is_model_failure() => return Err(app_failure(e)),
+        plan => plan,
+    };
     let catalog = catalog::with_user_dir(p.templates.as_deref())
         .map_err(|e| Failure::permanent("bad_catalog", e.to_string()))?;
     let dir = p.templates.clone().unwrap_or_else(catalog::builtin_dir);
-    let template = catalog.get(&manifest.template).cloned().ok_or_else(|| {
-        Failure::permanent(
-            "unknown_template",
+    let named = p
+        .template
+        .clone()
+        .filter(|t| !t.is_empty())
+        .or_else(|| plan.as_ref().ok().and_then(|plan| plan.template.clone()));
+    let template = match named {
+        None => Err("no template: neither the job nor the app's assay-app.toml names one".into()),
+        Some(name) => catalog.get(&name).cloned().ok_or_else(|| {
             format!(
-                "{}/{MANIFEST} names template `{}`, which is not in {} (known: {})",
-                app.display(),
-                manifest.template,
+                "template `{name}` is not in {} (known: {})",
                 dir.display(),
                 catalog.names().collect::<Vec<_>>().join(", ")
-            ),
-        )
-    })?;
-    Ok((app, template))
+            )
+        }),
+    };
+    Ok(Target {
+        app,
+        plan,
+        template,
+    })
+}
+
+/// One part of what an analyzer set out to do, done or not, and why not.
+fn part(name: &str, done: Result<(), String>) -> Value {
+    match done {
+        Ok(()) => json!({"part": name, "done": true}),
+        Err(why) => json!({"part": name, "done": false, "why": why}),
+    }
+}
+
+/// The finding an app's own failure to run is recorded as. High: an app that does not run
+/// delivers none of what it was asked for (`docs/findings.md`).
+fn app_outcome_finding(analyzer: &str, outcome: &str, message: &str) -> Finding {
+    let rule = format!("app/{}", outcome.replace('_', "-"));
+    Finding::new(
+        analyzer,
+        "assay-app",
+        &rule,
+        None,
+        Severity::High,
+        outcome,
+        message,
+        Location {
+            path: ".".into(),
+            line: None,
+            column: None,
+            end_line: None,
+        },
+    )
+}
+
+/// The completed result of an analysis whose app failed on its own: the model's result.
+fn app_outcome(
+    ctx: &JobContext,
+    analyzer: &str,
+    target: &Target,
+    error: &AppError,
+    outcome: &str,
+    not_done: &[&str],
+) -> JobOutput {
+    let message = error.to_string();
+    let findings = vec![app_outcome_finding(analyzer, outcome, &message)];
+    let runs = vec![ToolRun {
+        tool: "assay-app".into(),
+        status: ToolStatus::Error,
+        version: Some(env!("CARGO_PKG_VERSION").into()),
+        duration_ms: 0,
+        findings: 1,
+        detail: Some(message.lines().next().unwrap_or_default().to_string()),
+        raw_output: None,
+    }];
+    let _ = write_sarif(ctx, &format!("{analyzer}.sarif"), &findings, &runs);
+    let why = format!("the app {}", outcome.replace('_', " "));
+    let coverage: Vec<Value> = not_done.iter().map(|p| part(p, Err(why.clone()))).collect();
+    JobOutput {
+        result: json!({
+            "app": ctx.shown_app(&target.app),
+            "analyzer": analyzer,
+            "template": target.template_name(),
+            "status": format!("app {}", outcome.replace('_', " ")),
+            "app_outcome": outcome,
+            "run": target.plan.as_ref().ok().map(AppPlan::describe),
+            "summary": summarize(&findings),
+            "tools": runs,
+            "findings": findings,
+            "coverage": coverage,
+        }),
+    }
+}
+
+/// Start (or join) the app; `Ok(Err(output))` when the app failed on its own.
+async fn start_app(
+    ctx: &JobContext,
+    analyzer: &str,
+    target: &Target,
+    not_done: &[&str],
+) -> Result<Result<crate::analysis::apps::AppLease, JobOutput>, Failure> {
+    if let Err(e) = &target.plan {
+        return Ok(Err(app_outcome(
+            ctx,
+            analyzer,
+            target,
+            e,
+            e.outcome(),
+            not_done,
+        )));
+    }
+    ctx.step(
+        "starting the app",
+        None,
+        Some(target.app.display().to_string()),
+    );
+    let log = pooled_log(&target.app);
+    let started = tokio::select! {
+        r = AppPool::global().acquire(&target.app, &log) => r,
+        _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while starting the app")),
+    };
+    match started {
+        Ok(lease) => Ok(Ok(lease)),
+        Err(e) if e.is_model_failure() => {
+            let _ = std::fs::copy(&log, ctx.output_dir.join("app.log"));
+            Ok(Err(app_outcome(
+                ctx,
+                analyzer,
+                target,
+                &e,
+                e.outcome(),
+                not_done,
+            )))
+        }
+        Err(e) => Err(app_failure(e)),
+    }
 }
 
 /// Where a pooled app writes its log: outside any one job's folder, because the app may
@@ -95,22 +241,50 @@ fn pooled_log(app: &Path) -> PathBuf {
     dir.join(format!("{digest}-{}.log", std::process::id()))
 }
 
+const DYNAMIC_PARTS: &[&str] = &["functional checks", "security probes"];
+
 pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
-    let (app, template) = prepare("dynamic", ctx)?;
-    ctx.step("starting the app", None, Some(app.display().to_string()));
-    let log = pooled_log(&app);
-    let running = tokio::select! {
-        r = AppPool::global().acquire(&app, &log) => r.map_err(app_failure)?,
-        _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while starting the app")),
+    let target = prepare("dynamic", ctx)?;
+    let template = match &target.template {
+        Ok(t) => t.clone(),
+        Err(why) => {
+            // Route discovery for apps without a template is not built yet: said, counted.
+            return Ok(not_analyzed(ctx, "dynamic", &target, DYNAMIC_PARTS, why));
+        }
     };
+    let running = match start_app(ctx, "dynamic", &target, DYNAMIC_PARTS).await? {
+        Ok(running) => running,
+        Err(output) => return Ok(output),
+    };
+    let app = target.app.clone();
     ctx.step("probing", Some(10.0), Some(running.base_url.clone()));
+    let health = running
+        .plan
+        .recipe
+        .health
+        .clone()
+        .unwrap_or_else(|| crate::analysis::apps::DEFAULT_HEALTH.into());
     let outcome = tokio::select! {
-        o = dynamic::probe(&running.base_url, &template, Some(&app), &running.manifest.run.health) => o,
+        o = dynamic::probe(&running.base_url, &template, Some(&app), &health) => o,
         _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while probing")),
     };
     let _ = std::fs::copy(&running.log, ctx.output_dir.join("app.log"));
-    // A dead app answers nothing: that is a failed analysis, not a clean one.
-    running.ensure_alive().map_err(app_failure)?;
+    // A dead app answers nothing: never a clean result. The probes killed it: that is
+    // what the model's app does with such requests.
+    if let Err(e) = running.ensure_alive() {
+        let mut output = app_outcome(ctx, "dynamic", &target, &e, "crashed_under_probes", &[]);
+        let mut findings = outcome.findings;
+        findings.push(app_outcome_finding(
+            "dynamic",
+            "crashed_under_probes",
+            &e.to_string(),
+        ));
+        let findings = merge(findings);
+        output.result["findings"] = json!(findings);
+        output.result["summary"] = json!(summarize(&findings));
+        output.result["requests"] = json!(outcome.requests);
+        return Ok(output);
+    }
     let findings = merge(outcome.findings);
     write_sarif(ctx, "dynamic.sarif", &findings, &outcome.runs)?;
     ctx.step(
@@ -128,11 +302,48 @@ pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "analyzer": dynamic::ANALYZER,
             "template": template.name,
             "requests": outcome.requests,
+            "app_outcome": "started",
+            "run": running.plan.describe(),
+            "health": running.health,
             "summary": summarize(&findings),
             "tools": outcome.runs,
             "findings": findings,
+            "coverage": DYNAMIC_PARTS.iter().map(|p| part(p, Ok(()))).collect::<Vec<_>>(),
         }),
     })
+}
+
+/// A completed result that says what could not be done and why (no template, say): the
+/// app counts as not analyzed by this analyzer, never as clean.
+fn not_analyzed(
+    ctx: &JobContext,
+    analyzer: &str,
+    target: &Target,
+    parts: &[&str],
+    why: &str,
+) -> JobOutput {
+    let runs = vec![ToolRun {
+        tool: format!("assay-{analyzer}"),
+        status: ToolStatus::Skipped,
+        version: Some(env!("CARGO_PKG_VERSION").into()),
+        duration_ms: 0,
+        findings: 0,
+        detail: Some(why.to_string()),
+        raw_output: None,
+    }];
+    JobOutput {
+        result: json!({
+            "app": ctx.shown_app(&target.app),
+            "analyzer": analyzer,
+            "template": target.template_name(),
+            "status": format!("not analyzed: {why}"),
+            "run": target.plan.as_ref().ok().map(AppPlan::describe),
+            "summary": summarize(&[]),
+            "tools": runs,
+            "findings": [],
+            "coverage": parts.iter().map(|p| part(p, Err(why.to_string()))).collect::<Vec<_>>(),
+        }),
+    }
 }
 
 fn write_sarif(
@@ -150,7 +361,12 @@ fn write_sarif(
 }
 
 pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
-    let (app, template) = prepare("ai", ctx)?;
+    let target = prepare("ai", ctx)?;
+    let template = match &target.template {
+        Ok(t) => t.clone(),
+        Err(why) => return Ok(not_analyzed(ctx, "ai", &target, &["judge"], why)),
+    };
+    let app = target.app.clone();
     let report = match judge::JudgeConfig::from_env() {
         None => judge::skipped_report(judge::NO_ENDPOINT),
         Some(config) => {
@@ -219,6 +435,8 @@ pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
 struct PerformanceParams {
     app: PathBuf,
     #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
     templates: Option<PathBuf>,
     /// Closed loop: this many users, each on its own connection (default 8).
     #[serde(default)]
@@ -277,6 +495,7 @@ fn parse_performance(params: &Value) -> Result<(AppParams, Load), String> {
     Ok((
         AppParams {
             app: p.app,
+            template: p.template,
             templates: p.templates,
             cache: p.cache,
         },
@@ -293,13 +512,24 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
     use crate::analysis::loadgen::{run_load, EndpointLoad, LoadConfig, LoadMode};
     let (target, load) =
         parse_performance(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
-    let (app, template) = resolve(target)?;
-    let log = pooled_log(&app);
-    ctx.step("starting the app", None, Some(app.display().to_string()));
-    let running = tokio::select! {
-        r = AppPool::global().acquire(&app, &log) => r.map_err(app_failure)?,
-        _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while starting the app")),
+    let target = resolve(target)?;
+    let template = match &target.template {
+        Ok(t) => t.clone(),
+        Err(why) => {
+            return Ok(not_analyzed(
+                ctx,
+                "performance",
+                &target,
+                &["load test"],
+                why,
+            ))
+        }
     };
+    let running = match start_app(ctx, "performance", &target, &["load test"]).await? {
+        Ok(running) => running,
+        Err(output) => return Ok(output),
+    };
+    let app = target.app.clone();
     // Create what the read endpoints need (a link to redirect, a todo to fetch), the way
     // the dynamic analyzer does, then load every public GET endpoint.
     let client = reqwest::Client::builder()
@@ -374,7 +604,17 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         .await
         .map_err(|e| Failure::retryable("load_failed", e.to_string()))?;
     let _ = std::fs::copy(&running.log, ctx.output_dir.join("app.log"));
-    running.ensure_alive().map_err(app_failure)?;
+    if let Err(e) = running.ensure_alive() {
+        // The load killed it: a result about the app.
+        return Ok(app_outcome(
+            ctx,
+            "performance",
+            &target,
+            &e,
+            "crashed_under_load",
+            &["load test"],
+        ));
+    }
     let mut findings = Vec::new();
     for ep in &report.endpoints {
         let shown = template_paths
@@ -459,10 +699,14 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "app": ctx.shown_app(&app),
             "analyzer": "performance",
             "template": template.name,
+            "app_outcome": "started",
+            "run": running.plan.describe(),
+            "health": running.health,
             "summary": summarize(&findings),
             "tools": runs,
             "findings": findings,
             "performance": perf,
+            "coverage": [part("load test", Ok(()))],
         }),
     })
 }
