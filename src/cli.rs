@@ -273,6 +273,43 @@ enum Command {
         #[arg(long, env = "ASSAY_PROVIDERS")]
         providers: Option<PathBuf>,
     },
+    /// Analyze a tree of apps someone else made (a folder per app, e.g. one per model
+    /// and template): discover them, start each as it is, run the analyzers and follow
+    /// the pipeline, as `assay run` does (resume, dashboard, progress).
+    Analyze {
+        /// The folder that holds the apps.
+        dir: PathBuf,
+        /// Which folder levels name what, below DIR: `{model}`, `{template}`, `{app}` or
+        /// `*` (a name that is neither), or a literal folder name.
+        #[arg(long, default_value = "{model}/{template}")]
+        layout: String,
+        /// The analyzers to run (comma-separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "static,dynamic,performance,ai"
+        )]
+        analyzers: Vec<String>,
+        /// Print the spec that would run, and stop (to `assay submit` it to a server).
+        #[arg(long)]
+        print_spec: bool,
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long)]
+        plain: bool,
+        #[arg(long)]
+        no_cache: bool,
+        #[arg(long)]
+        no_sandbox: bool,
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
+    },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
         #[arg(long, default_value = ".assay")]
@@ -664,7 +701,81 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 app_roots,
                 providers,
             };
-            run_embedded(&spec, &data_dir, slots, run).await
+            let req = read_spec(&spec, None)?;
+            // The spec's folder holds the apps a spec of one's own names.
+            let spec_dir = match spec.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            run_embedded(req, spec_dir, &data_dir, slots, run).await
+        }
+        Command::Analyze {
+            dir,
+            layout,
+            analyzers,
+            print_spec,
+            data_dir,
+            workers,
+            listen,
+            fresh,
+            plain,
+            no_cache,
+            no_sandbox,
+            providers,
+        } => {
+            use crate::analysis::discover;
+            let parsed = discover::Layout::parse(&layout)?;
+            let found = discover::discover(&dir, &parsed)?;
+            let text = discover::analysis_spec(&dir, &parsed, &found, &analyzers)
+                .map_err(anyhow::Error::msg)?;
+            if print_spec {
+                print!("{text}");
+                return Ok(0);
+            }
+            eprintln!(
+                "{} apps under {} ({}): {} models, {} templates",
+                found.apps.len(),
+                dir.display(),
+                parsed,
+                found
+                    .apps
+                    .iter()
+                    .filter_map(|a| a.model.as_ref())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+                found
+                    .apps
+                    .iter()
+                    .filter_map(|a| a.template.as_ref())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len(),
+            );
+            for (path, why) in found.passed_over.iter().take(20) {
+                eprintln!("  passed over {}: {why}", dir.join(path).display());
+            }
+            if no_cache {
+                crate::kinds::cache::disable();
+            }
+            if no_sandbox {
+                crate::sandbox::disable();
+            }
+            let file_name = format!("assay analyze {}", dir.display());
+            let spec = crate::spec::parse(&file_name, &text)?;
+            spec.plan()
+                .map_err(|e| anyhow::anyhow!("{file_name}: {e}"))?;
+            let req = SubmitRequest {
+                spec: text,
+                file_name: Some(file_name),
+                idempotency_key: None,
+            };
+            let run = RunOptions {
+                listen,
+                fresh,
+                plain,
+                app_roots: vec![dir.clone()],
+                providers: load_providers(providers.as_deref())?,
+            };
+            run_embedded(req, dir, &data_dir, (workers, 1), run).await
         }
         Command::Server {
             data_dir,
@@ -1309,7 +1420,8 @@ struct RunOptions {
 /// a one-time login link instead of a token; tokens made with `assay token create` on the
 /// data directory work too (for the CLI while the run goes on).
 async fn run_embedded(
-    spec: &Path,
+    mut req: SubmitRequest,
+    spec_dir: PathBuf,
     data_dir: &Path,
     (workers, generate_workers): (usize, usize),
     run: RunOptions,
@@ -1321,13 +1433,8 @@ async fn run_embedded(
         app_roots,
         providers,
     } = run;
-    let mut req = read_spec(spec, None)?;
     // The spec's folder and the current one hold the apps a spec of one's own names (the
     // examples name `examples/apps/…` from the repository's root).
-    let spec_dir = match spec.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let mut roots = vec![spec_dir, PathBuf::from(".")];
     roots.extend(app_roots);
     // Checked before anything starts: a wrong --app-root is said at once.
@@ -1391,7 +1498,7 @@ async fn run_embedded(
     // needs them: then the run stops now, saying how to get one, instead of waiting forever.
     if crate::sandbox::enabled() {
         if let Err(e) = crate::sandbox::check() {
-            let file = spec.display().to_string();
+            let file = req.file_name.clone().unwrap_or_default();
             let starts_apps = crate::spec::parse(&file, &req.spec).is_ok_and(|s| {
                 s.stages
                     .iter()

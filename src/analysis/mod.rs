@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod catalog;
 pub mod confine;
+pub mod discover;
 pub mod dynamic;
 pub mod finding;
 pub mod judge;

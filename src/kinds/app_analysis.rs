@@ -245,16 +245,20 @@ const DYNAMIC_PARTS: &[&str] = &["functional checks", "security probes"];
 
 pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let target = prepare("dynamic", ctx)?;
+    // Started first, template or not: whether the app runs at all is its first result.
+    let running = match start_app(ctx, "dynamic", &target, DYNAMIC_PARTS).await? {
+        Ok(running) => running,
+        Err(output) => return Ok(output),
+    };
     let template = match &target.template {
         Ok(t) => t.clone(),
         Err(why) => {
             // Route discovery for apps without a template is not built yet: said, counted.
-            return Ok(not_analyzed(ctx, "dynamic", &target, DYNAMIC_PARTS, why));
+            let mut output = not_analyzed(ctx, "dynamic", &target, DYNAMIC_PARTS, why);
+            output.result["app_outcome"] = json!("started");
+            output.result["health"] = json!(running.health);
+            return Ok(output);
         }
-    };
-    let running = match start_app(ctx, "dynamic", &target, DYNAMIC_PARTS).await? {
-        Ok(running) => running,
-        Err(output) => return Ok(output),
     };
     let app = target.app.clone();
     ctx.step("probing", Some(10.0), Some(running.base_url.clone()));
@@ -513,21 +517,18 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
     let (target, load) =
         parse_performance(&ctx.params).map_err(|e| Failure::permanent("bad_params", e))?;
     let target = resolve(target)?;
-    let template = match &target.template {
-        Ok(t) => t.clone(),
-        Err(why) => {
-            return Ok(not_analyzed(
-                ctx,
-                "performance",
-                &target,
-                &["load test"],
-                why,
-            ))
-        }
-    };
     let running = match start_app(ctx, "performance", &target, &["load test"]).await? {
         Ok(running) => running,
         Err(output) => return Ok(output),
+    };
+    let template = match &target.template {
+        Ok(t) => t.clone(),
+        Err(why) => {
+            let mut output = not_analyzed(ctx, "performance", &target, &["load test"], why);
+            output.result["app_outcome"] = json!("started");
+            output.result["health"] = json!(running.health);
+            return Ok(output);
+        }
     };
     let app = target.app.clone();
     // Create what the read endpoints need (a link to redirect, a todo to fetch), the way
