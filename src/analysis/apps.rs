@@ -39,6 +39,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     NoEntry(#[from] crate::analysis::recipe::NoEntry),
+    #[error("{0}")]
+    Env(#[from] crate::analysis::envs::EnvError),
     #[error("this worker cannot run Docker Compose apps: {0} (install Docker with the compose plugin, or run the app with run.command)")]
     ComposeUnavailable(String),
     #[error(
@@ -73,7 +75,10 @@ impl AppError {
     pub fn is_model_failure(&self) -> bool {
         matches!(
             self,
-            AppError::Crashed { .. } | AppError::Unhealthy { .. } | AppError::NoEntry(_)
+            AppError::Crashed { .. }
+                | AppError::Unhealthy { .. }
+                | AppError::NoEntry(_)
+                | AppError::Env(crate::analysis::envs::EnvError::DoesNotInstall { .. })
         )
     }
 
@@ -83,6 +88,9 @@ impl AppError {
             AppError::Crashed { .. } => "does_not_start",
             AppError::Unhealthy { .. } => "never_answers",
             AppError::NoEntry(_) => "no_entry_point",
+            AppError::Env(crate::analysis::envs::EnvError::DoesNotInstall { .. }) => {
+                "does_not_install"
+            }
             _ => "not_started",
         }
     }
@@ -453,6 +461,8 @@ pub struct RunningApp {
     pub base_url: String,
     pub log: PathBuf,
     pub plan: AppPlan,
+    /// The environment built from its requirements, when it has one of its own.
+    pub env: Option<crate::analysis::envs::AppEnv>,
     /// What answered when the app came up: `GET /health → 404`, say.
     pub health: String,
     process: Process,
@@ -479,18 +489,18 @@ impl std::fmt::Debug for RunningApp {
     }
 }
 
-/// The PATH apps run with: `ASSAY_APP_PATH` (where the interpreters with the apps'
-/// dependencies live, e.g. a virtualenv's `bin`; default: the local `.tools/venv/bin`
-/// when present, made absolute) before the worker's own PATH.
-fn app_path() -> std::ffi::OsString {
-    let mut dirs = interpreter_dirs();
+/// The PATH unsandboxed apps run with: the app's interpreters (its own environment's
+/// `bin`, or [`interpreter_dirs`]) before the worker's own PATH.
+fn app_path(interpreters: &[PathBuf]) -> std::ffi::OsString {
+    let mut dirs = interpreters.to_vec();
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
     std::env::join_paths(dirs).unwrap_or_default()
 }
 
-/// `ASSAY_APP_PATH`'s folders, or the local `.tools/venv/bin` when present.
+/// The interpreters apps without an environment of their own share: `ASSAY_APP_PATH`'s
+/// folders (e.g. a virtualenv's `bin`), or the local `.tools/venv/bin` when present.
 fn interpreter_dirs() -> Vec<PathBuf> {
     match std::env::var_os("ASSAY_APP_PATH") {
         Some(p) => std::env::split_paths(&p).collect(),
@@ -554,6 +564,11 @@ impl RunningApp {
         log: &Path,
     ) -> Result<RunningApp, AppError> {
         let plan = plan(dir)?;
+        let env = Self::environment(dir, &plan).await?;
+        let interpreters = match &env {
+            Some(env) => vec![env.bin()],
+            None => interpreter_dirs(),
+        };
         let sandboxed = crate::sandbox::enabled();
         if sandboxed {
             // The model's fault, whatever this machine can do: said before the sandbox is
@@ -574,11 +589,19 @@ impl RunningApp {
                 None,
             ),
             None if sandboxed => {
-                let (process, parts) = Self::start_sandboxed(dir, recipe, port.port, log_file)?;
+                let (process, parts) =
+                    Self::start_sandboxed(dir, recipe, &interpreters, port.port, log_file)?;
                 (process, Some(parts))
             }
             None => (
-                Self::start_command(dir, recipe, port.port, scratch.path(), log_file)?,
+                Self::start_command(
+                    dir,
+                    recipe,
+                    &interpreters,
+                    port.port,
+                    scratch.path(),
+                    log_file,
+                )?,
                 None,
             ),
         };
@@ -589,6 +612,7 @@ impl RunningApp {
             base_url: format!("http://127.0.0.1:{}", port.port),
             log: log.to_path_buf(),
             plan,
+            env,
             health: String::new(),
             process,
             expired: Default::default(),
@@ -600,12 +624,39 @@ impl RunningApp {
         Ok(app)
     }
 
+    /// The environment a Python app runs in: built from its own requirements (or found
+    /// built), unless every app shares `ASSAY_APP_PATH`'s. Apps of other runtimes, and
+    /// Python apps declaring nothing, run with the shared interpreters.
+    async fn environment(
+        dir: &Path,
+        plan: &AppPlan,
+    ) -> Result<Option<crate::analysis::envs::AppEnv>, AppError> {
+        use crate::analysis::envs;
+        let python = match &plan.inferred {
+            Some(from) => from.runtime == "python",
+            None => plan.recipe.command.first().is_some_and(|p| {
+                let base = Path::new(p)
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy();
+                base.starts_with("python")
+                    || ["flask", "uvicorn", "gunicorn", "hypercorn"].contains(&base.as_ref())
+            }),
+        };
+        if !python || !envs::enabled() || plan.recipe.compose.is_some() {
+            return Ok(None);
+        }
+        let reqs = envs::requirements(dir, &plan.recipe.workdir);
+        Ok(Some(envs::prepare(&reqs).await?))
+    }
+
     /// The app in a sandbox (see [`crate::sandbox`]): its own network namespace reached
     /// through a forwarder on `port`, bubblewrap's mount and PID namespaces, a user of its
     /// own, limits, a capped log.
     fn start_sandboxed(
         dir: &Path,
         recipe: &RunRecipe,
+        interpreters: &[PathBuf],
         port: u16,
         log_file: std::fs::File,
     ) -> Result<(Process, SandboxParts), AppError> {
@@ -616,15 +667,14 @@ impl RunningApp {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
         let network = Arc::new(sb::AppNetwork::new()?);
         let etc = crate::kinds::scratch_dir()?;
-        let interpreters = interpreter_dirs();
         let jail = sb::Jail {
             app_dir: dir,
             etc: etc.path(),
             uid: sb::APP_UID_BASE + u32::from(port),
-            read_only: sb::interpreter_mounts(&interpreters),
+            read_only: sb::interpreter_mounts(interpreters),
         };
         jail.prepare()?;
-        let mut path: Vec<PathBuf> = interpreters;
+        let mut path: Vec<PathBuf> = interpreters.to_vec();
         path.extend(std::env::split_paths(sb::SANDBOX_PATH));
         let path = joined_path(recipe, std::env::join_paths(path).unwrap_or_default());
         let (read, write) =
@@ -707,6 +757,7 @@ impl RunningApp {
     fn start_command(
         dir: &Path,
         recipe: &RunRecipe,
+        interpreters: &[PathBuf],
         port: u16,
         scratch: &Path,
         log_file: std::fs::File,
@@ -740,7 +791,7 @@ impl RunningApp {
             .env("TMPDIR", scratch)
             .env("ASSAY_SCRATCH_DIR", scratch)
             .env("PYTHONUNBUFFERED", "1")
-            .env("PATH", joined_path(recipe, app_path()))
+            .env("PATH", joined_path(recipe, app_path(interpreters)))
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
             .address_space_limit(memory)

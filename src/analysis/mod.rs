@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod confine;
 pub mod discover;
 pub mod dynamic;
+pub mod envs;
 pub mod finding;
 pub mod judge;
 pub mod loadgen;

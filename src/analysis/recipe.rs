@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 pub const MAX_READ: u64 = 256 * 1024;
 
 /// Where a backend usually lives, after the app's root.
-const SERVICE_DIRS: &[&str] = &["backend", "server", "api", "src", "app", "web"];
+pub const SERVICE_DIRS: &[&str] = &["backend", "server", "api", "src", "app", "web"];
 /// Entry files, in the order they are tried.
 const PYTHON_ENTRIES: &[&str] = &[
     "app.py",

@@ -60,6 +60,7 @@ fn app_failure(e: AppError) -> Failure {
         AppError::ComposeUnavailable(_) => "compose_unavailable",
         AppError::ComposeRefused => "compose_refused",
         AppError::Sandbox(_) => "sandbox_unavailable",
+        AppError::Env(_) => "env_unavailable",
         _ => "app_start",
     };
     if e.is_retryable() {
@@ -215,7 +216,12 @@ async fn start_app(
         _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while starting the app")),
     };
     match started {
-        Ok(lease) => Ok(Ok(lease)),
+        Ok(lease) => {
+            if let Some(env) = &lease.env {
+                let _ = std::fs::copy(&env.log, ctx.output_dir.join("install.log"));
+            }
+            Ok(Ok(lease))
+        }
         Err(e) if e.is_model_failure() => {
             let _ = std::fs::copy(&log, ctx.output_dir.join("app.log"));
             Ok(Err(app_outcome(
@@ -308,6 +314,7 @@ pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "requests": outcome.requests,
             "app_outcome": "started",
             "run": running.plan.describe(),
+            "install": running.env.as_ref().map(|e| e.describe()),
             "health": running.health,
             "summary": summarize(&findings),
             "tools": outcome.runs,
@@ -702,6 +709,7 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "template": template.name,
             "app_outcome": "started",
             "run": running.plan.describe(),
+            "install": running.env.as_ref().map(|e| e.describe()),
             "health": running.health,
             "summary": summarize(&findings),
             "tools": runs,
