@@ -1015,7 +1015,9 @@ impl Drop for RunningApp {
 /// first `acquire` starts it, the last handle dropped stops it.
 pub struct AppPool {
     ports: PortAllocator,
-    apps: tokio::sync::Mutex<HashMap<PathBuf, Weak<RunningApp>>>,
+    /// A slot per app folder: held across that app's start, so that two jobs for one app
+    /// start it once, while other apps start beside it.
+    apps: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<Weak<RunningApp>>>>>,
     linger: Duration,
     max_lifetime: Duration,
 }
@@ -1084,13 +1086,21 @@ impl AppPool {
 
     pub async fn acquire(&self, dir: &Path, log: &Path) -> Result<AppLease, AppError> {
         let dir = std::path::absolute(dir)?;
-        // Held across the start so that two jobs for one app start it once.
-        let mut apps = self.apps.lock().await;
+        let slot = {
+            let mut apps = self.apps.lock().expect("app pool lock");
+            // Slots nobody waits on and whose app is gone are dropped.
+            apps.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot.try_lock().map_or(true, |app| app.strong_count() > 0)
+            });
+            apps.entry(dir.clone()).or_default().clone()
+        };
+        let mut held = slot.lock().await;
         let lease = |app| AppLease {
             app,
             linger: self.linger,
         };
-        if let Some(app) = apps.get(&dir).and_then(Weak::upgrade) {
+        if let Some(app) = held.upgrade() {
             if app.exit_status().is_none() {
                 return Ok(lease(app));
             }
@@ -1105,8 +1115,7 @@ impl AppPool {
                 let _ = tokio::task::spawn_blocking(move || app.expire()).await;
             }
         });
-        apps.insert(dir, Arc::downgrade(&app));
-        apps.retain(|_, weak| weak.strong_count() > 0);
+        *held = Arc::downgrade(&app);
         Ok(lease(app))
     }
 }

@@ -263,6 +263,7 @@ pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
             let mut output = not_analyzed(ctx, "dynamic", &target, DYNAMIC_PARTS, why);
             output.result["app_outcome"] = json!("started");
             output.result["health"] = json!(running.health);
+            output.result["install"] = json!(running.env.as_ref().map(|e| e.describe()));
             return Ok(output);
         }
     };
@@ -534,6 +535,7 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
             let mut output = not_analyzed(ctx, "performance", &target, &["load test"], why);
             output.result["app_outcome"] = json!("started");
             output.result["health"] = json!(running.health);
+            output.result["install"] = json!(running.env.as_ref().map(|e| e.describe()));
             return Ok(output);
         }
     };

@@ -1,0 +1,178 @@
+//! `assay analyze` on apps written the way LLMs write them (`examples/corpus/`, none of
+//! them written for Assay: no `assay-app.toml`, no `/health`, hard-coded ports, a pinned
+//! old Flask, a crash at import, Markdown saved as `app.py`). One real `assay analyze`
+//! process, sandboxed apps, real tools; then every app must have its expected outcome:
+//! started and analyzed, or the model's own failure recorded as a completed result, and
+//! no job failed, retried or left for an infrastructure reason.
+
+use assay::domain::JobState;
+use assay::store::{sqlite::SqliteStore, JobFilter, Store};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_assay");
+
+#[derive(Deserialize)]
+struct Expected {
+    app: Vec<ExpectedApp>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct ExpectedApp {
+    path: String,
+    model: String,
+    template: String,
+    outcome: String,
+    #[serde(default)]
+    needs: Vec<String>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tool_path() -> String {
+    let root = repo();
+    format!(
+        "{}:{}",
+        root.join(".tools/venv/bin").display(),
+        root.join(".tools/node/node_modules/.bin").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own_failure() {
+    if std::env::var_os("ASSAY_REQUIRE_SANDBOX").is_none() && assay::sandbox::check().is_err() {
+        eprintln!("skipped: no sandbox here (CI sets ASSAY_REQUIRE_SANDBOX)");
+        return;
+    }
+    let corpus = repo().join("examples/corpus");
+    let expected: Expected =
+        toml::from_str(&std::fs::read_to_string(corpus.join("expected.toml")).unwrap()).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(BIN)
+        .args(["analyze"])
+        .arg(&corpus)
+        .args([
+            "--layout",
+            "{model}/{template}",
+            "--analyzers",
+            "static,dynamic,performance",
+            "--plain",
+            "--no-cache",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("ASSAY_TOOL_PATH", tool_path())
+        .env_remove("ASSAY_APP_PATH")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "assay analyze took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains(&format!("{} apps under", expected.app.len())),
+        "{log}"
+    );
+
+    let store = SqliteStore::open(&data.path().join("server").join("assay.db"))
+        .await
+        .unwrap();
+    let jobs = store
+        .jobs(&JobFilter {
+            pipeline_id: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 3 * expected.app.len());
+    for job in &jobs {
+        assert_eq!(
+            job.state,
+            JobState::Completed,
+            "{} {:?}",
+            job.key,
+            job.last_error
+        );
+        // The model's failures are results, not retries.
+        assert_eq!(job.attempts, 1, "{} ran {} times", job.key, job.attempts);
+    }
+    let by_app: BTreeMap<(String, String), Vec<_>> =
+        jobs.iter().fold(BTreeMap::new(), |mut m, j| {
+            let key = (
+                j.item["model"].as_str().unwrap().to_string(),
+                j.item["template"].as_str().unwrap().to_string(),
+            );
+            m.entry(key).or_insert_with(Vec::new).push(j);
+            m
+        });
+    let mut wrong = Vec::new();
+    for app in &expected.app {
+        let jobs = by_app
+            .get(&(app.model.clone(), app.template.clone()))
+            .unwrap_or_else(|| panic!("{}: not discovered", app.path));
+        for job in jobs.iter().filter(|j| j.kind != "static") {
+            let result = job.result.as_ref().unwrap();
+            let outcome = result["app_outcome"].as_str().unwrap_or("(none)");
+            if outcome != app.outcome {
+                wrong.push(format!(
+                    "{} {}: {outcome}, expected {} ({})",
+                    app.path, job.kind, app.outcome, result["status"]
+                ));
+                continue;
+            }
+            if app.outcome == "started" {
+                assert_eq!(result["run"]["source"], "inferred", "{}", app.path);
+                // Its own environment, from its own requirements.
+                let installed = result["install"]["installed"].as_array().unwrap();
+                for need in &app.needs {
+                    let (name, version) = need.split_once("==").unwrap_or((need, ""));
+                    assert!(
+                        installed.iter().any(|i| {
+                            let i = i.as_str().unwrap().to_ascii_lowercase();
+                            i.starts_with(&format!("{name}==")) && i.ends_with(version)
+                        }),
+                        "{}: {need} not in {installed:?}",
+                        app.path
+                    );
+                }
+            } else {
+                // The traceback's last words are in the finding.
+                let findings = result["findings"].as_array().unwrap();
+                let finding = findings
+                    .iter()
+                    .find(|f| f["rule"] == "app/does-not-start")
+                    .unwrap_or_else(|| panic!("{}: {findings:?}", app.path));
+                if let Some(error) = &app.error {
+                    let word = error.split(':').next().unwrap();
+                    assert!(
+                        finding["message"].as_str().unwrap().contains(word),
+                        "{}: {} lacks {word}",
+                        app.path,
+                        finding["message"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // The static analyzer always runs, whatever the app does at start.
+    for job in jobs.iter().filter(|j| j.kind == "static") {
+        let total = job.result.as_ref().unwrap()["summary"]["total"]
+            .as_u64()
+            .unwrap();
+        assert!(total > 0, "{}: no static finding at all", job.key);
+    }
+}
