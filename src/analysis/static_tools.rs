@@ -6,6 +6,7 @@
 use super::finding::{Finding, Location, Severity, ToolRun, ToolStatus};
 use crate::supervise::{output_within, SupervisedCommand};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -124,7 +125,9 @@ pub fn detect_languages(dir: &Path) -> Languages {
     for file in super::app_files(dir, &[]) {
         match file.extension().and_then(|e| e.to_str()) {
             Some("py") => langs.python = true,
-            Some("js" | "mjs" | "jsx") => langs.javascript = true,
+            Some("js" | "mjs" | "cjs" | "jsx" | "ts" | "tsx" | "mts" | "cts") => {
+                langs.javascript = true
+            }
             _ => {}
         }
     }
@@ -268,7 +271,7 @@ fn invocation(tool: &Tool, app: &Path, scratch: &Path) -> std::io::Result<Invoca
         },
         "eslint" => {
             let config = scratch.join("eslint.config.mjs");
-            std::fs::write(&config, ESLINT_CONFIG)?;
+            std::fs::write(&config, eslint_config())?;
             Invocation {
                 // With --config the base path is the working directory: run inside the app.
                 args: s(&[
@@ -285,6 +288,26 @@ fn invocation(tool: &Tool, app: &Path, scratch: &Path) -> std::io::Result<Invoca
         }
         other => unreachable!("unknown tool {other}"),
     })
+}
+
+/// The shipped ESLint config, pointed at the TypeScript parser installed beside eslint
+/// (a config in a scratch folder cannot import it by name).
+fn eslint_config() -> String {
+    let parser = find_program("eslint")
+        .and_then(|eslint| std::fs::canonicalize(eslint).ok())
+        .and_then(|real| {
+            // `node_modules/eslint/bin/eslint.js` → `node_modules`
+            real.ancestors()
+                .find(|a| a.file_name().is_some_and(|n| n == "node_modules"))
+                .map(Path::to_path_buf)
+        })
+        .map(|modules| modules.join("@typescript-eslint/parser/dist/index.js"))
+        .filter(|p| p.is_file())
+        .map(|p| format!("file://{}", p.display()))
+        .unwrap_or_default();
+    // A JavaScript string literal either way: no quote or backslash gets in.
+    let parser = parser.replace(['"', '\\', '\n'], "");
+    ESLINT_CONFIG.replace("__TS_PARSER__", &parser)
 }
 
 /// Keep tools from phoning home (there is no network to wait for) or coloring output.
@@ -490,8 +513,15 @@ pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> 
     let mut findings = Vec::new();
     match tool {
         "ruff" => {
+            let mut syntax: BTreeMap<String, (Value, usize)> = BTreeMap::new();
             for r in json()?.as_array().ok_or("not a list")? {
                 let code = s(&r["code"]);
+                if code.is_empty() || code == "invalid-syntax" || code == "E999" {
+                    // One finding per file that is not valid Python, not one per token.
+                    let file = relative(app, &s(&r["filename"]));
+                    syntax.entry(file).or_insert_with(|| (r.clone(), 0)).1 += 1;
+                    continue;
+                }
                 let number: Option<u32> = code.strip_prefix('S').and_then(|n| n.parse().ok());
                 let cwe = number.and_then(bandit_cwe);
                 let severity = match (code.chars().next(), number) {
@@ -520,9 +550,37 @@ pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> 
                     ),
                 ));
             }
+            for (file, (first, count)) in syntax {
+                findings.push(Finding::new(
+                    "static",
+                    "ruff",
+                    NOT_VALID_SOURCE,
+                    None,
+                    Severity::High,
+                    "syntax error",
+                    &format!(
+                        "not valid Python: {} ({count} syntax error{} in the file)",
+                        s(&first["message"]),
+                        if count == 1 { "" } else { "s" }
+                    ),
+                    loc(
+                        file,
+                        first["location"]["row"].as_u64(),
+                        first["location"]["column"].as_u64(),
+                    ),
+                ));
+            }
         }
         "bandit" => {
-            for r in json()?["results"].as_array().ok_or("no results")? {
+            let doc = json()?;
+            for e in doc["errors"].as_array().into_iter().flatten() {
+                findings.push(unreadable(
+                    "bandit",
+                    &relative(app, &s(&e["filename"])),
+                    &s(&e["reason"]),
+                ));
+            }
+            for r in doc["results"].as_array().ok_or("no results")? {
                 let base = match s(&r["issue_severity"]).as_str() {
                     "HIGH" => Severity::High,
                     "MEDIUM" => Severity::Medium,
@@ -603,6 +661,8 @@ pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> 
             for r in json()?.as_array().ok_or("not a list")? {
                 let kind = s(&r["type"]);
                 let severity = match kind.as_str() {
+                    // ruff's `invalid-syntax` says it once per file, as the model's error.
+                    _ if s(&r["symbol"]) == "syntax-error" => Severity::Info,
                     "fatal" | "error" => Severity::Medium,
                     "warning" => Severity::Low,
                     _ => Severity::Info,
@@ -655,6 +715,9 @@ pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> 
             let v = json()?;
             for (file, blocks) in v.as_object().ok_or("not an object")? {
                 let Some(blocks) = blocks.as_array() else {
+                    if let Some(error) = blocks.get("error").and_then(|e| e.as_str()) {
+                        findings.push(unreadable("radon", &relative(app, file), error));
+                    }
                     continue;
                 };
                 for b in blocks {
@@ -705,6 +768,19 @@ pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> 
             for file in json()?.as_array().ok_or("not a list")? {
                 let path = relative(app, &s(&file["filePath"]));
                 for m in file["messages"].as_array().into_iter().flatten() {
+                    if m["fatal"].as_bool() == Some(true) {
+                        findings.push(Finding::new(
+                            "static",
+                            "eslint",
+                            NOT_VALID_SOURCE,
+                            None,
+                            Severity::High,
+                            "fatal",
+                            &format!("not valid JavaScript: {}", s(&m["message"])),
+                            loc(path.clone(), m["line"].as_u64(), m["column"].as_u64()),
+                        ));
+                        continue;
+                    }
                     let rule = m["ruleId"].as_str().unwrap_or("parse-error").to_string();
                     let (severity, cwe) = match rule.as_str() {
                         "no-eval" | "no-implied-eval" | "no-new-func" => (Severity::High, Some(95)),
@@ -735,6 +811,25 @@ pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> 
     Ok(findings)
 }
 
+/// The rule of a file that is not valid source in its language: the model's own error,
+/// High (the file cannot run), one per file.
+pub const NOT_VALID_SOURCE: &str = "not-valid-source";
+
+/// A file a tool could not read: said, so that its silence about the file is never taken
+/// for a clean bill (the file's own syntax error is [`NOT_VALID_SOURCE`]).
+fn unreadable(tool: &str, file: &str, reason: &str) -> Finding {
+    Finding::new(
+        "static",
+        tool,
+        "could-not-parse",
+        None,
+        Severity::Info,
+        "error",
+        &format!("{tool} could not read this file: {}", reason.trim()),
+        loc(file.to_string(), None, None),
+    )
+}
+
 /// "CWE-89: SQL Injection" → 89.
 fn parse_cwe(text: &str) -> Option<u32> {
     let rest = text.trim().strip_prefix("CWE-")?;
@@ -748,6 +843,45 @@ fn parse_cwe(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that is not valid Python is one High finding, and every tool that could not
+    /// read it says so, instead of reporting it clean.
+    #[test]
+    fn a_file_no_tool_can_parse_is_said_once_as_the_models_error() {
+        let app = Path::new("/apps/x");
+        let ruff = r#"[{"code": null, "filename": "/apps/x/app.py", "message": "SyntaxError: Expected an expression", "location": {"row": 1, "column": 5}},
+            {"code": "invalid-syntax", "filename": "/apps/x/app.py", "message": "Got unexpected token", "location": {"row": 3, "column": 1}}]"#;
+        let f = parse("ruff", ruff, app).unwrap();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].rule, NOT_VALID_SOURCE);
+        assert_eq!(f[0].severity, Severity::High);
+        assert_eq!(f[0].location.line, Some(1));
+        assert!(f[0].message.contains("2 syntax errors"), "{}", f[0].message);
+        let bandit = r#"{"errors": [{"filename": "/apps/x/app.py", "reason": "syntax error while parsing AST from file"}], "results": []}"#;
+        let f = parse("bandit", bandit, app).unwrap();
+        assert_eq!(
+            (f[0].rule.as_str(), f[0].location.path.as_str()),
+            ("could-not-parse", "app.py")
+        );
+        let radon = r#"{"/apps/x/app.py": {"error": "unterminated string literal (line 1)"}}"#;
+        assert_eq!(
+            parse("radon", radon, app).unwrap()[0].rule,
+            "could-not-parse"
+        );
+        let eslint = r#"[{"filePath": "/apps/x/src/App.jsx", "messages": [{"ruleId": null, "fatal": true, "severity": 2, "message": "Parsing error: Unexpected token <", "line": 4, "column": 10}]}]"#;
+        let f = parse("eslint", eslint, app).unwrap();
+        assert_eq!(
+            (f[0].rule.as_str(), f[0].severity),
+            (NOT_VALID_SOURCE, Severity::High)
+        );
+    }
+
+    #[test]
+    fn the_eslint_config_points_at_the_installed_typescript_parser_or_at_nothing() {
+        let config = eslint_config();
+        assert!(!config.contains("__TS_PARSER__"));
+        assert!(config.contains("sourceType: \"module\""));
+    }
 
     #[test]
     fn parses_each_tools_output() {
