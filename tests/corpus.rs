@@ -32,6 +32,27 @@ struct ExpectedApp {
     port: Option<u16>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    defect: Vec<Defect>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct Defect {
+    kind: String,
+    cwe: u32,
+    file: String,
+    line: u32,
+    what: String,
+}
+
+/// CWEs a finding may carry for a planted one: the same weakness in other words.
+fn same_weakness(planted: u32, found: u32) -> bool {
+    let family: &[&[u32]] = &[&[256, 257, 312, 522, 916, 327, 328], &[287, 290, 345, 347]];
+    planted == found
+        || family
+            .iter()
+            .any(|f| f.contains(&planted) && f.contains(&found))
 }
 
 fn repo() -> PathBuf {
@@ -168,11 +189,37 @@ async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
-    // The static analyzer always runs, whatever the app does at start.
-    for job in jobs.iter().filter(|j| j.kind == "static") {
-        let total = job.result.as_ref().unwrap()["summary"]["total"]
-            .as_u64()
+    // The static analyzer always runs, whatever the app does at start, and finds what
+    // was planted: same file, same weakness, within three lines.
+    let mut missed = Vec::new();
+    for app in &expected.app {
+        let job = by_app[&(app.model.clone(), app.template.clone())]
+            .iter()
+            .find(|j| j.kind == "static")
             .unwrap();
-        assert!(total > 0, "{}: no static finding at all", job.key);
+        let findings = job.result.as_ref().unwrap()["findings"].as_array().unwrap();
+        assert!(
+            !findings.is_empty(),
+            "{}: no static finding at all",
+            app.path
+        );
+        for d in app.defect.iter().filter(|d| d.kind == "static") {
+            let hit = findings.iter().any(|f| {
+                f["location"]["path"] == d.file.as_str()
+                    && f["cwe"]
+                        .as_u64()
+                        .is_some_and(|c| same_weakness(d.cwe, c as u32))
+                    && f["location"]["line"]
+                        .as_u64()
+                        .is_some_and(|l| (l as i64 - i64::from(d.line)).abs() <= 3)
+            });
+            if !hit {
+                missed.push(format!(
+                    "{} {}:{} CWE-{}: {}",
+                    app.path, d.file, d.line, d.cwe, d.what
+                ));
+            }
+        }
     }
+    assert!(missed.is_empty(), "missed static defects: {missed:#?}");
 }
