@@ -1387,6 +1387,11 @@ where
 fn read_spec(path: &Path, idempotency_key: Option<String>) -> Result<SubmitRequest> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the spec {}", path.display()))?;
+    // Apps named by a folder on this machine go to the server as a list.
+    let spec_dir = path.parent().unwrap_or(Path::new(""));
+    let text = crate::analysis::discover::expand_app_sources(&text, spec_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        .unwrap_or(text);
     // Validate locally first: a bad spec fails here with file, line and field.
     let spec = crate::spec::parse(&path.display().to_string(), &text)?;
     spec.plan()

@@ -83,6 +83,10 @@ struct RawStage {
     matrix: Option<Spanned<BTreeMap<String, Vec<toml::Value>>>>,
     #[serde(default)]
     items: Option<Spanned<Vec<toml::Value>>>,
+    /// `apps = { dir, layout }`: expanded into `items` by the client that has the folder
+    /// (`analysis::discover::expand_app_sources`); a server never sees one.
+    #[serde(default)]
+    apps: Option<Spanned<toml::Value>>,
     #[serde(default)]
     timeout: Option<Spanned<String>>,
     #[serde(default)]
@@ -569,6 +573,14 @@ fn fan_out(
     at: &dyn Fn(&str) -> String,
     planned: usize,
 ) -> Result<Vec<Map<String, Value>>, SpecError> {
+    if let Some(apps) = &rs.apps {
+        return Err(loc.err(
+            apps,
+            &at("apps"),
+            "an `apps` source names a folder on the submitting machine, which was not expanded here".into(),
+            "submit with `assay run` or `assay submit`, which discover the apps and send them as `items`",
+        ));
+    }
     let count = match (&rs.matrix, &rs.items) {
         (Some(m), None) => m
             .get_ref()

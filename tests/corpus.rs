@@ -8,6 +8,7 @@
 use assay::domain::JobState;
 use assay::store::{sqlite::SqliteStore, JobFilter, Store};
 use serde::Deserialize;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -156,6 +157,22 @@ async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own
             }
             if app.outcome == "started" {
                 assert_eq!(result["run"]["source"], "inferred", "{}", app.path);
+                if job.kind == "dynamic" {
+                    // Probed, with or without a template it was written for.
+                    let probes = result["coverage"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|p| p["part"] == "security probes")
+                        .cloned();
+                    assert_eq!(
+                        probes.map(|p| p["done"].clone()),
+                        Some(json!(true)),
+                        "{}: {result}",
+                        app.path
+                    );
+                    assert!(result["requests"].as_u64().unwrap() > 5, "{}", app.path);
+                }
                 // Its own environment, from its own requirements.
                 let installed = result["install"]["installed"].as_array().unwrap();
                 for need in &app.needs {

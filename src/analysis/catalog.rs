@@ -60,6 +60,10 @@ pub struct Template {
     /// Entity name → field name → type (e.g. `"string"`, `"integer"`).
     #[serde(default)]
     pub data_model: BTreeMap<String, BTreeMap<String, String>>,
+    /// Made from the routes found in an app's code, not a template the app was written
+    /// for: probed, but held to no specification.
+    #[serde(skip)]
+    pub discovered: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +133,34 @@ pub struct Endpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<toml::Table>,
     pub response: Response,
+    /// Found in the app's code rather than specified: probed, never held to `response`.
+    #[serde(skip)]
+    pub found_in_code: bool,
+}
+
+impl Endpoint {
+    /// Method and path with parameter names dropped (`/a/<id>` and `/a/{todo_id}` agree).
+    pub fn shape(&self) -> (String, String) {
+        let path = self
+            .path
+            .split('/')
+            .map(|seg| {
+                if (seg.starts_with('<') && seg.ends_with('>'))
+                    || (seg.starts_with('{') && seg.ends_with('}'))
+                    || (seg.starts_with(':') && seg.len() > 1)
+                {
+                    "{}"
+                } else {
+                    seg
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        (
+            self.method.to_ascii_uppercase(),
+            path.trim_end_matches('/').to_string(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -347,6 +347,77 @@ pub fn analysis_spec(
     Ok(header + &toml::to_string(&spec).map_err(|e| e.to_string())?)
 }
 
+/// A spec's `apps = { dir = "…", layout = "…" }` sources replaced by the `items` they
+/// discover (`dir` relative to the spec's folder), so that a stage can analyze a tree of
+/// apps as `assay analyze` does. A spec without one comes back unchanged.
+pub fn expand_app_sources(text: &str, spec_dir: &Path) -> Result<Option<String>, String> {
+    let mut doc: toml::Table = match toml::from_str(text) {
+        Ok(d) => d,
+        // The spec's own parser says what is wrong, with the line.
+        Err(_) => return Ok(None),
+    };
+    let Some(stages) = doc.get_mut("stage").and_then(|s| s.as_array_mut()) else {
+        return Ok(None);
+    };
+    let mut changed = false;
+    for stage in stages.iter_mut().filter_map(|s| s.as_table_mut()) {
+        let Some(source) = stage.remove("apps") else {
+            continue;
+        };
+        let name = stage
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let field = |key: &str| {
+            source
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    format!(
+                        "stage `{name}`: `apps` needs `{key}` (e.g. apps = {{ dir = \"corpus\", layout = \"{{model}}/{{template}}\" }})"
+                    )
+                })
+        };
+        let dir = field("dir")?;
+        let layout =
+            Layout::parse(&field("layout")?).map_err(|e| format!("stage `{name}`: {e}"))?;
+        let root = spec_dir.join(&dir);
+        let found = discover(&root, &layout).map_err(|e| format!("stage `{name}`: {e}"))?;
+        if found.apps.is_empty() {
+            return Err(format!(
+                "stage `{name}`: no app folder matches `{layout}` under {}",
+                root.display()
+            ));
+        }
+        let items = found
+            .apps
+            .iter()
+            .map(|a| {
+                let mut item = toml::Table::new();
+                item.insert(
+                    "app".into(),
+                    root.join(&a.path).display().to_string().into(),
+                );
+                if let Some(m) = &a.model {
+                    item.insert("model".into(), m.clone().into());
+                }
+                if let Some(t) = &a.template {
+                    item.insert("template".into(), t.clone().into());
+                }
+                toml::Value::Table(item)
+            })
+            .collect();
+        stage.insert("items".into(), toml::Value::Array(items));
+        changed = true;
+    }
+    if !changed {
+        return Ok(None);
+    }
+    toml::to_string(&doc).map(Some).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +490,32 @@ mod tests {
         assert!(found.apps[2].named_by[0].contains("assay-app.toml"));
         assert_eq!(found.passed_over.len(), 1, "{:?}", found.passed_over);
         assert!(found.passed_over[0].1.contains("link"));
+    }
+
+    #[test]
+    fn an_apps_source_in_a_spec_becomes_its_items() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("corpus/gpt/todo-api")).unwrap();
+        std::fs::create_dir_all(root.path().join("corpus/llama/todo-api")).unwrap();
+        let spec = "[pipeline]\nname = \"x\"\n[[stage]]\nname = \"static\"\nkind = \"static\"\napps = { dir = \"corpus\", layout = \"{model}/{template}\" }\n[stage.params]\napp = \"{{ app }}\"\n";
+        // Unexpanded, the spec's parser refuses it and says where it is expanded.
+        let e = crate::spec::parse("s.toml", spec).unwrap_err().to_string();
+        assert!(e.contains("assay submit"), "{e}");
+        let text = expand_app_sources(spec, root.path()).unwrap().unwrap();
+        let parsed = crate::spec::parse("s.toml", &text).unwrap();
+        let items = &parsed.stages[0].items;
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0]["model"], "gpt");
+        assert_eq!(items[1]["template"], "todo-api");
+        assert!(
+            expand_app_sources("[pipeline]\nname = \"x\"\n", root.path())
+                .unwrap()
+                .is_none()
+        );
+        let bad = spec.replace("layout =", "lay =");
+        assert!(expand_app_sources(&bad, root.path())
+            .unwrap_err()
+            .contains("needs `layout`"));
     }
 
     #[test]

@@ -57,6 +57,8 @@ struct Probe {
     requests: usize,
     context: HashMap<String, String>,
     cookies: Vec<(String, String)>,
+    /// The session: cookies the app set, sent back as a browser would (session logins).
+    jar: BTreeMap<String, String>,
     banner_reported: bool,
     cors_reported: bool,
     health: String,
@@ -87,12 +89,34 @@ async fn read_capped(resp: reqwest::Response, cap: usize) -> String {
 }
 
 impl Probe {
+    /// A request in the probe's session: its cookies and, when given, its bearer token.
     async fn send(
         &mut self,
         method: &str,
         path: &str,
         body: Option<&Value>,
         token: Option<&str>,
+    ) -> Option<Answer> {
+        self.send_as(method, path, body, token, true).await
+    }
+
+    /// A request with no credentials at all: no token, no cookies.
+    async fn send_anonymous(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Option<Answer> {
+        self.send_as(method, path, body, None, false).await
+    }
+
+    async fn send_as(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&str>,
+        with_cookies: bool,
     ) -> Option<Answer> {
         let method_v = Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET);
         let mut req = self
@@ -104,6 +128,15 @@ impl Probe {
         }
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        if with_cookies && !self.jar.is_empty() {
+            let header = self
+                .jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header("Cookie", header);
         }
         self.requests += 1;
         let resp = req.send().await.ok()?;
@@ -191,6 +224,11 @@ impl Probe {
                 missing.push("SameSite");
             }
             self.cookies.push((name.clone(), text.to_string()));
+            if let Some((_, value)) = text.split(';').next().and_then(|p| p.split_once('=')) {
+                if self.jar.len() < 32 && value.len() < 4096 {
+                    self.jar.insert(name.clone(), value.trim().to_string());
+                }
+            }
             if !missing.is_empty() {
                 let severity = if missing.contains(&"HttpOnly") {
                     Severity::Medium
@@ -393,6 +431,7 @@ pub async fn probe(
         requests: 0,
         context: HashMap::new(),
         cookies: Vec::new(),
+        jar: BTreeMap::new(),
         banner_reported: false,
         cors_reported: false,
         health: health.to_string(),
@@ -405,6 +444,23 @@ pub async fn probe(
     for e in &template.endpoints {
         let body = e.request.as_ref().map(|shape| sample_body(shape, &unique));
         let path = concrete_path(e, &p.context);
+        if e.found_in_code {
+            // No specification to hold it to: walked for what it creates and tells.
+            if let Some(a) = p
+                .send(&e.method, &path, body.as_ref(), token.as_deref())
+                .await
+            {
+                remember(&mut p.context, &a.body);
+                if let Some(t) = p
+                    .context
+                    .get("token")
+                    .or_else(|| p.context.get("access_token"))
+                {
+                    token = Some(t.clone());
+                }
+            }
+            continue;
+        }
         let Some(a) = p
             .send(&e.method, &path, body.as_ref(), token.as_deref())
             .await
@@ -472,6 +528,22 @@ pub async fn probe(
         ),
     );
 
+    if template.discovered {
+        // Routes found in the app's own code: there is no specification to hold the
+        // answers to, only what the walk created and learned for the probes below.
+        p.findings.retain(|f| f.rule != "functional");
+        checks.insert(
+            "functional",
+            (
+                ToolStatus::Skipped,
+                format!(
+                    "{} routes found in the app; no template the app was written for, so no functional checks",
+                    template.endpoints.len()
+                ),
+            ),
+        );
+    }
+
     // 2. Invalid input must be refused.
     for e in template
         .endpoints
@@ -534,7 +606,7 @@ pub async fn probe(
     for e in &protected {
         let path = fill_path(&e.path, &p.context);
         let body = e.request.as_ref().map(|shape| sample_body(shape, &unique));
-        if let Some(a) = p.send(&e.method, &path, body.as_ref(), None).await {
+        if let Some(a) = p.send_anonymous(&e.method, &path, body.as_ref()).await {
             if a.status / 100 == 2 {
                 p.report("missing_auth", Some(306), Severity::High, &e.method, &e.path,
                     format!("answers {} without any credentials although the template requires authentication", a.status));

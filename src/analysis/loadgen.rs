@@ -207,6 +207,10 @@ pub struct LoadStats {
     pub timeouts: u64,
     /// Responses with a 5xx status.
     pub server_errors: u64,
+    /// Responses with a 4xx status: not the app failing under load, but not a real load
+    /// of the route either (a 404 or a 401 costs the app nothing).
+    #[serde(default)]
+    pub client_errors: u64,
     pub status_counts: BTreeMap<u16, u64>,
     pub requests_per_sec: f64,
     /// `(errors + server_errors) / requests`; 0 when nothing was sent.
@@ -575,6 +579,7 @@ impl EpRecord {
     fn stats(&self, secs: f64) -> LoadStats {
         let responses: u64 = self.status.values().sum();
         let server_errors: u64 = self.status.range(500..).map(|(_, n)| n).sum();
+        let client_errors: u64 = self.status.range(400..500).map(|(_, n)| n).sum();
         let errors = self.transport_errors + self.timeouts;
         let ratio = |n: u64, d: f64| if d > 0.0 { n as f64 / d } else { 0.0 };
         LoadStats {
@@ -584,6 +589,7 @@ impl EpRecord {
             transport_errors: self.transport_errors,
             timeouts: self.timeouts,
             server_errors,
+            client_errors,
             status_counts: self.status.clone(),
             requests_per_sec: ratio(self.requests, secs),
             error_rate: ratio(errors + server_errors, self.requests as f64),

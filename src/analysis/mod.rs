@@ -12,6 +12,7 @@ pub mod finding;
 pub mod judge;
 pub mod loadgen;
 pub mod recipe;
+pub mod routes;
 pub mod sarif;
 pub mod snapshot;
 pub mod static_tools;

@@ -120,6 +120,125 @@ fn resolve(p: AppParams) -> Result<Target, Failure> {
     })
 }
 
+/// Where apps commonly serve their OpenAPI document.
+const OPENAPI_PATHS: &[&str] = &[
+    "/openapi.json",
+    "/swagger.json",
+    "/api/openapi.json",
+    "/api/swagger.json",
+    "/apispec_1.json",
+    "/v3/api-docs",
+];
+
+/// For an app whose template is unknown: a template made of the routes its own code
+/// registers (Flask, FastAPI, Express), or of the OpenAPI document it serves. Creation
+/// and login come first in the walk, so that later requests have ids and a session.
+async fn discovered_template(app: &Path, base_url: &str) -> (Option<Template>, String) {
+    use crate::analysis::routes;
+    let found = routes::discover(app);
+    let mut source = format!(
+        "{} routes found in the app's code ({} files read)",
+        found.routes.len(),
+        found.files_read
+    );
+    let mut list = found.routes;
+    if list.is_empty() {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client builds");
+        for path in OPENAPI_PATHS {
+            let Ok(resp) = client.get(format!("{base_url}{path}")).send().await else {
+                continue;
+            };
+            if !resp.status().is_success() {
+                continue;
+            }
+            let body = crate::body::read_capped(resp, 4 << 20).await;
+            if let Ok(doc) = serde_json::from_str::<Value>(&body.text()) {
+                list = routes::from_openapi(&doc);
+                if !list.is_empty() {
+                    source = format!("{} routes from the OpenAPI document at {path}", list.len());
+                    break;
+                }
+            }
+        }
+    }
+    if list.is_empty() {
+        return (None, source);
+    }
+    let rank = |r: &routes::Route| {
+        let p = r.path.to_ascii_lowercase();
+        match r.method.as_str() {
+            "POST" if p.contains("register") || p.contains("signup") => 0,
+            "POST" if p.contains("login") || p.contains("token") || p.contains("auth") => 1,
+            "POST" => 2,
+            "GET" => 3,
+            "PUT" | "PATCH" => 4,
+            "DELETE" => 6,
+            _ => 5,
+        }
+    };
+    list.sort_by_key(|r| (rank(r), r.path.matches('/').count()));
+    let table = |fields: &[String], kind: &str| -> Option<toml::Table> {
+        (!fields.is_empty()).then(|| {
+            fields
+                .iter()
+                .map(|f| (f.clone(), toml::Value::String(kind.into())))
+                .collect()
+        })
+    };
+    let endpoints = list
+        .iter()
+        .map(|r| catalog::Endpoint {
+            method: r.method.clone(),
+            path: r.path.clone(),
+            auth: r.auth_hint,
+            description: format!("{} route at {}:{}", r.framework, r.file, r.line),
+            query: table(&r.query_fields, "string?"),
+            request: if matches!(r.method.as_str(), "POST" | "PUT" | "PATCH") {
+                table(&r.body_fields, "string")
+            } else {
+                None
+            },
+            response: catalog::Response {
+                status: 200,
+                body: toml::Value::String("any".into()),
+            },
+            found_in_code: true,
+        })
+        .collect();
+    let template = Template {
+        name: "discovered".into(),
+        title: "Routes found in the app".into(),
+        description: source.clone(),
+        requirements: Default::default(),
+        endpoints,
+        data_model: Default::default(),
+        discovered: true,
+    };
+    (Some(template), source)
+}
+
+/// The template's endpoints, then the routes the app's code has that the template does
+/// not name: an app written for a template often serves it at other paths (`/todos` for
+/// `/api/todos`), and those are what it really answers.
+async fn with_found_routes(template: &Template, app: &Path, base_url: &str) -> (Template, usize) {
+    let mut merged = template.clone();
+    let (found, _) = discovered_template(app, base_url).await;
+    let known: std::collections::HashSet<(String, String)> =
+        template.endpoints.iter().map(|e| e.shape()).collect();
+    let mut added = 0;
+    for e in found.into_iter().flat_map(|t| t.endpoints) {
+        if !known.contains(&e.shape()) {
+            merged.endpoints.push(e);
+            added += 1;
+        }
+    }
+    (merged, added)
+}
+
 /// One part of what an analyzer set out to do, done or not, and why not.
 fn part(name: &str, done: Result<(), String>) -> Value {
     match done {
@@ -256,16 +375,25 @@ pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
         Ok(running) => running,
         Err(output) => return Ok(output),
     };
-    let template = match &target.template {
-        Ok(t) => t.clone(),
-        Err(why) => {
-            // Route discovery for apps without a template is not built yet: said, counted.
-            let mut output = not_analyzed(ctx, "dynamic", &target, DYNAMIC_PARTS, why);
-            output.result["app_outcome"] = json!("started");
-            output.result["health"] = json!(running.health);
-            output.result["install"] = json!(running.env.as_ref().map(|e| e.describe()));
-            return Ok(output);
-        }
+    let (template, routes_from) = match &target.template {
+        Ok(t) => (
+            with_found_routes(t, &target.app, &running.base_url).await.0,
+            None,
+        ),
+        Err(why) => match discovered_template(&target.app, &running.base_url).await {
+            (Some(t), from) => (t, Some(format!("{why}; probed the {from}"))),
+            (None, from) => {
+                let why = format!("{why}, and no routes to probe: {from}");
+                return Ok(started_not_analyzed(
+                    ctx,
+                    "dynamic",
+                    &target,
+                    DYNAMIC_PARTS,
+                    &why,
+                    &running,
+                ));
+            }
+        },
     };
     let app = target.app.clone();
     ctx.step("probing", Some(10.0), Some(running.base_url.clone()));
@@ -320,9 +448,32 @@ pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "summary": summarize(&findings),
             "tools": outcome.runs,
             "findings": findings,
-            "coverage": DYNAMIC_PARTS.iter().map(|p| part(p, Ok(()))).collect::<Vec<_>>(),
+            "routes_from": routes_from,
+            "coverage": [
+                part("functional checks", match &routes_from {
+                    None => Ok(()),
+                    Some(why) => Err(why.clone()),
+                }),
+                part("security probes", Ok(())),
+            ],
         }),
     })
+}
+
+/// [`not_analyzed`] for an app that did start: how it started is recorded too.
+fn started_not_analyzed(
+    ctx: &JobContext,
+    analyzer: &str,
+    target: &Target,
+    parts: &[&str],
+    why: &str,
+    running: &crate::analysis::apps::AppLease,
+) -> JobOutput {
+    let mut output = not_analyzed(ctx, analyzer, target, parts, why);
+    output.result["app_outcome"] = json!("started");
+    output.result["health"] = json!(running.health);
+    output.result["install"] = json!(running.env.as_ref().map(|e| e.describe()));
+    output
 }
 
 /// A completed result that says what could not be done and why (no template, say): the
@@ -530,14 +681,21 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         Err(output) => return Ok(output),
     };
     let template = match &target.template {
-        Ok(t) => t.clone(),
-        Err(why) => {
-            let mut output = not_analyzed(ctx, "performance", &target, &["load test"], why);
-            output.result["app_outcome"] = json!("started");
-            output.result["health"] = json!(running.health);
-            output.result["install"] = json!(running.env.as_ref().map(|e| e.describe()));
-            return Ok(output);
-        }
+        Ok(t) => with_found_routes(t, &target.app, &running.base_url).await.0,
+        Err(why) => match discovered_template(&target.app, &running.base_url).await {
+            (Some(t), _) => t,
+            (None, from) => {
+                let why = format!("{why}, and no routes to load: {from}");
+                return Ok(started_not_analyzed(
+                    ctx,
+                    "performance",
+                    &target,
+                    &["load test"],
+                    &why,
+                    &running,
+                ));
+            }
+        },
     };
     let app = target.app.clone();
     // Create what the read endpoints need (a link to redirect, a todo to fetch), the way
@@ -573,22 +731,35 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
     }
     let mut endpoints = Vec::new();
     let mut template_paths = std::collections::HashMap::new();
+    let health = running
+        .plan
+        .recipe
+        .health
+        .clone()
+        .unwrap_or_else(|| crate::analysis::apps::DEFAULT_HEALTH.into());
+    // The app's own routes: a health check measures nothing the app does.
     for e in template
         .endpoints
         .iter()
-        .filter(|e| e.method == "GET" && !e.auth)
+        .filter(|e| e.method == "GET" && !e.auth && e.path != health && e.path != "/health")
     {
         let path = dynamic::concrete_path(e, &context);
         template_paths.insert(path.clone(), e.path.clone());
         endpoints.push(EndpointLoad::new("GET", &path));
     }
     if endpoints.is_empty() {
-        return Err(Failure::permanent(
-            "nothing_to_load",
-            format!(
-                "template `{}` has no public GET endpoint to load",
-                template.name
-            ),
+        // Said and counted as not loaded: never a failure, never "fast".
+        let why = format!(
+            "template `{}` has no public GET route besides the health check to load",
+            template.name
+        );
+        return Ok(started_not_analyzed(
+            ctx,
+            "performance",
+            &target,
+            &["load test"],
+            &why,
+            &running,
         ));
     }
     let mode = match (load.rate, load.users) {
@@ -704,6 +875,26 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         Some(100.0),
         Some(format!("{:.0} req/s", report.overall.requests_per_sec)),
     );
+    // Routes that answered mostly 4xx were not really loaded (a 404 costs nothing).
+    let real: Vec<&str> = report
+        .endpoints
+        .iter()
+        .filter(|e| e.stats.responses > 0 && e.stats.client_errors * 2 < e.stats.responses)
+        .map(|e| e.path.as_str())
+        .collect();
+    let loaded = if real.is_empty() {
+        Err(format!(
+            "nothing real could be loaded: every route answered mostly 4xx or not at all ({})",
+            report
+                .endpoints
+                .iter()
+                .map(|e| format!("{} {:?}", e.path, e.stats.status_counts))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    } else {
+        Ok(())
+    };
     Ok(JobOutput {
         result: json!({
             "app": ctx.shown_app(&app),
@@ -717,7 +908,7 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "tools": runs,
             "findings": findings,
             "performance": perf,
-            "coverage": [part("load test", Ok(()))],
+            "coverage": [part("load test", loaded)],
         }),
     })
 }
