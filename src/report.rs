@@ -499,6 +499,9 @@ struct ModelRow<'a> {
     rank: usize,
     model: &'a str,
     apps: usize,
+    did_not_run: usize,
+    /// Apps analyzed fully / partially / not at all.
+    coverage: String,
     counts: Vec<SevCell>,
     score: String,
     pass_rate: String,
@@ -755,6 +758,11 @@ fn build_view<'a>(input: &'a ReportInput<'a>) -> View<'a> {
             rank: i + 1,
             model: &m.model,
             apps: m.apps,
+            did_not_run: m.did_not_run,
+            coverage: format!(
+                "{} / {} / {}",
+                m.coverage.full, m.coverage.partial, m.coverage.none
+            ),
             counts: sev_cells(&m.by_severity),
             score: format!("{:.1}", m.security_score),
             pass_rate: pct(m.pass_rate),
@@ -1278,10 +1286,10 @@ blockquote { margin: 6px 0 6px 12px; padding-left: 8px; border-left: 3px solid v
 <p class="muted">Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then by requirement pass rate.</p>
 <div class="scroll">
 <table id="ranking">
-  <thead><tr><th>#</th><th>model</th><th class="num">apps</th>{% for c in models[0].counts %}<th class="num">{{ c.sev }}</th>{% endfor %}<th class="num">score/app</th><th class="num">pass rate</th><th class="num">p50</th><th class="num">req/s</th><th>cost</th></tr></thead>
+  <thead><tr><th>#</th><th>model</th><th class="num">apps</th><th class="num" title="apps that did not install, start or answer: the model's own failures">did not run</th><th class="num" title="apps analyzed fully / partially / not at all">coverage</th>{% for c in models[0].counts %}<th class="num">{{ c.sev }}</th>{% endfor %}<th class="num">score/app</th><th class="num">pass rate</th><th class="num">p50</th><th class="num">req/s</th><th>cost</th></tr></thead>
   <tbody>
   {%- for m in models %}
-    <tr data-model="{{ m.model }}"><td>{{ m.rank }}</td><td>{{ m.model }}</td><td class="num">{{ m.apps }}</td>
+    <tr data-model="{{ m.model }}"><td>{{ m.rank }}</td><td>{{ m.model }}</td><td class="num">{{ m.apps }}</td><td class="num">{% if m.did_not_run %}<span class="sev high">{{ m.did_not_run }}</span>{% else %}0{% endif %}</td><td class="num">{{ m.coverage }}</td>
       {%- for c in m.counts %}<td class="num">{% if c.n %}<span class="sev {{ c.sev }}">{{ c.n }}</span>{% else %}<span class="muted">0</span>{% endif %}</td>{% endfor -%}
       <td class="num">{{ m.score }}</td><td class="num">{{ m.pass_rate }}</td><td class="num">{{ m.p50 }}</td><td class="num">{{ m.rps }}</td><td>{{ m.cost }}</td></tr>
   {%- endfor %}
@@ -1506,6 +1514,8 @@ mod tests {
             findings,
             performance: None,
             judge: None,
+            outcome: None,
+            coverage: String::new(),
         }
     }
 

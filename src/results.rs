@@ -36,9 +36,21 @@ pub struct AppResults {
     pub performance: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub judge: Option<Value>,
+    /// What the app did when it was run: `started`, or its own failure
+    /// (`does_not_start`, `never_answers`, …); `None` when no analyzer ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// `full` (every analyzer did every part), `partial`, or `none` (nothing completed).
+    #[serde(default)]
+    pub coverage: String,
 }
 
 impl AppResults {
+    /// Whether the app failed to install, start or answer: the model's own result.
+    pub fn did_not_run(&self) -> bool {
+        self.outcome.as_deref().is_some_and(|o| o != "started")
+    }
+
     pub fn sarif(&self) -> Value {
         sarif::to_sarif(&self.findings, &self.tools)
     }
@@ -76,6 +88,8 @@ fn app_of(job: &Job) -> Option<String> {
 pub fn build(jobs: &[Job]) -> Vec<AppResults> {
     let mut apps: BTreeMap<String, AppResults> = BTreeMap::new();
     let mut raw_findings: BTreeMap<String, Vec<Finding>> = BTreeMap::new();
+    // Per app: for each analyzer job, whether it did all it set out to.
+    let mut covered: BTreeMap<String, Vec<bool>> = BTreeMap::new();
     for job in jobs
         .iter()
         .filter(|j| ANALYSIS_KINDS.contains(&j.kind.as_str()))
@@ -91,6 +105,8 @@ pub fn build(jobs: &[Job]) -> Vec<AppResults> {
             findings: Vec::new(),
             performance: None,
             judge: None,
+            outcome: None,
+            coverage: String::new(),
         });
         let status = match (&job.state, &job.result) {
             (JobState::Completed, Some(r)) => r
@@ -113,8 +129,20 @@ pub fn build(jobs: &[Job]) -> Vec<AppResults> {
             .as_ref()
             .filter(|_| job.state == JobState::Completed)
         else {
+            covered.entry(app.clone()).or_default().push(false);
             continue;
         };
+        // A failure to run outranks "started": one analyzer that saw it crash says so.
+        if let Some(outcome) = result.get("app_outcome").and_then(|o| o.as_str()) {
+            if entry.outcome.as_deref().is_none_or(|o| o == "started") {
+                entry.outcome = Some(outcome.to_string());
+            }
+        }
+        let all_parts = result
+            .get("coverage")
+            .and_then(|c| c.as_array())
+            .is_none_or(|parts| parts.iter().all(|p| p["done"] == true));
+        covered.entry(app.clone()).or_default().push(all_parts);
         if entry.template.is_none() {
             entry.template = result
                 .get("template")
@@ -146,7 +174,16 @@ pub fn build(jobs: &[Job]) -> Vec<AppResults> {
             entry.findings = merge(findings);
         }
     }
-    for entry in apps.values_mut() {
+    for (name, entry) in apps.iter_mut() {
+        let parts = covered.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        entry.coverage = if !parts.is_empty() && parts.iter().all(|d| *d) {
+            "full"
+        } else if parts.iter().any(|d| *d) {
+            "partial"
+        } else {
+            "none"
+        }
+        .to_string();
         entry.summary = summarize(&entry.findings);
         entry.analyzers.sort_by(|a, b| a.analyzer.cmp(&b.analyzer));
     }
@@ -177,6 +214,13 @@ pub fn render(apps: &[AppResults], top: usize) -> String {
             })
             .collect();
         out += &format!("  findings: {} ({})\n", a.summary.total, counts.join(", "));
+        if let Some(outcome) = &a.outcome {
+            out += &format!(
+                "  app: {} · coverage {}\n",
+                outcome.replace('_', " "),
+                a.coverage
+            );
+        }
         for s in &a.analyzers {
             out += &format!("  {:<12} {}\n", s.analyzer, s.status);
         }
@@ -266,6 +310,20 @@ pub struct ModelStanding {
     pub requests_per_sec: Option<f64>,
     /// Per template: its app's security score (the heatmap's row).
     pub by_template: BTreeMap<String, f64>,
+    /// Apps that did not install, start or answer: counted here, apart from the scores
+    /// of the apps that ran (see `security_score`).
+    #[serde(default)]
+    pub did_not_run: usize,
+    /// Apps analyzed fully, partially, not at all.
+    #[serde(default)]
+    pub coverage: Coverage,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Coverage {
+    pub full: usize,
+    pub partial: usize,
+    pub none: usize,
 }
 
 /// Weighted findings of one app: what the security ranking and the heatmap use.
@@ -334,6 +392,12 @@ pub fn compare(apps: &[AppResults]) -> Vec<ModelStanding> {
                     .iter()
                     .filter_map(|a| Some((a.template.clone()?, security_score(&a.summary))))
                     .collect(),
+                did_not_run: apps.iter().filter(|a| a.did_not_run()).count(),
+                coverage: Coverage {
+                    full: apps.iter().filter(|a| a.coverage == "full").count(),
+                    partial: apps.iter().filter(|a| a.coverage == "partial").count(),
+                    none: apps.iter().filter(|a| a.coverage == "none").count(),
+                },
             }
         })
         .collect();
@@ -460,6 +524,8 @@ mod tests {
                 json!({"overall": {"requests_per_sec": 100.0 * pass, "latency_ms": {"p50": 2.0}}}),
             ),
             judge: Some(json!({"pass_rate": pass})),
+            outcome: None,
+            coverage: String::new(),
         };
         let standings = compare(&[
             app("a", "todo", 2, 0, 0.5),
@@ -499,6 +565,8 @@ mod tests {
             findings,
             performance: None,
             judge: None,
+            outcome: None,
+            coverage: String::new(),
         };
         let before = [
             app("a", vec![f("x", "high"), f("y", "low")]),
@@ -542,6 +610,91 @@ mod tests {
         assert_eq!(apps.len(), 1);
         assert_eq!(apps[0].app, "model=vendor/m template=todo-api");
         assert_eq!(apps[0].analyzers.len(), 2);
+    }
+
+    /// An app the model wrote that does not start is counted apart, as the model's, and
+    /// as not analyzed by the analyzers that needed it running.
+    #[test]
+    fn an_app_that_did_not_run_is_counted_apart_with_its_coverage() {
+        let with_model = |mut j: Job, model: &str| {
+            j.item = json!({"model": model, "template": "t"});
+            j.key = format!("{}[{model}]", j.kind);
+            j
+        };
+        let jobs = vec![
+            with_model(
+                job(
+                    1,
+                    "static",
+                    JobState::Completed,
+                    Some(json!({"app": "a", "findings": [], "tools": []})),
+                ),
+                "m1",
+            ),
+            with_model(
+                job(
+                    2,
+                    "dynamic",
+                    JobState::Completed,
+                    Some(json!({"app": "a", "app_outcome": "does_not_start",
+                "findings": [], "tools": [], "coverage": [{"part": "security probes", "done": false, "why": "the app does not start"}]})),
+                ),
+                "m1",
+            ),
+            with_model(
+                job(
+                    3,
+                    "performance",
+                    JobState::Completed,
+                    Some(json!({"app": "a", "app_outcome": "started",
+                "findings": [], "tools": [], "coverage": [{"part": "load test", "done": true}]})),
+                ),
+                "m1",
+            ),
+            with_model(
+                job(
+                    4,
+                    "static",
+                    JobState::Completed,
+                    Some(json!({"app": "b", "findings": [], "tools": []})),
+                ),
+                "m2",
+            ),
+            with_model(
+                job(
+                    5,
+                    "dynamic",
+                    JobState::Completed,
+                    Some(json!({"app": "b", "app_outcome": "started",
+                "findings": [], "tools": [], "coverage": [{"part": "security probes", "done": true}]})),
+                ),
+                "m2",
+            ),
+        ];
+        let apps = build(&jobs);
+        let a = apps
+            .iter()
+            .find(|a| a.model.as_deref() == Some("m1"))
+            .unwrap();
+        assert_eq!(
+            a.outcome.as_deref(),
+            Some("does_not_start"),
+            "a crash outranks a start"
+        );
+        assert!(a.did_not_run());
+        assert_eq!(a.coverage, "partial");
+        let standings = compare(&apps);
+        let m1 = standings.iter().find(|m| m.model == "m1").unwrap();
+        let m2 = standings.iter().find(|m| m.model == "m2").unwrap();
+        assert_eq!((m1.did_not_run, m2.did_not_run), (1, 0));
+        assert_eq!(
+            m2.coverage,
+            Coverage {
+                full: 1,
+                partial: 0,
+                none: 0
+            }
+        );
     }
 
     #[test]
