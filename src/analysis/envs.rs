@@ -508,15 +508,7 @@ fn last_lines(text: &str, n: usize) -> String {
 mod tests {
     use super::*;
 
-    fn app(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, text) in files {
-            let p = dir.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-        dir
-    }
+    use crate::analysis::tree_of as app;
 
     #[test]
     fn requirements_are_read_where_the_app_runs_and_foreign_sources_are_left_out() {

@@ -19,6 +19,18 @@ pub mod static_tools;
 
 use std::path::{Path, PathBuf};
 
+/// A temporary folder holding `files` (relative path, text): an app for a unit test.
+#[cfg(test)]
+pub(crate) fn tree_of(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
 /// Folders no analysis looks into: dependencies, virtualenvs, VCS data, caches.
 pub const SKIPPED_DIRS: &[&str] = &["node_modules", ".git", "__pycache__", ".venv", "venv"];
 

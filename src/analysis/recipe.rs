@@ -7,7 +7,7 @@
 //! Reads only regular files, never through a link, at most [`MAX_READ`] bytes of each.
 //! Pure apart from those reads: nothing is run.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 /// The most of one file the inference reads.
 pub const MAX_READ: u64 = 256 * 1024;
@@ -562,34 +562,11 @@ fn compose_services(text: &str) -> Result<Vec<ComposeService>, String> {
     Ok(out)
 }
 
-/// Every folder (relative) that holds something to install or run: used by the static
-/// analyzers' coverage and by dependency installation.
-pub fn requirement_files(app: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for dir in std::iter::once("").chain(SERVICE_DIRS.iter().copied()) {
-        for file in ["requirements.txt", "pyproject.toml"] {
-            let rel = PathBuf::from(dir).join(file);
-            if app.join(&rel).is_file() {
-                found.push(rel);
-            }
-        }
-    }
-    found
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn app(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (path, text) in files {
-            let p = dir.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        }
-        dir
-    }
+    use crate::analysis::tree_of as app;
 
     #[test]
     fn a_flask_app_with_its_own_main_runs_as_it_is_from_its_backend_folder() {
