@@ -231,73 +231,47 @@ async fn token_command(action: TokenAction) -> Result<u8> {
     Ok(0)
 }
 
-/// What `assay run` and `assay analyze` share: the embedded server and workers.
-#[derive(Args)]
-struct EmbeddedArgs {
-    /// Where the database, blobs and spool live.
-    #[arg(long, default_value = ".assay")]
-    data_dir: PathBuf,
-    /// How many jobs run at once on this machine.
-    #[arg(long, default_value_t = 4)]
-    workers: usize,
-    /// Where the embedded server listens (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// Start a new pipeline even if this spec already ran here.
-    #[arg(long)]
-    fresh: bool,
-    /// Plain event lines instead of progress bars.
-    #[arg(long)]
-    plain: bool,
-    /// Run every analysis again instead of reusing identical earlier ones.
-    #[arg(long)]
-    no_cache: bool,
-    /// Start analyzed apps without the sandbox (for apps you trust only; see README,
-    /// Security).
-    #[arg(long)]
-    no_sandbox: bool,
-    /// Model providers by name (TOML: [providers.NAME] base_url, api_key_env,
-    /// timeout): what a spec's `provider = "NAME"` may pick, and where its key goes.
-    /// `openrouter` is built in.
-    #[arg(long, env = "ASSAY_PROVIDERS")]
-    providers: Option<PathBuf>,
-}
-
-impl EmbeddedArgs {
-    /// Applies the process-wide switches and gives the run's options.
-    fn options(&self, app_roots: Vec<PathBuf>) -> Result<RunOptions> {
-        if self.no_cache {
-            crate::kinds::cache::disable();
-        }
-        if self.no_sandbox {
-            crate::sandbox::disable();
-        }
-        Ok(RunOptions {
-            listen: self.listen,
-            fresh: self.fresh,
-            plain: self.plain,
-            app_roots,
-            providers: load_providers(self.providers.as_deref())?,
-        })
-    }
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline on the embedded default (SQLite, local workers) and follow it.
     /// Running it again resumes: finished jobs are not run again.
     Run {
         spec: PathBuf,
-        #[command(flatten)]
-        embedded: EmbeddedArgs,
+        /// Where the database, blobs and spool live.
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+        /// How many jobs run at once on this machine.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
         /// How many `generate` jobs run at once, apart from `--workers` (they mostly wait
         /// on the model provider, whose own limits the server enforces).
         #[arg(long, default_value_t = 8)]
         generate_workers: usize,
+        /// Where the embedded server listens (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Start a new pipeline even if this spec already ran here.
+        #[arg(long)]
+        fresh: bool,
+        /// Plain event lines instead of progress bars.
+        #[arg(long)]
+        plain: bool,
+        /// Run every analysis again instead of reusing identical earlier ones.
+        #[arg(long)]
+        no_cache: bool,
+        /// Start analyzed apps without the sandbox (for apps you trust only; see README,
+        /// Security).
+        #[arg(long)]
+        no_sandbox: bool,
         /// Also allow apps (and template folders) named by path inside DIR (repeatable);
         /// the spec's folder and the current folder always are.
         #[arg(long = "app-root", value_name = "DIR")]
         app_roots: Vec<PathBuf>,
+        /// Model providers by name (TOML: [providers.NAME] base_url, api_key_env,
+        /// timeout): what a spec's `provider = "NAME"` may pick, and where its key goes.
+        /// `openrouter` is built in.
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Analyze a tree of apps someone else made (a folder per app, e.g. one per model
     /// and template): discover them, start each as it is, run the analyzers and follow
@@ -319,8 +293,22 @@ enum Command {
         /// Print the spec that would run, and stop (to `assay submit` it to a server).
         #[arg(long)]
         print_spec: bool,
-        #[command(flatten)]
-        embedded: EmbeddedArgs,
+        #[arg(long, default_value = ".assay")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long)]
+        fresh: bool,
+        #[arg(long)]
+        plain: bool,
+        #[arg(long)]
+        no_cache: bool,
+        #[arg(long)]
+        no_sandbox: bool,
+        #[arg(long, env = "ASSAY_PROVIDERS")]
+        providers: Option<PathBuf>,
     },
     /// Run the server (API, reconciler, blob store) until SIGTERM.
     Server {
@@ -687,26 +675,53 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run {
             spec,
-            embedded,
+            data_dir,
+            workers,
             generate_workers,
+            listen,
+            fresh,
+            plain,
+            no_cache,
+            no_sandbox,
             app_roots,
+            providers,
         } => {
-            let run = embedded.options(app_roots)?;
+            if no_cache {
+                crate::kinds::cache::disable();
+            }
+            if no_sandbox {
+                crate::sandbox::disable();
+            }
+            let providers = load_providers(providers.as_deref())?;
+            let slots = (workers, generate_workers);
+            let run = RunOptions {
+                listen,
+                fresh,
+                plain,
+                app_roots,
+                providers,
+            };
             let req = read_spec(&spec, None)?;
             // The spec's folder holds the apps a spec of one's own names.
             let spec_dir = match spec.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            let slots = (embedded.workers, generate_workers);
-            run_embedded(req, spec_dir, &embedded.data_dir, slots, run).await
+            run_embedded(req, spec_dir, &data_dir, slots, run).await
         }
         Command::Analyze {
             dir,
             layout,
             analyzers,
             print_spec,
-            embedded,
+            data_dir,
+            workers,
+            listen,
+            fresh,
+            plain,
+            no_cache,
+            no_sandbox,
+            providers,
         } => {
             use crate::analysis::discover;
             let parsed = discover::Layout::parse(&layout)?;
@@ -738,6 +753,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             for (path, why) in found.passed_over.iter().take(20) {
                 eprintln!("  passed over {}: {why}", dir.join(path).display());
             }
+            if no_cache {
+                crate::kinds::cache::disable();
+            }
+            if no_sandbox {
+                crate::sandbox::disable();
+            }
             let file_name = format!("assay analyze {}", dir.display());
             let spec = crate::spec::parse(&file_name, &text)?;
             spec.plan()
@@ -747,9 +768,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 file_name: Some(file_name),
                 idempotency_key: None,
             };
-            let run = embedded.options(vec![dir.clone()])?;
-            let slots = (embedded.workers, 1);
-            run_embedded(req, dir, &embedded.data_dir, slots, run).await
+            let run = RunOptions {
+                listen,
+                fresh,
+                plain,
+                app_roots: vec![dir.clone()],
+                providers: load_providers(providers.as_deref())?,
+            };
+            run_embedded(req, dir, &data_dir, (workers, 1), run).await
         }
         Command::Server {
             data_dir,

@@ -174,13 +174,6 @@ fn default_port_env() -> String {
 }
 /// Asked when a recipe names no health path; any answer means "up".
 pub const DEFAULT_HEALTH: &str = "/health";
-
-impl RunRecipe {
-    /// The path the app's health is asked at: its own, or [`DEFAULT_HEALTH`].
-    pub fn health_path(&self) -> &str {
-        self.health.as_deref().unwrap_or(DEFAULT_HEALTH)
-    }
-}
 fn default_startup() -> String {
     "30s".into()
 }
@@ -881,10 +874,10 @@ impl RunningApp {
     /// app the model wrote without `/health` answers 404, and one that fails on it 500:
     /// both are running, and what they answer is the analyzers' business).
     async fn wait_healthy(&self, timeout: Duration) -> Result<String, AppError> {
-        let (path, strict) = (
-            self.plan.recipe.health_path(),
-            self.plan.recipe.health.is_some(),
-        );
+        let (path, strict) = match &self.plan.recipe.health {
+            Some(path) => (path.as_str(), true),
+            None => (DEFAULT_HEALTH, false),
+        };
         let url = format!("{}{path}", self.base_url);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))

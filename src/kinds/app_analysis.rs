@@ -397,7 +397,12 @@ pub async fn run_dynamic(ctx: &JobContext) -> Result<JobOutput, Failure> {
     };
     let app = target.app.clone();
     ctx.step("probing", Some(10.0), Some(running.base_url.clone()));
-    let health = running.plan.recipe.health_path().to_string();
+    let health = running
+        .plan
+        .recipe
+        .health
+        .clone()
+        .unwrap_or_else(|| crate::analysis::apps::DEFAULT_HEALTH.into());
     let outcome = tokio::select! {
         o = dynamic::probe(&running.base_url, &template, Some(&app), &health) => o,
         _ = ctx.cancel.cancelled() => return Err(Failure::retryable("stopped", "stopped while probing")),
@@ -726,14 +731,18 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
     }
     let mut endpoints = Vec::new();
     let mut template_paths = std::collections::HashMap::new();
-    let health = running.plan.recipe.health_path().to_string();
+    let health = running
+        .plan
+        .recipe
+        .health
+        .clone()
+        .unwrap_or_else(|| crate::analysis::apps::DEFAULT_HEALTH.into());
     // The app's own routes: a health check measures nothing the app does.
-    for e in template.endpoints.iter().filter(|e| {
-        e.method == "GET"
-            && !e.auth
-            && e.path != health
-            && e.path != crate::analysis::apps::DEFAULT_HEALTH
-    }) {
+    for e in template
+        .endpoints
+        .iter()
+        .filter(|e| e.method == "GET" && !e.auth && e.path != health && e.path != "/health")
+    {
         let path = dynamic::concrete_path(e, &context);
         template_paths.insert(path.clone(), e.path.clone());
         endpoints.push(EndpointLoad::new("GET", &path));
