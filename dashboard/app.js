@@ -721,6 +721,10 @@ function severityChart(models) {
   return svg;
 }
 
+// As `crate::ranking::cell` and `with_interval` print them, so every view shows one number.
+function figure(v) { return v != null ? v.toFixed(2) : "—"; }
+function withInterval(score, ci) { return ci ? `${score.toFixed(2)} [${ci[0].toFixed(2)}–${ci[1].toFixed(2)}]` : score.toFixed(2); }
+
 function arrow(before, after) {
   if (before == null || after == null) return "";
   return after < before ? " ▼" : after > before ? " ▲" : "";
@@ -748,8 +752,8 @@ async function comparePage(id, params) {
         const b = base.models.find(x => x.model === m.model);
         const pr = v => v != null ? (100 * v).toFixed(0) + "%" : "—";
         return h("tr", {}, h("td", {}, m.model),
-          h("td", {}, b ? b.security_score.toFixed(1) : "—"),
-          h("td", { class: b && m.security_score < b.security_score ? "better" : b && m.security_score > b.security_score ? "worse" : "" }, m.security_score.toFixed(1) + arrow(b && b.security_score, m.security_score)),
+          h("td", {}, b ? figure(b.security_score) : "—"),
+          h("td", { class: b && m.security_score < b.security_score ? "better" : b && m.security_score > b.security_score ? "worse" : "" }, figure(m.security_score) + arrow(b && b.security_score, m.security_score)),
           h("td", {}, pr(b && b.pass_rate)), h("td", {}, pr(m.pass_rate) + arrow(b && b.pass_rate, m.pass_rate)));
       }))),
     h("h2", {}, "Apps, worst regressions first", base.apps_total > base.apps.length ? ` (the first ${base.apps.length} of ${base.apps_total})` : ""),
@@ -766,19 +770,31 @@ async function comparePage(id, params) {
     exportLinks(id),
     since,
     c.models.length ? [
-      h("p", { class: "muted" }, "Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then by requirement pass rate."),
-      h("table", { id: "ranking" },
+      h("p", { class: "muted" }, `Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then quality, then requirement pass rate. An app that did not run adds ${c.did_not_run_penalty} to both of its scores. Intervals are 95% bootstrap intervals; a tie means a permutation test cannot tell the model from the next one (p ≥ 0.05). The rules: docs/ranking.md.`),
+      h("div", { class: "scroll" }, h("table", { id: "ranking" },
         h("thead", {}, h("tr", {}, h("th", {}, "#"), h("th", {}, "model"), h("th", { class: "num" }, "apps"),
-          ...SEVERITIES.map(s => h("th", { class: "num" }, s)), h("th", { class: "num" }, "score/app"),
-          h("th", { class: "num" }, "pass rate"), h("th", { class: "num" }, "p50"), h("th", { class: "num" }, "req/s"), h("th", {}, "cost"))),
-        h("tbody", {}, c.models.map((m, i) => h("tr", { "data-model": m.model },
-          h("td", {}, i + 1), h("td", {}, m.model), h("td", { class: "num" }, m.apps),
+          h("th", { class: "num", title: "apps that did not install, start or answer: the model's own failures" }, "did not run"),
+          h("th", { class: "num", title: "apps analyzed fully / partially / not at all" }, "coverage"),
+          ...SEVERITIES.map(s => h("th", { class: "num" }, s)),
+          h("th", { class: "num", title: "thousands of non-blank lines of code" }, "KLOC"),
+          h("th", { class: "num" }, "security/app [95% CI]"), h("th", { class: "num" }, "security/KLOC"),
+          h("th", { class: "num" }, "quality/app [95% CI]"), h("th", { class: "num" }, "quality/KLOC"),
+          h("th", { class: "num" }, "pass rate"), h("th", { class: "num" }, "p50 ms"), h("th", { class: "num" }, "req/s"), h("th", {}, "cost"), h("th", {}, "note"))),
+        h("tbody", {}, c.models.map(m => h("tr", { "data-model": m.model },
+          h("td", {}, m.rank), h("td", {}, m.model), h("td", { class: "num" }, m.apps),
+          h("td", { class: "num" }, m.did_not_run ? h("span", { class: "sev high" }, m.did_not_run) : "0"),
+          h("td", { class: "num" }, `${m.coverage.full} / ${m.coverage.partial} / ${m.coverage.none}`),
           ...severityCounts({ by_severity: m.by_severity }),
-          h("td", { class: "num" }, m.security_score.toFixed(1)),
+          h("td", { class: "num" }, (m.code_lines / 1000).toFixed(2)),
+          h("td", { class: "num security" }, withInterval(m.security_score, m.security_ci)),
+          h("td", { class: "num" }, figure(m.security_per_kloc)),
+          h("td", { class: "num quality" }, withInterval(m.quality_score, m.quality_ci)),
+          h("td", { class: "num" }, figure(m.quality_per_kloc)),
           h("td", { class: "num" }, m.pass_rate != null ? (100 * m.pass_rate).toFixed(0) + "%" : "—"),
-          h("td", { class: "num" }, m.p50_ms != null ? m.p50_ms.toFixed(1) + " ms" : "—"),
-          h("td", { class: "num" }, m.requests_per_sec != null ? m.requests_per_sec.toFixed(0) : "—"),
-          h("td", {}, usageText(cost(m.model))))))),
+          h("td", { class: "num" }, figure(m.p50_ms)),
+          h("td", { class: "num" }, figure(m.requests_per_sec)),
+          h("td", {}, usageText(cost(m.model))),
+          h("td", { class: "muted" }, m.note)))))),
       h("h2", {}, "Findings by severity"), h("div", { class: "card" }, severityChart(c.models)),
       h("h2", {}, "Heatmap: weighted findings, model × template"),
       h("table", { class: "grid", id: "heatmap" },

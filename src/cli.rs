@@ -537,6 +537,21 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// The models of a pipeline compared: security and quality scores per app and per
+    /// 1,000 lines of code with 95% intervals, apps that did not run, coverage, ties and
+    /// small samples (the rules: docs/ranking.md). Reads a server, or a data directory
+    /// when no server runs.
+    Compare {
+        pipeline: i64,
+        #[command(flatten)]
+        server: ServerArg,
+        /// Read the results from this data directory (of `assay run`) instead of a server.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the standings as JSON (the same numbers as the table).
+        #[arg(long)]
+        json: bool,
+    },
     /// Export a pipeline's results: a self-contained HTML report (opens offline), the
     /// findings or the model ranking as CSV, everything as JSON, or a zip of every app's
     /// merged SARIF file. Reads a server, or a data directory when no server runs.
@@ -1193,30 +1208,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             sarif,
             top,
         } => {
-            let jobs = match data_dir {
-                Some(dir) => {
-                    let store = open_data_dir(&dir).await?;
-                    crate::exports::analysis_jobs(&store, pipeline).await?
-                }
-                None => {
-                    let client = server.client()?;
-                    client.pipeline(pipeline).await?;
-                    all_jobs(|after| {
-                        let client = client.clone();
-                        async move {
-                            Ok(client
-                                .jobs(&JobFilter {
-                                    pipeline_id: Some(pipeline),
-                                    after_id: Some(after),
-                                    limit: Some(5_000),
-                                    ..Default::default()
-                                })
-                                .await?)
-                        }
-                    })
-                    .await?
-                }
-            };
+            let jobs = analysis_jobs_of(pipeline, &server, data_dir.as_deref()).await?;
             let apps = crate::results::build(&jobs);
             if let Some(dir) = &sarif {
                 std::fs::create_dir_all(dir)
@@ -1236,6 +1228,21 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&apps)?);
             } else if sarif.is_none() {
                 print!("{}", crate::results::render(&apps, top));
+            }
+            Ok(0)
+        }
+        Command::Compare {
+            pipeline,
+            server,
+            data_dir,
+            json,
+        } => {
+            let jobs = analysis_jobs_of(pipeline, &server, data_dir.as_deref()).await?;
+            let models = crate::results::compare(&crate::results::build(&jobs));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&models)?);
+            } else {
+                print!("{}", crate::ranking::render(&models));
             }
             Ok(0)
         }
@@ -1577,4 +1584,39 @@ async fn open_data_dir(dir: &Path) -> Result<crate::store::sqlite::SqliteStore> 
         );
     }
     Ok(crate::store::sqlite::SqliteStore::open(&db).await?)
+}
+
+/// A pipeline's analysis jobs, from a data directory when one is given, else from the server.
+async fn analysis_jobs_of(
+    pipeline: i64,
+    server: &ServerArg,
+    data_dir: Option<&Path>,
+) -> Result<Vec<crate::store::Job>> {
+    Ok(match data_dir {
+        Some(dir) => {
+            let store = open_data_dir(dir).await?;
+            crate::exports::analysis_jobs(&store, pipeline).await?
+        }
+        None => {
+            let client = server.client()?;
+            client.pipeline(pipeline).await?;
+            all_jobs(|after| {
+                let client = client.clone();
+                async move {
+                    Ok(client
+                        .jobs(&JobFilter {
+                            pipeline_id: Some(pipeline),
+                            after_id: Some(after),
+                            limit: Some(5_000),
+                            ..Default::default()
+                        })
+                        .await?)
+                }
+            })
+            .await?
+            .into_iter()
+            .filter(|j| crate::results::ANALYSIS_KINDS.contains(&j.kind.as_str()))
+            .collect()
+        }
+    })
 }

@@ -15,6 +15,7 @@ pub mod grid;
 pub mod kinds;
 pub mod planner;
 pub mod progress;
+pub mod ranking;
 pub mod report;
 pub mod results;
 pub mod sandbox;

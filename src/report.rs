@@ -6,6 +6,7 @@
 use crate::analysis::finding::{Finding, Severity, ToolStatus};
 use crate::domain::{JobState, StateCounts};
 use crate::generation::budget::{group_thousands, UsageTotals};
+use crate::ranking;
 use crate::results::{AppResults, ModelStanding};
 use crate::store::{ModelUsage, Pipeline, PipelineUsage};
 use serde::Serialize;
@@ -177,8 +178,12 @@ pub fn findings_csv(apps: &[AppResults]) -> Result<String, ExportError> {
 
 /// The model ranking: rank, model, apps, critical, high, medium, low, info,
 /// security_score, pass_rate, p50_ms, requests_per_sec, prompt_tokens,
-/// completion_tokens, cost_usd. Usage is matched by model name (summed over providers);
-/// missing values are empty cells. Numbers are unrounded; `pass_rate` is a fraction.
+/// completion_tokens, cost_usd, then (added later, so appended) did_not_run,
+/// coverage_full, coverage_partial, coverage_none, code_lines, security_ci_low,
+/// security_ci_high, security_per_kloc, quality_score, quality_ci_low, quality_ci_high,
+/// quality_per_kloc, small_sample, next_model, p_value_vs_next, tie_with_next. Usage is
+/// matched by model name (summed over providers); missing values are empty cells. Scores
+/// are as `crate::ranking` rounds them for every view; `pass_rate` is a fraction.
 pub fn models_csv(models: &[ModelStanding], usage: &[ModelUsage]) -> Result<String, ExportError> {
     let usage = usage_by_model(usage);
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -198,12 +203,28 @@ pub fn models_csv(models: &[ModelStanding], usage: &[ModelUsage]) -> Result<Stri
         "prompt_tokens",
         "completion_tokens",
         "cost_usd",
+        "did_not_run",
+        "coverage_full",
+        "coverage_partial",
+        "coverage_none",
+        "code_lines",
+        "security_ci_low",
+        "security_ci_high",
+        "security_per_kloc",
+        "quality_score",
+        "quality_ci_low",
+        "quality_ci_high",
+        "quality_per_kloc",
+        "small_sample",
+        "next_model",
+        "p_value_vs_next",
+        "tie_with_next",
     ])?;
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-    for (i, m) in models.iter().enumerate() {
+    for m in models {
         let u = usage.get(m.model.as_str());
         let mut row = vec![
-            (i + 1).to_string(),
+            m.rank.to_string(),
             spreadsheet_safe(&m.model).into_owned(),
             m.apps.to_string(),
         ];
@@ -226,6 +247,30 @@ pub fn models_csv(models: &[ModelStanding], usage: &[ModelUsage]) -> Result<Stri
                 .unwrap_or_default(),
         );
         row.push(u.map(|u| u.cost_usd.to_string()).unwrap_or_default());
+        let ci = |c: Option<[f64; 2]>, i: usize| opt(c.map(|c| c[i]));
+        row.extend([
+            m.did_not_run.to_string(),
+            m.coverage.full.to_string(),
+            m.coverage.partial.to_string(),
+            m.coverage.none.to_string(),
+            m.code_lines.to_string(),
+            ci(m.security_ci, 0),
+            ci(m.security_ci, 1),
+            opt(m.security_per_kloc),
+            m.quality_score.to_string(),
+            ci(m.quality_ci, 0),
+            ci(m.quality_ci, 1),
+            opt(m.quality_per_kloc),
+            m.small_sample.to_string(),
+        ]);
+        match &m.versus_next {
+            Some(v) => row.extend([
+                spreadsheet_safe(&v.model).into_owned(),
+                v.p_value.to_string(),
+                v.tie.to_string(),
+            ]),
+            None => row.extend([String::new(), String::new(), String::new()]),
+        }
         w.write_record(&row)?;
     }
     csv_string(w)
@@ -458,6 +503,8 @@ struct View<'a> {
     finding_count: usize,
     totals: Vec<SevCell>,
     models: Vec<ModelRow<'a>>,
+    /// What an app that did not run adds to its scores.
+    penalty: f64,
     severity_chart: Option<SeverityChart>,
     heatmap: Option<Heatmap<'a>>,
     apps: Vec<AppView<'a>>,
@@ -503,7 +550,13 @@ struct ModelRow<'a> {
     /// Apps analyzed fully / partially / not at all.
     coverage: String,
     counts: Vec<SevCell>,
-    score: String,
+    kloc: String,
+    security: String,
+    security_kloc: String,
+    quality: String,
+    quality_kloc: String,
+    /// A tie with the next model, a small sample.
+    note: String,
     pass_rate: String,
     p50: String,
     rps: String,
@@ -753,9 +806,8 @@ fn build_view<'a>(input: &'a ReportInput<'a>) -> View<'a> {
     let models: Vec<ModelRow> = input
         .models
         .iter()
-        .enumerate()
-        .map(|(i, m)| ModelRow {
-            rank: i + 1,
+        .map(|m| ModelRow {
+            rank: m.rank,
             model: &m.model,
             apps: m.apps,
             did_not_run: m.did_not_run,
@@ -764,16 +816,15 @@ fn build_view<'a>(input: &'a ReportInput<'a>) -> View<'a> {
                 m.coverage.full, m.coverage.partial, m.coverage.none
             ),
             counts: sev_cells(&m.by_severity),
-            score: format!("{:.1}", m.security_score),
+            kloc: format!("{:.2}", m.code_lines as f64 / 1000.0),
+            security: ranking::with_interval(m.security_score, m.security_ci),
+            security_kloc: ranking::cell(m.security_per_kloc),
+            quality: ranking::with_interval(m.quality_score, m.quality_ci),
+            quality_kloc: ranking::cell(m.quality_per_kloc),
+            note: m.note.clone(),
             pass_rate: pct(m.pass_rate),
-            p50: m
-                .p50_ms
-                .map(|v| format!("{v:.1} ms"))
-                .unwrap_or_else(|| "—".into()),
-            rps: m
-                .requests_per_sec
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "—".into()),
+            p50: ranking::cell(m.p50_ms),
+            rps: ranking::cell(m.requests_per_sec),
             cost: usage_text(by_model_usage.get(m.model.as_str())),
         })
         .collect();
@@ -795,6 +846,7 @@ fn build_view<'a>(input: &'a ReportInput<'a>) -> View<'a> {
         finding_count,
         totals: sev_cells(&totals),
         models,
+        penalty: ranking::DID_NOT_RUN_PENALTY,
         severity_chart: (!input.models.is_empty()).then(|| severity_chart(input.models)),
         heatmap: heatmap(input.models),
         apps: input
@@ -1283,15 +1335,15 @@ blockquote { margin: 6px 0 6px 12px; padding-left: 8px; border-left: 3px solid v
 
 {% if models %}
 <h2>Models ranked</h2>
-<p class="muted">Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then by requirement pass rate.</p>
+<p class="muted">Ranked by weighted security findings per app (critical × 10, high × 5, medium × 2, low × 1; lower is better), then quality, then requirement pass rate. An app that did not run adds {{ penalty }} to both of its scores. Intervals are 95% bootstrap intervals; a tie means a permutation test cannot tell the model from the next one (p ≥ 0.05). The rules: docs/ranking.md in Assay's repository.</p>
 <div class="scroll">
 <table id="ranking">
-  <thead><tr><th>#</th><th>model</th><th class="num">apps</th><th class="num" title="apps that did not install, start or answer: the model's own failures">did not run</th><th class="num" title="apps analyzed fully / partially / not at all">coverage</th>{% for c in models[0].counts %}<th class="num">{{ c.sev }}</th>{% endfor %}<th class="num">score/app</th><th class="num">pass rate</th><th class="num">p50</th><th class="num">req/s</th><th>cost</th></tr></thead>
+  <thead><tr><th>#</th><th>model</th><th class="num">apps</th><th class="num" title="apps that did not install, start or answer: the model's own failures">did not run</th><th class="num" title="apps analyzed fully / partially / not at all">coverage</th>{% for c in models[0].counts %}<th class="num">{{ c.sev }}</th>{% endfor %}<th class="num" title="thousands of non-blank lines of code">KLOC</th><th class="num">security/app [95% CI]</th><th class="num">security/KLOC</th><th class="num">quality/app [95% CI]</th><th class="num">quality/KLOC</th><th class="num">pass rate</th><th class="num">p50 ms</th><th class="num">req/s</th><th>cost</th><th>note</th></tr></thead>
   <tbody>
   {%- for m in models %}
     <tr data-model="{{ m.model }}"><td>{{ m.rank }}</td><td>{{ m.model }}</td><td class="num">{{ m.apps }}</td><td class="num">{% if m.did_not_run %}<span class="sev high">{{ m.did_not_run }}</span>{% else %}0{% endif %}</td><td class="num">{{ m.coverage }}</td>
       {%- for c in m.counts %}<td class="num">{% if c.n %}<span class="sev {{ c.sev }}">{{ c.n }}</span>{% else %}<span class="muted">0</span>{% endif %}</td>{% endfor -%}
-      <td class="num">{{ m.score }}</td><td class="num">{{ m.pass_rate }}</td><td class="num">{{ m.p50 }}</td><td class="num">{{ m.rps }}</td><td>{{ m.cost }}</td></tr>
+      <td class="num">{{ m.kloc }}</td><td class="num security">{{ m.security }}</td><td class="num">{{ m.security_kloc }}</td><td class="num quality">{{ m.quality }}</td><td class="num">{{ m.quality_kloc }}</td><td class="num">{{ m.pass_rate }}</td><td class="num">{{ m.p50 }}</td><td class="num">{{ m.rps }}</td><td>{{ m.cost }}</td><td class="muted">{{ m.note }}</td></tr>
   {%- endfor %}
   </tbody>
 </table>
@@ -1511,11 +1563,13 @@ mod tests {
                 detail: None,
                 raw_output: None,
             }],
+            scores: crate::ranking::AppScores::of(&findings, false),
             findings,
             performance: None,
             judge: None,
             outcome: None,
             coverage: String::new(),
+            code_lines: Some(400),
         }
     }
 
@@ -1718,10 +1772,14 @@ mod tests {
         let claude = ranking.find("data-model=\"anthropic/claude\"").unwrap();
         let gpt = ranking.find("data-model=\"openai/gpt-4o\"").unwrap();
         assert!(claude < gpt, "ranked by score");
-        assert!(ranking.contains(">5.0<") && ranking.contains(">6.0<"));
+        assert!(
+            ranking.contains(">5.00 [0.00–10.00]<") && ranking.contains(">6.00<"),
+            "security per app with its interval (none for one app): {ranking}"
+        );
         assert!(ranking.contains(">75%<"), "pass rate");
-        assert!(ranking.contains(">3.2 ms<"), "p50");
-        assert!(ranking.contains(">812<"), "req/s");
+        assert!(ranking.contains(">3.21<"), "p50");
+        assert!(ranking.contains(">812.40<"), "req/s");
+        assert!(ranking.contains("small sample (2 apps)"), "the note");
         assert!(
             ranking.contains("1,500 tokens · $0.0123"),
             "cost matched by model name"
@@ -1914,9 +1972,10 @@ mod tests {
         .unwrap();
         let mut r = csv::Reader::from_reader(text.as_bytes());
         let headers: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
-        assert_eq!(headers.len(), 15);
+        assert_eq!(headers.len(), 31);
         assert_eq!(headers[8], "security_score");
         assert_eq!(headers[14], "cost_usd");
+        assert_eq!(headers[23], "quality_score");
         let rows: Vec<csv::StringRecord> = r.records().collect::<Result<_, _>>().unwrap();
         assert_eq!(rows.len(), 2);
         let claude = &rows[0];

@@ -43,6 +43,12 @@ pub struct AppResults {
     /// `full` (every analyzer did every part), `partial`, or `none` (nothing completed).
     #[serde(default)]
     pub coverage: String,
+    /// Non-blank lines of the app's code, as static analysis counted them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_lines: Option<u64>,
+    /// Weighted findings by category, as the ranking counts them (`crate::ranking`).
+    #[serde(default)]
+    pub scores: AppScores,
 }
 
 impl AppResults {
@@ -107,6 +113,8 @@ pub fn build(jobs: &[Job]) -> Vec<AppResults> {
             judge: None,
             outcome: None,
             coverage: String::new(),
+            code_lines: None,
+            scores: AppScores::default(),
         });
         let status = match (&job.state, &job.result) {
             (JobState::Completed, Some(r)) => r
@@ -162,6 +170,9 @@ pub fn build(jobs: &[Job]) -> Vec<AppResults> {
                     .extend(findings);
             }
         }
+        if let Some(lines) = result.pointer("/code/lines").and_then(|l| l.as_u64()) {
+            entry.code_lines = Some(lines);
+        }
         if let Some(p) = result.get("performance") {
             entry.performance = Some(p.clone());
         }
@@ -185,6 +196,7 @@ pub fn build(jobs: &[Job]) -> Vec<AppResults> {
         }
         .to_string();
         entry.summary = summarize(&entry.findings);
+        entry.scores = AppScores::of(&entry.findings, entry.did_not_run());
         entry.analyzers.sort_by(|a, b| a.analyzer.cmp(&b.analyzer));
     }
     apps.into_values().collect()
@@ -291,128 +303,7 @@ fn performance_line(p: &Value) -> String {
     )
 }
 
-/// One model's standing across the apps it generated.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ModelStanding {
-    pub model: String,
-    pub apps: usize,
-    /// Findings per severity, summed over its apps.
-    pub by_severity: BTreeMap<String, usize>,
-    /// critical × 10 + high × 5 + medium × 2 + low × 1 per app: lower is better.
-    pub security_score: f64,
-    /// Mean of the judge's pass rates over the apps that were judged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pass_rate: Option<f64>,
-    /// Median over its apps of the load test's p50 latency and throughput.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub p50_ms: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_sec: Option<f64>,
-    /// Per template: its app's security score (the heatmap's row).
-    pub by_template: BTreeMap<String, f64>,
-    /// Apps that did not install, start or answer: counted here, apart from the scores
-    /// of the apps that ran (see `security_score`).
-    #[serde(default)]
-    pub did_not_run: usize,
-    /// Apps analyzed fully, partially, not at all.
-    #[serde(default)]
-    pub coverage: Coverage,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Coverage {
-    pub full: usize,
-    pub partial: usize,
-    pub none: usize,
-}
-
-/// Weighted findings of one app: what the security ranking and the heatmap use.
-pub fn security_score(summary: &Summary) -> f64 {
-    let n = |s: &str| *summary.by_severity.get(s).unwrap_or(&0) as f64;
-    n("critical") * 10.0 + n("high") * 5.0 + n("medium") * 2.0 + n("low")
-}
-
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let mid = xs.len() / 2;
-    Some(if xs.len() % 2 == 0 {
-        (xs[mid - 1] + xs[mid]) / 2.0
-    } else {
-        xs[mid]
-    })
-}
-
-/// The models ranked by security (fewest weighted findings per app first), with their
-/// requirement pass rate and performance. Apps without a model are left out.
-pub fn compare(apps: &[AppResults]) -> Vec<ModelStanding> {
-    let mut by_model: BTreeMap<&str, Vec<&AppResults>> = BTreeMap::new();
-    for a in apps {
-        if let Some(m) = &a.model {
-            by_model.entry(m).or_default().push(a);
-        }
-    }
-    let mut out: Vec<ModelStanding> = by_model
-        .into_iter()
-        .map(|(model, apps)| {
-            let mut by_severity = BTreeMap::new();
-            for a in &apps {
-                for (s, n) in &a.summary.by_severity {
-                    *by_severity.entry(s.clone()).or_insert(0) += n;
-                }
-            }
-            let scores: Vec<f64> = apps.iter().map(|a| security_score(&a.summary)).collect();
-            let rates: Vec<f64> = apps
-                .iter()
-                .filter_map(|a| a.judge.as_ref()?.get("pass_rate")?.as_f64())
-                .collect();
-            let perf = |k: &str| -> Vec<f64> {
-                apps.iter()
-                    .filter_map(|a| {
-                        let o = &a.performance.as_ref()?["overall"];
-                        match k {
-                            "p50" => o["latency_ms"]["p50"].as_f64(),
-                            _ => o["requests_per_sec"].as_f64(),
-                        }
-                    })
-                    .collect()
-            };
-            ModelStanding {
-                model: model.to_string(),
-                apps: apps.len(),
-                by_severity,
-                security_score: scores.iter().sum::<f64>() / apps.len() as f64,
-                pass_rate: (!rates.is_empty())
-                    .then(|| rates.iter().sum::<f64>() / rates.len() as f64),
-                p50_ms: median(perf("p50")),
-                requests_per_sec: median(perf("rps")),
-                by_template: apps
-                    .iter()
-                    .filter_map(|a| Some((a.template.clone()?, security_score(&a.summary))))
-                    .collect(),
-                did_not_run: apps.iter().filter(|a| a.did_not_run()).count(),
-                coverage: Coverage {
-                    full: apps.iter().filter(|a| a.coverage == "full").count(),
-                    partial: apps.iter().filter(|a| a.coverage == "partial").count(),
-                    none: apps.iter().filter(|a| a.coverage == "none").count(),
-                },
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        a.security_score
-            .total_cmp(&b.security_score)
-            .then_with(|| {
-                b.pass_rate
-                    .unwrap_or(0.0)
-                    .total_cmp(&a.pass_rate.unwrap_or(0.0))
-            })
-            .then_with(|| a.model.cmp(&b.model))
-    });
-    out
-}
+pub use crate::ranking::{compare, AppScores, Coverage, ModelStanding};
 
 /// How one app changed between two runs of the same spec: findings matched by their
 /// fingerprint (stable across runs for the same code and rule).
@@ -458,8 +349,8 @@ pub fn diff_runs(before: &[AppResults], after: &[AppResults]) -> Vec<AppChange> 
                 app: any.app.clone(),
                 model: any.model.clone(),
                 template: any.template.clone(),
-                score_before: old.map(|x| security_score(&x.summary)),
-                score_after: new.map(|x| security_score(&x.summary)),
+                score_before: old.map(|x| x.scores.security),
+                score_after: new.map(|x| x.scores.security),
                 fixed: fo.difference(&fa).count(),
                 new: fa.difference(&fo).count(),
             }
@@ -506,43 +397,121 @@ mod tests {
         }
     }
 
-    #[test]
-    fn models_are_ranked_by_weighted_findings_then_pass_rate() {
-        let app = |model: &str, template: &str, high: usize, low: usize, pass: f64| AppResults {
+    fn finding(tool: &str, rule: &str, cwe: Option<u32>, severity: Severity) -> Finding {
+        Finding::new(
+            "static",
+            tool,
+            rule,
+            cwe,
+            severity,
+            "x",
+            "m",
+            crate::analysis::finding::Location {
+                path: "app.py".into(),
+                line: Some(1),
+                column: None,
+                end_line: None,
+            },
+        )
+    }
+
+    /// An app with `high` security findings (bandit, CWE-89) and `low` quality ones
+    /// (pylint), of `lines` lines.
+    fn scored_app(
+        model: &str,
+        template: &str,
+        high: usize,
+        low: usize,
+        pass: f64,
+        lines: u64,
+    ) -> AppResults {
+        let findings: Vec<Finding> = (0..high)
+            .map(|_| finding("bandit", "B608", Some(89), Severity::High))
+            .chain((0..low).map(|_| finding("pylint", "W0612", None, Severity::Low)))
+            .collect();
+        AppResults {
             app: format!("model={model} template={template}"),
             model: Some(model.into()),
             template: Some(template.into()),
             analyzers: vec![],
-            summary: Summary {
-                total: high + low,
-                by_severity: [("high".to_string(), high), ("low".to_string(), low)].into(),
-                ..Default::default()
-            },
+            summary: summarize(&findings),
             tools: vec![],
-            findings: vec![],
+            scores: AppScores::of(&findings, false),
+            findings,
             performance: Some(
                 json!({"overall": {"requests_per_sec": 100.0 * pass, "latency_ms": {"p50": 2.0}}}),
             ),
             judge: Some(json!({"pass_rate": pass})),
             outcome: None,
             coverage: String::new(),
-        };
+            code_lines: Some(lines),
+        }
+    }
+
+    #[test]
+    fn models_are_ranked_by_security_then_quality_each_per_app_and_per_kloc() {
         let standings = compare(&[
-            app("a", "todo", 2, 0, 0.5),
-            app("a", "blog", 0, 1, 0.7),
-            app("b", "todo", 0, 2, 0.9),
-            app("b", "blog", 0, 0, 0.9),
+            scored_app("a", "todo", 2, 0, 0.5, 500),
+            scored_app("a", "blog", 0, 1, 0.7, 1500),
+            scored_app("b", "todo", 0, 2, 0.9, 100),
+            scored_app("b", "blog", 0, 0, 0.9, 100),
+            scored_app("c", "todo", 0, 5, 0.9, 100),
+            scored_app("c", "blog", 0, 5, 0.9, 100),
         ]);
+        let order: Vec<&str> = standings.iter().map(|m| m.model.as_str()).collect();
         assert_eq!(
-            standings[0].model, "b",
-            "1 weighted finding per app beats 5.5"
+            order,
+            ["b", "c", "a"],
+            "no security findings beat 5 per app; then fewer quality findings"
         );
-        assert_eq!(standings[0].security_score, 1.0);
-        assert_eq!(standings[1].security_score, 5.5);
-        assert_eq!(standings[1].by_severity["high"], 2);
-        assert!((standings[1].pass_rate.unwrap() - 0.6).abs() < 1e-9);
-        assert_eq!(standings[1].by_template["todo"], 10.0);
-        assert_eq!(standings[1].requests_per_sec, Some(60.0));
+        let [b, c, a] = [&standings[0], &standings[1], &standings[2]];
+        assert_eq!((a.security_score, a.quality_score), (5.0, 0.5));
+        assert_eq!((b.security_score, b.quality_score), (0.0, 1.0));
+        assert_eq!(c.quality_score, 5.0);
+        assert_eq!(a.code_lines, 2000);
+        assert_eq!(a.security_per_kloc, Some(5.0), "10 points over 2 KLOC");
+        assert_eq!(b.quality_per_kloc, Some(10.0), "2 points over 0.2 KLOC");
+        assert_eq!(a.by_category["security"], 2);
+        assert_eq!(a.by_severity["high"], 2);
+        assert!((a.pass_rate.unwrap() - 0.6).abs() < 1e-9);
+        assert_eq!(a.by_template["todo"], 10.0);
+        assert_eq!(a.requests_per_sec, Some(60.0));
+        assert_eq!((a.rank, b.rank), (3, 1));
+        assert!(b.small_sample && b.note.contains("small sample (2 apps)"));
+        let tie = b.versus_next.as_ref().unwrap();
+        assert!(
+            tie.tie && tie.model == "c",
+            "b and c have equal security: {tie:?}"
+        );
+        assert!(b.note.contains("tie with c (p=1.00)"), "{}", b.note);
+    }
+
+    /// The ranking is not fooled by a model whose apps do not run, nor by one that wrote
+    /// more code, and says when a difference is real.
+    #[test]
+    fn apps_that_do_not_run_count_against_their_model_and_many_apps_give_a_verdict() {
+        let mut apps = Vec::new();
+        for t in 0..8 {
+            // "quiet": every app crashes at start, so nothing but static analysis ran.
+            let mut quiet = scored_app("quiet", &format!("t{t}"), 0, 0, 0.0, 50);
+            quiet.outcome = Some("does_not_start".into());
+            quiet.scores = AppScores::of(&quiet.findings, quiet.did_not_run());
+            apps.push(quiet);
+            // "verbose" writes 10× the code with one high finding in every app.
+            apps.push(scored_app("verbose", &format!("t{t}"), 1, 0, 0.9, 1000));
+        }
+        let standings = compare(&apps);
+        let quiet = standings.iter().find(|m| m.model == "quiet").unwrap();
+        let verbose = standings.iter().find(|m| m.model == "verbose").unwrap();
+        assert_eq!(quiet.did_not_run, 8);
+        assert_eq!(quiet.security_score, crate::ranking::DID_NOT_RUN_PENALTY);
+        assert_eq!(verbose.rank, 1, "5 per app beats 10 per app that never ran");
+        assert_eq!(verbose.security_per_kloc, Some(5.0));
+        assert_eq!(quiet.security_per_kloc, Some(200.0));
+        let v = verbose.versus_next.as_ref().unwrap();
+        assert!(!v.tie && v.p_value < 0.01, "{v:?}");
+        assert!(!verbose.small_sample && verbose.note.is_empty());
+        assert_eq!(verbose.security_ci, Some([5.0, 5.0]));
     }
 
     #[test]
@@ -562,11 +531,13 @@ mod tests {
             analyzers: vec![],
             summary: summarize(&findings),
             tools: vec![],
+            scores: AppScores::of(&findings, false),
             findings,
             performance: None,
             judge: None,
             outcome: None,
             coverage: String::new(),
+            code_lines: None,
         };
         let before = [
             app("a", vec![f("x", "high"), f("y", "low")]),

@@ -239,4 +239,47 @@ async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own
         }
     }
     assert!(missed.is_empty(), "missed static defects: {missed:#?}");
+
+    // `assay compare` ranks the three models, with each model's apps that did not run.
+    let compare = Command::new(BIN)
+        .args(["compare", "1", "--json", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stderr)
+    );
+    let standings: Vec<assay::ranking::ModelStanding> =
+        serde_json::from_slice(&compare.stdout).unwrap();
+    let models: std::collections::BTreeSet<&str> =
+        expected.app.iter().map(|a| a.model.as_str()).collect();
+    assert_eq!(standings.len(), models.len());
+    for m in &standings {
+        let apps: Vec<&ExpectedApp> = expected.app.iter().filter(|a| a.model == m.model).collect();
+        assert_eq!(m.apps, apps.len(), "{}", m.model);
+        assert_eq!(
+            m.did_not_run,
+            apps.iter().filter(|a| a.outcome != "started").count(),
+            "{}",
+            m.model
+        );
+        assert!(m.code_lines > 0 && m.security_per_kloc.is_some(), "{m:?}");
+        assert!(
+            m.small_sample,
+            "a handful of apps per model is a small sample"
+        );
+    }
+    let table = Command::new(BIN)
+        .args(["compare", "1", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    eprintln!("{table}");
+    for m in &standings {
+        assert!(table.contains(&m.model), "{table}");
+    }
+    assert!(table.contains("did not run") && table.contains("security/KLOC"));
 }

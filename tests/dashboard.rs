@@ -570,6 +570,52 @@ async fn compare_ranks_models_between_runs_and_the_html_report_opens_offline() {
     .await;
     let ranked = ranked.as_array().unwrap();
     assert_eq!(ranked.len(), 2, "{ranked:?}");
+    // Every view shows the same numbers: this page, the HTML report, the models CSV and
+    // `assay compare` (which renders the standings the JSON export carries).
+    let shown = js(
+        &b,
+        "return [...document.querySelectorAll('#ranking tbody tr')].map(r => [r.dataset.model, r.querySelector('td.security').textContent, r.querySelector('td.quality').textContent]);",
+    )
+    .await;
+    let export = |format| cluster.client.export(second, format);
+    let exported: Value =
+        serde_json::from_slice(&export(assay::report::ExportFormat::Json).await.unwrap()).unwrap();
+    let models: Vec<assay::ranking::ModelStanding> =
+        serde_json::from_value(exported["models"].clone()).unwrap();
+    let table = assay::ranking::render(&models);
+    let html = String::from_utf8(export(assay::report::ExportFormat::Html).await.unwrap()).unwrap();
+    let csv = String::from_utf8(
+        export(assay::report::ExportFormat::ModelsCsv)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    for (row, m) in shown.as_array().unwrap().iter().zip(&models) {
+        let security = assay::ranking::with_interval(m.security_score, m.security_ci);
+        let quality = assay::ranking::with_interval(m.quality_score, m.quality_ci);
+        assert_eq!(
+            row,
+            &json!([m.model, security, quality]),
+            "the page and the standings"
+        );
+        assert!(
+            table.contains(&security) && table.contains(&quality),
+            "{table}"
+        );
+        assert!(
+            html.contains(&format!(">{security}<")) && html.contains(&format!(">{quality}<")),
+            "the HTML report shows {security} and {quality}"
+        );
+        let line = csv
+            .lines()
+            .find(|l| l.split(',').nth(1) == Some(m.model.as_str()))
+            .unwrap();
+        assert!(
+            line.contains(&format!(",{},", m.security_score))
+                && line.contains(&format!(",{},", m.quality_score)),
+            "{line}"
+        );
+    }
     present(&b, "#severity-chart rect.bar").await;
     let heat = js(
         &b,

@@ -129,6 +129,80 @@ impl Finding {
     }
 }
 
+/// What a finding says about the app, so that a comparison can weigh kinds apart
+/// (`docs/findings.md`, "Categories").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    /// A weakness an attacker could use.
+    Security,
+    /// A bug, dead or needlessly complex code, slowness, a requirement not met.
+    Quality,
+    /// Layout and naming conventions.
+    Style,
+    /// The app did not install, start or answer: counted per app, not as findings.
+    AppFailure,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Security => "security",
+            Category::Quality => "quality",
+            Category::Style => "style",
+            Category::AppFailure => "app_failure",
+        }
+    }
+}
+
+/// CWEs of maintainability, not of exploitable weaknesses: dead code (561), needless
+/// complexity (1121), irrelevant code (1164), poor code quality (398), coding standards (710).
+const QUALITY_CWES: &[u32] = &[398, 561, 710, 1121, 1164];
+
+/// Tools whose every rule is about security.
+const SECURITY_TOOLS: &[&str] = &["bandit", "semgrep", "detect-secrets"];
+
+impl Finding {
+    pub fn category(&self) -> Category {
+        if self.tool == APP_FAILURE_TOOL {
+            return Category::AppFailure;
+        }
+        if let Some(cwe) = self.cwe {
+            return if QUALITY_CWES.contains(&cwe) {
+                Category::Quality
+            } else {
+                Category::Security
+            };
+        }
+        let tools = || self.sources.iter().map(|s| s.tool.as_str());
+        if tools().any(|t| SECURITY_TOOLS.contains(&t))
+            || self
+                .sources
+                .iter()
+                .any(|s| s.tool == "ruff" && s.rule.starts_with('S'))
+            || (self.analyzer == "dynamic" && self.rule != "functional")
+        {
+            return Category::Security;
+        }
+        let style = self.sources.iter().all(|s| match s.tool.as_str() {
+            // pycodestyle, isort, pep8-naming, pydocstyle, quotes, commas.
+            "ruff" => ["E", "W", "I", "N", "D", "Q", "COM"].iter().any(|p| {
+                s.rule.starts_with(p) && s.rule[p.len()..].starts_with(|c: char| c.is_ascii_digit())
+            }),
+            "pylint" => s.tool_severity == "convention",
+            _ => false,
+        });
+        if style && self.rule != crate::analysis::static_tools::NOT_VALID_SOURCE {
+            Category::Style
+        } else {
+            Category::Quality
+        }
+    }
+}
+
+/// The tool name of the finding an app's own failure to run is recorded as.
+pub const APP_FAILURE_TOOL: &str = "assay-app";
+
 /// A fingerprint that survives re-runs and unrelated edits elsewhere in the file: the
 /// weakness, the file, and the line's snippet when known (else the line number).
 pub fn fingerprint(f: &Finding) -> String {
@@ -271,6 +345,51 @@ mod tests {
                 end_line: None,
             },
         )
+    }
+
+    #[test]
+    fn each_finding_has_a_category_the_comparison_weighs_apart() {
+        let mut pylint_convention = at("pylint", "C0114", None, Severity::Info, 1);
+        pylint_convention.sources[0].tool_severity = "convention".into();
+        let cases = [
+            (
+                at("bandit", "B105", None, Severity::Low, 1),
+                Category::Security,
+            ),
+            (
+                at("pylint", "W0703", Some(703), Severity::Low, 1),
+                Category::Security,
+            ),
+            (
+                at("vulture", "unused-function", Some(561), Severity::Info, 1),
+                Category::Quality,
+            ),
+            (
+                at("radon", "complexity", Some(1121), Severity::Low, 1),
+                Category::Quality,
+            ),
+            (
+                at("ruff", "S608", None, Severity::Medium, 1),
+                Category::Security,
+            ),
+            (at("ruff", "E501", None, Severity::Info, 1), Category::Style),
+            (
+                at("ruff", "F401", None, Severity::Low, 1),
+                Category::Quality,
+            ),
+            (
+                at("ruff", "not-valid-source", None, Severity::High, 1),
+                Category::Quality,
+            ),
+            (pylint_convention, Category::Style),
+            (
+                at("assay-app", "app/does-not-start", None, Severity::High, 1),
+                Category::AppFailure,
+            ),
+        ];
+        for (f, want) in cases {
+            assert_eq!(f.category(), want, "{}:{}", f.tool, f.rule);
+        }
     }
 
     #[test]

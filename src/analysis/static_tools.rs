@@ -5,6 +5,7 @@
 
 use super::finding::{Finding, Location, Severity, ToolRun, ToolStatus};
 use crate::supervise::{output_within, SupervisedCommand};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -121,22 +122,61 @@ pub struct Languages {
 }
 
 pub fn detect_languages(dir: &Path) -> Languages {
+    survey(dir).0
+}
+
+/// How much code an app has: non-blank lines of its Python and JavaScript/TypeScript
+/// sources, so that findings can be counted per thousand lines. Built and minified output
+/// (`dist/`, `build/`, `*.min.js`) is not the model's writing and is not counted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CodeSize {
+    pub files: u64,
+    pub lines: u64,
+    pub by_language: BTreeMap<String, u64>,
+}
+
+/// The app's languages and the size of its code.
+pub fn survey(dir: &Path) -> (Languages, CodeSize) {
     let mut langs = Languages::default();
+    let mut size = CodeSize::default();
     for file in super::app_files(dir, &[]) {
-        match file.extension().and_then(|e| e.to_str()) {
-            Some("py") => langs.python = true,
-            Some("js" | "mjs" | "cjs" | "jsx" | "ts" | "tsx" | "mts" | "cts") => {
-                langs.javascript = true
+        let language = match file.extension().and_then(|e| e.to_str()) {
+            Some("py") => {
+                langs.python = true;
+                "python"
             }
-            _ => {}
+            Some("js" | "mjs" | "cjs" | "jsx" | "ts" | "tsx" | "mts" | "cts") => {
+                langs.javascript = true;
+                "javascript"
+            }
+            _ => continue,
+        };
+        let rel = file.strip_prefix(dir).unwrap_or(&file);
+        let generated = rel
+            .components()
+            .any(|c| matches!(c.as_os_str().to_str(), Some("dist" | "build")))
+            || rel.to_string_lossy().contains(".min.");
+        if generated {
+            continue;
         }
+        let Ok(text) = std::fs::read(&file) else {
+            continue;
+        };
+        let lines = text
+            .split(|b| *b == b'\n')
+            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+            .count() as u64;
+        size.files += 1;
+        size.lines += lines;
+        *size.by_language.entry(language.to_string()).or_default() += lines;
     }
-    langs
+    (langs, size)
 }
 
 pub struct StaticOutcome {
     pub runs: Vec<ToolRun>,
     pub findings: Vec<Finding>,
+    pub code: CodeSize,
 }
 
 /// Run `tools` over a confined copy of `app_dir` (see [`super::confine`]) in parallel. Raw
@@ -154,9 +194,9 @@ pub async fn run_all(
         .await
         .map_err(std::io::Error::other)??;
     let root = copy.root.clone();
-    let langs = {
+    let (langs, code) = {
         let root = root.clone();
-        tokio::task::spawn_blocking(move || detect_languages(&root))
+        tokio::task::spawn_blocking(move || survey(&root))
             .await
             .map_err(std::io::Error::other)?
     };
@@ -181,6 +221,7 @@ pub async fn run_all(
     Ok(StaticOutcome {
         runs: tool_runs,
         findings,
+        code,
     })
 }
 
@@ -843,6 +884,26 @@ fn parse_cwe(text: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_is_counted_in_non_blank_lines_without_built_or_minified_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write("backend/app.py", "import os\n\n\nprint(1)\n   \n");
+        write("frontend/src/App.jsx", "export default () => <p/>;\n");
+        write("frontend/dist/assets/index.js", "a\nb\nc\n");
+        write("frontend/public/vendor.min.js", "x\n");
+        write("frontend/node_modules/react/index.js", "y\n");
+        write("README.md", "# hi\n");
+        let (langs, size) = survey(dir.path());
+        assert!(langs.python && langs.javascript);
+        assert_eq!((size.files, size.lines), (2, 3));
+        assert_eq!(size.by_language["python"], 2);
+    }
 
     /// A file that is not valid Python is one High finding, and every tool that could not
     /// read it says so, instead of reporting it clean.

@@ -253,7 +253,7 @@ fn app_outcome_finding(analyzer: &str, outcome: &str, message: &str) -> Finding 
     let rule = format!("app/{}", outcome.replace('_', "-"));
     Finding::new(
         analyzer,
-        "assay-app",
+        crate::analysis::finding::APP_FAILURE_TOOL,
         &rule,
         None,
         Severity::High,

@@ -110,6 +110,7 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "summary": summarize(&findings),
             "tools": outcome.runs,
             "findings": findings,
+            "code": outcome.code,
         }),
     })
 }

@@ -1395,6 +1395,7 @@ async fn pipeline_compare(
     let mut out = serde_json::json!({
         "pipeline_id": id,
         "models": models,
+        "did_not_run_penalty": crate::ranking::DID_NOT_RUN_PENALTY,
         "templates": templates,
         // Per model, what generating cost; the judge's calls are not the judged model's.
         "usage": usage
