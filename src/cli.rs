@@ -232,6 +232,18 @@ async fn token_command(action: TokenAction) -> Result<u8> {
 }
 
 #[derive(Subcommand)]
+enum ToolsAction {
+    /// Install the pinned tools into Assay's cache dir (`ASSAY_TOOLS_DIR` to choose);
+    /// does nothing when they are there already.
+    Install,
+    /// Each pinned tool: its pin, the version installed, where the analyzers find it.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run a pipeline on the embedded default (SQLite, local workers) and follow it.
     /// Running it again resumes: finished jobs are not run again.
@@ -569,6 +581,17 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Assay's own analysis tools (pinned; installed on first use into the cache dir).
+    Tools {
+        #[command(subcommand)]
+        action: ToolsAction,
+    },
+    /// What this machine lacks to run every analyzer and the tests, and how to fix it.
+    /// Exits 1 when something an analyzer needs is missing.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// List a provider's models with context window and prices (cached for a day).
     Models {
         /// OpenAI-compatible base URL (default: OpenRouter).
@@ -722,6 +745,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             };
+            if needs_tools(&req) {
+                ensure_tools().await;
+            }
             run_embedded(req, spec_dir, &data_dir, slots, run).await
         }
         Command::Analyze {
@@ -790,7 +816,61 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 app_roots: vec![dir.clone()],
                 providers: load_providers(providers.as_deref())?,
             };
+            ensure_tools().await;
             run_embedded(req, dir, &data_dir, (workers, 1), run).await
+        }
+        Command::Tools { action } => match action {
+            ToolsAction::Install => {
+                let done = crate::toolchain::install(&tool_step).await?;
+                eprintln!(
+                    "analysis tools installed in {} ({} packages recorded)",
+                    crate::toolchain::dir().display(),
+                    done.versions.len()
+                );
+                Ok(0)
+            }
+            ToolsAction::List { json } => {
+                let lines = crate::toolchain::list();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&lines)?);
+                } else {
+                    println!("toolchain: {}", crate::toolchain::dir().display());
+                    for l in lines {
+                        println!(
+                            "  {:<28} pinned {:<10} installed {:<10} {}",
+                            l.package,
+                            l.pinned,
+                            l.installed.as_deref().unwrap_or("—"),
+                            l.found_at
+                                .map(|f| format!("runs {f}"))
+                                .unwrap_or_else(|| "(no program found)".into())
+                        );
+                    }
+                }
+                Ok(0)
+            }
+        },
+        Command::Doctor { json } => {
+            let checks = doctor_checks();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                for c in &checks {
+                    let mark = if c.ok {
+                        "ok     "
+                    } else if c.required {
+                        "MISSING"
+                    } else {
+                        "missing"
+                    };
+                    println!("{mark} {:<16} {}", c.what, c.detail);
+                }
+            }
+            Ok(if checks.iter().any(|c| c.required && !c.ok) {
+                1
+            } else {
+                0
+            })
         }
         Command::Server {
             data_dir,
@@ -1566,11 +1646,45 @@ async fn run_embedded(
     server.wait().await;
     let detail = detail?;
     summary?;
+    if detail.pipeline.state.is_terminal() {
+        analysis_report(data_dir, resp.pipeline_id).await?;
+    }
     if stop.is_cancelled() && !detail.pipeline.state.is_terminal() {
         eprintln!("interrupted; run the same command again to resume");
         return Ok(130);
     }
     Ok(progress::exit_code(detail.pipeline.state))
+}
+
+/// After a run with analysis results: the models compared (when its apps name models) and
+/// the HTML report written into the data directory.
+async fn analysis_report(data_dir: &Path, pipeline_id: i64) -> Result<()> {
+    let store = open_data_dir(data_dir).await?;
+    let Some(gathered) = crate::exports::gather(&store, pipeline_id).await? else {
+        return Ok(());
+    };
+    if gathered.apps.is_empty() {
+        return Ok(());
+    }
+    if !gathered.models.is_empty() {
+        println!(
+            "\nmodels compared (assay compare {pipeline_id} --data-dir {}):",
+            data_dir.display()
+        );
+        print!("{}", crate::ranking::render(&gathered.models));
+    }
+    let report = data_dir.join(format!("report-{pipeline_id}.html"));
+    let bytes = gathered.export(
+        crate::report::ExportFormat::Html,
+        crate::domain::now_micros(),
+    )?;
+    std::fs::write(&report, bytes).with_context(|| format!("writing {}", report.display()))?;
+    println!(
+        "report: {} (opens offline); per app: assay results {pipeline_id} --data-dir {}",
+        report.display(),
+        data_dir.display()
+    );
+    Ok(())
 }
 
 /// The store of a data directory of `assay run`, read without a server.
@@ -1619,4 +1733,125 @@ async fn analysis_jobs_of(
             .collect()
         }
     })
+}
+
+/// Whether a spec has stages that run the analysis tools or start apps (and so need `uv`).
+fn needs_tools(req: &SubmitRequest) -> bool {
+    crate::spec::parse(req.file_name.as_deref().unwrap_or("spec"), &req.spec).is_ok_and(|spec| {
+        spec.stages
+            .iter()
+            .any(|s| matches!(s.kind.as_str(), "static" | "dynamic" | "performance"))
+    })
+}
+
+fn tool_step(what: &str) {
+    eprintln!("  tools: {what}…");
+}
+
+/// The pinned analysis tools, installed on first use. A failed install is said and the run
+/// goes on: the analyzers then report each missing tool as `not_available`, with its fix.
+async fn ensure_tools() {
+    if crate::toolchain::installed().is_none() && !crate::toolchain::missing_tools().is_empty() {
+        eprintln!(
+            "installing Assay's analysis tools (first use, a few minutes) into {}; ASSAY_NO_TOOLS_INSTALL=1 skips this",
+            crate::toolchain::dir().display()
+        );
+    }
+    match crate::toolchain::ensure(&tool_step).await {
+        Ok(Some(done)) => eprintln!("  tools: {} packages installed", done.versions.len()),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "could not install the analysis tools: {e}; `assay doctor` says what is missing"
+        ),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Check {
+    what: &'static str,
+    ok: bool,
+    /// Without it an analyzer cannot do its work (else only the tests or extras need it).
+    required: bool,
+    detail: String,
+}
+
+fn doctor_checks() -> Vec<Check> {
+    use crate::toolchain::which;
+    let mut out = Vec::new();
+    let mut program = |what: &'static str, found: Option<PathBuf>, required: bool, fix: &str| {
+        out.push(Check {
+            what,
+            ok: found.is_some(),
+            required,
+            detail: match found {
+                Some(p) => p.display().to_string(),
+                None => format!("not found; {fix}"),
+            },
+        })
+    };
+    program(
+        "python3",
+        which("python3"),
+        true,
+        "apt-get install python3 python3-venv",
+    );
+    program("npm", which("npm"), true, "apt-get install nodejs npm");
+    program(
+        "bwrap",
+        which("bwrap"),
+        true,
+        "apt-get install bubblewrap (apps run in its sandbox)",
+    );
+    program(
+        "setpriv",
+        which("setpriv"),
+        true,
+        "apt-get install util-linux",
+    );
+    program(
+        "chromium",
+        which("chromium"),
+        false,
+        "apt-get install chromium (the dashboard tests drive it)",
+    );
+    program(
+        "chromedriver",
+        which("chromedriver"),
+        false,
+        "apt-get install chromium-driver (the dashboard tests)",
+    );
+    let tools_fix = "run `assay tools install` (or any `assay run`/`assay analyze`, which installs them on first use)";
+    for t in crate::analysis::static_tools::TOOLS {
+        let found = crate::analysis::static_tools::find_program(t.program);
+        out.push(Check {
+            what: t.name,
+            ok: found.is_some(),
+            required: true,
+            detail: match found {
+                Some(p) => p.display().to_string(),
+                None => format!("not found; {tools_fix}"),
+            },
+        });
+    }
+    let uv = crate::analysis::static_tools::find_program("uv");
+    out.push(Check {
+        what: "uv",
+        ok: uv.is_some(),
+        required: true,
+        detail: match uv {
+            Some(p) => format!("{} (builds each app's environment)", p.display()),
+            None => format!("not found; {tools_fix}"),
+        },
+    });
+    let sandbox = crate::sandbox::check();
+    out.push(Check {
+        what: "sandbox",
+        ok: sandbox.is_ok(),
+        required: true,
+        detail: match sandbox {
+            Ok(()) => "apps run in their own namespaces, reachable only through loopback".into(),
+            Err(e) => format!("{e}; apps would run unconfined (--no-sandbox) — run as root with bubblewrap, or allow unprivileged user namespaces"),
+        },
+    });
+    out
 }

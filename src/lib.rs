@@ -24,4 +24,5 @@ pub mod server;
 pub mod spec;
 pub mod store;
 pub mod supervise;
+pub mod toolchain;
 pub mod worker;

@@ -29,7 +29,7 @@ enum Language {
 #[derive(Debug, Clone, Copy)]
 pub struct Tool {
     pub name: &'static str,
-    program: &'static str,
+    pub program: &'static str,
     language: Language,
     pub install: &'static str,
 }
@@ -94,12 +94,13 @@ pub fn tool(name: &str) -> Option<&'static Tool> {
 pub const LOCAL_TOOL_DIRS: &[&str] = &[".tools/venv/bin", ".tools/node/node_modules/.bin"];
 
 /// Where to look for tool programs: `ASSAY_TOOL_PATH` (colon-separated), then the local
-/// `.tools/` folder, then PATH.
+/// `.tools/` folder, then Assay's own toolchain (`crate::toolchain`), then PATH.
 pub fn find_program(program: &str) -> Option<PathBuf> {
     let extra = std::env::var_os("ASSAY_TOOL_PATH").unwrap_or_default();
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&extra)
         .chain(LOCAL_TOOL_DIRS.iter().map(PathBuf::from))
+        .chain(crate::toolchain::bin_dirs())
         .chain(std::env::split_paths(&path))
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable(candidate))
