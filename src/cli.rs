@@ -232,6 +232,26 @@ async fn token_command(action: TokenAction) -> Result<u8> {
 }
 
 #[derive(Subcommand)]
+enum TemplatesAction {
+    /// Make a template from an OpenAPI 3 or Swagger 2 document (YAML or JSON): its
+    /// operations become endpoints, its schemas the data model. Writes `NAME.toml` into
+    /// `--out` (an analysis stage takes that folder as its `templates` parameter), or
+    /// prints it.
+    Import {
+        file: PathBuf,
+        /// The template's name (default: from the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Folder to write `NAME.toml` into (default: print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace a template file of that name.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ToolsAction {
     /// Install the pinned tools into Assay's cache dir (`ASSAY_TOOLS_DIR` to choose);
     /// does nothing when they are there already.
@@ -609,8 +629,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the app templates: the built-in catalog, plus a folder of your own.
+    /// List the app templates: the built-in catalog, plus a folder of your own; or
+    /// `assay templates import openapi.yaml` to make one from an API description.
     Templates {
+        #[command(subcommand)]
+        action: Option<TemplatesAction>,
         /// A folder of your own templates (`*.toml`), added to the built-in ones.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -1423,7 +1446,65 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
-        Command::Templates { dir, json } => {
+        Command::Templates {
+            action:
+                Some(TemplatesAction::Import {
+                    file,
+                    name,
+                    out,
+                    force,
+                }),
+            ..
+        } => {
+            use crate::analysis::openapi_import as import;
+            let size = std::fs::metadata(&file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .len();
+            if size > import::MAX_DOCUMENT_BYTES as u64 {
+                bail!(
+                    "{}: {size} bytes; an API description over {} bytes is refused",
+                    file.display(),
+                    import::MAX_DOCUMENT_BYTES
+                );
+            }
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let name = name.unwrap_or_else(|| {
+                import::name_from(&file.file_stem().unwrap_or_default().to_string_lossy())
+            });
+            let doc =
+                import::parse_document(&text).with_context(|| format!("{}", file.display()))?;
+            let template = import::template_from_openapi(&doc, &name)
+                .with_context(|| format!("{}", file.display()))?;
+            let toml = import::to_toml(&template)?;
+            match out {
+                None => print!("{toml}"),
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    let to = dir.join(format!("{name}.toml"));
+                    if to.exists() && !force {
+                        bail!("{} exists; --force replaces it", to.display());
+                    }
+                    std::fs::write(&to, toml)
+                        .with_context(|| format!("writing {}", to.display()))?;
+                    eprintln!(
+                        "wrote {} ({} endpoints, {} data model types); `assay templates --dir {}` lists it, and an analysis stage uses it with `templates = \"{}\"`",
+                        to.display(),
+                        template.endpoints.len(),
+                        template.data_model.len(),
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Templates {
+            action: None,
+            dir,
+            json,
+        } => {
             use crate::analysis::catalog;
             let all = catalog::with_user_dir(dir.as_deref())?;
             if json {

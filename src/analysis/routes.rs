@@ -3370,7 +3370,7 @@ impl Project {
 // ---------------------------------------------------------------------------------------
 
 /// A local `$ref` (`#/components/schemas/Item`) followed a few hops; anything else as is.
-fn resolve_ref<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+pub(crate) fn resolve_ref<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
     let mut current = value;
     for _ in 0..MAX_REF_HOPS {
         let target = current
@@ -3456,7 +3456,7 @@ fn security_requires_auth(security: &Value) -> bool {
 
 /// Swagger 2 `basePath`, or the path of OpenAPI 3's first server URL (`/api/v1`,
 /// `https://host/api`); `""` when there is none or it is templated.
-fn openapi_base_path(doc: &Value) -> String {
+pub(crate) fn openapi_base_path(doc: &Value) -> String {
     let base = if let Some(base) = doc.get("basePath").and_then(Value::as_str) {
         base
     } else if let Some(url) = doc.pointer("/servers/0/url").and_then(Value::as_str) {
