@@ -23,6 +23,10 @@ enum Language {
     Python,
     JavaScript,
     Any,
+    /// The app's pinned Python requirements (`requirements.txt`).
+    PythonRequirements,
+    /// The app's npm lock file (`package-lock.json`).
+    NpmLockfile,
 }
 
 /// A static analysis tool Assay knows how to run and read.
@@ -83,7 +87,78 @@ pub const TOOLS: &[Tool] = &[
         language: Language::JavaScript,
         install: "npm install -g eslint@10.15.0",
     },
+    Tool {
+        name: "pip-audit",
+        program: "pip-audit",
+        language: Language::PythonRequirements,
+        install: "pip install pip-audit==2.10.1",
+    },
+    Tool {
+        name: "npm-audit",
+        program: "npm",
+        language: Language::NpmLockfile,
+        install: "apt-get install npm",
+    },
 ];
+
+/// The dependency manifest an audit tool reads: the app's shallowest `requirements.txt`
+/// or `package-lock.json` outside dependency folders, relative to the app.
+fn dependency_manifest(tool: &Tool, app: &Path) -> Option<PathBuf> {
+    let file = match tool.language {
+        Language::PythonRequirements => "requirements.txt",
+        Language::NpmLockfile => "package-lock.json",
+        _ => return None,
+    };
+    super::app_files(app, &[])
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == file))
+        .filter_map(|f| f.strip_prefix(app).ok().map(Path::to_path_buf))
+        .min_by_key(|rel| (rel.components().count(), rel.clone()))
+}
+
+/// An audit whose vulnerability database could not be reached did not run: said as such
+/// (`not_available`), never as "no known vulnerabilities". `None` when it did run.
+pub fn audit_unavailable(tool: &str, stdout: &str, stderr: &str) -> Option<String> {
+    match tool {
+        "pip-audit" => {
+            let v: Value = serde_json::from_str(stdout).unwrap_or(Value::Null);
+            let deps = v["dependencies"].as_array().cloned().unwrap_or_default();
+            let unreachable = |r: &Value| {
+                r["skip_reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("not found on PyPI"))
+            };
+            let network = [
+                "ConnectionError",
+                "Max retries exceeded",
+                "Name or service not known",
+                "timed out",
+            ];
+            if (!deps.is_empty() && deps.iter().all(unreachable))
+                || network.iter().any(|n| stderr.contains(n))
+            {
+                Some("PyPI's vulnerability data (pypi.org/pypi/NAME/VERSION/json) could not be reached from this machine, so no requirement was audited; the dependency audit did not run".into())
+            } else {
+                None
+            }
+        }
+        "npm-audit" => {
+            let v: Value = serde_json::from_str(stdout).unwrap_or(Value::Null);
+            let failed = v.get("vulnerabilities").is_none()
+                && (v.get("error").is_some()
+                    || v.get("statusCode").is_some()
+                    || v.get("message").is_some());
+            failed.then(|| {
+                let why = v["message"]
+                    .as_str()
+                    .or_else(|| v["error"]["summary"].as_str())
+                    .unwrap_or("no answer");
+                format!("the npm registry's advisory database could not be queried from this machine ({why}); the dependency audit did not run")
+            })
+        }
+        _ => None,
+    }
+}
 
 pub fn tool(name: &str) -> Option<&'static Tool> {
     TOOLS.iter().find(|t| t.name == name)
@@ -328,6 +403,40 @@ fn invocation(tool: &Tool, app: &Path, scratch: &Path) -> std::io::Result<Invoca
                 ok_codes: &[0, 1],
             }
         }
+        "pip-audit" => Invocation {
+            args: vec![
+                "-r".into(),
+                dependency_manifest(tool, app)
+                    .ok_or_else(|| std::io::Error::other("no requirements.txt"))?
+                    .display()
+                    .to_string(),
+                "--no-deps".into(),
+                "--disable-pip".into(),
+                "--format".into(),
+                "json".into(),
+                "--progress-spinner".into(),
+                "off".into(),
+            ],
+            cwd: app.to_path_buf(),
+            ok_codes: &[0, 1],
+        },
+        "npm-audit" => {
+            let lock = dependency_manifest(tool, app)
+                .ok_or_else(|| std::io::Error::other("no package-lock.json"))?;
+            Invocation {
+                // The registry is named here: an app's own .npmrc must not send the
+                // audit (and what it tells about the app) elsewhere.
+                args: s(&[
+                    "audit",
+                    "--json",
+                    "--package-lock-only",
+                    "--registry",
+                    "https://registry.npmjs.org/",
+                ]),
+                cwd: app.join(lock.parent().unwrap_or(Path::new(""))),
+                ok_codes: &[0, 1],
+            }
+        }
         other => unreachable!("unknown tool {other}"),
     })
 }
@@ -403,9 +512,18 @@ async fn run_one(
         Language::Python => langs.python,
         Language::JavaScript => langs.javascript,
         Language::Any => langs.python || langs.javascript,
+        Language::PythonRequirements | Language::NpmLockfile => {
+            dependency_manifest(tool, app).is_some()
+        }
     };
     if !relevant {
-        run.detail = Some(format!("no {:?} files in the app", tool.language).to_lowercase());
+        run.detail = Some(match tool.language {
+            Language::PythonRequirements => "no requirements.txt in the app".into(),
+            Language::NpmLockfile => {
+                "no package-lock.json in the app (npm audits locked versions only)".into()
+            }
+            other => format!("no {other:?} files in the app").to_lowercase(),
+        });
         return (run, Vec::new());
     }
     let Some(program) = find_program(tool.program) else {
@@ -465,6 +583,27 @@ async fn run_one(
         run.raw_output = Some(raw_name);
     }
     let code = output.status.code().unwrap_or(-1);
+    let (stdout_text, stderr_text) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    if let Some(why) = audit_unavailable(tool.name, &stdout_text, &stderr_text) {
+        run.status = ToolStatus::NotAvailable;
+        run.detail = Some(why);
+        return (run, Vec::new());
+    }
+    if tool.name == "pip-audit" && stderr_text.contains("is not pinned to an exact version") {
+        run.status = ToolStatus::Skipped;
+        let which = stderr_text
+            .lines()
+            .find_map(|l| l.split("requirement ").nth(1))
+            .and_then(|l| l.split(" (from").next())
+            .unwrap_or("a requirement");
+        run.detail = Some(format!(
+            "not every requirement is pinned ({which}); the audit checks exact versions only (what the app's environment resolved is in the dynamic result's install.installed)"
+        ));
+        return (run, Vec::new());
+    }
     if !inv.ok_codes.contains(&code) {
         run.status = ToolStatus::Error;
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -480,9 +619,11 @@ async fn run_one(
         ));
         return (run, Vec::new());
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    match parse(tool.name, &stdout, app) {
-        Ok(findings) => {
+    match parse(tool.name, &stdout_text, app) {
+        Ok(mut findings) => {
+            if let Some(manifest) = dependency_manifest(tool, app) {
+                point_at_manifest(&mut findings, app, &manifest);
+            }
             run.findings = findings.len();
             run.status = if findings.is_empty() {
                 ToolStatus::NoIssues
@@ -496,6 +637,25 @@ async fn run_one(
             run.detail = Some(format!("cannot read {} output: {e}", tool.name));
             (run, Vec::new())
         }
+    }
+}
+
+/// Audit findings name a package; they are placed on the manifest's line that names it.
+fn point_at_manifest(findings: &mut [Finding], app: &Path, manifest: &Path) {
+    let text = std::fs::read_to_string(app.join(manifest)).unwrap_or_default();
+    let rel = manifest.display().to_string();
+    for f in findings.iter_mut() {
+        let package = f.location.path.clone();
+        f.location.path = rel.clone();
+        f.location.line = text
+            .lines()
+            .position(|l| {
+                let l = l.trim().trim_start_matches('"').to_ascii_lowercase();
+                l.starts_with(&package.to_ascii_lowercase())
+                    || l.starts_with(&format!("node_modules/{}", package.to_ascii_lowercase()))
+            })
+            .map(|i| i as u32 + 1);
+        f.fingerprint = super::finding::fingerprint(f);
     }
 }
 
@@ -848,6 +1008,109 @@ pub fn parse(tool: &str, out: &str, app: &Path) -> Result<Vec<Finding>, String> 
                 }
             }
         }
+        "pip-audit" => {
+            // Location: the package's name, moved onto the manifest by `point_at_manifest`.
+            for dep in json()?["dependencies"]
+                .as_array()
+                .ok_or("no dependencies")?
+            {
+                let (name, version) = (s(&dep["name"]), s(&dep["version"]));
+                for v in dep["vulns"].as_array().into_iter().flatten() {
+                    let id = s(&v["id"]);
+                    let aliases: Vec<String> = v["aliases"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(&s)
+                        .collect();
+                    let fixes: Vec<String> = v["fix_versions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(&s)
+                        .collect();
+                    findings.push(Finding::new(
+                        "static",
+                        "pip-audit",
+                        &id,
+                        Some(1395),
+                        Severity::High,
+                        "vulnerable",
+                        &format!(
+                            "{name} {version} has a known vulnerability {id}{}{}",
+                            if aliases.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", aliases.join(", "))
+                            },
+                            if fixes.is_empty() {
+                                "; no fixed version yet".to_string()
+                            } else {
+                                format!("; fixed in {}", fixes.join(", "))
+                            }
+                        ),
+                        loc(name.clone(), None, None),
+                    ));
+                }
+            }
+        }
+        "npm-audit" => {
+            let v = json()?;
+            for (name, vuln) in v["vulnerabilities"]
+                .as_object()
+                .ok_or("no vulnerabilities")?
+            {
+                let level = s(&vuln["severity"]);
+                let severity = match level.as_str() {
+                    "critical" => Severity::Critical,
+                    "high" => Severity::High,
+                    "moderate" => Severity::Medium,
+                    "low" => Severity::Low,
+                    _ => Severity::Info,
+                };
+                // `via` holds advisories (objects) or the names of vulnerable dependencies.
+                let advisories: Vec<&Value> = vuln["via"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| a.is_object())
+                    .collect();
+                let cwe = advisories
+                    .iter()
+                    .flat_map(|a| a["cwe"].as_array().into_iter().flatten())
+                    .filter_map(|c| c.as_str()?.strip_prefix("CWE-")?.parse::<u32>().ok())
+                    .next()
+                    .unwrap_or(1395);
+                let rule = advisories
+                    .first()
+                    .and_then(|a| a["url"].as_str().and_then(|u| u.rsplit('/').next()))
+                    .unwrap_or("vulnerable-dependency")
+                    .to_string();
+                let titles: Vec<String> = advisories
+                    .iter()
+                    .map(|a| s(&a["title"]))
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                let message = if titles.is_empty() {
+                    format!(
+                        "{name} {} depends on a vulnerable package",
+                        s(&vuln["range"])
+                    )
+                } else {
+                    format!("{name} {}: {}", s(&vuln["range"]), titles.join("; "))
+                };
+                findings.push(Finding::new(
+                    "static",
+                    "npm-audit",
+                    &rule,
+                    Some(cwe),
+                    severity,
+                    &level,
+                    &message,
+                    loc(name.clone(), None, None),
+                ));
+            }
+        }
         other => return Err(format!("no parser for {other}")),
     }
     Ok(findings)
@@ -1015,6 +1278,125 @@ mod tests {
             parse("pylint", pylint, app).unwrap()[0].location.column,
             None
         );
+    }
+
+    /// pip-audit's and npm audit's JSON, as their documentation shows it.
+    #[test]
+    fn audit_reports_become_findings_on_the_manifest_line() {
+        let pip = r#"{"dependencies": [{"name": "flask", "version": "2.2.2", "vulns": [{"id": "GHSA-m2qf-hxjv-5gpq", "fix_versions": ["2.2.5", "2.3.2"], "aliases": ["CVE-2023-30861"], "description": "cookie"}]}, {"name": "click", "version": "8.1.7", "vulns": []}], "fixes": []}"#;
+        let app = Path::new("/apps/x");
+        let mut found = parse("pip-audit", pip, app).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].cwe, Some(1395));
+        assert!(found[0].message.contains("CVE-2023-30861") && found[0].message.contains("2.2.5"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("backend")).unwrap();
+        std::fs::write(
+            dir.path().join("backend/requirements.txt"),
+            "# deps\nFlask==2.2.2\n",
+        )
+        .unwrap();
+        point_at_manifest(
+            &mut found,
+            dir.path(),
+            Path::new("backend/requirements.txt"),
+        );
+        assert_eq!(
+            (found[0].location.path.as_str(), found[0].location.line),
+            ("backend/requirements.txt", Some(2))
+        );
+        let npm = r#"{"auditReportVersion": 2, "vulnerabilities": {"lodash": {"name": "lodash", "severity": "critical", "isDirect": true,
+            "via": [{"source": 1096305, "name": "lodash", "title": "Prototype Pollution in lodash", "url": "https://github.com/advisories/GHSA-jf85-cpcp-j695", "severity": "critical", "cwe": ["CWE-1321"], "range": "<4.17.12"}],
+            "effects": [], "range": "<=4.17.20", "nodes": ["node_modules/lodash"], "fixAvailable": true}}, "metadata": {}}"#;
+        let found = parse("npm-audit", npm, app).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].severity, found[0].cwe),
+            (Severity::Critical, Some(1321))
+        );
+        assert_eq!(found[0].rule, "GHSA-jf85-cpcp-j695");
+        assert_eq!(audit_unavailable("npm-audit", npm, ""), None);
+        assert_eq!(audit_unavailable("pip-audit", pip, ""), None);
+    }
+
+    /// The audits against the real databases: where they answer, the planted old versions
+    /// are found; where they cannot be reached (as on machines whose PyPI and npm are
+    /// mirrors without the vulnerability APIs), the run says so and claims nothing.
+    #[tokio::test]
+    async fn the_audits_find_old_pins_or_say_their_database_is_out_of_reach() {
+        // Found in `.tools/` (the tests run in the crate's folder) once scripts/setup ran.
+        assert!(find_program("pip-audit").is_some(), "run scripts/setup");
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        std::fs::create_dir_all(app.join("frontend")).unwrap();
+        let write = |rel: &str, text: &str| std::fs::write(app.join(rel), text).unwrap();
+        write("app.py", "import flask\n");
+        write("requirements.txt", "flask==2.2.2\nwerkzeug==2.2.2\n");
+        write("frontend/index.js", "console.log(1);\n");
+        write(
+            "frontend/package.json",
+            r#"{"name":"f","version":"1.0.0","dependencies":{"lodash":"4.17.15"}}"#,
+        );
+        write(
+            "frontend/package-lock.json",
+            r#"{"name":"f","version":"1.0.0","lockfileVersion":3,"requires":true,"packages":{"":{"name":"f","version":"1.0.0","dependencies":{"lodash":"4.17.15"}},"node_modules/lodash":{"version":"4.17.15","resolved":"https://registry.npmjs.org/lodash/-/lodash-4.17.15.tgz","integrity":"sha512-8xOcRHvCjnocdS5cpwXQXVzmmh5e5+saE2QGoeQmbKmRS6J3VQppPOIt0MpmE+O2jZ3bbIvX0ZsaFWGibNjJXg=="}}}"#,
+        );
+        let tools: Vec<&'static Tool> = ["pip-audit", "npm-audit"]
+            .iter()
+            .map(|n| tool(n).unwrap())
+            .collect();
+        let scratch = tempfile::tempdir().unwrap();
+        let out = run_all(
+            &app,
+            &tools,
+            Duration::from_secs(120),
+            scratch.path(),
+            scratch.path(),
+        )
+        .await
+        .unwrap();
+        for (run, package, manifest) in [
+            (&out.runs[0], "flask", "requirements.txt"),
+            (&out.runs[1], "lodash", "frontend/package-lock.json"),
+        ] {
+            match run.status {
+                ToolStatus::Success => assert!(
+                    out.findings.iter().any(|f| f.tool == run.tool
+                        && f.location.path == manifest
+                        && f.message.contains(package)),
+                    "{run:?} {:?}",
+                    out.findings
+                ),
+                ToolStatus::NotAvailable => {
+                    let why = run.detail.as_deref().unwrap();
+                    assert!(
+                        why.contains("could not be") && why.contains("did not run"),
+                        "{why}"
+                    );
+                    assert!(out.findings.iter().all(|f| f.tool != run.tool));
+                }
+                other => panic!("{}: {other:?}: {:?}", run.tool, run.detail),
+            }
+        }
+        // Unpinned requirements are not audited, and the run says why.
+        write("requirements.txt", "flask>=2\n");
+        let scratch = tempfile::tempdir().unwrap();
+        let out = run_all(
+            &app,
+            &tools[..1],
+            Duration::from_secs(120),
+            scratch.path(),
+            scratch.path(),
+        )
+        .await
+        .unwrap();
+        let run = &out.runs[0];
+        assert_eq!(run.status, ToolStatus::Skipped, "{run:?}");
+        assert!(run
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("not every requirement is pinned"));
     }
 
     #[tokio::test]
