@@ -224,7 +224,7 @@ pub async fn install(progress: &dyn Progress) -> Result<Installed, ToolchainErro
     if let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&pip_list.stdout) {
         for p in list {
             if let (Some(n), Some(v)) = (p["name"].as_str(), p["version"].as_str()) {
-                versions.insert(n.to_ascii_lowercase(), v.to_string());
+                versions.insert(normalized(n), v.to_string());
             }
         }
     }
@@ -337,6 +337,11 @@ fn program_of(package: &str) -> Option<&str> {
     }
 }
 
+/// A package name as PEP 503 compares them (`pip_audit`, `Pip.Audit` and `pip-audit` are one).
+fn normalized(name: &str) -> String {
+    name.to_ascii_lowercase().replace(['_', '.'], "-")
+}
+
 pub fn list() -> Vec<ToolLine> {
     let installed = installed();
     pins()
@@ -344,7 +349,7 @@ pub fn list() -> Vec<ToolLine> {
         .map(|p| ToolLine {
             installed: installed
                 .as_ref()
-                .and_then(|i| i.versions.get(&p.package.to_ascii_lowercase()).cloned()),
+                .and_then(|i| i.versions.get(&normalized(&p.package)).cloned()),
             found_at: program_of(&p.package)
                 .and_then(crate::analysis::static_tools::find_program)
                 .map(|f| f.display().to_string()),
