@@ -91,11 +91,9 @@ pub fn dir() -> PathBuf {
     if let Some(d) = std::env::var_os("ASSAY_TOOLS_DIR") {
         return PathBuf::from(d);
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("assay").join("tools").join(pins_digest())
+    crate::kinds::cache::assay_cache_dir()
+        .join("tools")
+        .join(pins_digest())
 }
 
 /// The managed folders programs are found in, once the toolchain is installed.
@@ -137,22 +135,9 @@ pub async fn install(progress: &dyn Progress) -> Result<Installed, ToolchainErro
     let root = dir();
     std::fs::create_dir_all(&root).map_err(io(&root))?;
     let lock_path = root.join(".lock");
-    let lock = {
-        let lock_path2 = lock_path.clone();
-        tokio::task::spawn_blocking(move || {
-            let lock_path = lock_path2;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)?;
-            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-                .map_err(|(_, e)| std::io::Error::from(e))
-        })
+    let lock = crate::analysis::envs::lock_exclusive(lock_path.clone())
         .await
-        .expect("the lock task does not panic")
-        .map_err(io(&lock_path))?
-    };
+        .map_err(io(&lock_path))?;
     if let Some(done) = installed() {
         return Ok(done);
     }

@@ -298,21 +298,30 @@ pub async fn prepare(reqs: &Requirements) -> Result<AppEnv, EnvError> {
     let lock_path = base.join(format!("{digest}.lock"));
     let reqs = reqs.clone();
     // One build per environment across every Assay process on the machine.
-    let lock = tokio::task::spawn_blocking(move || {
+    let lock = lock_exclusive(lock_path)
+        .await
+        .map_err(|e| unavailable(&base, e))?;
+    let result = build_or_reuse(&root, &python, &digest, &reqs).await;
+    drop(lock);
+    result
+}
+
+/// An exclusive lock on `path` (created if missing), held until dropped: one build at a
+/// time across every Assay process on the machine.
+pub(crate) async fn lock_exclusive(
+    path: PathBuf,
+) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    tokio::task::spawn_blocking(move || {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)?;
+            .open(&path)?;
         nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| std::io::Error::from(e))
     })
     .await
-    .map_err(|e| EnvError::Unavailable(e.to_string()))?
-    .map_err(|e| unavailable(&base, e))?;
-    let result = build_or_reuse(&root, &python, &digest, &reqs).await;
-    drop(lock);
-    result
+    .map_err(std::io::Error::other)?
 }
 
 fn unavailable(path: &Path, e: std::io::Error) -> EnvError {

@@ -25,11 +25,16 @@ pub fn dir() -> PathBuf {
     if let Some(d) = std::env::var_os("ASSAY_CACHE_DIR") {
         return PathBuf::from(d);
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
+    assay_cache_dir().join("analysis")
+}
+
+/// Assay's folder in the user's cache: `$XDG_CACHE_HOME/assay` or `~/.cache/assay`.
+pub fn assay_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("assay").join("analysis")
+        .unwrap_or_else(std::env::temp_dir)
+        .join("assay")
 }
 
 /// Which kinds are cached.
