@@ -129,6 +129,7 @@ fn probe() -> Result<(), String> {
         etc: etc.path(),
         uid: APP_UID_BASE,
         read_only: Vec::new(),
+        node_modules: None,
     };
     jail.prepare().map_err(|e| e.to_string())?;
     let mut cmd = std::process::Command::new(bwrap);
@@ -215,6 +216,9 @@ pub struct Jail<'a> {
     pub uid: u32,
     /// More folders mounted read-only at their own paths (interpreters and their libraries).
     pub read_only: Vec<PathBuf>,
+    /// A Node environment's packages (one of `read_only`), linked from the working
+    /// folder's `node_modules` (see [`crate::analysis::node_env`]).
+    pub node_modules: Option<PathBuf>,
 }
 
 impl Jail<'_> {
@@ -415,6 +419,12 @@ impl Jail<'_> {
             .iter()
             .map(OsString::from),
         );
+        args.push(
+            self.node_modules
+                .as_ref()
+                .map(|p| p.as_os_str().to_owned())
+                .unwrap_or_default(),
+        );
         args.extend(command.iter().map(OsString::from));
         args
     }
@@ -423,8 +433,12 @@ impl Jail<'_> {
 /// Where the app's read-only original is mounted inside, for its copy at `/app`.
 pub const APP_SOURCE_INSIDE: &str = "/run/app-source";
 /// Run by the app's user, under the filter: fill `/app` from the original, enter the
-/// working folder, become the app's command. `$1` is the folder, the rest the command.
-const COPY_THEN_RUN: &str = "cp -R /run/app-source/. /app/ && cd -- \"$1\" && shift && exec \"$@\"";
+/// working folder, link its `node_modules` to the packages in `$2` (when not empty),
+/// become the app's command. `$1` is the folder, the rest the command.
+const COPY_THEN_RUN: &str = "cp -R /run/app-source/. /app/ && cd -- \"$1\" && \
+    if [ -n \"$2\" ]; then rm -rf node_modules && mkdir node_modules && \
+    for f in \"$2\"/* \"$2\"/.[!.]*; do if [ -e \"$f\" ]; then ln -s \"$f\" node_modules/ || exit 1; fi; done; fi && \
+    shift 2 && exec \"$@\"";
 
 /// The size of an app's `/dev/shm`.
 const SHM_BYTES: &str = "67108864";
@@ -1025,6 +1039,7 @@ mod tests {
             etc: dir.path(),
             uid: APP_UID_BASE + 20_001,
             read_only: vec![PathBuf::from("/opt/venv")],
+            node_modules: None,
         };
         let tools = Tools {
             bwrap: "/usr/bin/bwrap".into(),
@@ -1076,7 +1091,7 @@ mod tests {
         assert!(!joined.contains("--setenv"), "{joined}");
         assert!(
             joined.ends_with(&format!(
-                "/usr/bin/setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /run/assay __seccomp -- /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin LD_PRELOAD=/app/evil.so /bin/sh -c {1} assay-app /app/backend python3 app.py",
+                "/usr/bin/setpriv --reuid={0} --regid={0} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- /run/assay __seccomp -- /usr/bin/env -i PATH=/opt/venv/bin:/usr/bin LD_PRELOAD=/app/evil.so /bin/sh -c {1} assay-app /app/backend  python3 app.py",
                 APP_UID_BASE + 20_001,
                 COPY_THEN_RUN
             )),

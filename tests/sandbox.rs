@@ -774,6 +774,7 @@ fn an_interpreter_under_tmp_is_still_found_in_the_sandbox() {
         etc: &etc,
         uid: sb::APP_UID_BASE + 29_999,
         read_only: sb::interpreter_mounts(std::slice::from_ref(&bin)),
+        node_modules: None,
     };
     assert_eq!(jail.read_only, vec![root.path().join("venv")]);
     jail.prepare().unwrap();
@@ -794,4 +795,107 @@ fn an_interpreter_under_tmp_is_still_found_in_the_sandbox() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A Node app the way models write them: no manifest, an Express server under `server/`
+/// that hard-codes its port, its packages only named in `package.json`.
+fn express_app(dir: &Path, dependencies: &str) {
+    std::fs::create_dir_all(dir.join("server")).unwrap();
+    std::fs::write(
+        dir.join("server/package.json"),
+        format!(
+            r#"{{"name": "todo-server", "version": "1.0.0", "main": "index.js",
+  "scripts": {{"start": "node index.js", "postinstall": "touch /tmp/assay-postinstall-ran"}},
+  "dependencies": {dependencies}}}"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("server/index.js"),
+        r#"const express = require('express');
+const fs = require('fs');
+const app = express();
+app.use(express.json());
+// Tools write beside their packages (Vite's node_modules/.vite): that must work.
+fs.mkdirSync('node_modules/.cache/app', { recursive: true });
+fs.writeFileSync('node_modules/.cache/app/started', 'yes');
+const todos = [];
+app.get('/api/todos', (req, res) => res.json(todos));
+app.post('/api/todos', (req, res) => { todos.push(req.body); res.status(201).json(req.body); });
+app.listen(3000, () => console.log('listening on 3000'));
+"#,
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_app_runs_with_its_own_packages_and_a_missing_package_is_its_result() {
+    use assay::analysis::apps::AppError;
+    use assay::analysis::envs::EnvError;
+    if !sandbox_or_skip() {
+        return;
+    }
+    if assay::analysis::static_tools::find_program("npm").is_none() {
+        skip_unless_required("npm is not installed");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let ports = PortAllocator::new(root.path().join("ports"), 28_320, 28_330);
+    let (first, second) = (root.path().join("first"), root.path().join("second"));
+    express_app(&first, r#"{"express": "^4.21.0"}"#);
+    express_app(&second, r#"{"express": "^4.21.0"}"#);
+    let a = RunningApp::start(&first, &ports, &root.path().join("first.log"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let b = RunningApp::start(&second, &ports, &root.path().join("second.log"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = reqwest::Client::new();
+    for app in [&a, &b] {
+        let url = format!("{}/api/todos", app.base_url);
+        let posted = client
+            .post(&url)
+            .json(&serde_json::json!({"title": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 201);
+        let listed: serde_json::Value =
+            client.get(&url).send().await.unwrap().json().await.unwrap();
+        assert_eq!(listed, serde_json::json!([{"title": "x"}]));
+    }
+    let (env_a, env_b) = (a.env.clone().unwrap(), b.env.clone().unwrap());
+    assert_eq!(
+        env_a.digest, env_b.digest,
+        "one package set, one environment"
+    );
+    let described = env_a.describe();
+    assert_eq!(described["kind"], "node");
+    assert!(
+        env_a.locked.iter().any(|p| p.starts_with("express@4.")),
+        "{:?}",
+        env_a.locked
+    );
+    // The app wrote into its own copy's node_modules, never into the shared packages.
+    assert!(!env_a.node_modules().join(".cache").exists());
+    assert!(!Path::new("/tmp/assay-postinstall-ran").exists());
+    drop((a, b));
+
+    let broken = root.path().join("broken");
+    express_app(
+        &broken,
+        r#"{"express": "^4.21.0", "assay-no-such-package-0x5e1f": "1.0.0"}"#,
+    );
+    let err = RunningApp::start(&broken, &ports, &root.path().join("broken.log"))
+        .await
+        .unwrap_err();
+    assert!(err.is_model_failure(), "{err}");
+    assert_eq!(err.outcome(), "does_not_install");
+    match &err {
+        AppError::Env(EnvError::DoesNotInstall { from, message }) => {
+            assert_eq!(from, "server/package.json");
+            assert!(message.contains("404"), "{message}");
+        }
+        other => panic!("expected does-not-install, got {other}"),
+    }
 }

@@ -566,9 +566,13 @@ impl RunningApp {
         let plan = plan(dir)?;
         let env = Self::environment(dir, &plan).await?;
         let interpreters = match &env {
-            Some(env) => vec![env.bin()],
-            None => interpreter_dirs(),
+            Some(env) if env.kind == crate::analysis::envs::EnvKind::Python => vec![env.bin()],
+            _ => interpreter_dirs(),
         };
+        let node_modules = env
+            .as_ref()
+            .filter(|e| e.kind == crate::analysis::envs::EnvKind::Node)
+            .map(|e| e.node_modules());
         let sandboxed = crate::sandbox::enabled();
         if sandboxed {
             // The model's fault, whatever this machine can do: said before the sandbox is
@@ -589,8 +593,14 @@ impl RunningApp {
                 None,
             ),
             None if sandboxed => {
-                let (process, parts) =
-                    Self::start_sandboxed(dir, recipe, &interpreters, port.port, log_file)?;
+                let (process, parts) = Self::start_sandboxed(
+                    dir,
+                    recipe,
+                    &interpreters,
+                    node_modules.as_deref(),
+                    port.port,
+                    log_file,
+                )?;
                 (process, Some(parts))
             }
             None => (
@@ -598,6 +608,7 @@ impl RunningApp {
                     dir,
                     recipe,
                     &interpreters,
+                    node_modules.as_deref(),
                     port.port,
                     scratch.path(),
                     log_file,
@@ -624,30 +635,45 @@ impl RunningApp {
         Ok(app)
     }
 
-    /// The environment a Python app runs in: built from its own requirements (or found
-    /// built), unless every app shares `ASSAY_APP_PATH`'s. Apps of other runtimes, and
-    /// Python apps declaring nothing, run with the shared interpreters.
+    /// The environment an app runs in: a Python app's built from its own requirements, a
+    /// Node app's `node_modules` from its `package.json` (or found built), unless every
+    /// app shares `ASSAY_APP_PATH`'s. Apps declaring nothing run with the shared
+    /// interpreters.
     async fn environment(
         dir: &Path,
         plan: &AppPlan,
     ) -> Result<Option<crate::analysis::envs::AppEnv>, AppError> {
-        use crate::analysis::envs;
-        let python = match &plan.inferred {
-            Some(from) => from.runtime == "python",
-            None => plan.recipe.command.first().is_some_and(|p| {
-                let base = Path::new(p)
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy();
-                base.starts_with("python")
-                    || ["flask", "uvicorn", "gunicorn", "hypercorn"].contains(&base.as_ref())
-            }),
-        };
-        if !python || !envs::enabled() || plan.recipe.compose.is_some() {
+        use crate::analysis::{envs, node_env};
+        if !envs::enabled() || plan.recipe.compose.is_some() {
             return Ok(None);
         }
-        let reqs = envs::requirements(dir, &plan.recipe.workdir);
-        Ok(Some(envs::prepare(&reqs).await?))
+        let program = plan.recipe.command.first().map(|p| {
+            Path::new(p)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        });
+        let runtime = match &plan.inferred {
+            Some(from) => from.runtime,
+            None => match program.as_deref() {
+                Some(p) if p.starts_with("python") => "python",
+                Some("flask" | "uvicorn" | "gunicorn" | "hypercorn") => "python",
+                Some("node" | "npm" | "npx" | "yarn") => "node",
+                _ => "",
+            },
+        };
+        match runtime {
+            "python" => {
+                let reqs = envs::requirements(dir, &plan.recipe.workdir);
+                Ok(Some(envs::prepare(&reqs).await?))
+            }
+            "node" => match node_env::packages(dir, &plan.recipe.workdir) {
+                Some(packages) => Ok(Some(node_env::prepare(&packages).await?)),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        }
     }
 
     /// The app in a sandbox (see [`crate::sandbox`]): its own network namespace reached
@@ -657,6 +683,7 @@ impl RunningApp {
         dir: &Path,
         recipe: &RunRecipe,
         interpreters: &[PathBuf],
+        node_modules: Option<&Path>,
         port: u16,
         log_file: std::fs::File,
     ) -> Result<(Process, SandboxParts), AppError> {
@@ -671,7 +698,12 @@ impl RunningApp {
             app_dir: dir,
             etc: etc.path(),
             uid: sb::APP_UID_BASE + u32::from(port),
-            read_only: sb::interpreter_mounts(interpreters),
+            read_only: {
+                let mut mounts = sb::interpreter_mounts(interpreters);
+                mounts.extend(node_modules.map(Path::to_path_buf));
+                mounts
+            },
+            node_modules: node_modules.map(Path::to_path_buf),
         };
         jail.prepare()?;
         let mut path: Vec<PathBuf> = interpreters.to_vec();
@@ -758,6 +790,7 @@ impl RunningApp {
         dir: &Path,
         recipe: &RunRecipe,
         interpreters: &[PathBuf],
+        node_modules: Option<&Path>,
         port: u16,
         scratch: &Path,
         log_file: std::fs::File,
@@ -767,6 +800,9 @@ impl RunningApp {
         // its own, never into the folder the analyzers read.
         let copy = scratch.join("app");
         copy_tree(dir, &copy)?;
+        if let Some(modules) = node_modules {
+            crate::analysis::node_env::link_into(modules, &copy.join(&recipe.workdir))?;
+        }
         let args: Vec<String> = recipe
             .command
             .iter()

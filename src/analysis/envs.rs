@@ -46,25 +46,48 @@ pub struct Requirements {
     pub left_out: Vec<String>,
 }
 
+/// What an environment is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKind {
+    /// A virtualenv (`venv/`) built by `uv`.
+    Python,
+    /// A `node_modules/` built by npm ([`crate::analysis::node_env`]).
+    Node,
+}
+
 /// A built environment.
 #[derive(Debug, Clone)]
 pub struct AppEnv {
+    pub kind: EnvKind,
     pub digest: String,
     pub root: PathBuf,
     pub requirements: Requirements,
     /// `name==version` of every package installed.
     pub locked: Vec<String>,
+    /// Packages whose install scripts were not run (Node; native addons among them).
+    pub install_scripts_not_run: Vec<String>,
     pub log: PathBuf,
 }
 
 impl AppEnv {
+    /// The folder of its programs, first on the app's `PATH`.
     pub fn bin(&self) -> PathBuf {
-        self.root.join("venv").join("bin")
+        match self.kind {
+            EnvKind::Python => self.root.join("venv").join("bin"),
+            EnvKind::Node => self.node_modules().join(".bin"),
+        }
+    }
+
+    /// Where a Node environment's packages are (the app links to them).
+    pub fn node_modules(&self) -> PathBuf {
+        self.root.join("node_modules")
     }
 
     /// What a result records about it.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
+            "kind": match self.kind { EnvKind::Python => "python", EnvKind::Node => "node" },
+            "install_scripts_not_run": self.install_scripts_not_run,
             "env": self.digest,
             "from": self.requirements.from,
             "requirements": self.requirements.lines,
@@ -343,6 +366,8 @@ async fn build_or_reuse(
     };
     let status_file = root.join("status");
     let env = |locked: Vec<String>| AppEnv {
+        kind: EnvKind::Python,
+        install_scripts_not_run: Vec::new(),
         digest: digest.to_string(),
         root: root.to_path_buf(),
         requirements: reqs.clone(),

@@ -11,6 +11,7 @@ pub mod envs;
 pub mod finding;
 pub mod judge;
 pub mod loadgen;
+pub mod node_env;
 pub mod openapi_import;
 pub mod recipe;
 pub mod routes;
