@@ -173,6 +173,12 @@ async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own
                     );
                     assert!(result["requests"].as_u64().unwrap() > 5, "{}", app.path);
                 }
+                if job.kind == "performance" {
+                    // Its real routes loaded, the protected ones logged in.
+                    for part in result["coverage"].as_array().unwrap() {
+                        assert_eq!(part["done"], true, "{}: {part}", app.path);
+                    }
+                }
                 // Its own environment, from its own requirements.
                 let installed = result["install"]["installed"].as_array().unwrap();
                 for need in &app.needs {

@@ -129,13 +129,7 @@ impl Probe {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        if with_cookies && !self.jar.is_empty() {
-            let header = self
-                .jar
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
+        if let Some(header) = cookie_header(&self.jar).filter(|_| with_cookies) {
             req = req.header("Cookie", header);
         }
         self.requests += 1;
@@ -211,7 +205,7 @@ impl Probe {
         }
         for cookie in a.headers.get_all("set-cookie") {
             let Ok(text) = cookie.to_str() else { continue };
-            let name = text.split('=').next().unwrap_or("").trim().to_string();
+            let name = keep_cookie(&mut self.jar, text);
             let lower = text.to_ascii_lowercase();
             let mut missing = Vec::new();
             if !lower.contains("httponly") {
@@ -224,11 +218,6 @@ impl Probe {
                 missing.push("SameSite");
             }
             self.cookies.push((name.clone(), text.to_string()));
-            if let Some((_, value)) = text.split(';').next().and_then(|p| p.split_once('=')) {
-                if self.jar.len() < 32 && value.len() < 4096 {
-                    self.jar.insert(name.clone(), value.trim().to_string());
-                }
-            }
             if !missing.is_empty() {
                 let severity = if missing.contains(&"HttpOnly") {
                     Severity::Medium
@@ -377,6 +366,146 @@ pub(crate) fn remember(context: &mut HashMap<String, String>, body: &str) {
     }
 }
 
+/// The bearer token a login answered with (`token`, `access_token`), once remembered.
+pub(crate) fn token_in(context: &HashMap<String, String>) -> Option<String> {
+    context
+        .get("token")
+        .or_else(|| context.get("access_token"))
+        .cloned()
+}
+
+/// Keep the cookie a `Set-Cookie` header sets, as a browser would: bounded, so an app
+/// cannot make a session grow without end. Returns the cookie's name.
+pub(crate) fn keep_cookie(jar: &mut BTreeMap<String, String>, set_cookie: &str) -> String {
+    let name = set_cookie
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if let Some((_, value)) = set_cookie.split(';').next().and_then(|p| p.split_once('=')) {
+        if jar.len() < 32 && value.len() < 4096 && !name.is_empty() {
+            jar.insert(name.clone(), value.trim().to_string());
+        }
+    }
+    name
+}
+
+/// The `Cookie` header a session's cookies make, or `None` without any.
+pub(crate) fn cookie_header(jar: &BTreeMap<String, String>) -> Option<String> {
+    (!jar.is_empty()).then(|| {
+        jar.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+/// Where a route comes in a walk of an app: signing up, logging in, creating, reading,
+/// changing, deleting, and logging out last (a walk that logged out first would probe
+/// the rest without its session).
+pub(crate) fn walk_rank(method: &str, path: &str) -> u8 {
+    let p = path.to_ascii_lowercase();
+    let logs_out = ["logout", "log-out", "signout", "sign-out", "log_out"]
+        .iter()
+        .any(|w| p.contains(w));
+    match method {
+        _ if logs_out => 7,
+        "POST" if p.contains("register") || p.contains("signup") || p.contains("sign-up") => 0,
+        "POST" if p.contains("login") || p.contains("token") || p.contains("auth") => 1,
+        "POST" => 2,
+        "GET" => 3,
+        "PUT" | "PATCH" => 4,
+        "DELETE" => 6,
+        _ => 5,
+    }
+}
+
+/// What walking an app's POST routes left: the ids and codes it created, the session
+/// cookies it was given, the bearer token a login answered with.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub context: HashMap<String, String>,
+    pub jar: BTreeMap<String, String>,
+    pub token: Option<String>,
+    /// The routes walked, with what each answered (`POST /login → 200`).
+    pub walked: Vec<String>,
+}
+
+impl Session {
+    pub fn logged_in(&self) -> bool {
+        self.token.is_some() || !self.jar.is_empty()
+    }
+
+    /// What to send with each request to be this session: its cookies, its token.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        if let Some(cookie) = cookie_header(&self.jar) {
+            headers.push(("Cookie".to_string(), cookie));
+        }
+        if let Some(token) = &self.token {
+            headers.push(("Authorization".to_string(), format!("Bearer {token}")));
+        }
+        headers
+    }
+
+    /// How it is logged in, for the record.
+    pub fn describe(&self) -> Value {
+        serde_json::json!({
+            "logged_in": self.logged_in(),
+            "cookies": self.jar.keys().collect::<Vec<_>>(),
+            "bearer_token": self.token.is_some(),
+            "walked": self.walked,
+        })
+    }
+}
+
+/// Sign up, log in and create what the template's read routes need, as the functional
+/// walk does (sign-up and login first, never a logout), keeping the session the app
+/// gives: what the load test then loads the protected routes with.
+pub async fn sign_in_and_create(base_url: &str, template: &Template) -> Session {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("HTTP client builds");
+    let base = base_url.trim_end_matches('/');
+    let unique = format!("{:06x}", rand::random::<u32>() & 0xffffff);
+    let mut posts: Vec<&Endpoint> = template
+        .endpoints
+        .iter()
+        .filter(|e| e.method == "POST" && walk_rank(&e.method, &e.path) < 7)
+        .collect();
+    posts.sort_by_key(|e| walk_rank(&e.method, &e.path));
+    let mut session = Session::default();
+    for e in posts {
+        let path = fill_path(&e.path, &session.context);
+        let mut req = client.post(format!("{base}{path}"));
+        if let Some(shape) = &e.request {
+            req = req.json(&sample_body(shape, &unique));
+        }
+        for (name, value) in session.headers() {
+            req = req.header(name, value);
+        }
+        let Ok(resp) = req.send().await else {
+            session.walked.push(format!("POST {} → no answer", e.path));
+            continue;
+        };
+        session
+            .walked
+            .push(format!("POST {} → {}", e.path, resp.status().as_u16()));
+        for cookie in resp.headers().get_all("set-cookie") {
+            if let Ok(text) = cookie.to_str() {
+                keep_cookie(&mut session.jar, text);
+            }
+        }
+        let text = read_capped(resp, MAX_PROBE_BODY).await;
+        remember(&mut session.context, &text);
+        session.token = token_in(&session.context).or(session.token.take());
+    }
+    session
+}
+
 /// The endpoint's path with its parameters filled from `context` and its query
 /// parameters given plausible values: a request that should succeed.
 pub(crate) fn concrete_path(e: &Endpoint, context: &HashMap<String, String>) -> String {
@@ -451,13 +580,7 @@ pub async fn probe(
                 .await
             {
                 remember(&mut p.context, &a.body);
-                if let Some(t) = p
-                    .context
-                    .get("token")
-                    .or_else(|| p.context.get("access_token"))
-                {
-                    token = Some(t.clone());
-                }
+                token = token_in(&p.context).or(token);
             }
             continue;
         }
@@ -477,13 +600,7 @@ pub async fn probe(
             continue;
         };
         remember(&mut p.context, &a.body);
-        if let Some(t) = p
-            .context
-            .get("token")
-            .or_else(|| p.context.get("access_token"))
-        {
-            token = Some(t.clone());
-        }
+        token = token_in(&p.context).or(token);
         let expected = e.response.status;
         let ok = a.status == expected
             || (expected / 100 == 2 && a.status / 100 == 2 && e.method != "POST");
@@ -939,6 +1056,79 @@ fn source_files(dir: &Path) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session-cookie login app: signing up and logging in come first, the logout route
+    /// is never walked, and the notes are created inside the session.
+    #[tokio::test]
+    async fn the_walk_logs_in_keeps_the_cookie_and_never_logs_out() {
+        use axum::http::{header, HeaderMap, StatusCode};
+        use axum::routing::post;
+        let logged_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen_logout = logged_out.clone();
+        let authed = |h: &HeaderMap| {
+            h.get(header::COOKIE)
+                .and_then(|c| c.to_str().ok())
+                .is_some_and(|c| c.contains("sid=u1"))
+        };
+        let app = axum::Router::new()
+            .route(
+                "/api/register",
+                post(|| async { (StatusCode::CREATED, "{}") }),
+            )
+            .route(
+                "/api/login",
+                post(|| async {
+                    (
+                        [(header::SET_COOKIE, "sid=u1; HttpOnly; Path=/")],
+                        "{\"ok\": true}",
+                    )
+                }),
+            )
+            .route(
+                "/api/logout",
+                post(move || async move {
+                    seen_logout.store(true, std::sync::atomic::Ordering::SeqCst);
+                    "bye"
+                }),
+            )
+            .route(
+                "/api/notes",
+                post(move |h: HeaderMap| async move {
+                    if authed(&h) {
+                        (StatusCode::CREATED, "{\"id\": 7}")
+                    } else {
+                        (StatusCode::UNAUTHORIZED, "{}")
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let mut template = crate::analysis::catalog::builtin()
+            .get("notes-auth")
+            .unwrap()
+            .clone();
+        let mut logout = template.endpoints[1].clone();
+        logout.path = "/api/logout".into();
+        template.endpoints.insert(0, logout);
+        template.endpoints.reverse();
+        let session = sign_in_and_create(&format!("http://{addr}"), &template).await;
+        assert_eq!(
+            session.walked,
+            [
+                "POST /api/register → 201",
+                "POST /api/login → 200",
+                "POST /api/notes → 201"
+            ]
+        );
+        assert!(!logged_out.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(session.logged_in());
+        assert_eq!(session.context["id"], "7");
+        assert_eq!(
+            session.headers(),
+            [("Cookie".to_string(), "sid=u1".to_string())]
+        );
+    }
 
     /// An app that answers forever: the probe keeps its first MiB and moves on.
     #[tokio::test]

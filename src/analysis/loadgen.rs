@@ -81,6 +81,8 @@ pub struct LoadConfig {
     pub warmup: Duration,
     /// Per request, from sending it (or connecting for it) to the last byte of the body.
     pub request_timeout: Duration,
+    /// Sent with every request: a session's `Cookie`, an `Authorization` (name, value).
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +330,17 @@ fn prepare(config: &LoadConfig) -> Result<Prepared, LoadError> {
     if config.endpoints.is_empty() {
         return Err(LoadError::NothingToLoad("no endpoints given".into()));
     }
+    let mut extra_headers = Vec::with_capacity(config.headers.len());
+    for (name, value) in &config.headers {
+        let header = hyper::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| LoadError::BadConfig(format!("header name {name:?} is not valid")))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            LoadError::BadConfig(format!(
+                "the value of header {name} is not valid (control characters or non-ASCII)"
+            ))
+        })?;
+        extra_headers.push((header, value));
+    }
     let picker = Picker::new(config.endpoints.iter().map(|e| e.weight))
         .ok_or_else(|| LoadError::NothingToLoad("every endpoint has weight 0".into()))?;
     let mut requests = Vec::with_capacity(config.endpoints.len());
@@ -359,6 +372,9 @@ fn prepare(config: &LoadConfig) -> Result<Prepared, LoadError> {
             .method(method)
             .uri(target)
             .header(HOST, host_header.clone());
+        for (name, value) in &extra_headers {
+            builder = builder.header(name, value);
+        }
         let body = match &ep.body {
             Some(json) => {
                 builder =
@@ -1235,6 +1251,16 @@ mod tests {
                 "/echo",
                 post(|Json(v): Json<serde_json::Value>| async move { Json(v) }),
             )
+            .route(
+                "/private",
+                get(|headers: axum::http::HeaderMap| async move {
+                    let cookie = headers.get(header::COOKIE).and_then(|c| c.to_str().ok());
+                    match cookie {
+                        Some("session=s3cret") => (StatusCode::OK, "yours"),
+                        _ => (StatusCode::UNAUTHORIZED, "log in"),
+                    }
+                }),
+            )
     }
 
     async fn serve() -> SocketAddr {
@@ -1252,6 +1278,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             request_timeout: Duration::from_secs(5),
+            headers: Vec::new(),
         }
     }
 
@@ -1266,6 +1293,28 @@ mod tests {
             .find(|e| e.path == path)
             .unwrap_or_else(|| panic!("no endpoint {path}"))
             .stats
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sessions_headers_go_with_every_request_and_bad_ones_are_refused() {
+        let addr = serve().await;
+        let mut cfg = config(
+            addr,
+            vec![get_ep("/private")],
+            LoadMode::ClosedLoop { users: 2 },
+        );
+        cfg.duration = Duration::from_millis(300);
+        let anonymous = run_load(&cfg, &CancellationToken::new()).await.unwrap();
+        let stats = ep(&anonymous, "/private");
+        assert_eq!(stats.client_errors, stats.responses, "{stats:?}");
+        cfg.headers = vec![("Cookie".into(), "session=s3cret".into())];
+        let logged_in = run_load(&cfg, &CancellationToken::new()).await.unwrap();
+        let stats = ep(&logged_in, "/private");
+        assert!(stats.responses > 0);
+        assert_eq!(stats.client_errors, 0, "{stats:?}");
+        cfg.headers = vec![("Cookie".into(), "a\nb".into())];
+        let err = run_load(&cfg, &CancellationToken::new()).await.unwrap_err();
+        assert!(err.to_string().contains("header Cookie"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1634,6 +1683,7 @@ mod tests {
             duration: Duration::from_secs(SECS),
             warmup: Duration::ZERO,
             request_timeout: Duration::from_secs(5),
+            headers: Vec::new(),
         };
         let report = client_rt
             .block_on(run_load(&cfg, &CancellationToken::new()))

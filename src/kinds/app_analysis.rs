@@ -168,19 +168,12 @@ async fn discovered_template(app: &Path, base_url: &str) -> (Option<Template>, S
     if list.is_empty() {
         return (None, source);
     }
-    let rank = |r: &routes::Route| {
-        let p = r.path.to_ascii_lowercase();
-        match r.method.as_str() {
-            "POST" if p.contains("register") || p.contains("signup") => 0,
-            "POST" if p.contains("login") || p.contains("token") || p.contains("auth") => 1,
-            "POST" => 2,
-            "GET" => 3,
-            "PUT" | "PATCH" => 4,
-            "DELETE" => 6,
-            _ => 5,
-        }
-    };
-    list.sort_by_key(|r| (rank(r), r.path.matches('/').count()));
+    list.sort_by_key(|r| {
+        (
+            dynamic::walk_rank(&r.method, &r.path),
+            r.path.matches('/').count(),
+        )
+    });
     let table = |fields: &[String], kind: &str| -> Option<toml::Table> {
         (!fields.is_empty()).then(|| {
             fields
@@ -698,37 +691,11 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         },
     };
     let app = target.app.clone();
-    // Create what the read endpoints need (a link to redirect, a todo to fetch), the way
-    // the dynamic analyzer does, then load every public GET endpoint.
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .expect("HTTP client builds");
-    let mut context = std::collections::HashMap::new();
-    let unique = format!("{:06x}", rand::random::<u32>() & 0xffffff);
-    for e in template
-        .endpoints
-        .iter()
-        .filter(|e| e.method == "POST" && !e.auth)
-    {
-        let body = e
-            .request
-            .as_ref()
-            .map(|shape| dynamic::sample_body(shape, &unique));
-        let mut req = client.post(format!(
-            "{}{}",
-            running.base_url,
-            dynamic::fill_path(&e.path, &context)
-        ));
-        if let Some(b) = &body {
-            req = req.json(b);
-        }
-        if let Ok(resp) = req.send().await {
-            let text = crate::body::read_capped(resp, dynamic::MAX_PROBE_BODY).await;
-            dynamic::remember(&mut context, &text.text());
-        }
-    }
+    // Sign up, log in and create what the read endpoints need (a link to redirect, a todo
+    // to fetch) the way the dynamic analyzer does; then load every GET route, the
+    // protected ones in the session the app gave.
+    let session = dynamic::sign_in_and_create(&running.base_url, &template).await;
+    let context = &session.context;
     let mut endpoints = Vec::new();
     let mut template_paths = std::collections::HashMap::new();
     let health = running
@@ -738,21 +705,34 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         .clone()
         .unwrap_or_else(|| crate::analysis::apps::DEFAULT_HEALTH.into());
     // The app's own routes: a health check measures nothing the app does.
+    let mut protected_skipped = 0;
     for e in template
         .endpoints
         .iter()
-        .filter(|e| e.method == "GET" && !e.auth && e.path != health && e.path != "/health")
+        .filter(|e| e.method == "GET" && e.path != health && e.path != "/health")
     {
-        let path = dynamic::concrete_path(e, &context);
+        if e.auth && !session.logged_in() {
+            protected_skipped += 1;
+            continue;
+        }
+        let path = dynamic::concrete_path(e, context);
         template_paths.insert(path.clone(), e.path.clone());
         endpoints.push(EndpointLoad::new("GET", &path));
     }
     if endpoints.is_empty() {
         // Said and counted as not loaded: never a failure, never "fast".
-        let why = format!(
-            "template `{}` has no public GET route besides the health check to load",
-            template.name
-        );
+        let why = if protected_skipped > 0 {
+            format!(
+                "template `{}`: its {protected_skipped} GET routes besides the health check need a login, and none succeeded ({})",
+                template.name,
+                session.walked.join("; ")
+            )
+        } else {
+            format!(
+                "template `{}` has no GET route besides the health check to load",
+                template.name
+            )
+        };
         return Ok(started_not_analyzed(
             ctx,
             "performance",
@@ -778,6 +758,7 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         duration: load.duration,
         warmup: load.warmup,
         request_timeout: std::time::Duration::from_secs(10),
+        headers: session.headers(),
     };
     ctx.step("load", Some(20.0), Some(config.mode.describe()));
     let started = std::time::Instant::now();
@@ -895,6 +876,23 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
     } else {
         Ok(())
     };
+    let mut coverage = vec![part("load test", loaded)];
+    if protected_skipped > 0 {
+        coverage.push(part(
+            "protected routes",
+            Err(format!(
+                "{protected_skipped} GET routes that need a login were not loaded: no login succeeded ({})",
+                session.walked.join("; ")
+            )),
+        ));
+    } else if session.logged_in()
+        && template
+            .endpoints
+            .iter()
+            .any(|e| e.auth && e.method == "GET")
+    {
+        coverage.push(part("protected routes", Ok(())));
+    }
     Ok(JobOutput {
         result: json!({
             "app": ctx.shown_app(&app),
@@ -908,7 +906,8 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "tools": runs,
             "findings": findings,
             "performance": perf,
-            "coverage": [part("load test", loaded)],
+            "session": session.describe(),
+            "coverage": coverage,
         }),
     })
 }
