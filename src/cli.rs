@@ -322,6 +322,10 @@ enum Command {
             default_value = "static,dynamic,performance,ai"
         )]
         analyzers: Vec<String>,
+        /// A folder of catalog templates (e.g. made by `assay templates import`) the app
+        /// analyzers look templates up in, besides the built-in ones.
+        #[arg(long)]
+        templates: Option<PathBuf>,
         /// Print the spec that would run, and stop (to `assay submit` it to a server).
         #[arg(long)]
         print_spec: bool,
@@ -777,6 +781,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             dir,
             layout,
             analyzers,
+            templates,
             print_spec,
             data_dir,
             workers,
@@ -790,8 +795,23 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             use crate::analysis::discover;
             let parsed = discover::Layout::parse(&layout)?;
             let found = discover::discover(&dir, &parsed)?;
-            let text = discover::analysis_spec(&dir, &parsed, &found, &analyzers)
-                .map_err(anyhow::Error::msg)?;
+            // Checked now, with the file and line of what is wrong, not once per job.
+            let templates = match templates {
+                Some(t) => {
+                    let t = std::path::absolute(&t)?;
+                    let catalog = crate::analysis::catalog::with_user_dir(Some(&t))?;
+                    eprintln!(
+                        "templates: {} (with the built-in ones, {} in all)",
+                        t.display(),
+                        catalog.iter().count()
+                    );
+                    Some(t)
+                }
+                None => None,
+            };
+            let text =
+                discover::analysis_spec(&dir, &parsed, &found, &analyzers, templates.as_deref())
+                    .map_err(anyhow::Error::msg)?;
             if print_spec {
                 print!("{text}");
                 return Ok(0);

@@ -258,11 +258,15 @@ pub const ANALYZERS: &[&str] = &["static", "dynamic", "performance", "ai"];
 /// app, items `{app, model, template}` (the names the layout or the manifest gave), so the
 /// grid, results and comparison see models and templates as they do for generated apps.
 /// `root` is the folder as the user named it: jobs name apps under it.
+/// The spec `assay analyze` runs: a stage per analyzer over the discovered apps; the app
+/// analyzers look templates up in `templates` (a catalog folder) besides the built-in
+/// ones when it is given.
 pub fn analysis_spec(
     root: &Path,
     layout: &Layout,
     found: &Discovery,
     analyzers: &[String],
+    templates: Option<&Path>,
 ) -> Result<String, String> {
     use toml::{Table, Value};
     if found.apps.is_empty() {
@@ -322,6 +326,9 @@ pub fn analysis_spec(
                 "template".into(),
                 Value::String("{{ template | default('') }}".into()),
             );
+            if let Some(dir) = templates {
+                params.insert("templates".into(), Value::String(dir.display().to_string()));
+            }
         }
         if analyzer == "performance" {
             params.insert("users".into(), Value::Integer(4));

@@ -62,6 +62,8 @@ struct Probe {
     banner_reported: bool,
     cors_reported: bool,
     health: String,
+    /// The template functional findings were checked against, named in each.
+    template: String,
 }
 
 struct Answer {
@@ -161,6 +163,11 @@ impl Probe {
         if !self.seen.insert((rule.to_string(), loc.path.clone())) {
             return;
         }
+        let message = if rule == "functional" {
+            format!("{message} (template `{}`)", self.template)
+        } else {
+            message
+        };
         self.findings.push(Finding::new(
             ANALYZER,
             TOOL,
@@ -564,6 +571,7 @@ pub async fn probe(
         banner_reported: false,
         cors_reported: false,
         health: health.to_string(),
+        template: template.name.clone(),
     };
     let mut checks: BTreeMap<&'static str, (ToolStatus, String)> = BTreeMap::new();
 

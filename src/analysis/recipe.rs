@@ -259,11 +259,13 @@ fn python_module(
     };
     let starts_server =
         code.contains(".run(") || code.contains("uvicorn.run") || code.contains("serve(");
-    if is_file && has_main && (starts_server || framework == "python") {
-        because.push(format!(
-            "{shown}: {} app started under `__main__`; run it as it is",
-            framework
-        ));
+    let at_top_level = server_started_at_top_level(code);
+    if is_file && ((has_main && (starts_server || framework == "python")) || at_top_level) {
+        because.push(if has_main {
+            format!("{shown}: {framework} app started under `__main__`; run it as it is")
+        } else {
+            format!("{shown}: {framework} app that starts its server when run; run it as it is")
+        });
         return Some(Inferred {
             command: vec!["python3".into(), format!("{module}.py")],
             workdir: dir.into(),
@@ -327,6 +329,27 @@ fn python_module(
         }
         _ => None,
     }
+}
+
+/// A server started by the module's own top-level code, with no `__main__` guard
+/// (`HTTPServer(...).serve_forever()`, `app.run(...)` at column 0), as models write.
+fn server_started_at_top_level(code: &str) -> bool {
+    code.lines().any(|line| {
+        let top = !line.starts_with([' ', '\t', '#']);
+        let skipped = ["def ", "class ", "import ", "from ", "@"]
+            .iter()
+            .any(|k| line.starts_with(k));
+        top && !skipped
+            && [
+                "serve_forever(",
+                ".run(",
+                "uvicorn.run(",
+                "run_app(",
+                "serve(",
+            ]
+            .iter()
+            .any(|call| line.contains(call))
+    })
 }
 
 /// What Flask's and uvicorn's runners read when the app does not pass a port itself.
@@ -656,6 +679,27 @@ mod tests {
         ]);
         let e = infer(dir.path()).unwrap_err();
         assert!(e.to_string().contains("app.py"), "{e}");
+    }
+
+    #[test]
+    fn a_module_that_starts_its_server_at_top_level_runs_as_it_is() {
+        let dir = app(&[(
+            "app.py",
+            "import os\nfrom http.server import HTTPServer, BaseHTTPRequestHandler\nclass H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n\nHTTPServer(('0.0.0.0', 8000), H).serve_forever()\n",
+        )]);
+        let found = infer(dir.path()).unwrap();
+        assert_eq!(found.command, ["python3", "app.py"]);
+        assert!(found
+            .because
+            .last()
+            .unwrap()
+            .contains("starts its server when run"));
+        // A server started only inside a function is not started by importing it.
+        let dir = app(&[(
+            "app.py",
+            "from http.server import HTTPServer\ndef main():\n    HTTPServer(('', 8000), None).serve_forever()\n",
+        )]);
+        assert!(infer(dir.path()).is_err());
     }
 
     #[test]

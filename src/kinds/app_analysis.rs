@@ -282,14 +282,18 @@ fn app_outcome(
         raw_output: None,
     }];
     let _ = write_sarif(ctx, &format!("{analyzer}.sarif"), &findings, &runs);
-    let why = format!("the app {}", outcome.replace('_', " "));
+    let phrase = match outcome {
+        "no_entry_point" => "has no entry point".to_string(),
+        other => other.replace('_', " "),
+    };
+    let why = format!("the app {phrase}");
     let coverage: Vec<Value> = not_done.iter().map(|p| part(p, Err(why.clone()))).collect();
     JobOutput {
         result: json!({
             "app": ctx.shown_app(&target.app),
             "analyzer": analyzer,
             "template": target.template_name(),
-            "status": format!("app {}", outcome.replace('_', " ")),
+            "status": format!("app {phrase}"),
             "app_outcome": outcome,
             "run": target.plan.as_ref().ok().map(AppPlan::describe),
             "summary": summarize(&findings),
