@@ -326,6 +326,18 @@ enum Command {
         /// analyzers look templates up in, besides the built-in ones.
         #[arg(long)]
         templates: Option<PathBuf>,
+        /// Also generate apps with these models (provider model ids, comma-separated)
+        /// for the tree's templates, analyzed as they come. Without it, generation joins
+        /// in when the provider's key is set (models from `ASSAY_GENERATE_MODELS`, or
+        /// `openai/gpt-4o-mini`).
+        #[arg(long, value_delimiter = ',', conflicts_with = "no_generate")]
+        generate: Vec<String>,
+        /// Never generate, whatever keys are set.
+        #[arg(long)]
+        no_generate: bool,
+        /// The provider apps are generated with (a name from the providers file).
+        #[arg(long)]
+        provider: Option<String>,
         /// Print the spec that would run, and stop (to `assay submit` it to a server).
         #[arg(long)]
         print_spec: bool,
@@ -782,6 +794,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             layout,
             analyzers,
             templates,
+            generate,
+            no_generate,
+            provider,
             print_spec,
             data_dir,
             workers,
@@ -809,9 +824,23 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 }
                 None => None,
             };
-            let text =
-                discover::analysis_spec(&dir, &parsed, &found, &analyzers, templates.as_deref())
-                    .map_err(anyhow::Error::msg)?;
+            let generation = generation_for(
+                &found,
+                templates.as_deref(),
+                generate,
+                no_generate,
+                provider,
+                providers.as_deref(),
+            )?;
+            let text = discover::analysis_spec(
+                &dir,
+                &parsed,
+                &found,
+                &analyzers,
+                templates.as_deref(),
+                generation.as_ref(),
+            )
+            .map_err(anyhow::Error::msg)?;
             if print_spec {
                 print!("{text}");
                 return Ok(0);
@@ -1802,6 +1831,91 @@ async fn open_data_dir(dir: &Path) -> Result<crate::store::sqlite::SqliteStore> 
 }
 
 /// A pipeline's analysis jobs, from a data directory when one is given, else from the server.
+/// Whether `assay analyze` also generates apps, and which: the models asked for, or, when
+/// none were and the provider's key is set, `ASSAY_GENERATE_MODELS` (default
+/// `openai/gpt-4o-mini`); for every template of the tree that the catalog has. Said
+/// either way, with how to change it.
+fn generation_for(
+    found: &crate::analysis::discover::Discovery,
+    templates_dir: Option<&Path>,
+    asked: Vec<String>,
+    never: bool,
+    provider: Option<String>,
+    providers_file: Option<&Path>,
+) -> Result<Option<crate::analysis::discover::Generation>> {
+    use crate::generation::providers::{Providers, DEFAULT_PROVIDER};
+    if never {
+        return Ok(None);
+    }
+    let providers = match providers_file {
+        Some(file) => Providers::load(file)?,
+        None => Providers::builtin(),
+    };
+    let name = provider
+        .clone()
+        .unwrap_or_else(|| DEFAULT_PROVIDER.to_string());
+    let config = providers.get(&name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--provider {name}: no such provider (known: {}); name it in a providers file (--providers)",
+            providers.names().join(", ")
+        )
+    })?;
+    let key_set = config
+        .api_key_env
+        .as_ref()
+        .is_some_and(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    let models: Vec<String> = if !asked.is_empty() {
+        asked
+    } else if key_set {
+        std::env::var("ASSAY_GENERATE_MODELS")
+            .unwrap_or_else(|_| "openai/gpt-4o-mini".into())
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect()
+    } else {
+        eprintln!(
+            "generation: off (set {} to generate apps too, or --generate MODELS)",
+            config
+                .api_key_env
+                .as_deref()
+                .unwrap_or("the provider's key")
+        );
+        return Ok(None);
+    };
+    let catalog = crate::analysis::catalog::with_user_dir(templates_dir)?;
+    let mut templates: Vec<String> = found
+        .apps
+        .iter()
+        .filter_map(|a| a.template.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (known, unknown): (Vec<String>, Vec<String>) =
+        templates.drain(..).partition(|t| catalog.get(t).is_some());
+    if !unknown.is_empty() {
+        eprintln!(
+            "generation: not for {} (not in the catalog; --templates DIR adds templates)",
+            unknown.join(", ")
+        );
+    }
+    if known.is_empty() {
+        eprintln!("generation: off (no template of the tree is in the catalog)");
+        return Ok(None);
+    }
+    eprintln!(
+        "generation: {} apps ({} × {}) by {name}, each analyzed as it comes (--no-generate turns this off)",
+        models.len() * known.len(),
+        models.join(", "),
+        known.join(", ")
+    );
+    Ok(Some(crate::analysis::discover::Generation {
+        provider: provider.filter(|p| p != DEFAULT_PROVIDER),
+        models,
+        templates: known,
+    }))
+}
+
 async fn analysis_jobs_of(
     pipeline: i64,
     server: &ServerArg,

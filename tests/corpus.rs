@@ -95,6 +95,8 @@ async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own
         .arg(data.path())
         .env("ASSAY_TOOL_PATH", tool_path())
         .env_remove("ASSAY_APP_PATH")
+        // A developer's key would make the run generate apps too.
+        .env_remove("OPENROUTER_API_KEY")
         .current_dir(repo())
         .output()
         .unwrap();

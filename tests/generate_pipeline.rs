@@ -961,3 +961,116 @@ async fn a_billed_answer_without_a_message_is_retried_and_still_accounted() {
     );
     assert!(usage.total.prompt_tokens >= 10 && usage.total.completion_tokens >= 5);
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `assay analyze` of a tree: once the provider's key is set, generation joins in, for the
+/// tree's templates that the catalog has, and each generated app is analyzed in the same
+/// run as the tree's and compared with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_generates_apps_too_once_the_providers_key_is_set() {
+    let llm = FakeLlm::start_with(responder(Arc::default())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let providers = providers_file(dir.path(), &llm);
+    let tree = dir.path().join("tree");
+    let sample = repo().join("examples/apps/todo-api-sqli");
+    copy_dir(&sample, &tree.join("old-model/todo-api"));
+    copy_dir(&sample, &tree.join("old-model/kanban-board"));
+    // Named by their paths, as a tree of someone else's apps is.
+    for app in ["todo-api", "kanban-board"] {
+        std::fs::remove_file(tree.join("old-model").join(app).join("assay-app.toml")).unwrap();
+    }
+    let data = dir.path().join("data");
+    let analyze = |extra: &[&str], key: bool| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("analyze")
+            .arg(&tree)
+            .args(["--analyzers", "static", "--plain", "--provider", "fake"])
+            .arg("--providers")
+            .arg(&providers)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env("ASSAY_GENERATE_MODELS", "vendor/model-a")
+            .env("ASSAY_CACHE_DIR", data.join("analysis-cache"))
+            .env_remove("ASSAY_E2E_KEY");
+        if key {
+            cmd.env("ASSAY_E2E_KEY", SECRET);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // No key: no generation, and it says how to have it.
+    let (code, spec, log) = analyze(&["--print-spec"], false);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("generation: off (set ASSAY_E2E_KEY"), "{log}");
+    assert!(!spec.contains("kind = \"generate\""), "{spec}");
+    // Asked for by name, it needs no key to be planned.
+    let (_, spec, _) = analyze(&["--print-spec", "--generate", "vendor/x,vendor/y"], false);
+    let spec: toml::Table = toml::from_str(&spec).unwrap();
+    let names: Vec<&str> = spec["stage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["generate", "static", "static-generated"]);
+
+    let (code, stdout, log) = analyze(&[], true);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("generation: 1 apps (vendor/model-a × todo-api) by fake"),
+        "{log}"
+    );
+    assert!(
+        log.contains("not for kanban-board (not in the catalog"),
+        "{log}"
+    );
+    let store = open(&data).await;
+    let generated = jobs(&store, 1, "generate").await;
+    assert_eq!(generated.len(), 1);
+    assert_eq!(
+        generated[0].state,
+        JobState::Completed,
+        "{:?}",
+        generated[0].last_error
+    );
+    let analyzed = jobs(&store, 1, "static-generated").await;
+    assert_eq!(analyzed.len(), 1);
+    assert_eq!(
+        analyzed[0].state,
+        JobState::Completed,
+        "{:?}",
+        analyzed[0].last_error
+    );
+    assert_eq!(item(&analyzed[0], "model"), "vendor/model-a");
+    let sqli = analyzed[0].result.as_ref().unwrap()["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["cwe"] == 89);
+    assert!(
+        sqli,
+        "the generated app (the SQL-injectable sample) is really analyzed"
+    );
+    assert_eq!(jobs(&store, 1, "static").await.len(), 2);
+    // Compared with the tree's own model.
+    assert!(stdout.contains("vendor/model-a") || log.contains("vendor/model-a"));
+    assert!(stdout.contains("old-model") || log.contains("old-model"));
+    // The key reached no file.
+    assert!(files_containing(&data, SECRET.as_bytes()).is_empty());
+}

@@ -73,6 +73,8 @@ fn assay(cwd: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .current_dir(cwd)
         .env_remove("ASSAY_APP_PATH")
+        // A developer's key would make the run generate apps too.
+        .env_remove("OPENROUTER_API_KEY")
         .output()
         .unwrap()
 }

@@ -34,6 +34,8 @@ fn assay(cwd: &Path, tools: &Path, args: &[&str]) -> std::process::Output {
         .env("ASSAY_TOOLS_DIR", tools)
         .env_remove("ASSAY_TOOL_PATH")
         .env_remove("ASSAY_NO_TOOLS_INSTALL")
+        // A developer's key would make the run generate apps too.
+        .env_remove("OPENROUTER_API_KEY")
         .output()
         .unwrap()
 }

@@ -258,15 +258,26 @@ pub const ANALYZERS: &[&str] = &["static", "dynamic", "performance", "ai"];
 /// app, items `{app, model, template}` (the names the layout or the manifest gave), so the
 /// grid, results and comparison see models and templates as they do for generated apps.
 /// `root` is the folder as the user named it: jobs name apps under it.
+/// Apps generated in the same run as the tree is analyzed: each model × template.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// A name from the providers file; `None` is the default provider.
+    pub provider: Option<String>,
+    pub models: Vec<String>,
+    pub templates: Vec<String>,
+}
+
 /// The spec `assay analyze` runs: a stage per analyzer over the discovered apps; the app
 /// analyzers look templates up in `templates` (a catalog folder) besides the built-in
-/// ones when it is given.
+/// ones when it is given. With `generation`, a `generate` stage makes apps too, and each
+/// analyzer has a second stage (`NAME-generated`) that takes each app as it is made.
 pub fn analysis_spec(
     root: &Path,
     layout: &Layout,
     found: &Discovery,
     analyzers: &[String],
     templates: Option<&Path>,
+    generation: Option<&Generation>,
 ) -> Result<String, String> {
     use toml::{Table, Value};
     if found.apps.is_empty() {
@@ -295,6 +306,7 @@ pub fn analysis_spec(
         })
         .collect();
     let mut stages = Vec::new();
+    let mut generated_stages = Vec::new();
     for analyzer in analyzers {
         let (timeout, attempts) = match analyzer.as_str() {
             "static" => ("10m", 2),
@@ -335,8 +347,55 @@ pub fn analysis_spec(
             params.insert("duration".into(), Value::String("3s".into()));
             params.insert("warmup".into(), Value::String("500ms".into()));
         }
-        stage.insert("params".into(), Value::Table(params));
+        stage.insert("params".into(), Value::Table(params.clone()));
+        if let Some(generation) = generation {
+            let mut generated = stage.clone();
+            generated.remove("items");
+            generated.insert(
+                "name".into(),
+                Value::String(format!("{analyzer}-generated")),
+            );
+            generated.insert(
+                "after".into(),
+                Value::Array(vec![Value::String("generate".into())]),
+            );
+            generated.insert("matrix".into(), Value::Table(matrix_of(generation)));
+            params.remove("app");
+            params.insert("app_from".into(), Value::String("generate".into()));
+            if params.contains_key("template") {
+                params.insert("template".into(), Value::String("{{ template }}".into()));
+            }
+            generated.insert("params".into(), Value::Table(params));
+            generated_stages.push(Value::Table(generated));
+        }
         stages.push(Value::Table(stage));
+    }
+    if let Some(generation) = generation {
+        let mut stage = Table::new();
+        stage.insert("name".into(), Value::String("generate".into()));
+        stage.insert("kind".into(), Value::String("generate".into()));
+        stage.insert("matrix".into(), Value::Table(matrix_of(generation)));
+        stage.insert("timeout".into(), Value::String("15m".into()));
+        stage.insert("max_attempts".into(), Value::Integer(3));
+        stage.insert("backoff".into(), Value::String("10s".into()));
+        let mut params = Table::new();
+        params.insert("model".into(), Value::String("{{ model }}".into()));
+        params.insert("template".into(), Value::String("{{ template }}".into()));
+        params.insert("temperature".into(), Value::Float(0.2));
+        params.insert("seed".into(), Value::Integer(42));
+        if let Some(dir) = templates {
+            params.insert(
+                "templates_dir".into(),
+                Value::String(dir.display().to_string()),
+            );
+        }
+        if let Some(name) = &generation.provider {
+            params.insert("provider".into(), Value::String(name.clone()));
+        }
+        stage.insert("params".into(), Value::Table(params));
+        // First: model calls are the slowest part, and each app is analyzed as it comes.
+        stages.insert(0, Value::Table(stage));
+        stages.extend(generated_stages);
     }
     let mut pipeline = Table::new();
     pipeline.insert(
@@ -352,6 +411,16 @@ pub fn analysis_spec(
         found.apps.len()
     );
     Ok(header + &toml::to_string(&spec).map_err(|e| e.to_string())?)
+}
+
+fn matrix_of(generation: &Generation) -> toml::Table {
+    let list = |xs: &[String]| {
+        toml::Value::Array(xs.iter().map(|x| toml::Value::String(x.clone())).collect())
+    };
+    let mut matrix = toml::Table::new();
+    matrix.insert("model".into(), list(&generation.models));
+    matrix.insert("template".into(), list(&generation.templates));
+    matrix
 }
 
 /// A spec's `apps = { dir = "…", layout = "…" }` sources replaced by the `items` they
