@@ -898,4 +898,26 @@ async fn a_node_app_runs_with_its_own_packages_and_a_missing_package_is_its_resu
         }
         other => panic!("expected does-not-install, got {other}"),
     }
+
+    // A native addon whose install script was not run: not the model's fault, and said.
+    let native = root.path().join("native");
+    express_app(
+        &native,
+        r#"{"express": "^4.21.0", "better-sqlite3": "^11.0.0"}"#,
+    );
+    let index = native.join("server/index.js");
+    let code = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(
+        &index,
+        format!("const Database = require('better-sqlite3');\nconst db = new Database('todos.db');\n{code}"),
+    )
+    .unwrap();
+    let err = RunningApp::start(&native, &ports, &root.path().join("native.log"))
+        .await
+        .unwrap_err();
+    assert!(!err.is_model_failure() && !err.is_retryable(), "{err}");
+    match &err {
+        AppError::NeedsInstallScript { packages, .. } => assert_eq!(packages, "better-sqlite3"),
+        other => panic!("expected needs-install-script, got {other}"),
+    }
 }

@@ -37,6 +37,14 @@ pub enum AppError {
         seconds: u64,
         log_tail: String,
     },
+    /// The app died loading a package whose install script Assay does not run (a native
+    /// addon): a limit of this machine's installs, not the model's fault, and no retry
+    /// changes it.
+    #[error(
+        "the app needs {packages}, whose install script (a native build) Assay does not run; \
+         last log lines:\n{log_tail}"
+    )]
+    NeedsInstallScript { packages: String, log_tail: String },
     #[error("{0}")]
     NoEntry(#[from] crate::analysis::recipe::NoEntry),
     #[error("{0}")]
@@ -66,6 +74,7 @@ impl AppError {
                 AppError::Manifest { .. }
                     | AppError::ComposeUnavailable(_)
                     | AppError::ComposeRefused
+                    | AppError::NeedsInstallScript { .. }
             )
     }
 
@@ -525,6 +534,30 @@ fn joined_path(recipe: &RunRecipe, ours: std::ffi::OsString) -> std::ffi::OsStri
     }
 }
 
+/// The packages whose install scripts were not run that a crash's log names (Node's
+/// `Cannot find module '…/build/Release/x.node'`, `bindings` not finding its file).
+fn unbuilt_package(env: Option<&crate::analysis::envs::AppEnv>, log_tail: &str) -> Option<String> {
+    let env = env?;
+    let native_trouble = [
+        ".node",
+        "bindings",
+        "node-gyp",
+        "prebuild",
+        "was compiled against",
+    ]
+    .iter()
+    .any(|w| log_tail.contains(w));
+    let named: Vec<&str> = env
+        .install_scripts_not_run
+        .iter()
+        .map(String::as_str)
+        .filter(|p| {
+            log_tail.contains(&format!("node_modules/{p}/")) || log_tail.contains(&format!("'{p}'"))
+        })
+        .collect();
+    (native_trouble && !named.is_empty()).then(|| named.join(", "))
+}
+
 /// The wall-time limit of an app instance: however many jobs hold it, it is killed
 /// after this long (a job holding an app forever is a bug, and an app must not outlive
 /// the study).
@@ -631,7 +664,16 @@ impl RunningApp {
             _port: port,
             _scratch: scratch,
         };
-        app.health = app.wait_healthy(timeout).await?;
+        app.health = match app.wait_healthy(timeout).await {
+            Ok(health) => health,
+            Err(AppError::Crashed { status, log_tail }) => {
+                return Err(match unbuilt_package(app.env.as_ref(), &log_tail) {
+                    Some(packages) => AppError::NeedsInstallScript { packages, log_tail },
+                    None => AppError::Crashed { status, log_tail },
+                })
+            }
+            Err(e) => return Err(e),
+        };
         Ok(app)
     }
 

@@ -61,8 +61,13 @@ fn app_failure(e: AppError) -> Failure {
         AppError::ComposeRefused => "compose_refused",
         AppError::Sandbox(_) => "sandbox_unavailable",
         AppError::Env(_) => "env_unavailable",
+        AppError::NeedsInstallScript { .. } => "needs_install_script",
         _ => "app_start",
     };
+    if let AppError::NeedsInstallScript { .. } = e {
+        // One app's package, not this worker or stage: it opens no breaker.
+        return Failure::permanent(code, e.to_string()).external();
+    }
     if e.is_retryable() {
         Failure::retryable(code, e.to_string())
     } else {
