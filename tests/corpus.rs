@@ -188,7 +188,10 @@ async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own
                     assert!(
                         installed.iter().any(|i| {
                             let i = i.as_str().unwrap().to_ascii_lowercase();
-                            i.starts_with(&format!("{name}==")) && i.ends_with(version)
+                            // `flask==3.0.3` (Python), `express@4.21.2` (Node).
+                            (i.starts_with(&format!("{name}=="))
+                                || i.starts_with(&format!("{name}@")))
+                                && i.ends_with(version)
                         }),
                         "{}: {need} not in {installed:?}",
                         app.path

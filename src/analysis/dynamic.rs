@@ -823,6 +823,17 @@ pub async fn probe(
                     );
                 }
             }
+            // A route that fails whatever it is given says nothing about quotes: the status
+            // counts only when a plain value is answered without a server error.
+            let plain_fails = p
+                .send(
+                    "GET",
+                    &format!("{base_path}?{param}=assay{}", p.requests),
+                    None,
+                    token.as_deref(),
+                )
+                .await
+                .is_none_or(|a| a.status >= 500);
             for payload in ["'", "\"", "1' OR '1'='1"] {
                 if let Some(a) = p
                     .send(
@@ -834,7 +845,7 @@ pub async fn probe(
                     .await
                 {
                     if SQL_ERRORS.iter().any(|m| a.body.contains(m))
-                        || (a.status >= 500 && payload == "'")
+                        || (a.status >= 500 && payload == "'" && !plain_fails)
                     {
                         p.report("sql_injection", Some(89), Severity::Critical, "GET", &e.path,
                             format!("query parameter `{param}` reaches SQL unescaped: `{payload}` causes a database error (status {})", a.status));
@@ -1136,6 +1147,62 @@ mod tests {
             session.headers(),
             [("Cookie".to_string(), "sid=u1".to_string())]
         );
+    }
+
+    /// A route that fails whatever it is asked is not an SQL injection because a quote
+    /// also fails it; one that fails only on the quote is.
+    #[tokio::test]
+    async fn a_server_error_on_a_quote_counts_only_when_a_plain_value_succeeds() {
+        use axum::extract::Query;
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route(
+                "/always",
+                get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "TypeError") }),
+            )
+            .route(
+                "/quote",
+                get(|Query(q): Query<HashMap<String, String>>| async move {
+                    match q.get("q") {
+                        Some(v) if v.contains('\'') => (StatusCode::INTERNAL_SERVER_ERROR, "boom"),
+                        _ => (StatusCode::OK, "[]"),
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let endpoint = |path: &str| Endpoint {
+            method: "GET".into(),
+            path: path.into(),
+            auth: false,
+            description: String::new(),
+            query: Some(toml::toml! { q = "string?" }),
+            request: None,
+            response: crate::analysis::catalog::Response {
+                status: 200,
+                body: toml::Value::String("any".into()),
+            },
+            found_in_code: true,
+        };
+        let template = Template {
+            name: "discovered".into(),
+            title: "t".into(),
+            description: String::new(),
+            requirements: Default::default(),
+            endpoints: vec![endpoint("/always"), endpoint("/quote")],
+            data_model: Default::default(),
+            discovered: true,
+        };
+        let outcome = probe(&format!("http://{addr}"), &template, None, "/health").await;
+        let injectable: Vec<&str> = outcome
+            .findings
+            .iter()
+            .filter(|f| f.rule == "sql_injection")
+            .map(|f| f.location.path.as_str())
+            .collect();
+        assert_eq!(injectable, ["GET /quote"]);
     }
 
     /// An app that answers forever: the probe keeps its first MiB and moves on.

@@ -228,12 +228,21 @@ async fn with_found_routes(template: &Template, app: &Path, base_url: &str) -> (
     let known: std::collections::HashSet<(String, String)> =
         template.endpoints.iter().map(|e| e.shape()).collect();
     let mut added = 0;
+    let mut sign_in = Vec::new();
     for e in found.into_iter().flat_map(|t| t.endpoints) {
-        if !known.contains(&e.shape()) {
+        if known.contains(&e.shape()) {
+            continue;
+        }
+        added += 1;
+        // The app's own sign-up and login go first: an app that guards routes the
+        // template leaves open is walked logged in, not measured by its 401s.
+        if e.method == "POST" && dynamic::walk_rank(&e.method, &e.path) <= 1 {
+            sign_in.push(e);
+        } else {
             merged.endpoints.push(e);
-            added += 1;
         }
     }
+    merged.endpoints.splice(0..0, sign_in);
     (merged, added)
 }
 
