@@ -1883,6 +1883,10 @@ fn generation_for(
         );
         return Ok(None);
     };
+    if models.is_empty() {
+        eprintln!("generation: off (no model named: ASSAY_GENERATE_MODELS is empty)");
+        return Ok(None);
+    }
     let catalog = crate::analysis::catalog::with_user_dir(templates_dir)?;
     let mut templates: Vec<String> = found
         .apps

@@ -538,24 +538,22 @@ fn joined_path(recipe: &RunRecipe, ours: std::ffi::OsString) -> std::ffi::OsStri
 /// `Cannot find module '…/build/Release/x.node'`, `bindings` not finding its file).
 fn unbuilt_package(env: Option<&crate::analysis::envs::AppEnv>, log_tail: &str) -> Option<String> {
     let env = env?;
-    let native_trouble = [
-        ".node",
-        "bindings",
-        "node-gyp",
-        "prebuild",
-        "was compiled against",
-    ]
-    .iter()
-    .any(|w| log_tail.contains(w));
     let named: Vec<&str> = env
         .install_scripts_not_run
         .iter()
         .map(String::as_str)
         .filter(|p| {
-            log_tail.contains(&format!("node_modules/{p}/")) || log_tail.contains(&format!("'{p}'"))
+            // Node's own words about a binary of that package that is not there.
+            let inside = format!("node_modules/{p}/");
+            log_tail.lines().any(|line| {
+                line.contains(&inside)
+                    && (line.contains(".node")
+                        || line.contains("Could not locate the bindings file"))
+            }) || (log_tail.contains("Could not locate the bindings file")
+                && log_tail.contains(&inside))
         })
         .collect();
-    (native_trouble && !named.is_empty()).then(|| named.join(", "))
+    (!named.is_empty()).then(|| named.join(", "))
 }
 
 /// The wall-time limit of an app instance: however many jobs hold it, it is killed
@@ -843,7 +841,7 @@ impl RunningApp {
         let copy = scratch.join("app");
         copy_tree(dir, &copy)?;
         if let Some(modules) = node_modules {
-            crate::analysis::node_env::link_into(modules, &copy.join(&recipe.workdir))?;
+            crate::analysis::node_env::link_into(modules, &copy, &copy.join(&recipe.workdir))?;
         }
         let args: Vec<String> = recipe
             .command

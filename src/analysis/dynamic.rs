@@ -378,7 +378,14 @@ pub(crate) fn token_in(context: &HashMap<String, String>) -> Option<String> {
     context
         .get("token")
         .or_else(|| context.get("access_token"))
+        .filter(|t| header_safe(t))
         .cloned()
+}
+
+/// What can go into a request header as it is: visible ASCII, bounded. An app's token or
+/// cookie that is not is not sent (it would fail every later request).
+fn header_safe(value: &str) -> bool {
+    !value.is_empty() && value.len() < 4096 && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Keep the cookie a `Set-Cookie` header sets, as a browser would: bounded, so an app
@@ -391,8 +398,14 @@ pub(crate) fn keep_cookie(jar: &mut BTreeMap<String, String>, set_cookie: &str) 
         .trim()
         .to_string();
     if let Some((_, value)) = set_cookie.split(';').next().and_then(|p| p.split_once('=')) {
-        if jar.len() < 32 && value.len() < 4096 && !name.is_empty() {
-            jar.insert(name.clone(), value.trim().to_string());
+        let value = value.trim();
+        let name_ok = !name.is_empty() && header_safe(&name) && !name.contains(['=', ';', ',']);
+        if jar.len() < 32
+            && name_ok
+            && (value.is_empty() || header_safe(value))
+            && !value.contains([';', ','])
+        {
+            jar.insert(name.clone(), value.to_string());
         }
     }
     name
@@ -824,11 +837,12 @@ pub async fn probe(
                 }
             }
             // A route that fails whatever it is given says nothing about quotes: the status
-            // counts only when a plain value is answered without a server error.
+            // counts only when a plain value (`1`, which fits text and numbers alike) is
+            // answered without a server error.
             let plain_fails = p
                 .send(
                     "GET",
-                    &format!("{base_path}?{param}=assay{}", p.requests),
+                    &format!("{base_path}?{param}=1"),
                     None,
                     token.as_deref(),
                 )

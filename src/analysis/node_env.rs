@@ -136,11 +136,33 @@ fn registry_dependency(name: &str, spec: &str) -> Result<(), &'static str> {
     if !name_ok {
         return Err("not a package name");
     }
-    if spec.contains(':') || spec.contains('/') || spec.contains('\\') {
+    registry_spec(spec)
+}
+
+/// A version, a range (`^4.18.2`, `>=1 <2`, `1.x`, `*`) or a tag (`latest`): what npm
+/// resolves on the registry. Anything else (`file:`, `git+…`, `user/repo`, `..`,
+/// `x.tgz`, URLs) npm would take from somewhere else.
+fn registry_spec(spec: &str) -> Result<(), &'static str> {
+    let lowered = spec.trim().to_ascii_lowercase();
+    let foreign = lowered.starts_with('.')
+        || [".tgz", ".tar", ".tar.gz"]
+            .iter()
+            .any(|e| lowered.ends_with(e))
+        || !spec
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " .-+^~<>=|*".contains(c));
+    if foreign {
         return Err("not from the registry; only registry packages are installed");
     }
-    if spec.len() > 200 || spec.chars().any(|c| c.is_control()) {
+    if spec.len() > 200 {
         return Err("not a version");
+    }
+    // A tag is a name: it starts with a letter (`latest`, `next`), a range does not.
+    let tag = spec
+        .trim()
+        .starts_with(|c: char| c.is_ascii_alphabetic() && c != 'x');
+    if tag && spec.trim().contains(' ') {
+        return Err("not a version, a range or a tag");
     }
     Ok(())
 }
@@ -193,10 +215,7 @@ fn usable_lock(path: &Path, rel: &str, reqs: &mut Requirements) -> Option<String
     };
     let registry = registry();
     for (key, entry) in packages {
-        let resolved = entry.get("resolved").and_then(|r| r.as_str());
-        let linked = entry.get("link").and_then(|l| l.as_bool()) == Some(true);
-        let foreign = resolved.is_some_and(|r| !r.starts_with(&registry));
-        if linked || foreign || (!key.is_empty() && !key.starts_with("node_modules/")) {
+        if !lock_entry_from_registry(key, entry, &registry) {
             reqs.left_out.push(format!(
                 "{rel}: `{key}` is not from the registry; the lock is not used, resolved afresh"
             ));
@@ -204,6 +223,44 @@ fn usable_lock(path: &Path, rel: &str, reqs: &mut Requirements) -> Option<String
         }
     }
     Some(text)
+}
+
+/// One `packages` entry of a lock npm would fetch from the registry only: a package
+/// under `node_modules/` with an exact version, resolved at the registry, and whose own
+/// dependencies are registry specs too (the root entry: its dependencies only).
+fn lock_entry_from_registry(key: &str, entry: &serde_json::Value, registry: &str) -> bool {
+    let deps_ok = [
+        "dependencies",
+        "devDependencies",
+        "optionalDependencies",
+        "peerDependencies",
+    ]
+    .iter()
+    .filter_map(|section| entry.get(section).and_then(|d| d.as_object()))
+    .flatten()
+    .all(|(_, spec)| spec.as_str().is_some_and(|s| registry_spec(s).is_ok()));
+    if key.is_empty() {
+        return deps_ok;
+    }
+    let exact_version = entry
+        .get("version")
+        .and_then(|v| v.as_str())
+        .is_some_and(|v| {
+            v.starts_with(|c: char| c.is_ascii_digit())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c))
+        });
+    let resolved = entry
+        .get("resolved")
+        .and_then(|r| r.as_str())
+        .is_some_and(|r| r.starts_with(registry) && !r.contains(".."));
+    let linked = entry.get("link").and_then(|l| l.as_bool()) == Some(true);
+    key.starts_with("node_modules/")
+        && !key.contains("..")
+        && exact_version
+        && resolved
+        && !linked
+        && deps_ok
 }
 
 fn registry() -> String {
@@ -316,7 +373,7 @@ async fn build_or_reuse(
         let ci = run_npm(&npm, "ci", root).await?;
         log.push_str(&ci.text);
         if !ci.success {
-            check_infrastructure(root, &log)?;
+            check_infrastructure(root, &ci.text)?;
             // A lock that does not install (out of sync, made-up integrity hashes): the
             // packages are resolved afresh, as `npm install` would for a user.
             notes.push(format!(
@@ -332,7 +389,8 @@ async fn build_or_reuse(
         log.push_str(&install.text);
         let _ = std::fs::write(root.join("build.log"), &log);
         if !install.success {
-            check_infrastructure(root, &log)?;
+            let _ = std::fs::write(root.join("build.log"), &log);
+            check_infrastructure(root, &install.text)?;
             let message = last_lines(&install.text, 12);
             let _ = std::fs::remove_dir_all(root.join("node_modules"));
             std::fs::write(&status_file, format!("does-not-install\n{message}"))
@@ -365,6 +423,11 @@ async fn run_npm(npm: &Path, verb: &str, root: &Path) -> Result<NpmOutput, EnvEr
         "--no-update-notifier",
         "--loglevel=warn",
         "--include=dev",
+        // Whatever a package deep in the tree asks for: from the registry, or not at all.
+        "--allow-git=none",
+        "--allow-remote=none",
+        "--allow-file=none",
+        "--allow-directory=none",
     ];
     let mut cmd = tokio::process::Command::new(npm);
     cmd.args(args)
@@ -389,12 +452,12 @@ async fn run_npm(npm: &Path, verb: &str, root: &Path) -> Result<NpmOutput, EnvEr
     }
     let out = tokio::time::timeout(crate::analysis::envs::BUILD_TIMEOUT, cmd.output())
         .await
-        .map_err(|_| EnvError::DoesNotInstall {
-            from: "package.json".into(),
-            message: format!(
+        // A slow registry is this machine's trouble, not the app's.
+        .map_err(|_| {
+            EnvError::Unavailable(format!(
                 "npm {verb} took longer than {} min",
                 crate::analysis::envs::BUILD_TIMEOUT.as_secs() / 60
-            ),
+            ))
         })?
         .map_err(|e| EnvError::Unavailable(format!("`npm` cannot be run: {e}")))?;
     let mut text = format!("$ npm {}\n", args.join(" "));
@@ -406,26 +469,43 @@ async fn run_npm(npm: &Path, verb: &str, root: &Path) -> Result<NpmOutput, EnvEr
     })
 }
 
-/// A failed npm run that is this machine's trouble (the registry unreachable, npm
-/// itself broken), not the app's: retried, and nothing is kept.
+/// A failed npm run (`log` is that run's own output) that is this machine's trouble:
+/// retried, and nothing is kept. Only npm's error code decides, never other text of the
+/// log (which holds the app's own names and versions): a code for what the app asked
+/// for is the app's; a network code, or any code not known to be the app's, is not.
 fn check_infrastructure(root: &Path, log: &str) -> Result<(), EnvError> {
-    let _ = std::fs::write(root.join("build.log"), log);
-    let app_fault = npm_error_code(log).is_some_and(|code| APP_ERROR_CODES.contains(&code));
-    if is_network_trouble(log) || !app_fault {
-        let _ = std::fs::remove_dir_all(root.join("node_modules"));
-        let _ = std::fs::remove_file(root.join("status"));
-        let why = if is_network_trouble(log) {
-            "the npm registry could not be reached"
-        } else {
-            "npm failed for a reason that is not the app's"
-        };
-        return Err(EnvError::Unavailable(format!(
-            "{why}: {}",
-            last_lines(log, 4)
-        )));
+    let code = npm_error_code(log);
+    if code.is_some_and(|c| APP_ERROR_CODES.contains(&c)) {
+        return Ok(());
     }
-    Ok(())
+    let _ = std::fs::remove_dir_all(root.join("node_modules"));
+    let _ = std::fs::remove_file(root.join("status"));
+    let why = if code.is_some_and(|c| NETWORK_ERROR_CODES.contains(&c)) {
+        "the npm registry could not be reached"
+    } else {
+        "npm failed for a reason that is not the app's"
+    };
+    Err(EnvError::Unavailable(format!(
+        "{why}: {}",
+        last_lines(log, 4)
+    )))
 }
+
+/// npm's codes for a registry it could not reach.
+const NETWORK_ERROR_CODES: &[&str] = &[
+    "ENOTFOUND",
+    "ECONNREFUSED",
+    "ECONNRESET",
+    "ETIMEDOUT",
+    "EAI_AGAIN",
+    "ENETUNREACH",
+    "EHOSTUNREACH",
+    "ERR_SOCKET_TIMEOUT",
+    "E500",
+    "E502",
+    "E503",
+    "E504",
+];
 
 /// npm's error codes for what the app asked for: a package or version that does not
 /// exist, dependencies that conflict, a lock that does not match or does not verify, a
@@ -441,6 +521,7 @@ const APP_ERROR_CODES: &[&str] = &[
     "EBADENGINE",
     "ENOVERSIONS",
     "EJSONPARSE",
+    "EBADPLATFORM",
 ];
 
 /// `E404` in `npm error code E404` (`npm ERR! code` in older npm).
@@ -509,23 +590,6 @@ fn with_install_scripts(root: &Path) -> Vec<String> {
     all
 }
 
-/// npm's words for a registry it could not reach (as opposed to a package or version
-/// that does not exist, `E404` / `ETARGET`, which is the app's).
-fn is_network_trouble(text: &str) -> bool {
-    [
-        "ENOTFOUND",
-        "ECONNREFUSED",
-        "ECONNRESET",
-        "ETIMEDOUT",
-        "EAI_AGAIN",
-        "ENETUNREACH",
-        "network request to",
-        "code E5",
-    ]
-    .iter()
-    .any(|p| text.contains(p))
-}
-
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -533,7 +597,15 @@ fn last_lines(text: &str, n: usize) -> String {
 
 /// Make `node_modules` in `workdir` (an instance's own copy of the app) a folder of links
 /// to the environment's packages; an app's own `node_modules` is replaced.
-pub fn link_into(env_modules: &Path, workdir: &Path) -> std::io::Result<()> {
+pub fn link_into(env_modules: &Path, copy: &Path, workdir: &Path) -> std::io::Result<()> {
+    // Never through a link out of the copy (a workdir that is a link to a host folder).
+    let inside = workdir.canonicalize()?.starts_with(copy.canonicalize()?);
+    if !inside {
+        return Err(std::io::Error::other(format!(
+            "{} leads out of the app",
+            workdir.display()
+        )));
+    }
     let target = workdir.join("node_modules");
     match std::fs::symlink_metadata(&target) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(&target)?,
@@ -612,18 +684,39 @@ mod tests {
             "{:?}",
             found.requirements.left_out
         );
+        // No `resolved`: npm would install what `version` says, a folder or a repository.
+        for entry in [
+            r#"{"version":"file:/etc"}"#,
+            r#"{"version":"git+file:///tmp/repo"}"#,
+            r#"{"version":"2.1.3"}"#,
+            r#"{"version":"2.1.3","resolved":"https://registry.npmjs.org/ms/-/ms-2.1.3.tgz","dependencies":{"x":"git+https://h/x.git"}}"#,
+        ] {
+            let lock = format!(
+                r#"{{"lockfileVersion":3,"packages":{{"":{{"dependencies":{{"ms":"*"}}}},"node_modules/ms":{entry}}}}}"#
+            );
+            let dir = app(&[
+                ("package.json", r#"{"dependencies":{"ms":"*"}}"#),
+                ("package-lock.json", &lock),
+            ]);
+            assert!(packages(dir.path(), "").unwrap().lock.is_none(), "{entry}");
+        }
     }
 
     #[test]
-    fn an_unreachable_registry_is_told_apart_from_a_missing_package() {
-        assert!(is_network_trouble(
-            "npm error code ECONNREFUSED\nnpm error network request to http://127.0.0.1:9/ms failed"
+    fn only_npms_error_code_tells_the_apps_failure_from_the_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = "npm error code ECONNREFUSED\nnpm error network request to http://127.0.0.1:9/ms failed";
+        assert!(matches!(
+            check_infrastructure(dir.path(), refused),
+            Err(EnvError::Unavailable(m)) if m.contains("could not be reached")
         ));
         let missing = "npm error code E404\nnpm error 404 Not Found - GET https://registry.npmjs.org/no-such-pkg-x";
-        assert!(!is_network_trouble(missing));
         assert_eq!(npm_error_code(missing), Some("E404"));
-        let dir = tempfile::tempdir().unwrap();
         assert!(check_infrastructure(dir.path(), missing).is_ok());
+        // The app's own words (a version named ENOTFOUND) change nothing.
+        let named = "npm error code ETARGET\nnpm error notarget No matching version found for ms@ENOTFOUND.";
+        assert!(check_infrastructure(dir.path(), named).is_ok());
+        // A code not known to be the app's is not held against it.
         assert!(matches!(
             check_infrastructure(
                 dir.path(),
@@ -631,5 +724,35 @@ mod tests {
             ),
             Err(EnvError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn specs_npm_would_take_from_elsewhere_are_refused() {
+        for good in [
+            "^4.18.2",
+            "4.x",
+            "*",
+            "",
+            ">=1.2 <2",
+            "latest",
+            "~1.2.3-beta.1",
+            "1 || 2",
+        ] {
+            assert!(registry_spec(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "..",
+            ".",
+            "x.tgz",
+            "pkg.tar.gz",
+            "file:../x",
+            "git+https://h/x.git",
+            "user/repo",
+            "https://h/x.tgz",
+            "npm:evil@1",
+            "latest tag",
+        ] {
+            assert!(registry_spec(bad).is_err(), "{bad}");
+        }
     }
 }

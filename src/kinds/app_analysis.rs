@@ -228,7 +228,7 @@ async fn with_found_routes(template: &Template, app: &Path, base_url: &str) -> (
     let known: std::collections::HashSet<(String, String)> =
         template.endpoints.iter().map(|e| e.shape()).collect();
     let mut added = 0;
-    let mut sign_in = Vec::new();
+    let (mut sign_in, mut log_out) = (Vec::new(), Vec::new());
     for e in found.into_iter().flat_map(|t| t.endpoints) {
         if known.contains(&e.shape()) {
             continue;
@@ -236,13 +236,15 @@ async fn with_found_routes(template: &Template, app: &Path, base_url: &str) -> (
         added += 1;
         // The app's own sign-up and login go first: an app that guards routes the
         // template leaves open is walked logged in, not measured by its 401s.
-        if e.method == "POST" && dynamic::walk_rank(&e.method, &e.path) <= 1 {
-            sign_in.push(e);
-        } else {
-            merged.endpoints.push(e);
+        match dynamic::walk_rank(&e.method, &e.path) {
+            0 | 1 if e.method == "POST" => sign_in.push(e),
+            7 => log_out.push(e),
+            _ => merged.endpoints.push(e),
         }
     }
     merged.endpoints.splice(0..0, sign_in);
+    // Logging out last: the rest of the walk keeps its session.
+    merged.endpoints.extend(log_out);
     (merged, added)
 }
 
@@ -728,6 +730,8 @@ pub async fn run_performance(ctx: &JobContext) -> Result<JobOutput, Failure> {
         .endpoints
         .iter()
         .filter(|e| e.method == "GET" && e.path != health && e.path != "/health")
+        // Loading a logout would end the session the protected routes are loaded in.
+        .filter(|e| dynamic::walk_rank(&e.method, &e.path) < 7)
     {
         if e.auth && !session.logged_in() {
             protected_skipped += 1;

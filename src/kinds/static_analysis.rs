@@ -62,6 +62,25 @@ fn parse(params: &Value) -> Result<Parsed, String> {
     })
 }
 
+/// What each tool could do for the app: done, or not and why (missing, failed, timed
+/// out, its database out of reach). A tool with nothing to read (no JavaScript for
+/// ESLint) had nothing to do, and is left out.
+fn coverage(runs: &[crate::analysis::finding::ToolRun]) -> Vec<Value> {
+    runs.iter()
+        .filter(|r| r.status != ToolStatus::Skipped)
+        .map(|r| match r.status {
+            ToolStatus::Success | ToolStatus::NoIssues => {
+                serde_json::json!({"part": r.tool, "done": true})
+            }
+            _ => serde_json::json!({
+                "part": r.tool,
+                "done": false,
+                "why": r.detail.clone().unwrap_or_else(|| format!("{:?}", r.status).to_lowercase()),
+            }),
+        })
+        .collect()
+}
+
 pub fn validate(params: &Value) -> Result<(), String> {
     parse(params).map(|_| ())
 }
@@ -111,6 +130,7 @@ pub async fn run(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "tools": outcome.runs,
             "findings": findings,
             "code": outcome.code,
+            "coverage": coverage(&outcome.runs),
         }),
     })
 }
