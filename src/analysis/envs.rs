@@ -347,7 +347,7 @@ pub(crate) async fn lock_exclusive(
     .map_err(std::io::Error::other)?
 }
 
-fn unavailable(path: &Path, e: std::io::Error) -> EnvError {
+pub(crate) fn unavailable(path: &Path, e: std::io::Error) -> EnvError {
     EnvError::Unavailable(format!("{}: {e}", path.display()))
 }
 
@@ -533,7 +533,8 @@ fn is_network_trouble(text: &str) -> bool {
     .any(|p| text.contains(p))
 }
 
-fn last_lines(text: &str, n: usize) -> String {
+/// The last `n` lines of a tool's output that say something.
+pub(crate) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

@@ -16,7 +16,7 @@
 //! of links in its own writable copy, so tools that write beside their packages (Vite's
 //! `node_modules/.vite`) still can.
 
-use crate::analysis::envs::{AppEnv, EnvError, EnvKind, Requirements};
+use crate::analysis::envs::{last_lines, unavailable, AppEnv, EnvError, EnvKind, Requirements};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -321,10 +321,6 @@ pub async fn prepare(packages: &NodePackages) -> Result<AppEnv, EnvError> {
     result
 }
 
-fn unavailable(path: &Path, e: std::io::Error) -> EnvError {
-    EnvError::Unavailable(format!("{}: {e}", path.display()))
-}
-
 async fn build_or_reuse(
     root: &Path,
     digest: &str,
@@ -588,11 +584,6 @@ fn with_install_scripts(root: &Path) -> Vec<String> {
     all.sort();
     all.dedup();
     all
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Make `node_modules` in `workdir` (an instance's own copy of the app) a folder of links
