@@ -472,6 +472,11 @@ async fn the_ai_kind_is_skipped_without_an_endpoint_and_judges_with_one() {
     let out = tempfile::tempdir().unwrap();
     let skipped = run(out.path()).await.unwrap().result;
     assert_eq!(skipped["status"], "skipped: no LLM endpoint configured");
+    // Not judged is not covered, and says why.
+    assert_eq!(
+        skipped["coverage"],
+        serde_json::json!([{"part": "judge", "done": false, "why": "no LLM endpoint configured"}])
+    );
 
     let llm = FakeLlm::start(vec![Scripted::Json(good_answer(&template()))]).await;
     unsafe {
@@ -486,6 +491,7 @@ async fn the_ai_kind_is_skipped_without_an_endpoint_and_judges_with_one() {
     }
     let judged = judged.unwrap().result;
     assert_eq!(judged["status"], "success", "{judged}");
+    assert_eq!(judged["coverage"][0]["done"], true, "{judged}");
     assert!(judged["judge"]["pass_rate"].as_f64().is_some(), "{judged}");
     assert_eq!(judged["judge"]["model"], served_model("judge-model"));
     assert!(

@@ -587,6 +587,13 @@ pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
         .map_err(|e| Failure::retryable("io", format!("writing judge-exchanges.json: {e}")))?;
     }
     let status = report.status_line();
+    let judged_part = match report.status {
+        judge::JudgeStatus::Skipped => part(
+            "judge",
+            Err(report.detail.clone().unwrap_or_else(|| "skipped".into())),
+        ),
+        _ => part("judge", Ok(())),
+    };
     let mut judged = serde_json::to_value(&report).expect("report serializes");
     if let Value::Object(o) = &mut judged {
         // Kept as an artifact; the result stays small.
@@ -602,6 +609,7 @@ pub async fn run_ai(ctx: &JobContext) -> Result<JobOutput, Failure> {
             "tools": [],
             "findings": [],
             "judge": judged,
+            "coverage": [judged_part],
         }),
     })
 }
