@@ -160,7 +160,11 @@ impl Probe {
         message: String,
     ) {
         let loc = location(method, strip_query(path));
-        if !self.seen.insert((rule.to_string(), loc.path.clone())) {
+        // One finding per weakness and place: a rule may find several (each cookie flag).
+        if !self
+            .seen
+            .insert((format!("{rule}/{cwe:?}"), loc.path.clone()))
+        {
             return;
         }
         let message = if rule == "functional" {
@@ -214,31 +218,35 @@ impl Probe {
             let Ok(text) = cookie.to_str() else { continue };
             let name = keep_cookie(&mut self.jar, text);
             let lower = text.to_ascii_lowercase();
-            let mut missing = Vec::new();
-            if !lower.contains("httponly") {
-                missing.push("HttpOnly");
-            }
-            if !lower.contains("secure") {
-                missing.push("Secure");
-            }
-            if !lower.contains("samesite") {
-                missing.push("SameSite");
-            }
             self.cookies.push((name.clone(), text.to_string()));
-            if !missing.is_empty() {
-                let severity = if missing.contains(&"HttpOnly") {
-                    Severity::Medium
-                } else {
-                    Severity::Low
-                };
-                self.report(
-                    "cookie_flags",
-                    Some(1004),
-                    severity,
-                    method,
-                    path,
-                    format!("cookie `{name}` is set without {}", missing.join(", ")),
-                );
+            // Each flag its own weakness: script can read it, it travels in clear, other
+            // sites' requests carry it.
+            for (flag, cwe, severity) in [
+                ("httponly", 1004, Severity::Medium),
+                ("secure", 614, Severity::Low),
+                ("samesite", 1275, Severity::Low),
+            ] {
+                let set = lower.split(';').skip(1).any(|attr| {
+                    attr.trim()
+                        .split('=')
+                        .next()
+                        .is_some_and(|a| a.trim() == flag)
+                });
+                if !set {
+                    let shown = match flag {
+                        "httponly" => "HttpOnly",
+                        "secure" => "Secure",
+                        _ => "SameSite",
+                    };
+                    self.report(
+                        "cookie_flags",
+                        Some(cwe),
+                        severity,
+                        method,
+                        path,
+                        format!("cookie `{name}` is set without {shown}"),
+                    );
+                }
             }
         }
         if let Some(server) = header("server") {
@@ -759,14 +767,12 @@ pub async fn probe(
         ),
     );
 
-    // 4. Security headers on the main pages.
+    // 4. Security headers on the main pages, whatever they answer: a 404 page is served
+    // to browsers too, and an app without `/` or `/health` still answers them.
     let mut header_paths = vec!["/".to_string(), health.to_string()];
     header_paths.dedup();
     for path in &header_paths {
         if let Some(a) = p.send("GET", path, None, None).await {
-            if a.status / 100 != 2 {
-                continue;
-            }
             let mut missing = Vec::new();
             for h in [
                 "x-content-type-options",
@@ -858,9 +864,20 @@ pub async fn probe(
                     )
                     .await
                 {
-                    if SQL_ERRORS.iter().any(|m| a.body.contains(m))
-                        || (a.status >= 500 && payload == "'" && !plain_fails)
-                    {
+                    let status_says = a.status >= 500 && payload == "'" && !plain_fails && {
+                        // Differential: the quote doubled (`''`, an escaped quote inside an
+                        // SQL string) is answered without an error. A route that fails on
+                        // any odd input fails on that too.
+                        p.send(
+                            "GET",
+                            &format!("{base_path}?{param}={}", urlencode("1''")),
+                            None,
+                            token.as_deref(),
+                        )
+                        .await
+                        .is_some_and(|b| b.status < 500)
+                    };
+                    if SQL_ERRORS.iter().any(|m| a.body.contains(m)) || status_says {
                         p.report("sql_injection", Some(89), Severity::Critical, "GET", &e.path,
                             format!("query parameter `{param}` reaches SQL unescaped: `{payload}` causes a database error (status {})", a.status));
                         break;
@@ -1164,7 +1181,8 @@ mod tests {
     }
 
     /// A route that fails whatever it is asked is not an SQL injection because a quote
-    /// also fails it; one that fails only on the quote is.
+    /// also fails it, nor one that fails on any quote (`int(q)`); one that fails on an
+    /// unpaired quote and not on a doubled one is.
     #[tokio::test]
     async fn a_server_error_on_a_quote_counts_only_when_a_plain_value_succeeds() {
         use axum::extract::Query;
@@ -1179,7 +1197,10 @@ mod tests {
                 "/quote",
                 get(|Query(q): Query<HashMap<String, String>>| async move {
                     match q.get("q") {
-                        Some(v) if v.contains('\'') => (StatusCode::INTERNAL_SERVER_ERROR, "boom"),
+                        // As an SQL string breaks: on an unpaired quote only.
+                        Some(v) if v.matches('\'').count() % 2 == 1 => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, "boom")
+                        }
                         _ => (StatusCode::OK, "[]"),
                     }
                 }),
@@ -1205,7 +1226,11 @@ mod tests {
             title: "t".into(),
             description: String::new(),
             requirements: Default::default(),
-            endpoints: vec![endpoint("/always"), endpoint("/quote")],
+            endpoints: vec![
+                endpoint("/always"),
+                endpoint("/any-quote"),
+                endpoint("/quote"),
+            ],
             data_model: Default::default(),
             discovered: true,
         };
@@ -1217,6 +1242,40 @@ mod tests {
             .map(|f| f.location.path.as_str())
             .collect();
         assert_eq!(injectable, ["GET /quote"]);
+    }
+
+    /// Each missing cookie flag is its own finding with its own CWE; a flag that is set,
+    /// whatever its case, is not reported, and a cookie named like a flag fools nothing.
+    #[tokio::test]
+    async fn each_missing_cookie_flag_is_its_own_weakness() {
+        use axum::http::header;
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/",
+            get(|| async {
+                (
+                    [(header::SET_COOKIE, "secure_sid=1; httpOnly; Path=/")],
+                    "hi",
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let template = crate::analysis::catalog::builtin()
+            .get("todo-api")
+            .unwrap()
+            .clone();
+        let outcome = probe(&format!("http://{addr}"), &template, None, "/health").await;
+        let mut cwes: Vec<u32> = outcome
+            .findings
+            .iter()
+            .filter(|f| f.rule == "cookie_flags")
+            .filter_map(|f| f.cwe)
+            .collect();
+        cwes.sort();
+        cwes.dedup();
+        assert_eq!(cwes, [614, 1275]);
     }
 
     /// An app that answers forever: the probe keeps its first MiB and moves on.
