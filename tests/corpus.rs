@@ -131,7 +131,13 @@ async fn every_app_of_a_real_looking_corpus_is_analyzed_or_recorded_with_its_own
             job.last_error
         );
         // The model's failures are results, not retries.
-        assert_eq!(job.attempts, 1, "{} ran {} times", job.key, job.attempts);
+        if job.attempts != 1 {
+            let attempts = store.attempts(job.id).await.unwrap();
+            panic!(
+                "{} ran {} times: {attempts:#?}\n{log}",
+                job.key, job.attempts
+            );
+        }
     }
     let by_app: BTreeMap<(String, String), Vec<_>> =
         jobs.iter().fold(BTreeMap::new(), |mut m, j| {

@@ -542,15 +542,13 @@ fn unbuilt_package(env: Option<&crate::analysis::envs::AppEnv>, log_tail: &str) 
         .install_scripts_not_run
         .iter()
         .map(String::as_str)
+        // Node's own words about a binary of that package that is not there: a `.node`
+        // file under its folder (`Cannot find module …`, `bindings`' list of tries).
         .filter(|p| {
-            // Node's own words about a binary of that package that is not there.
             let inside = format!("node_modules/{p}/");
-            log_tail.lines().any(|line| {
-                line.contains(&inside)
-                    && (line.contains(".node")
-                        || line.contains("Could not locate the bindings file"))
-            }) || (log_tail.contains("Could not locate the bindings file")
-                && log_tail.contains(&inside))
+            log_tail
+                .lines()
+                .any(|line| line.contains(&inside) && line.contains(".node"))
         })
         .collect();
     (!named.is_empty()).then(|| named.join(", "))

@@ -457,11 +457,6 @@ async fn build_or_reuse(
     Ok(env(locked))
 }
 
-struct UvOutput {
-    success: bool,
-    text: String,
-}
-
 /// The worker's settings that say where packages come from (a mirror, a proxy, a CA);
 /// nothing else of its environment (no keys) reaches `uv`.
 const UV_ENV_ALLOWED: &[&str] = &[
@@ -480,41 +475,73 @@ const UV_ENV_ALLOWED: &[&str] = &[
     "no_proxy",
 ];
 
-async fn run_uv(uv: &Path, args: &[std::ffi::OsString], root: &Path) -> Result<UvOutput, EnvError> {
-    let mut cmd = tokio::process::Command::new(uv);
+async fn run_uv(
+    uv: &Path,
+    args: &[std::ffi::OsString],
+    root: &Path,
+) -> Result<InstallerOutput, EnvError> {
+    let mut cmd = installer_command(uv, root, UV_ENV_ALLOWED);
     cmd.args(args)
-        .current_dir(root)
-        .env_clear()
-        .env("PATH", crate::sandbox::SANDBOX_PATH)
-        .env("HOME", root)
         .env("UV_CACHE_DIR", dir().join("uv-cache"))
         .env("UV_PYTHON_DOWNLOADS", "never")
         .env("UV_NO_CONFIG", "1")
-        .env("UV_NO_PROGRESS", "1")
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for name in UV_ENV_ALLOWED {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
-    let out = tokio::time::timeout(BUILD_TIMEOUT, cmd.output())
-        .await
-        .map_err(|_| EnvError::DoesNotInstall {
+        .env("UV_NO_PROGRESS", "1");
+    run_installer(cmd, "uv")
+        .await?
+        .ok_or_else(|| EnvError::DoesNotInstall {
             from: "requirements".into(),
             message: format!(
                 "installing took longer than {} min",
                 BUILD_TIMEOUT.as_secs() / 60
             ),
-        })?
-        .map_err(|e| EnvError::Unavailable(format!("`uv` cannot be run: {e}")))?;
+        })
+}
+
+/// What an installer run printed (stdout, then stderr), and whether it succeeded.
+pub(crate) struct InstallerOutput {
+    pub success: bool,
+    pub text: String,
+}
+
+/// An installer (`uv`, `npm`) to run in `root` with nothing of the worker's environment
+/// (no keys) but the settings `allowed` names: where packages come from, proxies, CAs.
+pub(crate) fn installer_command(
+    program: &Path,
+    root: &Path,
+    allowed: &[&str],
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.current_dir(root)
+        .env_clear()
+        .env("PATH", crate::sandbox::SANDBOX_PATH)
+        .env("HOME", root)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for name in allowed {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd
+}
+
+/// Run an installer for at most [`BUILD_TIMEOUT`]; `None` when it took longer (each
+/// installer says whose trouble that is).
+pub(crate) async fn run_installer(
+    mut cmd: tokio::process::Command,
+    name: &str,
+) -> Result<Option<InstallerOutput>, EnvError> {
+    let Ok(out) = tokio::time::timeout(BUILD_TIMEOUT, cmd.output()).await else {
+        return Ok(None);
+    };
+    let out = out.map_err(|e| EnvError::Unavailable(format!("`{name}` cannot be run: {e}")))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok(UvOutput {
+    Ok(Some(InstallerOutput {
         success: out.status.success(),
         text,
-    })
+    }))
 }
 
 /// uv's words for an index it could not reach (as opposed to requirements it could not

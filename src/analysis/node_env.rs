@@ -16,7 +16,10 @@
 //! of links in its own writable copy, so tools that write beside their packages (Vite's
 //! `node_modules/.vite`) still can.
 
-use crate::analysis::envs::{last_lines, unavailable, AppEnv, EnvError, EnvKind, Requirements};
+use crate::analysis::envs::{
+    last_lines, run_installer, unavailable, AppEnv, EnvError, EnvKind, InstallerOutput,
+    Requirements,
+};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -405,12 +408,7 @@ async fn build_or_reuse(
     Ok(env())
 }
 
-struct NpmOutput {
-    success: bool,
-    text: String,
-}
-
-async fn run_npm(npm: &Path, verb: &str, root: &Path) -> Result<NpmOutput, EnvError> {
+async fn run_npm(npm: &Path, verb: &str, root: &Path) -> Result<InstallerOutput, EnvError> {
     let args = [
         verb,
         "--ignore-scripts",
@@ -425,43 +423,25 @@ async fn run_npm(npm: &Path, verb: &str, root: &Path) -> Result<NpmOutput, EnvEr
         "--allow-file=none",
         "--allow-directory=none",
     ];
-    let mut cmd = tokio::process::Command::new(npm);
+    let mut cmd = crate::analysis::envs::installer_command(npm, root, NPM_ENV_ALLOWED);
     cmd.args(args)
-        .current_dir(root)
-        .env_clear()
-        .env("PATH", crate::sandbox::SANDBOX_PATH)
-        .env("HOME", root)
         .env(
             "npm_config_cache",
             crate::analysis::envs::dir().join("npm-cache"),
         )
         .env("npm_config_registry", registry())
         .env("npm_config_userconfig", root.join("npmrc"))
-        .env("npm_config_globalconfig", root.join("npmrc-global"))
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    for name in NPM_ENV_ALLOWED {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
-    let out = tokio::time::timeout(crate::analysis::envs::BUILD_TIMEOUT, cmd.output())
-        .await
-        // A slow registry is this machine's trouble, not the app's.
-        .map_err(|_| {
-            EnvError::Unavailable(format!(
-                "npm {verb} took longer than {} min",
-                crate::analysis::envs::BUILD_TIMEOUT.as_secs() / 60
-            ))
-        })?
-        .map_err(|e| EnvError::Unavailable(format!("`npm` cannot be run: {e}")))?;
-    let mut text = format!("$ npm {}\n", args.join(" "));
-    text.push_str(&String::from_utf8_lossy(&out.stdout));
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok(NpmOutput {
-        success: out.status.success(),
-        text,
+        .env("npm_config_globalconfig", root.join("npmrc-global"));
+    // A slow registry is this machine's trouble, not the app's.
+    let out = run_installer(cmd, "npm").await?.ok_or_else(|| {
+        EnvError::Unavailable(format!(
+            "npm {verb} took longer than {} min",
+            crate::analysis::envs::BUILD_TIMEOUT.as_secs() / 60
+        ))
+    })?;
+    Ok(InstallerOutput {
+        success: out.success,
+        text: format!("$ npm {}\n{}", args.join(" "), out.text),
     })
 }
 
